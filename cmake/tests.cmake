@@ -1,0 +1,47 @@
+# Every tests/test_*.c is one test program, run from the source tree so it
+# finds tests/golden. A test exits 77 to report SKIPPED.
+file(GLOB FPDM_C_TESTS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/test_*.c)
+list(REMOVE_ITEM FPDM_C_TESTS ${PROJECT_SOURCE_DIR}/tests/test_util.c)
+foreach(test_source ${FPDM_C_TESTS})
+  get_filename_component(test_name ${test_source} NAME_WE)
+  add_executable(${test_name} ${test_source} ${PROJECT_SOURCE_DIR}/tests/test_util.c)
+  target_include_directories(${test_name} PRIVATE ${PROJECT_SOURCE_DIR}/host
+                             ${PROJECT_SOURCE_DIR}/tests ${STB_INCLUDE_DIR})
+  target_link_libraries(${test_name} PRIVATE fpdm_tool_support OpenMP::OpenMP_C)
+  add_test(NAME ${test_name} COMMAND ${test_name} WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(${test_name} PROPERTIES SKIP_RETURN_CODE 77 LABELS cpu)
+endforeach()
+
+# Python tests need torch (Debian's python3-torch); they skip without it.
+find_program(FPDM_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
+file(GLOB FPDM_PY_TESTS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/test_*.py)
+foreach(test_source ${FPDM_PY_TESTS})
+  get_filename_component(test_name ${test_source} NAME_WE)
+  add_test(NAME ${test_name} COMMAND ${FPDM_PYTHON} ${test_source} $<TARGET_FILE_DIR:fpdm>
+           WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(${test_name} PROPERTIES SKIP_RETURN_CODE 77 LABELS python)
+endforeach()
+
+# Command-line tests: tests/cli/*.sh get the build folder as their argument.
+file(GLOB FPDM_CLI_TESTS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/cli/test_*.sh)
+foreach(test_source ${FPDM_CLI_TESTS})
+  get_filename_component(test_name ${test_source} NAME_WE)
+  add_test(NAME cli_${test_name} COMMAND bash ${test_source} ${PROJECT_BINARY_DIR}
+           WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(cli_${test_name} PROPERTIES SKIP_RETURN_CODE 77 LABELS cli)
+endforeach()
+
+# GPU tests (tests/gpu/test_*.c): only with the CUDA backend; they exit 77
+# (SKIPPED) when no GPU is visible.
+if(FPDM_HAVE_CUDA)
+  file(GLOB FPDM_GPU_TESTS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/gpu/test_*.c)
+  foreach(test_source ${FPDM_GPU_TESTS})
+    get_filename_component(test_name ${test_source} NAME_WE)
+    add_executable(gpu_${test_name} ${test_source} ${PROJECT_SOURCE_DIR}/tests/test_util.c)
+    target_include_directories(gpu_${test_name} PRIVATE ${PROJECT_SOURCE_DIR}/host
+                               ${PROJECT_SOURCE_DIR}/kernels ${PROJECT_SOURCE_DIR}/tests)
+    target_link_libraries(gpu_${test_name} PRIVATE fpdm OpenMP::OpenMP_C)
+    add_test(NAME gpu_${test_name} COMMAND gpu_${test_name} WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+    set_tests_properties(gpu_${test_name} PROPERTIES SKIP_RETURN_CODE 77 LABELS gpu)
+  endforeach()
+endif()

@@ -1,0 +1,116 @@
+/* backend.h - the small set of operations the network and the sampler are
+ * written over. The CPU backend (backend_cpu.c, float32, OpenBLAS, OpenMP) is
+ * the oracle; the CUDA backend (kernels/) implements the same table and is
+ * tested against it.
+ *
+ * Pointers named device_* or passed as activations/weights live in the
+ * backend's memory (host memory for the CPU backend). Arguments named host_*
+ * are host memory. Operations are issued in order on the backend's one stream;
+ * only `synchronize`, `download` and `row_norms` wait for them.
+ *
+ * Tensor layouts are row-major. A "linear" applies a PyTorch nn.Linear:
+ * out[r, o] = sum_i in[r, i] * weight[o, i] + bias[o].
+ */
+#ifndef FPDM_BACKEND_H
+#define FPDM_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum backend_activation {
+    BACKEND_ACT_NONE = 0,
+    BACKEND_ACT_GELU_TANH = 1,
+    BACKEND_ACT_SILU = 2,
+} backend_activation;
+
+/* A weight matrix [out_dim, in_dim] whose rows are weight_stride floats apart
+ * (so a column block of a wider matrix is a linear of its own), and an
+ * optional bias [out_dim]. */
+typedef struct backend_linear {
+    const float *weight;
+    const float *bias;
+    int out_dim, in_dim, weight_stride;
+} backend_linear;
+
+/* Coefficients of one sampler update, computed on the host in float64 and
+ * applied elementwise in float32 (see diffusion.h for their meaning). */
+typedef struct diffusion_step_coefs diffusion_step_coefs;
+
+typedef struct backend backend;
+struct backend {
+    const char *name;
+    void *impl;
+    /* Memory: used at setup only, never inside the sampling loop. */
+    float *(*alloc)(backend *be, size_t num_floats);
+    void (*release)(backend *be, float *device_ptr);
+    int (*upload)(backend *be, float *device_dst, const float *host_src, size_t n);
+    int (*download)(backend *be, float *host_dst, const float *device_src, size_t n);
+    int (*synchronize)(backend *be);
+    void (*destroy)(backend *be);
+
+    /* out[rows, out_dim] = act(in[rows, in_dim] W^T + bias + add), where `add`
+     * is [rows, out_dim] or NULL. in rows are in_dim floats apart. */
+    void (*linear)(backend *be, float *out, const float *in, int rows,
+                   const backend_linear *w, const float *add, backend_activation act);
+    /* out[b, t, :] = LayerNorm(x[b, t, :]) * (1 + scale[b, :]) + shift[b, :],
+     * LayerNorm without affine, eps 1e-6. shift/scale rows are mod_stride apart. */
+    void (*layernorm_modulate)(backend *be, float *out, const float *x, const float *shift,
+                               const float *scale, int mod_stride, int batch, int tokens, int dim);
+    /* qkv [batch, tokens, 3 * heads * head_dim] laid out (3, heads, head_dim)
+     * per token; out [batch, tokens, heads * head_dim]; softmax(q k^T / sqrt(head_dim)) v.
+     * scratch holds attention_scratch_floats(...) floats of the caller's arena
+     * (a backend that needs none returns 0 and may get NULL). */
+    size_t (*attention_scratch_floats)(backend *be, int batch, int tokens, int heads,
+                                       int head_dim);
+    void (*attention)(backend *be, float *out, const float *qkv, int batch, int tokens,
+                      int heads, int head_dim, float *scratch);
+    /* x[b, t, :] += gate[b, :] * y[b, t, :]; gate rows are gate_stride apart. */
+    void (*gated_residual)(backend *be, float *x, const float *y, const float *gate,
+                           int gate_stride, int batch, int tokens, int dim);
+    /* out[i] = act(in[i]) */
+    void (*activation)(backend *be, float *out, const float *in, size_t n, backend_activation act);
+    /* out[b, t, :] = a[b, t, :] + b_rows[t, :] (b_rows is [tokens, dim]) when
+     * broadcast_rows, else out = a + b elementwise over batch*tokens*dim. */
+    void (*add)(backend *be, float *out, const float *a, const float *b, int batch, int tokens,
+                int dim, int broadcast_rows);
+    void (*copy)(backend *be, float *device_dst, const float *device_src, size_t n);
+    /* out[b, :] = [cos(t_b * f_k), sin(t_b * f_k)], f_k = exp(-ln(10000) k / half). */
+    void (*timestep_frequencies)(backend *be, float *out, const float *host_timesteps, int batch,
+                                 int dim);
+    /* out[b, :] = table[host_labels[b], :] */
+    void (*embedding_rows)(backend *be, float *out, const float *table, const int *host_labels,
+                           int batch, int dim);
+    /* x [batch, channels, size, size] -> out [batch, tokens, channels * p * p], each
+     * patch vector in (channel, row, column) order, tokens row-major. */
+    void (*patchify)(backend *be, float *out, const float *x, int batch, int channels, int size,
+                     int patch);
+    /* x [batch, tokens, p * p * channels] in (row, column, channel) order ->
+     * out [batch, channels, size, size]. */
+    void (*unpatchify)(backend *be, float *out, const float *x, int batch, int channels, int size,
+                       int patch);
+
+    /* Sampler. Classifier-free guidance on out [2 * half, channels, hw]: for the
+     * first guided_channels channels of the conditional rows (0..half-1),
+     * cond = uncond + scale * (cond - uncond), uncond being row half + i. */
+    void (*cfg_combine)(backend *be, float *out, int half, int channels, int hw,
+                        int guided_channels, float scale);
+    /* One sampler step on x [batch, channels, hw] from model_out
+     * [batch, model_channels, hw] and noise [batch, channels, hw] (may be NULL
+     * when the step adds none). */
+    void (*sampler_update)(backend *be, float *x, const float *model_out, const float *noise,
+                           const diffusion_step_coefs *coefs, int batch, int channels, int hw,
+                           int model_channels);
+    /* Standard normal noise for images first_image..first_image+count-1 at a
+     * stage (see fpdm_noise), per_image floats each. */
+    void (*normal_noise)(backend *be, float *out, uint64_t noise_seed, uint64_t first_image,
+                         int count, uint32_t stage, size_t per_image);
+    /* Waits, then host_diff_sq[r] = sum_i (a[r,i] - b[r,i])^2 and
+     * host_norm_sq[r] = sum_i b[r,i]^2 over rows of `cols` floats. */
+    int (*row_norms)(backend *be, const float *a, const float *b, int rows, size_t cols,
+                     double *host_diff_sq, double *host_norm_sq);
+};
+
+/* Creates the CPU backend with num_threads OpenMP threads (0: default). */
+backend *backend_cpu_create(int num_threads);
+
+#endif

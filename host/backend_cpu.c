@@ -1,0 +1,336 @@
+/* backend_cpu.c - the float32 CPU backend: matrix products through OpenBLAS,
+ * everything else in plain loops parallelised with OpenMP. This backend is the
+ * oracle the CUDA backend is tested against, so every op is written for
+ * clarity first; accumulations that decide accuracy (LayerNorm statistics,
+ * softmax sums, norms) are done in double. */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "diffusion.h"
+#include "philox.h"
+
+typedef struct cpu_backend {
+    backend base;
+    int num_threads;
+} cpu_backend;
+
+static int threads_of(backend *be) { return ((cpu_backend *)be->impl)->num_threads; }
+
+static float *cpu_alloc(backend *be, size_t num_floats) {
+    (void)be;
+    /* 64-byte alignment keeps BLAS and vector loops on full cache lines. */
+    size_t bytes = (num_floats * sizeof(float) + 63) / 64 * 64;
+    return aligned_alloc(64, bytes ? bytes : 64);
+}
+
+static void cpu_release(backend *be, float *device_ptr) {
+    (void)be;
+    free(device_ptr);
+}
+
+static int cpu_upload(backend *be, float *device_dst, const float *host_src, size_t n) {
+    (void)be;
+    if (n) memcpy(device_dst, host_src, n * sizeof(float));
+    return 0;
+}
+
+static int cpu_synchronize(backend *be) {
+    (void)be;
+    return 0;
+}
+
+static void cpu_destroy(backend *be) { free(be->impl); }
+
+static float gelu_tanh(float x) {
+    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+static float apply_activation(float x, backend_activation act) {
+    switch (act) {
+    case BACKEND_ACT_GELU_TANH: return gelu_tanh(x);
+    case BACKEND_ACT_SILU: return silu(x);
+    default: return x;
+    }
+}
+
+static void cpu_linear(backend *be, float *out, const float *in, int rows, const backend_linear *w,
+                       const float *add, backend_activation act) {
+    int nt = threads_of(be);
+    size_t n = (size_t)rows * (size_t)w->out_dim;
+    float beta = 0.0f;
+    if (add) {
+        if (add != out) memcpy(out, add, n * sizeof(float));
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, w->out_dim, w->in_dim, 1.0f, in,
+                w->in_dim, w->weight, w->weight_stride, beta, out, w->out_dim);
+    if (!w->bias && act == BACKEND_ACT_NONE) return;
+    const float *bias = w->bias;
+    int out_dim = w->out_dim;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        float *row = out + (size_t)r * out_dim;
+        for (int o = 0; o < out_dim; o++) {
+            float v = row[o] + (bias ? bias[o] : 0.0f);
+            row[o] = apply_activation(v, act);
+        }
+    }
+}
+
+static void cpu_layernorm_modulate(backend *be, float *out, const float *x, const float *shift,
+                                   const float *scale, int mod_stride, int batch, int tokens,
+                                   int dim) {
+    int nt = threads_of(be);
+    long long rows = (long long)batch * tokens;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (long long r = 0; r < rows; r++) {
+        const float *xr = x + r * dim;
+        float *o = out + r * dim;
+        int b = (int)(r / tokens);
+        const float *sh = shift + (size_t)b * mod_stride;
+        const float *sc = scale + (size_t)b * mod_stride;
+        double sum = 0;
+        for (int i = 0; i < dim; i++) sum += xr[i];
+        double mean = sum / dim;
+        double var = 0;
+        for (int i = 0; i < dim; i++) {
+            double d = xr[i] - mean;
+            var += d * d;
+        }
+        var /= dim;
+        float inv = (float)(1.0 / sqrt(var + 1e-6));
+        float m = (float)mean;
+        for (int i = 0; i < dim; i++) o[i] = ((xr[i] - m) * inv) * (1.0f + sc[i]) + sh[i];
+    }
+}
+
+static size_t cpu_attention_scratch_floats(backend *be, int batch, int tokens, int heads,
+                                           int head_dim) {
+    (void)batch;
+    (void)heads;
+    (void)head_dim;
+    /* One tokens x tokens score matrix per thread. */
+    return (size_t)threads_of(be) * (size_t)tokens * (size_t)tokens;
+}
+
+/* Per (image, head): S = Q K^T * scale with BLAS straight from the strided qkv
+ * rows, a softmax per row in double, then out = S V. */
+static void cpu_attention(backend *be, float *out, const float *qkv, int batch, int tokens,
+                          int heads, int head_dim, float *scratch) {
+    int nt = threads_of(be);
+    int dim = heads * head_dim;
+    int qkv_stride = 3 * dim;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    int pairs = batch * heads;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int pair = 0; pair < pairs; pair++) {
+        int b = pair / heads, h = pair % heads;
+        float *scores = scratch + (size_t)omp_get_thread_num() * tokens * tokens;
+        const float *base = qkv + (size_t)b * tokens * qkv_stride;
+        const float *q = base + h * head_dim;
+        const float *k = base + dim + h * head_dim;
+        const float *v = base + 2 * dim + h * head_dim;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tokens, tokens, head_dim, scale, q,
+                    qkv_stride, k, qkv_stride, 0.0f, scores, tokens);
+        for (int i = 0; i < tokens; i++) {
+            float *row = scores + (size_t)i * tokens;
+            float max = row[0];
+            for (int j = 1; j < tokens; j++) max = row[j] > max ? row[j] : max;
+            double sum = 0;
+            for (int j = 0; j < tokens; j++) {
+                row[j] = expf(row[j] - max);
+                sum += row[j];
+            }
+            float inv = (float)(1.0 / sum);
+            for (int j = 0; j < tokens; j++) row[j] *= inv;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tokens, head_dim, tokens, 1.0f,
+                    scores, tokens, v, qkv_stride, 0.0f, out + (size_t)b * tokens * dim + h * head_dim,
+                    dim);
+    }
+}
+
+static void cpu_gated_residual(backend *be, float *x, const float *y, const float *gate,
+                               int gate_stride, int batch, int tokens, int dim) {
+    int nt = threads_of(be);
+    long long rows = (long long)batch * tokens;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (long long r = 0; r < rows; r++) {
+        const float *g = gate + (size_t)(r / tokens) * gate_stride;
+        float *xr = x + r * dim;
+        const float *yr = y + r * dim;
+        for (int i = 0; i < dim; i++) xr[i] += g[i] * yr[i];
+    }
+}
+
+static void cpu_activation(backend *be, float *out, const float *in, size_t n,
+                           backend_activation act) {
+    int nt = threads_of(be);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = apply_activation(in[i], act);
+}
+
+static void cpu_add(backend *be, float *out, const float *a, const float *b, int batch, int tokens,
+                    int dim, int broadcast_rows) {
+    int nt = threads_of(be);
+    size_t per_image = (size_t)tokens * dim;
+    size_t n = (size_t)batch * per_image;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[broadcast_rows ? i % per_image : i];
+}
+
+static void cpu_copy(backend *be, float *device_dst, const float *device_src, size_t n) {
+    (void)be;
+    if (n && device_dst != device_src) memmove(device_dst, device_src, n * sizeof(float));
+}
+
+static int cpu_download(backend *be, float *host_dst, const float *device_src, size_t n) {
+    cpu_copy(be, host_dst, device_src, n);
+    return 0;
+}
+
+/* The official frequencies are float32 (torch computes them in float32), so
+ * they are rounded the same way here; the phase t * f can reach ~1000 rad,
+ * where float32 would lose ~1e-4, so phase, cos and sin are taken in double. */
+static void cpu_timestep_frequencies(backend *be, float *out, const float *host_timesteps,
+                                     int batch, int dim) {
+    (void)be;
+    int half = dim / 2;
+    for (int b = 0; b < batch; b++) {
+        float *row = out + (size_t)b * dim;
+        for (int k = 0; k < half; k++) {
+            float freq = expf(-logf(10000.0f) * (float)k / (float)half);
+            double phase = (double)host_timesteps[b] * (double)freq;
+            row[k] = (float)cos(phase);
+            row[half + k] = (float)sin(phase);
+        }
+        if (dim % 2) row[dim - 1] = 0.0f;
+    }
+}
+
+static void cpu_embedding_rows(backend *be, float *out, const float *table, const int *host_labels,
+                               int batch, int dim) {
+    (void)be;
+    for (int b = 0; b < batch; b++)
+        memcpy(out + (size_t)b * dim, table + (size_t)host_labels[b] * dim, (size_t)dim * sizeof(float));
+}
+
+static void cpu_patchify(backend *be, float *out, const float *x, int batch, int channels, int size,
+                         int patch) {
+    int nt = threads_of(be);
+    int grid = size / patch;
+    int tokens = grid * grid;
+    int patch_dim = channels * patch * patch;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (long long bt = 0; bt < (long long)batch * tokens; bt++) {
+        int b = (int)(bt / tokens), token = (int)(bt % tokens);
+        int gy = token / grid, gx = token % grid;
+        float *o = out + bt * patch_dim;
+        for (int c = 0; c < channels; c++)
+            for (int i = 0; i < patch; i++)
+                for (int j = 0; j < patch; j++)
+                    *o++ = x[(((size_t)b * channels + c) * size + gy * patch + i) * size + gx * patch + j];
+    }
+}
+
+static void cpu_unpatchify(backend *be, float *out, const float *x, int batch, int channels,
+                           int size, int patch) {
+    int nt = threads_of(be);
+    int grid = size / patch;
+    int tokens = grid * grid;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (long long bt = 0; bt < (long long)batch * tokens; bt++) {
+        int b = (int)(bt / tokens), token = (int)(bt % tokens);
+        int gy = token / grid, gx = token % grid;
+        const float *in = x + bt * patch * patch * channels;
+        for (int i = 0; i < patch; i++)
+            for (int j = 0; j < patch; j++)
+                for (int c = 0; c < channels; c++)
+                    out[(((size_t)b * channels + c) * size + gy * patch + i) * size + gx * patch + j] =
+                        *in++;
+    }
+}
+
+static void cpu_cfg_combine(backend *be, float *out, int half, int channels, int hw,
+                            int guided_channels, float scale) {
+    (void)be;
+    for (int i = 0; i < half; i++) {
+        float *cond = out + (size_t)i * channels * hw;
+        const float *uncond = out + (size_t)(half + i) * channels * hw;
+        for (size_t e = 0; e < (size_t)guided_channels * hw; e++)
+            cond[e] = uncond[e] + scale * (cond[e] - uncond[e]);
+    }
+}
+
+static void cpu_sampler_update(backend *be, float *x, const float *model_out, const float *noise,
+                               const diffusion_step_coefs *coefs, int batch, int channels, int hw,
+                               int model_channels) {
+    (void)be;
+    diffusion_apply_step(coefs, x, model_out, noise, batch, channels, hw, model_channels);
+}
+
+static void cpu_normal_noise(backend *be, float *out, uint64_t noise_seed, uint64_t first_image,
+                             int count, uint32_t stage, size_t per_image) {
+    int nt = threads_of(be);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int i = 0; i < count; i++)
+        philox_normal(noise_seed, first_image + (uint64_t)i, stage, out + (size_t)i * per_image,
+                      per_image);
+}
+
+static int cpu_row_norms(backend *be, const float *a, const float *b, int rows, size_t cols,
+                         double *host_diff_sq, double *host_norm_sq) {
+    int nt = threads_of(be);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *ar = a + (size_t)r * cols, *br = b + (size_t)r * cols;
+        double diff = 0, norm = 0;
+        for (size_t i = 0; i < cols; i++) {
+            double d = (double)ar[i] - br[i];
+            diff += d * d;
+            norm += (double)br[i] * br[i];
+        }
+        host_diff_sq[r] = diff;
+        host_norm_sq[r] = norm;
+    }
+    return 0;
+}
+
+backend *backend_cpu_create(int num_threads) {
+    cpu_backend *cpu = calloc(1, sizeof(*cpu));
+    if (!cpu) return NULL;
+    cpu->num_threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+    backend *be = &cpu->base;
+    be->name = "cpu";
+    be->impl = cpu;
+    be->alloc = cpu_alloc;
+    be->release = cpu_release;
+    be->upload = cpu_upload;
+    be->download = cpu_download;
+    be->synchronize = cpu_synchronize;
+    be->destroy = cpu_destroy;
+    be->linear = cpu_linear;
+    be->layernorm_modulate = cpu_layernorm_modulate;
+    be->attention_scratch_floats = cpu_attention_scratch_floats;
+    be->attention = cpu_attention;
+    be->gated_residual = cpu_gated_residual;
+    be->activation = cpu_activation;
+    be->add = cpu_add;
+    be->copy = cpu_copy;
+    be->timestep_frequencies = cpu_timestep_frequencies;
+    be->embedding_rows = cpu_embedding_rows;
+    be->patchify = cpu_patchify;
+    be->unpatchify = cpu_unpatchify;
+    be->cfg_combine = cpu_cfg_combine;
+    be->sampler_update = cpu_sampler_update;
+    be->normal_noise = cpu_normal_noise;
+    be->row_norms = cpu_row_norms;
+    return be;
+}

@@ -1,0 +1,198 @@
+/* context.c - contexts (device, arena, last error), status names, and the
+ * public single forward pass. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "context.h"
+#include "model.h"
+#include "network.h"
+
+#ifdef FPDM_HAVE_CUDA
+#include "backend_cuda.h"
+#endif
+
+const char *fpdm_status_name(fpdm_status status) {
+    switch (status) {
+    case FPDM_OK: return "ok";
+    case FPDM_ERR_INVALID_ARGUMENT: return "invalid argument";
+    case FPDM_ERR_IO: return "i/o error";
+    case FPDM_ERR_BAD_FILE: return "bad file";
+    case FPDM_ERR_OUT_OF_MEMORY: return "out of memory";
+    case FPDM_ERR_UNSUPPORTED: return "unsupported";
+    case FPDM_ERR_DEVICE: return "device error";
+    case FPDM_ERR_CANCELLED: return "cancelled";
+    }
+    return "unknown status";
+}
+
+static void emit(fpdm_context *ctx, fpdm_log_level level, const char *message) {
+    if (ctx->params.log_callback) ctx->params.log_callback(level, message, ctx->params.log_user_data);
+}
+
+fpdm_status context_fail(fpdm_context *ctx, fpdm_status status, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(ctx->error, sizeof ctx->error, format, args);
+    va_end(args);
+    emit(ctx, FPDM_LOG_ERROR, ctx->error);
+    return status;
+}
+
+void context_log(fpdm_context *ctx, fpdm_log_level level, const char *format, ...) {
+    if (!ctx->params.log_callback) return;
+    char message[1024];
+    va_list args;
+    va_start(args, format);
+    vsnprintf(message, sizeof message, format, args);
+    va_end(args);
+    emit(ctx, level, message);
+}
+
+float *context_arena(fpdm_context *ctx, size_t num_floats) {
+    if (num_floats <= ctx->arena_floats) return ctx->arena;
+    if (ctx->arena) ctx->be->release(ctx->be, ctx->arena);
+    ctx->arena = ctx->be->alloc(ctx->be, num_floats);
+    ctx->arena_floats = ctx->arena ? num_floats : 0;
+    if (!ctx->arena)
+        context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu MB of activations",
+                     ctx->device_name, num_floats * sizeof(float) >> 20);
+    else
+        context_log(ctx, FPDM_LOG_DEBUG, "%s: activation arena %zu MB", ctx->device_name,
+                    num_floats * sizeof(float) >> 20);
+    return ctx->arena;
+}
+
+fpdm_context_params fpdm_context_default_params(void) {
+    fpdm_context_params p;
+    memset(&p, 0, sizeof p);
+    p.device = "cpu";
+    p.precision = FPDM_PRECISION_DEFAULT;
+    return p;
+}
+
+/* "cpu" -> -1; "cuda" -> 0; "cuda:N" -> N; anything else -> -2. */
+static int parse_device(const char *device) {
+    if (!device || strcmp(device, "cpu") == 0) return -1;
+    if (strcmp(device, "cuda") == 0) return 0;
+    if (strncmp(device, "cuda:", 5) != 0 || !device[5]) return -2;
+    char *end;
+    long index = strtol(device + 5, &end, 10);
+    if (*end || index < 0 || index > 1024) return -2;
+    return (int)index;
+}
+
+static fpdm_status open_backend(fpdm_context *ctx) {
+    const fpdm_context_params *p = &ctx->params;
+    int index = parse_device(p->device);
+    if (index == -2)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "unknown device \"%s\": use cpu, cuda or cuda:N", p->device);
+    if (p->num_threads < 0)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "num_threads must be >= 0, got %d",
+                            p->num_threads);
+    ctx->device_index = index;
+    if (index < 0) {
+        if (p->precision != FPDM_PRECISION_DEFAULT && p->precision != FPDM_PRECISION_FP32)
+            return context_fail(ctx, FPDM_ERR_UNSUPPORTED,
+                                "the CPU backend computes in fp32 only; bf16 and fp16 need a CUDA device");
+        ctx->be = backend_cpu_create(p->num_threads);
+        if (!ctx->be) return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "out of memory");
+        snprintf(ctx->device_name, sizeof ctx->device_name, "cpu");
+        return FPDM_OK;
+    }
+#ifdef FPDM_HAVE_CUDA
+    char err[512];
+    ctx->be = backend_cuda_create(index, p->precision, err, sizeof err);
+    if (!ctx->be) return context_fail(ctx, FPDM_ERR_DEVICE, "%s", err);
+    char name[128];
+    backend_cuda_device_name(index, name, sizeof name);
+    snprintf(ctx->device_name, sizeof ctx->device_name, "cuda:%d (%s)", index, name);
+    return FPDM_OK;
+#else
+    return context_fail(ctx, FPDM_ERR_UNSUPPORTED,
+                        "device \"%s\": this build of fpdm has no CUDA backend (built without nvcc)",
+                        p->device);
+#endif
+}
+
+fpdm_status fpdm_context_create(const fpdm_context_params *params, fpdm_context **out) {
+    if (!out) return FPDM_ERR_INVALID_ARGUMENT;
+    fpdm_context *ctx = calloc(1, sizeof(*ctx));
+    *out = ctx;
+    if (!ctx) return FPDM_ERR_OUT_OF_MEMORY;
+    ctx->params = params ? *params : fpdm_context_default_params();
+    return open_backend(ctx);
+}
+
+void fpdm_context_free(fpdm_context *ctx) {
+    if (!ctx) return;
+    if (ctx->be) {
+        if (ctx->arena) ctx->be->release(ctx->be, ctx->arena);
+        ctx->be->destroy(ctx->be);
+    }
+    free(ctx);
+}
+
+const char *fpdm_last_error(const fpdm_context *ctx) { return ctx ? ctx->error : "no context"; }
+
+const char *fpdm_context_device_name(const fpdm_context *ctx) {
+    return ctx ? ctx->device_name : "";
+}
+
+/* Checks that a context can run a model (it has a backend, and the model's
+ * weights live on the same device). */
+fpdm_status context_check_model(fpdm_context *ctx, const fpdm_model *model) {
+    if (!ctx->be) return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "the context has no device (its creation failed)");
+    if (!model) return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "model is NULL");
+    if (model->device_index != ctx->device_index)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "the model was loaded on another device than this context's (%s)",
+                            ctx->device_name);
+    return FPDM_OK;
+}
+
+fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch, const float *x,
+                         const float *timesteps, const int *labels, int iters,
+                         const float *init_solution, float *out, float *solution_out) {
+    if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
+    fpdm_status status = context_check_model(ctx, model);
+    if (status != FPDM_OK) return status;
+    const model_config *cfg = &model->config;
+    if (batch <= 0 || !x || !timesteps || !labels || !out)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "fpdm_forward: batch must be positive and x, timesteps, labels, out non-NULL");
+    for (int i = 0; i < batch; i++)
+        if (labels[i] < 0 || labels[i] > cfg->num_classes)
+            return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                                "label %d of image %d is outside 0..%d (%d is the null class)",
+                                labels[i], i, cfg->num_classes, cfg->num_classes);
+    if (cfg->fixed_point && iters < 0)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "iters must be >= 0, got %d", iters);
+
+    /* FPDM keeps two more [B, T, D] buffers: the caller's initial solution
+     * and the final one (the post blocks then work on the iterate in place). */
+    size_t solution_floats = (size_t)batch * cfg->num_tokens * cfg->hidden_size;
+    size_t network_floats = network_arena_floats(ctx, cfg, batch);
+    float *arena = context_arena(ctx, network_floats + (cfg->fixed_point ? 2 * solution_floats : 0));
+    if (!arena) return FPDM_ERR_OUT_OF_MEMORY;
+    network_state st;
+    network_layout(ctx, cfg, batch, arena, &st);
+    backend *be = ctx->be;
+    float *device_init = cfg->fixed_point && init_solution ? arena + network_floats : NULL;
+    float *device_solution = cfg->fixed_point ? arena + network_floats + solution_floats : NULL;
+    size_t in_floats = (size_t)batch * cfg->in_channels * cfg->input_size * cfg->input_size;
+    if (be->upload(be, st.x, x, in_floats) != 0 ||
+        (device_init && be->upload(be, device_init, init_solution, solution_floats) != 0))
+        return context_fail(ctx, FPDM_ERR_DEVICE, "%s: upload failed", ctx->device_name);
+    network_solve solve = {iters, 0.0f, device_init, device_solution, 0, -1.0f};
+    status = network_forward(ctx, model, &st, timesteps, labels, &solve);
+    if (status != FPDM_OK) return status;
+    size_t out_floats = (size_t)batch * cfg->out_channels * cfg->input_size * cfg->input_size;
+    if (be->download(be, out, st.out, out_floats) != 0 ||
+        (solution_out && device_solution &&
+         be->download(be, solution_out, device_solution, solution_floats) != 0))
+        return context_fail(ctx, FPDM_ERR_DEVICE, "%s: download failed", ctx->device_name);
+    return FPDM_OK;
+}

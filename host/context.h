@@ -1,0 +1,38 @@
+/* context.h - the inside of an fpdm_context: its backend, its activation
+ * arena, and the last error message. */
+#ifndef FPDM_CONTEXT_H
+#define FPDM_CONTEXT_H
+
+#include "backend.h"
+#include "fpdm.h"
+
+struct fpdm_context {
+    fpdm_context_params params;
+    backend *be;
+    int device_index;         /* -1 for the CPU */
+    char device_name[160];
+    char error[1024];
+    /* One block of backend memory for all activations. It grows only when a
+     * call needs more than any call before (setting a larger batch), never
+     * inside the sampling loop. */
+    float *arena;
+    size_t arena_floats;
+};
+
+/* Records the message (printf-style) as the context's last error, passes it to
+ * the log callback, and returns status, so a failure is one line:
+ *   return context_fail(ctx, FPDM_ERR_BAD_FILE, "%s: ...", path); */
+fpdm_status context_fail(fpdm_context *ctx, fpdm_status status, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+void context_log(fpdm_context *ctx, fpdm_log_level level, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* FPDM_OK when the context has a backend and the model lives on its device;
+ * otherwise records why. */
+fpdm_status context_check_model(fpdm_context *ctx, const fpdm_model *model);
+
+/* Makes the arena hold at least num_floats; returns it, or NULL after
+ * recording FPDM_ERR_OUT_OF_MEMORY. */
+float *context_arena(fpdm_context *ctx, size_t num_floats);
+
+#endif

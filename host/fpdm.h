@@ -1,0 +1,274 @@
+/* fpdm.h - public C API of fpdm: DiT and Fixed Point Diffusion Model sampling.
+ *
+ * Two handles:
+ *   fpdm_context  one per thread: the device, the activation arena, the last
+ *                 error message and the log callback. Not thread-safe; use one
+ *                 context per thread.
+ *   fpdm_model    weights loaded from a .safetensors model file through a
+ *                 context, living on that context's device. Read-only after
+ *                 loading: any number of contexts on the same device may use one
+ *                 model at once.
+ *
+ * Every function that can fail returns an fpdm_status; on failure the context
+ * keeps a one-line message (fpdm_last_error) and also passes it to the log
+ * callback at FPDM_LOG_ERROR. The library never prints, exits or aborts, and
+ * keeps no global mutable state.
+ *
+ * Sampling in ten lines:
+ *
+ *   fpdm_context *ctx;
+ *   fpdm_context_params cp = fpdm_context_default_params();
+ *   if (fpdm_context_create(&cp, &ctx) != FPDM_OK) { ... fpdm_last_error(ctx) ... }
+ *   fpdm_model *model;
+ *   if (fpdm_model_load(ctx, "models/fpdm-mnist.safetensors", &model) != FPDM_OK) { ... }
+ *   fpdm_sample_params sp = fpdm_sample_default_params(model);
+ *   sp.num_steps = 20; sp.noise_seed = 1;
+ *   int labels[4] = {1, 2, 3, 4};
+ *   float *latents = malloc(fpdm_sample_output_size(model, 4) * sizeof(float));
+ *   fpdm_sample(ctx, model, &sp, 4, labels, latents, NULL);
+ *   fpdm_model_free(model); fpdm_context_free(ctx);
+ */
+#ifndef FPDM_H
+#define FPDM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define FPDM_API __attribute__((visibility("default")))
+#else
+#define FPDM_API
+#endif
+
+#define FPDM_VERSION "0.1.0"
+
+typedef enum fpdm_status {
+    FPDM_OK = 0,
+    FPDM_ERR_INVALID_ARGUMENT = 1, /* a parameter is out of range or inconsistent */
+    FPDM_ERR_IO = 2,               /* a file could not be opened, read or mapped */
+    FPDM_ERR_BAD_FILE = 3,         /* a file is malformed or does not match its architecture */
+    FPDM_ERR_OUT_OF_MEMORY = 4,
+    FPDM_ERR_UNSUPPORTED = 5,      /* valid request this build or device cannot serve */
+    FPDM_ERR_DEVICE = 6,           /* the accelerator reported an error */
+    FPDM_ERR_CANCELLED = 7,        /* the abort callback asked to stop */
+} fpdm_status;
+
+FPDM_API const char *fpdm_status_name(fpdm_status status);
+
+typedef enum fpdm_log_level {
+    FPDM_LOG_DEBUG = 0,
+    FPDM_LOG_INFO = 1,
+    FPDM_LOG_WARN = 2,
+    FPDM_LOG_ERROR = 3,
+} fpdm_log_level;
+
+typedef void (*fpdm_log_callback)(fpdm_log_level level, const char *message, void *user_data);
+
+typedef enum fpdm_precision {
+    FPDM_PRECISION_DEFAULT = 0, /* fp32 on CPU, bf16 on CUDA */
+    FPDM_PRECISION_FP32 = 1,
+    FPDM_PRECISION_BF16 = 2,
+    FPDM_PRECISION_FP16 = 3,
+} fpdm_precision;
+
+typedef struct fpdm_context fpdm_context;
+typedef struct fpdm_model fpdm_model;
+
+typedef struct fpdm_context_params {
+    const char *device;          /* "cpu", "cuda" or "cuda:N"; NULL means "cpu" */
+    fpdm_precision precision;
+    int num_threads;             /* CPU threads; 0 keeps OpenMP's default */
+    fpdm_log_callback log_callback; /* NULL: messages are dropped */
+    void *log_user_data;
+} fpdm_context_params;
+
+FPDM_API fpdm_context_params fpdm_context_default_params(void);
+
+/* Creates a context. On failure *out is still set (unless memory ran out, then
+ * it is NULL) so the caller can read fpdm_last_error; free it either way. */
+FPDM_API fpdm_status fpdm_context_create(const fpdm_context_params *params, fpdm_context **out);
+FPDM_API void fpdm_context_free(fpdm_context *ctx);
+/* The message of the last failed call on this context, "" if none. */
+FPDM_API const char *fpdm_last_error(const fpdm_context *ctx);
+/* "cpu" or "cuda:N (device name)". */
+FPDM_API const char *fpdm_context_device_name(const fpdm_context *ctx);
+
+/* ---- models ---------------------------------------------------------- */
+
+typedef enum fpdm_prediction {
+    FPDM_PREDICT_EPS = 0,
+    FPDM_PREDICT_V = 1,
+    FPDM_PREDICT_X0 = 2,
+} fpdm_prediction;
+
+typedef enum fpdm_noise_schedule {
+    FPDM_SCHEDULE_LINEAR = 0,
+    FPDM_SCHEDULE_SQUAREDCOS_CAP_V2 = 1,
+} fpdm_noise_schedule;
+
+typedef struct fpdm_model_info {
+    int is_fixed_point;       /* 1: FPDM (pre blocks, implicit block, post blocks); 0: DiT */
+    int hidden_size;
+    int depth;                /* DiT blocks; for FPDM pre + 1 + post */
+    int num_heads;
+    int patch_size;
+    int input_size;           /* spatial size of the model's input (latent or pixel) */
+    int in_channels;
+    int out_channels;         /* 2 * in_channels with learned sigma */
+    int num_classes;          /* the label table has num_classes + 1 rows; the last is the null class */
+    int learn_sigma;
+    int pre_depth, post_depth;            /* FPDM only */
+    int pre_post_timestep_conditioning;   /* FPDM only */
+    int default_iters;        /* FPDM: equivalent depth - pre - post; DiT: 0 */
+    fpdm_prediction prediction;
+    int zero_terminal_snr;
+    int latent_space;         /* 1: outputs are VAE latents; 0: pixels in [-1, 1] */
+    int num_train_timesteps;
+    fpdm_noise_schedule noise_schedule;
+    size_t num_parameters;
+} fpdm_model_info;
+
+/* Loads and validates a model file; weights go to the context's device. */
+FPDM_API fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **out);
+FPDM_API void fpdm_model_free(fpdm_model *model);
+FPDM_API const fpdm_model_info *fpdm_model_get_info(const fpdm_model *model);
+
+/* ---- one network evaluation ------------------------------------------ */
+
+/* Runs the network on a batch (host arrays, float32):
+ *   x            [batch, in_channels, input_size, input_size]
+ *   timesteps    [batch] original (unspaced) timestep indices, may be fractional
+ *   labels       [batch] in 0..num_classes (num_classes is the null class)
+ *   out          [batch, out_channels, input_size, input_size]
+ * FPDM only (ignored for DiT): fixed-point iterations `iters`; `init_solution`
+ * [batch, tokens, hidden] or NULL to start from the pre blocks' output; and
+ * `solution_out` [batch, tokens, hidden] or NULL receives the final solution. */
+FPDM_API fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch,
+                                  const float *x, const float *timesteps, const int *labels,
+                                  int iters, const float *init_solution,
+                                  float *out, float *solution_out);
+
+/* ---- sampling -------------------------------------------------------- */
+
+typedef enum fpdm_sampler {
+    FPDM_SAMPLER_DDPM = 0,
+    FPDM_SAMPLER_DDIM = 1,
+} fpdm_sampler;
+
+typedef enum fpdm_iteration_schedule {
+    FPDM_ITERS_FIXED = 0,       /* the same number of iterations at every step */
+    FPDM_ITERS_INCREASING = 1,  /* the official LinearController: most iterations at the noisiest steps */
+    FPDM_ITERS_DECREASING = 2,
+} fpdm_iteration_schedule;
+
+typedef struct fpdm_progress {
+    int step;                 /* steps done so far in this batch, 1..num_steps */
+    int num_steps;
+    int batch_index;          /* which batch of the run, 0-based */
+    int num_batches;
+    int images_done;          /* images finished before this batch */
+    int num_images;
+    int timestep;             /* original timestep index of this step */
+    int iters_used;           /* fixed-point iterations this step (FPDM) */
+    float residual;           /* last relative residual of this step's solve, or -1 */
+} fpdm_progress;
+
+/* Return non-zero to stop the run: fpdm_sample then returns FPDM_ERR_CANCELLED. */
+typedef int (*fpdm_progress_callback)(const fpdm_progress *progress, void *user_data);
+
+typedef struct fpdm_sample_params {
+    int num_steps;            /* respaced steps, 1..num_train_timesteps; default 250 */
+    fpdm_sampler sampler;     /* default DDPM */
+    float ddim_eta;           /* default 0 */
+    float cfg_scale;          /* 1 runs without the doubled batch; default 1.5 */
+    int cfg_all_channels;     /* 0 (official): guide the first 3 channels only */
+    int batch_size;           /* images per network batch (before CFG doubling); 0: all at once */
+    uint64_t noise_seed;
+    int first_image_index;    /* index of the first image in the whole run, for sharding */
+    /* FPDM solver */
+    int iters;                /* iterations per step; -1: the model's default */
+    fpdm_iteration_schedule iteration_schedule;
+    int budget;               /* total iterations to spread; 0: num_steps * iters */
+    const int *iters_per_step; /* explicit list of num_steps entries (sampling order), or NULL */
+    int reuse;                /* start each solve from the previous step's solution */
+    float tol;                /* stop a solve when the relative residual falls under tol; 0: never */
+    int carry_over;           /* with tol: unused iterations move to the next step */
+    /* Noise from outside (host float32), or NULL for the built-in generator:
+     * init_noise [num_images, C, H, W]; step_noise [num_steps, num_images, C, H, W]. */
+    const float *init_noise;
+    const float *step_noise;
+    fpdm_progress_callback progress_callback;
+    void *progress_user_data;
+} fpdm_sample_params;
+
+FPDM_API fpdm_sample_params fpdm_sample_default_params(const fpdm_model *model);
+
+/* What a run did, per step and in total (filled when a pointer is given). */
+typedef struct fpdm_step_report {
+    int timestep;
+    int iters_planned;
+    int iters_used;           /* summed over batches */
+    float residual;           /* largest final relative residual over batches, -1 if not measured */
+} fpdm_step_report;
+
+typedef struct fpdm_sample_report {
+    int num_steps;
+    fpdm_step_report *steps;  /* num_steps entries, owned by the report */
+    long long model_evaluations;       /* network forwards, counted per batch row */
+    long long fixed_point_iterations;  /* summed over batches */
+    double seconds;
+} fpdm_sample_report;
+
+FPDM_API void fpdm_sample_report_free(fpdm_sample_report *report);
+
+/* Number of floats fpdm_sample writes for num_images. */
+FPDM_API size_t fpdm_sample_output_size(const fpdm_model *model, int num_images);
+
+/* Plans the iterations of each step (sampling order) into iters_out[num_steps]. */
+FPDM_API fpdm_status fpdm_plan_iterations(fpdm_context *ctx, const fpdm_model *model,
+                                          const fpdm_sample_params *params, int *iters_out);
+
+/* Samples num_images images with the given class labels (0..num_classes-1)
+ * into latents_out [num_images, in_channels, input_size, input_size]. The
+ * noise of image i depends only on (noise_seed, first_image_index + i, step). */
+FPDM_API fpdm_status fpdm_sample(fpdm_context *ctx, const fpdm_model *model,
+                                 const fpdm_sample_params *params, int num_images,
+                                 const int *labels, float *latents_out,
+                                 fpdm_sample_report *report);
+
+/* The standard-normal noise the built-in generator gives image `image_index`
+ * at `stage` (0: initial noise, s >= 1: the noise of sampling step s), n floats. */
+FPDM_API void fpdm_noise(uint64_t noise_seed, uint64_t image_index, uint32_t stage,
+                         float *out, size_t n);
+
+/* ---- the VAE decoder (latent-space models) ---------------------------- */
+
+typedef struct fpdm_vae fpdm_vae;
+
+typedef struct fpdm_vae_info {
+    int latent_channels;      /* 4 for Stable Diffusion's VAE */
+    int image_channels;       /* 3 */
+    int upscale;              /* image size / latent size: 8 for the SD VAE */
+    float scaling_factor;     /* 0.18215 for the SD VAE */
+} fpdm_vae_info;
+
+/* Loads the decoder of an AutoencoderKL from a diffusers
+ * diffusion_pytorch_model.safetensors (encoder tensors are ignored). */
+FPDM_API fpdm_status fpdm_vae_load(fpdm_context *ctx, const char *path, fpdm_vae **out);
+FPDM_API void fpdm_vae_free(fpdm_vae *vae);
+FPDM_API const fpdm_vae_info *fpdm_vae_get_info(const fpdm_vae *vae);
+
+/* Decodes sampled latents [batch, latent_channels, size, size] (divided by the
+ * scaling factor here, as the official samplers do) into images
+ * [batch, image_channels, size * upscale, size * upscale] in about [-1, 1]. */
+FPDM_API fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch,
+                                     int latent_size, const float *latents, float *images);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,61 @@
+/* network.h - the DiT / FPDM denoising network, written once over the backend
+ * interface. All buffers live in the context's arena; network_prepare lays
+ * them out for a batch size, and nothing is allocated after that. */
+#ifndef FPDM_NETWORK_H
+#define FPDM_NETWORK_H
+
+#include "context.h"
+#include "model.h"
+
+typedef struct network_state {
+    int batch;
+    /* Activations (backend memory, inside the arena). */
+    float *x;             /* [B, C, H, W] network input */
+    float *out;           /* [B, out_C, H, W] network output */
+    float *hidden;        /* [B, T, D] the token stream (DiT, pre and post blocks) */
+    float *state, *next;  /* [B, T, D] fixed-point iterate and the one being computed */
+    float *injection;     /* [B, T, 2D] fc1's injection half plus its bias, once per solve */
+    float *normed, *attn_out, *branch_out;  /* [B, T, D] */
+    float *qkv;           /* [B, T, 3D] */
+    float *wide;          /* [B, T, max(M, 2D, C p p, p p out_C)] MLP hidden, fc1 output, patches */
+    float *t_freq;        /* [B, 256] */
+    float *t_hidden, *t_emb, *y_emb, *cond, *cond_pp;  /* [B, D] */
+    float *silu_cond, *silu_cond_pp;                    /* [B, D] */
+    float *modulation;    /* [B, 6D] for the block being run */
+    float *fixed_point_modulation;  /* [B, 6D] the implicit block's, once per solve */
+    float *attn_scratch;
+    size_t floats;        /* arena floats used */
+} network_state;
+
+/* How the fixed-point solve of one forward runs and what it did. */
+typedef struct network_solve {
+    int iters;                   /* maximum iterations */
+    float tol;                   /* stop when every row's relative residual < tol; 0: never */
+    const float *init_solution;  /* [B, T, D] backend memory, or NULL: start from the pre blocks */
+    float *solution_out;         /* [B, T, D] backend memory, or NULL */
+    int iters_used;              /* out */
+    float residual;              /* out: the largest relative residual of the last iteration, -1 if none */
+} network_solve;
+
+/* Arena floats a batch needs (beyond `extra_floats` the caller keeps before it). */
+size_t network_arena_floats(const fpdm_context *ctx, const model_config *cfg, int batch);
+
+/* Lays the state out at arena + offset_floats. */
+void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch, float *base,
+                    network_state *st);
+
+/* Patch + position embedding into st->hidden; timestep and label embeddings,
+ * their sums and SiLUs. Reads st->x. */
+void network_embed(const fpdm_model *model, network_state *st, const float *host_timesteps,
+                   const int *host_labels);
+
+/* One adaLN-Zero block on tokens [B, T, D] in place; `modulation` [B, 6D]. */
+void network_block(const fpdm_model *model, network_state *st, const block_weights *block,
+                   float *tokens, const float *modulation);
+
+/* The whole network: st->x -> st->out. solve is used (and filled) for FPDM. */
+fpdm_status network_forward(fpdm_context *ctx, const fpdm_model *model, network_state *st,
+                            const float *host_timesteps, const int *host_labels,
+                            network_solve *solve);
+
+#endif

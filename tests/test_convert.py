@@ -1,0 +1,233 @@
+"""test_convert.py - tests tools/convert.py on official-style checkpoints.
+
+Run: /usr/bin/python3 tests/test_convert.py BUILD_DIR   (from the repository root;
+exit 77 = skipped when torch is missing).
+
+Random DiT and FPDM networks from tools/reference.py are saved the way the
+official code saves them (a plain state dict, and a train.py checkpoint
+{'model', 'ema' with 'module.' prefixes, 'opt', 'args'}), converted, and the
+converted file is checked: metadata, tensor values and dtypes, and the C
+forward pass (BUILD_DIR/test_forward MODEL IO against the reference's float64
+outputs). Broken checkpoints must be refused with a message.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+try:
+    import torch
+except ImportError:
+    print("torch is not installed: skipped")
+    sys.exit(77)
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import reference  # noqa: E402
+import safetensors_io  # noqa: E402
+
+CONVERT = os.path.join(ROOT, "tools", "convert.py")
+RESULTS = {"passed": 0, "failed": 0}
+
+
+def check(condition, what):
+    if condition:
+        RESULTS["passed"] += 1
+        print(f"ok   {what}")
+    else:
+        RESULTS["failed"] += 1
+        print(f"FAIL {what}")
+    return condition
+
+
+def run_convert(*args):
+    result = subprocess.run([sys.executable, CONVERT, *args], capture_output=True, text=True)
+    return result.returncode, result.stdout + result.stderr
+
+
+def official_state_dict(cfg, seed):
+    net = reference.randomize(reference.Net(cfg), seed)
+    return net, {name: value.clone() for name, value in net.state_dict().items()}
+
+
+def train_checkpoint(model_sd, ema_sd, args):
+    """As train.py saves it: the EMA copy's names carry the DDP 'module.' prefix
+    when it was deep-copied from a wrapped model."""
+    return {"model": model_sd, "ema": {"module." + k: v for k, v in ema_sd.items()},
+            "opt": {}, "args": args, "train_steps": 5000}
+
+
+def check_c_forward(build_dir, model_path, net, label, iters=None):
+    program = os.path.join(build_dir, "test_forward")
+    if not os.path.exists(program):
+        print(f"note {label}: {program} not built; C forward check not run (not counted)")
+        return
+    gen = torch.Generator().manual_seed(7)
+    size, channels = net.cfg["input_size"], net.cfg["in_channels"]
+    x = torch.randn(2, channels, size, size, generator=gen)
+    t = torch.tensor([999.0, 17.25])
+    y = torch.tensor([net.cfg["num_classes"], 0])
+    io, metadata = reference.forward_io(net, x, t, y, iters=iters)
+    io_path = model_path.replace(".safetensors", ".io.safetensors")
+    safetensors_io.write(io_path, io, metadata)
+    result = subprocess.run([program, model_path, io_path], capture_output=True, text=True)
+    if not check(result.returncode == 0, f"{label}: C forward matches the reference"):
+        print(result.stdout + result.stderr)
+
+
+def test_dit_plain_state_dict(tmp, build_dir):
+    cfg = dict(architecture="dit", hidden_size=24, num_heads=2, patch_size=2, input_size=8,
+               in_channels=4, num_classes=10, depth=2, learn_sigma=True)
+    net, sd = official_state_dict(cfg, 1)
+    checkpoint = os.path.join(tmp, "dit.pt")
+    torch.save(sd, checkpoint)
+    out = os.path.join(tmp, "dit.safetensors")
+    code, text = run_convert(checkpoint, out, "--heads", "2")
+    if not check(code == 0, f"DiT state dict converts (exit {code})"):
+        print(text)
+        return
+    tensors, metadata = safetensors_io.read(out)
+    expected = reference.config_to_metadata(cfg)
+    check(all(metadata.get(k) == v for k, v in expected.items()), "DiT metadata as documented")
+    check(metadata.get("source") == "dit.pt" and "converter" in metadata, "DiT provenance recorded")
+    check(not any(k in metadata for k in ("fpdm.pre_depth", "fpdm.equivalent_depth",
+                                          "fpdm.pre_post_timestep_conditioning")), "no FPDM-only keys in a DiT file")
+    check(set(tensors) == set(sd), "DiT tensor names are the official ones")
+    check(all(np.array_equal(tensors[k], sd[k].numpy()) for k in sd), "DiT f32 weights copied exactly")
+    check(set(safetensors_io.read_dtypes(out).values()) == {"F32"}, "default dtype keeps f32")
+    loaded, loaded_cfg = reference.load_model(out)
+    check(loaded_cfg == reference.normalize_config(cfg), "DiT config reads back")
+    check_c_forward(build_dir, out, loaded, "DiT f32")
+
+
+def test_fpdm_train_checkpoint(tmp, build_dir):
+    cfg = dict(architecture="fpdm", hidden_size=32, num_heads=4, patch_size=2, input_size=8,
+               in_channels=4, num_classes=5, pre_depth=1, post_depth=2, learn_sigma=True)
+    ema_net, ema_sd = official_state_dict(cfg, 2)
+    _, model_sd = official_state_dict(cfg, 3)
+    args = argparse.Namespace(model="DiT-XL/2", fixed_point=True, fixed_point_pre_depth=1,
+                              fixed_point_post_depth=2, fixed_point_pre_post_timestep_conditioning=False,
+                              predict_v=True, use_zero_terminal_snr=True, flow=False)
+    checkpoint = os.path.join(tmp, "0005000.pt")
+    torch.save(train_checkpoint(model_sd, ema_sd, args), checkpoint)
+
+    out = os.path.join(tmp, "fpdm.safetensors")
+    code, text = run_convert(checkpoint, out, "--heads", "4", "--dtype", "bf16", "--equivalent-depth", "7")
+    if not check(code == 0, f"FPDM train.py checkpoint converts (exit {code})"):
+        print(text)
+        return
+    tensors, metadata = safetensors_io.read(out)
+    check(metadata.get("fpdm.architecture") == "fpdm" and metadata.get("fpdm.pre_depth") == "1"
+          and metadata.get("fpdm.post_depth") == "2", "FPDM depths inferred")
+    check(metadata.get("fpdm.pre_post_timestep_conditioning") == "false", "conditioning setting taken from args")
+    check(metadata.get("fpdm.prediction") == "v" and metadata.get("fpdm.zero_terminal_snr") == "true",
+          "prediction and zero-SNR taken from args")
+    check(metadata.get("fpdm.equivalent_depth") == "7" and metadata.get("fpdm.num_heads") == "4",
+          "command-line heads and equivalent depth")
+    dtypes = safetensors_io.read_dtypes(out)
+    check(dtypes.pop("pos_embed") == "F32" and set(dtypes.values()) == {"BF16"}, "bf16 weights, f32 pos_embed")
+    rounded = all(np.array_equal(tensors[k], safetensors_io.round_to_bf16(ema_sd[k].numpy()))
+                  for k in ema_sd if k != "pos_embed")
+    check(rounded, "EMA weights taken (not 'model') and rounded to bf16")
+
+    override = os.path.join(tmp, "fpdm-cond.safetensors")
+    code, text = run_convert(checkpoint, override, "--heads", "4", "--pre-post-timestep-conditioning")
+    _, md = safetensors_io.read(override) if code == 0 else (None, {})
+    check(md.get("fpdm.pre_post_timestep_conditioning") == "true", "command line overrides args")
+
+    loaded, _ = reference.load_model(out)
+    check_c_forward(build_dir, out, loaded, "FPDM bf16, no pre/post timestep conditioning", iters=3)
+
+
+def test_model_name_and_compiled_prefix(tmp, build_dir):
+    cfg = dict(architecture="fpdm", hidden_size=24, num_heads=6, patch_size=4, input_size=16,
+               in_channels=3, num_classes=4, pre_depth=0, post_depth=1, learn_sigma=False)
+    _, sd = official_state_dict(cfg, 4)
+    args = {"model": "DiT-S/4", "fixed_point_pre_post_timestep_conditioning": True, "predict_v": False}
+    checkpoint = os.path.join(tmp, "compiled.pt")
+    torch.save({"model": sd, "ema": {"_orig_mod." + k: v for k, v in sd.items()}, "opt": {}, "args": args},
+               checkpoint)
+    out = os.path.join(tmp, "compiled.safetensors")
+    code, text = run_convert(checkpoint, out, "--dtype", "f16", "--space", "pixel")
+    if not check(code == 0, f"'_orig_mod.' prefix and heads from args.model (exit {code})"):
+        print(text)
+        return
+    _, metadata = safetensors_io.read(out)
+    check(metadata.get("fpdm.num_heads") == "6" and metadata.get("fpdm.learn_sigma") == "false"
+          and metadata.get("fpdm.space") == "pixel" and metadata.get("fpdm.pre_depth") == "0"
+          and metadata.get("fpdm.input_size") == "16", "S heads, no sigma, pixel space, pre depth 0")
+    code, text = run_convert(checkpoint, out, "--model", "DiT-S/2")
+    check(code != 0 and "patch size" in text, "a model name with the wrong patch size is refused")
+    loaded, _ = reference.load_model(out)
+    check_c_forward(build_dir, out, loaded, "FPDM f16 patch 4", iters=2)
+
+
+def test_pos_embed_mismatch_warns(tmp):
+    cfg = dict(architecture="dit", hidden_size=24, num_heads=2, patch_size=2, input_size=8,
+               in_channels=4, num_classes=3, depth=1)
+    _, sd = official_state_dict(cfg, 5)
+    sd["pos_embed"] = sd["pos_embed"] + 0.5
+    checkpoint = os.path.join(tmp, "pos.pt")
+    torch.save(sd, checkpoint)
+    out = os.path.join(tmp, "pos.safetensors")
+    code, text = run_convert(checkpoint, out, "--heads", "2")
+    tensors = safetensors_io.read(out)[0] if code == 0 else {}
+    check(code == 0 and "pos_embed" in text and "warning" in text
+          and np.array_equal(tensors.get("pos_embed"), sd["pos_embed"].numpy()),
+          "changed pos_embed: warning, stored one kept")
+
+
+def test_refusals(tmp):
+    cfg = dict(architecture="fpdm", hidden_size=24, num_heads=2, patch_size=2, input_size=8,
+               in_channels=4, num_classes=10, pre_depth=1, post_depth=1)
+    _, good = official_state_dict(cfg, 6)
+
+    def refused(sd, what, expect_in_message, *extra):
+        path = os.path.join(tmp, "bad.pt")
+        torch.save(sd, path)
+        out = os.path.join(tmp, "bad.safetensors")
+        if os.path.exists(out):
+            os.unlink(out)
+        code, text = run_convert(path, out, *(extra or ("--heads", "2")))
+        ok = code != 0 and expect_in_message in text and not os.path.exists(out)
+        if not check(ok, f"refused: {what}"):
+            print(f"  exit {code}: {text.strip()}")
+
+    missing = dict(good)
+    del missing["block_fixed_point.attn.proj.bias"]
+    refused(missing, "missing tensor", "block_fixed_point.attn.proj.bias")
+    wrong = dict(good)
+    wrong["blocks_post.0.mlp.fc2.weight"] = torch.zeros(24, 95)
+    refused(wrong, "wrong shape", "blocks_post.0.mlp.fc2.weight")
+    extra = dict(good, **{"blocks_post.0.attn.q_norm.weight": torch.ones(12)})
+    refused(extra, "unknown tensor", "q_norm")
+    refused(good, "heads not dividing hidden", "heads", "--heads", "5")
+    not_square = dict(good, pos_embed=torch.zeros(1, 15, 24))
+    refused(not_square, "pos_embed not square", "square")
+    odd_sigma = dict(good)
+    odd_sigma["final_layer.linear.weight"] = torch.zeros(20, 24)
+    odd_sigma["final_layer.linear.bias"] = torch.zeros(20)
+    refused(odd_sigma, "final layer size fits neither sigma setting", "final_layer.linear.weight")
+    code, text = run_convert(os.path.join(tmp, "bad.pt"), os.path.join(tmp, "x.safetensors"))
+    check(code != 0 and "heads" in text, "refused: no heads given and none in the checkpoint")
+
+
+def main():
+    if len(sys.argv) != 2:
+        print("usage: test_convert.py BUILD_DIR")
+        return 2
+    build_dir = sys.argv[1]
+    with tempfile.TemporaryDirectory(prefix="fpdm-convert-") as tmp:
+        test_dit_plain_state_dict(tmp, build_dir)
+        test_fpdm_train_checkpoint(tmp, build_dir)
+        test_model_name_and_compiled_prefix(tmp, build_dir)
+        test_pos_embed_mismatch_warns(tmp)
+        test_refusals(tmp)
+    print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
+    return 1 if RESULTS["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

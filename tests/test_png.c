@@ -1,0 +1,142 @@
+/* test_png.c - PNG output decoded back with stb_image: every pixel follows
+ * the official mapping clamp(127.5 x + 128, 0, 255) truncated, for RGB and
+ * gray images and for a grid whose last row is not full.
+ * Run: ctest -R test_png (from the build folder's ctest). */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <stb_image.h>
+
+#include "png.h"
+#include "test_util.h"
+
+static char dir[256];
+
+/* The official mapping, written out independently of png_pixel_value. */
+static int official_value(float x) {
+    double v = (double)(127.5f * x + 128.0f);
+    if (v < 0) v = 0;
+    if (v > 255) v = 255;
+    return (int)v;
+}
+
+static void test_mapping(void) {
+    CHECK(png_pixel_value(-1.0f) == 0);   /* 0.5 truncates to 0 */
+    CHECK(png_pixel_value(1.0f) == 255);  /* 255.5 clamps */
+    CHECK(png_pixel_value(0.0f) == 128);
+    CHECK(png_pixel_value(-2.0f) == 0);
+    CHECK(png_pixel_value(3.0f) == 255);
+    CHECK(png_pixel_value(NAN) == 0);
+    CHECK(png_pixel_value(-1.0f / 127.5f) == 127); /* 127.0 exactly, or a hair under */
+}
+
+static float *ramp(int n, int channels, int height, int width, float offset) {
+    size_t count = (size_t)n * channels * height * width;
+    float *v = malloc(count * sizeof(float));
+    for (size_t i = 0; i < count; i++) v[i] = -1.2f + 2.4f * (float)((i * 37 + 11) % 101) / 100.0f + offset;
+    return v;
+}
+
+static void test_image(int channels) {
+    const int height = 5, width = 7;
+    float *chw = ramp(1, channels, height, width, 0.0f);
+    char path[512], err[512];
+    snprintf(path, sizeof path, "%s/image%d.png", dir, channels);
+    CHECK_MSG(png_write_image(path, chw, channels, height, width, err, sizeof err) == 0, "%s", err);
+    int w, h, comp;
+    unsigned char *pixels = stbi_load(path, &w, &h, &comp, 0);
+    CHECK(pixels != NULL);
+    if (pixels) {
+        CHECK(w == width && h == height && comp == channels);
+        int mismatches = 0;
+        for (int y = 0; y < height; y++)
+            for (int x = 0; x < width; x++)
+                for (int c = 0; c < channels; c++)
+                    mismatches += pixels[(y * width + x) * channels + c] !=
+                                  official_value(chw[(c * height + y) * width + x]);
+        CHECK_MSG(mismatches == 0, "%d pixels differ", mismatches);
+        stbi_image_free(pixels);
+    }
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    CHECK(access(tmp, F_OK) != 0);
+    free(chw);
+}
+
+static void test_grid(void) {
+    const int n = 5, channels = 3, height = 4, width = 3, columns = 3, padding = 2;
+    float *images = ramp(n, channels, height, width, 0.1f);
+    char path[512], err[512];
+    snprintf(path, sizeof path, "%s/grid.png", dir);
+    CHECK_MSG(png_write_grid(path, images, n, channels, height, width, columns, padding, err,
+                             sizeof err) == 0, "%s", err);
+    int w, h, comp;
+    unsigned char *pixels = stbi_load(path, &w, &h, &comp, 0);
+    CHECK(pixels != NULL);
+    if (!pixels) {
+        free(images);
+        return;
+    }
+    const int grid_width = columns * (width + padding) + padding;
+    const int grid_height = 2 * (height + padding) + padding;
+    CHECK(w == grid_width && h == grid_height && comp == channels);
+    int mismatches = 0;
+    for (int y = 0; y < grid_height && w == grid_width && h == grid_height; y++) {
+        for (int x = 0; x < grid_width; x++) {
+            int cell_y = (y - padding) / (height + padding), in_y = (y - padding) % (height + padding);
+            int cell_x = (x - padding) / (width + padding), in_x = (x - padding) % (width + padding);
+            int image = cell_y * columns + cell_x;
+            int inside = y >= padding && x >= padding && in_y < height && in_x < width &&
+                         image < n;
+            for (int c = 0; c < channels; c++) {
+                int expected = inside ? official_value(images[(((size_t)image * channels + c) *
+                                                                height + in_y) * width + in_x])
+                                      : 0;
+                mismatches += pixels[(y * grid_width + x) * channels + c] != expected;
+            }
+        }
+    }
+    CHECK_MSG(mismatches == 0, "%d grid pixels differ", mismatches);
+    stbi_image_free(pixels);
+
+    /* More columns than images: the grid narrows to the images. */
+    CHECK(png_write_grid(path, images, 2, channels, height, width, 8, 0, err, sizeof err) == 0);
+    pixels = stbi_load(path, &w, &h, &comp, 0);
+    CHECK(pixels && w == 2 * width && h == height);
+    stbi_image_free(pixels);
+    free(images);
+}
+
+static void test_rejections(void) {
+    float pixel[4] = {0};
+    char path[512], err[512] = "";
+    snprintf(path, sizeof path, "%s/bad.png", dir);
+    CHECK(png_write_image(path, pixel, 2, 1, 2, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "2 channels") != NULL, "%s", err);
+    CHECK(png_write_image(path, pixel, 1, 0, 2, err, sizeof err) == -1);
+    CHECK(png_write_grid(path, pixel, 0, 1, 1, 1, 1, 0, err, sizeof err) == -1);
+    CHECK(png_write_grid(path, pixel, 1, 1, 1, 1, 0, 0, err, sizeof err) == -1);
+    CHECK(access(path, F_OK) != 0);
+    snprintf(path, sizeof path, "%s/no/such/dir.png", dir);
+    CHECK(png_write_image(path, pixel, 1, 2, 2, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "no/such/dir.png") != NULL, "%s", err);
+}
+
+int main(void) {
+    snprintf(dir, sizeof dir, "/tmp/fpdm_test_png.XXXXXX");
+    if (!mkdtemp(dir)) return 1;
+    test_mapping();
+    test_image(3);
+    test_image(1);
+    test_grid();
+    test_rejections();
+    char command[300];
+    snprintf(command, sizeof command, "rm -rf %s", dir);
+    if (system(command) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    return test_finish("test_png");
+}

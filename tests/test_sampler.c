@@ -1,0 +1,211 @@
+/* test_sampler.c - properties of fpdm_sample that golden runs do not cover:
+ * early exit (--tol), carry-over, batch-size independence, cancellation,
+ * the report, argument checks, and that a warmed-up run allocates nothing. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "context.h"
+#include "fpdm.h"
+#include "test_util.h"
+
+#define NUM_IMAGES 3
+#define STEPS 6
+
+static const char *FPDM_MODEL = "tests/golden/forward-fpdm.model.safetensors";
+static const char *DIT_MODEL = "tests/golden/forward-dit-p2.model.safetensors";
+
+typedef struct fixture {
+    fpdm_context *ctx;
+    fpdm_model *model;
+    size_t floats;
+} fixture;
+
+static int open_fixture(fixture *f, const char *path) {
+    fpdm_context_params cp = fpdm_context_default_params();
+    cp.num_threads = 2;
+    memset(f, 0, sizeof *f);
+    CHECK(fpdm_context_create(&cp, &f->ctx) == FPDM_OK);
+    fpdm_status status = fpdm_model_load(f->ctx, path, &f->model);
+    CHECK_MSG(status == FPDM_OK, "%s", fpdm_last_error(f->ctx));
+    f->floats = fpdm_sample_output_size(f->model, NUM_IMAGES);
+    return status == FPDM_OK;
+}
+
+static void close_fixture(fixture *f) {
+    fpdm_model_free(f->model);
+    fpdm_context_free(f->ctx);
+}
+
+static const int LABELS[NUM_IMAGES] = {1, 7, 3};
+
+static fpdm_sample_params base_params(const fixture *f) {
+    fpdm_sample_params p = fpdm_sample_default_params(f->model);
+    p.num_steps = STEPS;
+    p.noise_seed = 42;
+    p.iters = 5;
+    p.cfg_scale = 2.0f;
+    return p;
+}
+
+static float *sample(fixture *f, const fpdm_sample_params *p, fpdm_sample_report *report) {
+    float *out = malloc(f->floats * sizeof(float));
+    for (size_t i = 0; i < f->floats; i++) out[i] = NAN;
+    fpdm_status status = fpdm_sample(f->ctx, f->model, p, NUM_IMAGES, LABELS, out, report);
+    CHECK_MSG(status == FPDM_OK, "%s", fpdm_last_error(f->ctx));
+    return out;
+}
+
+static void test_tolerance(fixture *f) {
+    fpdm_sample_params p = base_params(f);
+    fpdm_sample_report fixed_report, zero_report, loose_report;
+    float *fixed = sample(f, &p, &fixed_report);
+    p.tol = 0.0f;
+    float *zero_tol = sample(f, &p, &zero_report);
+    CHECK(memcmp(fixed, zero_tol, f->floats * sizeof(float)) == 0);
+    CHECK(zero_report.fixed_point_iterations == (long long)STEPS * 5);
+
+    /* A loose tolerance stops solves early: fewer iterations, a report that
+     * says so, and a different (but close) result. */
+    p.tol = 0.5f;
+    float *loose = sample(f, &p, &loose_report);
+    CHECK_MSG(loose_report.fixed_point_iterations < zero_report.fixed_point_iterations,
+              "loose tol used %lld iterations, fixed %lld", loose_report.fixed_point_iterations,
+              zero_report.fixed_point_iterations);
+    long long summed = 0;
+    for (int k = 0; k < STEPS; k++) {
+        const fpdm_step_report *s = &loose_report.steps[k];
+        CHECK(s->iters_used >= 1 && s->iters_used <= s->iters_planned);
+        CHECK(s->residual >= 0);
+        if (s->iters_used < s->iters_planned) CHECK(s->residual < 0.5f);
+        summed += s->iters_used;
+    }
+    CHECK(summed == loose_report.fixed_point_iterations);
+    CHECK(loose_report.model_evaluations == (long long)STEPS * 2 * NUM_IMAGES);
+
+    /* Carry-over hands the saved iterations to later steps: never fewer in total. */
+    fpdm_sample_report carry_report;
+    p.carry_over = 1;
+    float *carried = sample(f, &p, &carry_report);
+    CHECK(carry_report.fixed_point_iterations >= loose_report.fixed_point_iterations);
+    CHECK(carry_report.fixed_point_iterations <= (long long)STEPS * 5);
+
+    free(fixed), free(zero_tol), free(loose), free(carried);
+    fpdm_sample_report_free(&fixed_report);
+    fpdm_sample_report_free(&zero_report);
+    fpdm_sample_report_free(&loose_report);
+    fpdm_sample_report_free(&carry_report);
+}
+
+/* An image depends on its index and the seed, not on how images are batched. */
+static void test_batch_independence(fixture *f) {
+    fpdm_sample_params p = base_params(f);
+    p.reuse = 1;
+    p.batch_size = 0;
+    float *together = sample(f, &p, NULL);
+    p.batch_size = 1;
+    float *one_by_one = sample(f, &p, NULL);
+    check_close("batch 3 vs batch 1", one_by_one, together, f->floats, 1e-6);
+
+    /* A shard of the last image alone, with first_image_index, matches too. */
+    size_t per_image = f->floats / NUM_IMAGES;
+    float *shard = malloc(per_image * sizeof(float));
+    p.first_image_index = NUM_IMAGES - 1;
+    CHECK(fpdm_sample(f->ctx, f->model, &p, 1, &LABELS[NUM_IMAGES - 1], shard, NULL) == FPDM_OK);
+    check_close("shard of the last image", shard, together + (NUM_IMAGES - 1) * per_image,
+                per_image, 1e-6);
+    free(together), free(one_by_one), free(shard);
+}
+
+static int cancel_at_three(const fpdm_progress *progress, void *user) {
+    int *calls = user;
+    (*calls)++;
+    return progress->step == 3;
+}
+
+static void test_cancel_and_progress(fixture *f) {
+    fpdm_sample_params p = base_params(f);
+    int calls = 0;
+    p.progress_callback = cancel_at_three;
+    p.progress_user_data = &calls;
+    float *out = malloc(f->floats * sizeof(float));
+    fpdm_status status = fpdm_sample(f->ctx, f->model, &p, NUM_IMAGES, LABELS, out, NULL);
+    CHECK(status == FPDM_ERR_CANCELLED);
+    CHECK(calls == 3);
+    CHECK(strstr(fpdm_last_error(f->ctx), "cancelled") != NULL);
+    free(out);
+}
+
+/* After one run sized the arena, the same run again allocates nothing. */
+static void test_no_allocation_after_warmup(fixture *f) {
+    fpdm_sample_params p = base_params(f);
+    p.reuse = 1;
+    float *first = sample(f, &p, NULL);
+    float *arena = f->ctx->arena;
+    size_t arena_floats = f->ctx->arena_floats;
+    float *second = sample(f, &p, NULL);
+    CHECK(f->ctx->arena == arena && f->ctx->arena_floats == arena_floats);
+    CHECK(memcmp(first, second, f->floats * sizeof(float)) == 0);
+    free(first), free(second);
+}
+
+static void expect_invalid(fixture *f, const fpdm_sample_params *p, const int *labels,
+                           const char *needle) {
+    float *out = malloc(f->floats * sizeof(float));
+    fpdm_status status = fpdm_sample(f->ctx, f->model, p, NUM_IMAGES, labels, out, NULL);
+    CHECK_MSG(status == FPDM_ERR_INVALID_ARGUMENT && strstr(fpdm_last_error(f->ctx), needle),
+              "expected an error mentioning \"%s\", got status %d: %s", needle, (int)status,
+              fpdm_last_error(f->ctx));
+    free(out);
+}
+
+static void test_invalid_arguments(fixture *f) {
+    fpdm_sample_params p = base_params(f);
+    p.num_steps = 0;
+    expect_invalid(f, &p, LABELS, "steps");
+    p = base_params(f);
+    p.num_steps = 1001;
+    expect_invalid(f, &p, LABELS, "steps");
+    p = base_params(f);
+    p.cfg_scale = 0.5f;
+    expect_invalid(f, &p, LABELS, "cfg scale");
+    p = base_params(f);
+    p.tol = -1.0f;
+    expect_invalid(f, &p, LABELS, "tol");
+    p = base_params(f);
+    p.iteration_schedule = FPDM_ITERS_INCREASING;
+    p.budget = STEPS - 1;
+    expect_invalid(f, &p, LABELS, "budget");
+    p = base_params(f);
+    int bad_labels[NUM_IMAGES] = {1, 10, 2};
+    expect_invalid(f, &p, bad_labels, "class 10");
+}
+
+static void test_dit_ignores_solver(void) {
+    fixture f;
+    if (!open_fixture(&f, DIT_MODEL)) return;
+    fpdm_sample_params p = base_params(&f);
+    fpdm_sample_report report;
+    float *out = sample(&f, &p, &report);
+    for (size_t i = 0; i < f.floats; i++) CHECK(isfinite(out[i]));
+    CHECK(report.fixed_point_iterations == 0);
+    int plan[STEPS];
+    CHECK(fpdm_plan_iterations(f.ctx, f.model, &p, plan) == FPDM_OK && plan[0] == 0);
+    free(out);
+    fpdm_sample_report_free(&report);
+    close_fixture(&f);
+}
+
+int main(void) {
+    fixture f;
+    if (open_fixture(&f, FPDM_MODEL)) {
+        test_tolerance(&f);
+        test_batch_independence(&f);
+        test_cancel_and_progress(&f);
+        test_no_allocation_after_warmup(&f);
+        test_invalid_arguments(&f);
+        close_fixture(&f);
+    }
+    test_dit_ignores_solver();
+    return test_finish("test_sampler");
+}

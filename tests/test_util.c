@@ -1,0 +1,55 @@
+/* test_util.c - see test_util.h. */
+#include "test_util.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "safetensors.h"
+
+int test_failures = 0;
+
+double rel_l2(const float *a, const float *b, size_t n) {
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        diff += d * d;
+        norm += (double)b[i] * (double)b[i];
+    }
+    if (norm == 0) return sqrt(diff);
+    return sqrt(diff / norm);
+}
+
+void check_close(const char *what, const float *actual, const float *expected, size_t n,
+                 double tolerance) {
+    double err = rel_l2(actual, expected, n);
+    int ok = err <= tolerance && !isnan(err);
+    fprintf(stderr, "  %-48s rel_l2 %.3e (<= %.0e) %s\n", what, err, tolerance, ok ? "ok" : "FAIL");
+    if (!ok) test_failures++;
+}
+
+float *golden_tensor(const safetensors_file *file, const char *name, size_t *n_out) {
+    const safetensors_tensor *t = safetensors_find(file, name);
+    if (!t) {
+        fprintf(stderr, "golden file %s has no tensor %s\n", file->path, name);
+        test_failures++;
+        return NULL;
+    }
+    float *out = malloc((size_t)(t->num_elements ? t->num_elements : 1) * sizeof(float));
+    safetensors_to_f32(t, out);
+    if (n_out) *n_out = (size_t)t->num_elements;
+    return out;
+}
+
+int golden_int(const safetensors_file *file, const char *metadata_key, int fallback) {
+    const char *v = safetensors_metadata(file, metadata_key);
+    return v ? atoi(v) : fallback;
+}
+
+int test_finish(const char *name) {
+    if (test_failures) {
+        fprintf(stderr, "%s: %d check(s) failed\n", name, test_failures);
+        return 1;
+    }
+    fprintf(stderr, "%s: all checks passed\n", name);
+    return 0;
+}

@@ -1,0 +1,47 @@
+/* test_util.h - what every C test needs: checks that count failures, relative
+ * L2 error, and golden files (safetensors written by tools/reference.py). */
+#ifndef FPDM_TEST_UTIL_H
+#define FPDM_TEST_UTIL_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#define TEST_SKIP 77
+
+extern int test_failures;
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);  \
+            test_failures++;                                                          \
+        }                                                                             \
+    } while (0)
+
+#define CHECK_MSG(cond, ...)                                                          \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                             \
+            fprintf(stderr, "\n");                                                    \
+            test_failures++;                                                          \
+        }                                                                             \
+    } while (0)
+
+/* ||a - b|| / ||b||, in double. */
+double rel_l2(const float *a, const float *b, size_t n);
+
+/* Checks rel_l2(actual, expected) <= tolerance, printing the figure either way. */
+void check_close(const char *what, const float *actual, const float *expected, size_t n,
+                 double tolerance);
+
+/* Reads a whole golden tensor as float32 (malloc'd); NULL and a failed check if
+ * missing. *n_out receives the element count when not NULL. */
+typedef struct safetensors_file safetensors_file;
+float *golden_tensor(const safetensors_file *file, const char *name, size_t *n_out);
+int golden_int(const safetensors_file *file, const char *metadata_key, int fallback);
+
+/* Prints "N passed, M failed" style summary and returns the exit code. */
+int test_finish(const char *name);
+
+#endif

@@ -1,0 +1,311 @@
+"""convert.py - converts an official DiT / FPDM PyTorch checkpoint into this
+project's model file (.safetensors with the official tensor names and
+"fpdm.*" metadata, see host/model_config.h).
+
+Run:
+    /usr/bin/python3 tools/convert.py CHECKPOINT OUT.safetensors (--heads N | --model DiT-XL/2)
+        [--pre-post-timestep-conditioning | --no-pre-post-timestep-conditioning]
+        [--predict-v] [--zero-terminal-snr] [--space latent|pixel]
+        [--equivalent-depth 28] [--dtype f32|bf16|f16]
+
+CHECKPOINT is a plain state dict (the released DiT checkpoints) or a train.py
+checkpoint {'model', 'ema', 'opt', 'args', ...} (the EMA weights are taken);
+'module.' and '_orig_mod.' key prefixes are removed. The architecture is
+inferred from the tensor shapes; anything that does not add up is refused
+with a message and exit code 1. Settings recorded in a train.py checkpoint's
+args are used unless given on the command line.
+"""
+import argparse
+import os
+import re
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference  # noqa: E402
+import safetensors_io  # noqa: E402
+
+CONVERTER_VERSION = "1"
+MODEL_HEADS = {"XL": 16, "L": 16, "B": 12, "S": 6}
+PREFIXES = ("module.", "_orig_mod.")
+
+
+class ConversionError(Exception):
+    pass
+
+
+def heads_from_model_name(name):
+    match = re.fullmatch(r"DiT-(XL|L|B|S)/(\d+)", name)
+    if not match:
+        raise ConversionError(f"unknown model name {name!r} (expected e.g. DiT-XL/2, DiT-B/4)")
+    return MODEL_HEADS[match.group(1)], int(match.group(2))
+
+
+def strip_prefixes(key):
+    changed = True
+    while changed:
+        changed = False
+        for prefix in PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                changed = True
+    return key
+
+
+def args_as_dict(args):
+    """train.py stores args as a dict (FPDM, Tap.as_dict) or an argparse.Namespace (DiT)."""
+    if args is None:
+        return {}
+    if isinstance(args, dict):
+        return dict(args)
+    if hasattr(args, "__dict__"):
+        return dict(vars(args))
+    return {}
+
+
+def load_checkpoint(path):
+    """(state dict of numpy float32 arrays with official names, train args dict,
+    which weights were taken: "ema", "model" or "state_dict")."""
+    import inspect
+    import torch
+    # train.py checkpoints pickle their args (a dict or argparse.Namespace),
+    # which newer torch refuses to load with its weights-only default.
+    extra = {"weights_only": False} if "weights_only" in inspect.signature(torch.load).parameters else {}
+    try:
+        checkpoint = torch.load(path, map_location="cpu", **extra)
+    except Exception as error:  # torch raises many types for unreadable files
+        raise ConversionError(f"{path}: cannot be read by torch.load: {error}")
+    if not isinstance(checkpoint, dict):
+        raise ConversionError(f"{path}: expected a state dict or a checkpoint dict, found {type(checkpoint).__name__}")
+    train_args = {}
+    source = "state_dict"
+    if "ema" in checkpoint or "model" in checkpoint:
+        train_args = args_as_dict(checkpoint.get("args"))
+        source = "ema" if "ema" in checkpoint else "model"
+        state = checkpoint[source]
+        if not isinstance(state, dict):
+            raise ConversionError(f"{path}: the checkpoint's weights are not a state dict")
+    else:
+        state = checkpoint
+    arrays = {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not torch.is_tensor(value):
+            raise ConversionError(f"{path}: entry {key!r} is not a named tensor")
+        name = strip_prefixes(key)
+        if name in arrays:
+            raise ConversionError(f"{path}: tensor {name} appears twice (with and without a prefix)")
+        if not value.is_floating_point():
+            raise ConversionError(f"{path}: tensor {name} has non-float dtype {value.dtype}")
+        arrays[name] = value.detach().float().cpu().numpy()
+    return arrays, train_args, source
+
+
+def _shape(arrays, name):
+    if name not in arrays:
+        raise ConversionError(f"missing tensor {name}")
+    return tuple(arrays[name].shape)
+
+
+def _count_blocks(arrays, prefix):
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    indices = {int(m.group(1)) for name in arrays for m in [pattern.match(name)] if m}
+    if indices and indices != set(range(len(indices))):
+        raise ConversionError(f"{prefix}: block indices {sorted(indices)} are not 0..{len(indices) - 1}")
+    return len(indices)
+
+
+def infer_config(arrays, num_heads):
+    """The architecture implied by the tensor shapes (without training settings)."""
+    weight = _shape(arrays, "x_embedder.proj.weight")
+    if len(weight) != 4 or weight[2] != weight[3]:
+        raise ConversionError(f"x_embedder.proj.weight has shape {list(weight)}, expected [D, C, p, p]")
+    hidden, in_channels, patch = weight[0], weight[1], weight[2]
+    pos = _shape(arrays, "pos_embed")
+    if len(pos) != 3 or pos[0] != 1 or pos[2] != hidden:
+        raise ConversionError(f"pos_embed has shape {list(pos)}, expected [1, T, {hidden}]")
+    grid = int(round(pos[1] ** 0.5))
+    if grid * grid != pos[1]:
+        raise ConversionError(f"pos_embed has {pos[1]} tokens, not a square grid")
+    table = _shape(arrays, "y_embedder.embedding_table.weight")
+    if len(table) != 2 or table[1] != hidden or table[0] < 2:
+        raise ConversionError(f"y_embedder.embedding_table.weight has shape {list(table)}, expected [classes+1, {hidden}]")
+    final = _shape(arrays, "final_layer.linear.weight")
+    if len(final) != 2 or final[1] != hidden:
+        raise ConversionError(f"final_layer.linear.weight has shape {list(final)}, expected [p*p*out, {hidden}]")
+    if final[0] == patch * patch * in_channels:
+        learn_sigma = False
+    elif final[0] == patch * patch * in_channels * 2:
+        learn_sigma = True
+    else:
+        raise ConversionError(f"final_layer.linear.weight has {final[0]} outputs, expected "
+                              f"{patch * patch * in_channels} or {2 * patch * patch * in_channels}")
+    fixed_point = any(name.startswith("block_fixed_point.") for name in arrays)
+    block_name = "block_fixed_point" if fixed_point else "blocks.0"
+    fc1 = _shape(arrays, f"{block_name}.mlp.fc1.weight")
+    if len(fc1) != 2 or fc1[1] != hidden or fc1[0] <= 0:
+        raise ConversionError(f"{block_name}.mlp.fc1.weight has shape {list(fc1)}, expected [mlp_hidden, {hidden}]")
+    if num_heads <= 0 or hidden % num_heads:
+        raise ConversionError(f"{num_heads} heads do not divide the hidden size {hidden}")
+    if hidden % 4:
+        raise ConversionError(f"hidden size {hidden} is not divisible by 4")
+    cfg = {
+        "architecture": "fpdm" if fixed_point else "dit",
+        "hidden_size": hidden, "num_heads": num_heads, "patch_size": patch,
+        "input_size": grid * patch, "in_channels": in_channels, "num_classes": table[0] - 1,
+        "learn_sigma": learn_sigma, "mlp_ratio": fc1[0] / hidden,
+    }
+    if fixed_point:
+        cfg["pre_depth"] = _count_blocks(arrays, "blocks_pre")
+        cfg["post_depth"] = _count_blocks(arrays, "blocks_post")
+    else:
+        cfg["depth"] = _count_blocks(arrays, "blocks")
+        if cfg["depth"] == 0:
+            raise ConversionError("no transformer blocks (blocks.N.*) found")
+    if int(hidden * cfg["mlp_ratio"]) != fc1[0]:
+        raise ConversionError(f"mlp hidden size {fc1[0]} is not reproducible from a ratio of {hidden}")
+    return cfg
+
+
+def check_tensors(arrays, cfg):
+    """Every tensor the architecture needs, with its exact shape, and nothing else."""
+    expected = {name: tuple(value.shape) for name, value in reference.Net(cfg).state_dict().items()}
+    for name, shape in expected.items():
+        found = _shape(arrays, name)
+        if found != shape:
+            raise ConversionError(f"tensor {name} has shape {list(found)}, expected {list(shape)}")
+    unknown = sorted(set(arrays) - set(expected))
+    if unknown:
+        raise ConversionError(f"unknown tensors (not part of a DiT/FPDM with this shape): {', '.join(unknown[:8])}"
+                              + (" ..." if len(unknown) > 8 else ""))
+    for name, array in arrays.items():
+        if not np.all(np.isfinite(array)):
+            raise ConversionError(f"tensor {name} holds non-finite values")
+
+
+def settings_from_train_args(train_args):
+    settings = {}
+    if train_args.get("flow"):
+        raise ConversionError("flow-matching checkpoints (args.flow) are not supported")
+    if train_args.get("dino_supervised") or train_args.get("unsupervised"):
+        raise ConversionError("unsupervised / DINO-conditioned checkpoints are not supported")
+    if "fixed_point_pre_post_timestep_conditioning" in train_args:
+        settings["pre_post_timestep_conditioning"] = bool(train_args["fixed_point_pre_post_timestep_conditioning"])
+    if "predict_v" in train_args:
+        settings["prediction"] = "v" if train_args["predict_v"] else "eps"
+    if "use_zero_terminal_snr" in train_args:
+        settings["zero_terminal_snr"] = bool(train_args["use_zero_terminal_snr"])
+    return settings
+
+
+def convert(checkpoint_path, out_path, options, log=print):
+    arrays, train_args, source = load_checkpoint(checkpoint_path)
+    settings = settings_from_train_args(train_args)
+
+    model_name = options.model or train_args.get("model")
+    patch_from_name = None
+    if options.heads is not None:
+        num_heads = options.heads
+    elif model_name:
+        num_heads, patch_from_name = heads_from_model_name(str(model_name))
+    else:
+        raise ConversionError("the number of heads is not in the checkpoint: give --heads N or --model DiT-XL/2")
+    cfg = infer_config(arrays, num_heads)
+    if patch_from_name is not None and patch_from_name != cfg["patch_size"]:
+        raise ConversionError(f"model {model_name} has patch size {patch_from_name}, "
+                              f"the checkpoint has {cfg['patch_size']}")
+
+    if options.pre_post_timestep_conditioning is not None:
+        settings["pre_post_timestep_conditioning"] = options.pre_post_timestep_conditioning
+    if options.predict_v:
+        settings["prediction"] = "v"
+    if options.zero_terminal_snr:
+        settings["zero_terminal_snr"] = True
+    if cfg["architecture"] == "fpdm" and "pre_post_timestep_conditioning" not in settings:
+        log("warning: the checkpoint does not record fixed_point_pre_post_timestep_conditioning; "
+            "assuming it was on (override with --no-pre-post-timestep-conditioning)", file=sys.stderr)
+    cfg.update(settings)
+    cfg["space"] = options.space
+    if options.equivalent_depth is not None:
+        cfg["equivalent_depth"] = options.equivalent_depth
+    if cfg["architecture"] == "fpdm" and cfg.get("equivalent_depth", 28) < cfg["pre_depth"] + cfg["post_depth"]:
+        raise ConversionError("equivalent depth is smaller than pre + post depth")
+    try:
+        cfg = reference.normalize_config(cfg)
+    except ValueError as error:
+        raise ConversionError(str(error))
+    check_tensors(arrays, cfg)
+
+    grid = cfg["input_size"] // cfg["patch_size"]
+    computed = reference.sincos_pos_embed_2d(cfg["hidden_size"], grid)
+    deviation = float(np.abs(arrays["pos_embed"][0] - computed).max())
+    if deviation > 1e-5:
+        log(f"warning: pos_embed differs from the 2-D sin-cos embedding by up to {deviation:.3g}; "
+            "keeping the stored one", file=sys.stderr)
+
+    tensors = {}
+    for name, array in arrays.items():
+        if name == "pos_embed" or options.dtype == "f32":
+            tensors[name] = array
+        elif options.dtype == "f16":
+            if np.abs(array).max(initial=0.0) > 65504.0:
+                raise ConversionError(f"tensor {name} overflows float16; use --dtype bf16 or f32")
+            tensors[name] = array.astype(np.float16)
+        else:
+            tensors[name] = ("bf16", array)
+    metadata = reference.config_to_metadata(cfg)
+    metadata["converter"] = f"tools/convert.py version {CONVERTER_VERSION}"
+    metadata["source"] = os.path.basename(checkpoint_path)
+    metadata["source_weights"] = source
+
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    handle, temp_path = tempfile.mkstemp(prefix=".convert-", suffix=".tmp", dir=out_dir)
+    os.close(handle)
+    try:
+        safetensors_io.write(temp_path, tensors, metadata)
+        os.replace(temp_path, out_path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.unlink(temp_path)
+        raise
+    log(f"wrote {out_path}: {cfg['architecture']} hidden {cfg['hidden_size']} heads {cfg['num_heads']} "
+        f"patch {cfg['patch_size']} input {cfg['input_size']} classes {cfg['num_classes']}")
+    return cfg
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Convert an official DiT/FPDM checkpoint to a .safetensors model file.")
+    parser.add_argument("checkpoint")
+    parser.add_argument("output")
+    parser.add_argument("--heads", type=int, help="attention heads (not stored in checkpoints)")
+    parser.add_argument("--model", help="official model name, e.g. DiT-XL/2 (gives the heads)")
+    conditioning = parser.add_mutually_exclusive_group()
+    conditioning.add_argument("--pre-post-timestep-conditioning", dest="pre_post_timestep_conditioning",
+                              action="store_const", const=True, default=None)
+    conditioning.add_argument("--no-pre-post-timestep-conditioning", dest="pre_post_timestep_conditioning",
+                              action="store_const", const=False)
+    parser.add_argument("--predict-v", action="store_true")
+    parser.add_argument("--zero-terminal-snr", action="store_true")
+    parser.add_argument("--space", choices=("latent", "pixel"), default="latent")
+    parser.add_argument("--equivalent-depth", type=int, default=None,
+                        help="depth of the DiT an FPDM replaces (default 28; not stored for a DiT)")
+    parser.add_argument("--dtype", choices=("f32", "bf16", "f16"), default="f32")
+    options = parser.parse_args(argv)
+    if options.heads is not None and options.model is not None:
+        parser.error("give --heads or --model, not both")
+    return options
+
+
+def main(argv=None):
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        convert(options.checkpoint, options.output, options)
+    except ConversionError as error:
+        print(f"convert.py: {options.checkpoint}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

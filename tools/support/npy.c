@@ -1,0 +1,332 @@
+/* npy.c - strict .npy float32 reading and atomic writing (see npy.h). */
+#define _POSIX_C_SOURCE 200809L
+#include "npy.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+static void set_error(char *err, size_t err_size, const char *fmt, ...) {
+    if (!err || err_size == 0) return;
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(err, err_size, fmt, args);
+    va_end(args);
+}
+
+static int host_is_little_endian(void) {
+    const uint32_t one = 1;
+    unsigned char first;
+    memcpy(&first, &one, 1);
+    return first == 1;
+}
+
+static void swap_words(unsigned char *bytes, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        unsigned char *w = bytes + 4 * i, t;
+        t = w[0], w[0] = w[3], w[3] = t;
+        t = w[1], w[1] = w[2], w[2] = t;
+    }
+}
+
+/* ---- the header dictionary --------------------------------------------- */
+
+typedef struct header_cursor {
+    const char *p, *end;
+} header_cursor;
+
+static void skip_spaces(header_cursor *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t')) c->p++;
+}
+
+static int accept_char(header_cursor *c, char ch) {
+    skip_spaces(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A quoted Python string literal without escapes, copied into out. */
+static int parse_string(header_cursor *c, char *out, size_t out_size) {
+    skip_spaces(c);
+    if (c->p >= c->end || (*c->p != '\'' && *c->p != '"')) return -1;
+    char quote = *c->p++;
+    size_t len = 0;
+    while (c->p < c->end && *c->p != quote) {
+        if (*c->p == '\\' || len + 1 >= out_size) return -1;
+        out[len++] = *c->p++;
+    }
+    if (c->p >= c->end) return -1;
+    c->p++;
+    out[len] = '\0';
+    return 0;
+}
+
+static int accept_word(header_cursor *c, const char *word) {
+    skip_spaces(c);
+    size_t len = strlen(word);
+    if ((size_t)(c->end - c->p) >= len && memcmp(c->p, word, len) == 0) {
+        c->p += len;
+        return 1;
+    }
+    return 0;
+}
+
+/* A tuple of non-negative integers: (), (3,), (2, 3) or (2, 3,). */
+static int parse_shape(header_cursor *c, int *ndim, int64_t shape[NPY_MAX_DIMS]) {
+    if (!accept_char(c, '(')) return -1;
+    *ndim = 0;
+    if (accept_char(c, ')')) return 0;
+    for (;;) {
+        skip_spaces(c);
+        if (c->p >= c->end || *c->p < '0' || *c->p > '9') return -1;
+        int64_t value = 0;
+        while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
+            if (value > (INT64_MAX - 9) / 10) return -1;
+            value = value * 10 + (*c->p++ - '0');
+        }
+        if (*ndim >= NPY_MAX_DIMS) return -2;
+        shape[(*ndim)++] = value;
+        int comma = accept_char(c, ',');
+        if (accept_char(c, ')')) return (*ndim == 1 && !comma) ? -1 : 0;
+        if (!comma) return -1;
+    }
+}
+
+static int parse_header(const char *path, const char *text, size_t len, int *ndim,
+                        int64_t shape[NPY_MAX_DIMS], char *err, size_t err_size) {
+    header_cursor c = {text, text + len};
+    int have_descr = 0, have_order = 0, have_shape = 0;
+    if (!accept_char(&c, '{')) goto malformed;
+    while (!accept_char(&c, '}')) {
+        char key[32], descr[32];
+        if (parse_string(&c, key, sizeof key) != 0 || !accept_char(&c, ':')) goto malformed;
+        if (strcmp(key, "descr") == 0 && !have_descr) {
+            if (parse_string(&c, descr, sizeof descr) != 0) goto malformed;
+            if (strcmp(descr, "<f4") != 0) {
+                set_error(err, err_size, "%s: dtype '%s' is not supported (allowed: '<f4', "
+                          "little-endian float32)", path, descr);
+                return -1;
+            }
+            have_descr = 1;
+        } else if (strcmp(key, "fortran_order") == 0 && !have_order) {
+            if (accept_word(&c, "True")) {
+                set_error(err, err_size, "%s: fortran_order is True (allowed: False, C order)",
+                          path);
+                return -1;
+            }
+            if (!accept_word(&c, "False")) goto malformed;
+            have_order = 1;
+        } else if (strcmp(key, "shape") == 0 && !have_shape) {
+            int status = parse_shape(&c, ndim, shape);
+            if (status == -2) {
+                set_error(err, err_size, "%s: more than %d dimensions (allowed: 0..%d)", path,
+                          NPY_MAX_DIMS, NPY_MAX_DIMS);
+                return -1;
+            }
+            if (status != 0) goto malformed;
+            have_shape = 1;
+        } else {
+            set_error(err, err_size, "%s: unexpected or repeated header key '%s' (allowed: "
+                      "'descr', 'fortran_order', 'shape', once each)", path, key);
+            return -1;
+        }
+        if (!accept_char(&c, ',')) {
+            if (!accept_char(&c, '}')) goto malformed;
+            break;
+        }
+    }
+    while (c.p < c.end && *c.p == ' ') c.p++;
+    if (c.p != c.end - 1 || *c.p != '\n') goto malformed;
+    if (!have_descr || !have_order || !have_shape) {
+        set_error(err, err_size, "%s: header lacks %s (required: 'descr', 'fortran_order', "
+                  "'shape')", path,
+                  !have_descr ? "'descr'" : !have_order ? "'fortran_order'" : "'shape'");
+        return -1;
+    }
+    return 0;
+malformed:
+    set_error(err, err_size, "%s: malformed header dictionary near offset %ld: \"%.*s\" "
+              "(expected {'descr': '<f4', 'fortran_order': False, 'shape': (...), })",
+              path, (long)(c.p - text), (int)(len > 120 ? 120 : len), text);
+    return -1;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MAX_DIMS],
+                 char *err, size_t err_size) {
+    *data = NULL;
+    *ndim = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        set_error(err, err_size, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    char *header = NULL;
+    float *values = NULL;
+    unsigned char prefix[12];
+    size_t got = fread(prefix, 1, 10, f);
+    if (got < 10 || memcmp(prefix, "\x93NUMPY", 6) != 0) {
+        set_error(err, err_size, "%s: not a .npy file (%s)", path,
+                  got < 10 ? "shorter than the 10-byte preamble" : "no \\x93NUMPY magic");
+        goto fail;
+    }
+    int major = prefix[6], minor = prefix[7];
+    uint32_t header_len;
+    long data_start;
+    if (major == 1 && minor == 0) {
+        header_len = (uint32_t)prefix[8] | (uint32_t)prefix[9] << 8;
+        data_start = 10 + (long)header_len;
+    } else if ((major == 2 || major == 3) && minor == 0) {
+        if (fread(prefix + 10, 1, 2, f) != 2) {
+            set_error(err, err_size, "%s: truncated header length", path);
+            goto fail;
+        }
+        header_len = (uint32_t)prefix[8] | (uint32_t)prefix[9] << 8 |
+                     (uint32_t)prefix[10] << 16 | (uint32_t)prefix[11] << 24;
+        if (header_len > (1u << 24)) {
+            set_error(err, err_size, "%s: header length %u is implausibly large", path,
+                      (unsigned)header_len);
+            goto fail;
+        }
+        data_start = 12 + (long)header_len;
+    } else {
+        set_error(err, err_size, "%s: format version %d.%d (allowed: 1.0, 2.0, 3.0)", path,
+                  major, minor);
+        goto fail;
+    }
+    header = malloc((size_t)header_len + 1);
+    if (!header) {
+        set_error(err, err_size, "%s: out of memory", path);
+        goto fail;
+    }
+    if (fread(header, 1, header_len, f) != header_len) {
+        set_error(err, err_size, "%s: truncated header (%u bytes announced)", path,
+                  (unsigned)header_len);
+        goto fail;
+    }
+    header[header_len] = '\0';
+    if (parse_header(path, header, header_len, ndim, shape, err, err_size) != 0) goto fail;
+
+    int64_t count = 1;
+    for (int d = 0; d < *ndim; d++) {
+        if (shape[d] != 0 && count > INT64_MAX / 4 / shape[d]) {
+            set_error(err, err_size, "%s: shape too large", path);
+            goto fail;
+        }
+        count *= shape[d];
+    }
+    if (fseek(f, 0, SEEK_END) != 0) {
+        set_error(err, err_size, "%s: cannot seek: %s", path, strerror(errno));
+        goto fail;
+    }
+    long file_size = ftell(f);
+    int64_t expected = count * 4;
+    if (file_size < 0 || (int64_t)file_size - data_start != expected) {
+        set_error(err, err_size, "%s: data section is %ld bytes, the shape needs %lld (%lld "
+                  "float32 values)%s", path, file_size - data_start, (long long)expected,
+                  (long long)count,
+                  (int64_t)file_size - data_start < expected ? ": truncated file" : "");
+        goto fail;
+    }
+    values = malloc((size_t)(count ? count : 1) * sizeof(float));
+    if (!values) {
+        set_error(err, err_size, "%s: out of memory for %lld floats", path, (long long)count);
+        goto fail;
+    }
+    if (fseek(f, data_start, SEEK_SET) != 0 ||
+        fread(values, 4, (size_t)count, f) != (size_t)count) {
+        set_error(err, err_size, "%s: read error", path);
+        goto fail;
+    }
+    if (!host_is_little_endian()) swap_words((unsigned char *)values, (size_t)count);
+    fclose(f);
+    free(header);
+    *data = values;
+    return 0;
+fail:
+    fclose(f);
+    free(header);
+    free(values);
+    *ndim = 0;
+    return -1;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape,
+                  char *err, size_t err_size) {
+    if (ndim < 0 || ndim > NPY_MAX_DIMS) {
+        set_error(err, err_size, "%s: %d dimensions (allowed: 0..%d)", path, ndim, NPY_MAX_DIMS);
+        return -1;
+    }
+    char dict[512];
+    size_t len = (size_t)snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, "
+                                  "'shape': (");
+    int64_t count = 1;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] < 0) {
+            set_error(err, err_size, "%s: negative dimension %lld", path, (long long)shape[d]);
+            return -1;
+        }
+        count *= shape[d];
+        len += (size_t)snprintf(dict + len, sizeof dict - len, "%lld%s", (long long)shape[d],
+                                ndim == 1 ? "," : d + 1 < ndim ? ", " : "");
+    }
+    len += (size_t)snprintf(dict + len, sizeof dict - len, "), }");
+    /* Pad with spaces and a newline so the data starts at a multiple of 64. */
+    size_t preamble = 10, total = preamble + len + 1;
+    size_t padded = (total + 63) / 64 * 64;
+    size_t header_len = padded - preamble;
+
+    size_t tmp_size = strlen(path) + 32;
+    char *tmp_path = malloc(tmp_size);
+    if (!tmp_path) {
+        set_error(err, err_size, "%s: out of memory", path);
+        return -1;
+    }
+    snprintf(tmp_path, tmp_size, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp_path, "wb");
+    if (!f) {
+        set_error(err, err_size, "%s: cannot create %s: %s", path, tmp_path, strerror(errno));
+        free(tmp_path);
+        return -1;
+    }
+    unsigned char head[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
+                              (unsigned char)(header_len & 0xff), (unsigned char)(header_len >> 8)};
+    int ok = fwrite(head, 1, 10, f) == 10 && fwrite(dict, 1, len, f) == len;
+    for (size_t i = len; ok && i + 1 < header_len; i++) ok = fputc(' ', f) != EOF;
+    ok = ok && fputc('\n', f) != EOF;
+    if (ok && host_is_little_endian()) {
+        ok = fwrite(data, 4, (size_t)count, f) == (size_t)count;
+    } else if (ok) {
+        for (int64_t i = 0; ok && i < count; i++) {
+            unsigned char word[4];
+            memcpy(word, data + i, 4);
+            swap_words(word, 1);
+            ok = fwrite(word, 1, 4, f) == 4;
+        }
+    }
+    int write_errno = errno;
+    if (fclose(f) != 0 && ok) {
+        ok = 0;
+        write_errno = errno;
+    }
+    if (ok && rename(tmp_path, path) != 0) {
+        ok = 0;
+        write_errno = errno;
+    }
+    if (!ok) {
+        set_error(err, err_size, "%s: write failed: %s", path, strerror(write_errno));
+        remove(tmp_path);
+    }
+    free(tmp_path);
+    return ok ? 0 : -1;
+}

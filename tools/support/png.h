@@ -1,0 +1,26 @@
+/* png.h - writing images in [-1, 1] as 8-bit PNG files with the official
+ * mapping of DiT / FPDM sample.py: clamp(127.5 x + 128, 0, 255) computed in
+ * float32 and truncated to uint8 (NaN becomes 0). Files are written to
+ * PATH.tmp.<pid> and renamed over PATH, so nothing half-written is left. */
+#ifndef FPDM_PNG_H
+#define FPDM_PNG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The 8-bit value of one sample. */
+uint8_t png_pixel_value(float x);
+
+/* chw [channels, height, width], channels 1 (gray) or 3 (RGB). Returns 0, or
+ * -1 with a message in err. */
+int png_write_image(const char *path, const float *chw, int channels, int height, int width,
+                    char *err, size_t err_size);
+
+/* images [n, channels, height, width] tiled row-major in a grid of `columns`
+ * columns (clamped to n) and ceil(n / columns) rows, with `padding` black
+ * pixels around and between the tiles; unused cells of the last row stay
+ * black. Returns 0, or -1 with a message in err. */
+int png_write_grid(const char *path, const float *images, int n, int channels, int height,
+                   int width, int columns, int padding, char *err, size_t err_size);
+
+#endif
