@@ -1,19 +1,24 @@
 # The CUDA backend: kernels/*.cu compiled into the fpdm library, for the
 # architectures below plus PTX, linked against cuBLAS/cuBLASLt.
-enable_language(CUDA)
-find_package(CUDAToolkit REQUIRED)
-if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "52")
+# Set before enable_language: otherwise CMake picks the compiler's default,
+# which for CUDA 13 with CMake 3.25 comes out empty.
+if(NOT CMAKE_CUDA_ARCHITECTURES)
   set(CMAKE_CUDA_ARCHITECTURES 80-real 86-real 89-real 90-real 90-virtual)
 endif()
+enable_language(CUDA)
+find_package(CUDAToolkit REQUIRED)
 file(GLOB FPDM_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/kernels/*.cu)
 if(FPDM_CUDA_SOURCES)
   target_sources(fpdm PRIVATE ${FPDM_CUDA_SOURCES})
   target_compile_definitions(fpdm PRIVATE FPDM_HAVE_CUDA=1)
   target_include_directories(fpdm PRIVATE ${PROJECT_SOURCE_DIR}/kernels)
   target_link_libraries(fpdm PUBLIC CUDA::cudart CUDA::cublas CUDA::cublasLt)
-  set_target_properties(fpdm PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)
+  # fpdm was created before CUDA was enabled, so it did not pick the list up.
+  set_target_properties(fpdm PROPERTIES CUDA_SEPARABLE_COMPILATION OFF
+                        CUDA_ARCHITECTURES "${CMAKE_CUDA_ARCHITECTURES}")
   target_compile_options(fpdm PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
   if(FPDM_WERROR)
-    target_compile_options(fpdm PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings>)
+    target_compile_options(fpdm PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings>
+                           $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Werror>)
   endif()
 endif()

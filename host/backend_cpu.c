@@ -20,6 +20,13 @@ typedef struct cpu_backend {
 
 static int threads_of(backend *be) { return ((cpu_backend *)be->impl)->num_threads; }
 
+/* Threads for a loop touching `elements` floats: one below ~64K, where waking
+ * a second thread costs more than it saves (and far more on a loaded machine,
+ * where the other thread may not be scheduled for milliseconds). */
+static int threads_for(backend *be, size_t elements) {
+    return elements < ((size_t)1 << 16) ? 1 : threads_of(be);
+}
+
 static float *cpu_alloc(backend *be, size_t num_floats) {
     (void)be;
     /* 64-byte alignment keeps BLAS and vector loops on full cache lines. */
@@ -62,7 +69,7 @@ static float apply_activation(float x, backend_activation act) {
 
 static void cpu_linear(backend *be, float *out, const float *in, int rows, const backend_linear *w,
                        const float *add, backend_activation act) {
-    int nt = threads_of(be);
+    int nt = threads_for(be, (size_t)rows * (size_t)w->out_dim);
     size_t n = (size_t)rows * (size_t)w->out_dim;
     float beta = 0.0f;
     if (add) {
@@ -87,7 +94,7 @@ static void cpu_linear(backend *be, float *out, const float *in, int rows, const
 static void cpu_layernorm_modulate(backend *be, float *out, const float *x, const float *shift,
                                    const float *scale, int mod_stride, int batch, int tokens,
                                    int dim) {
-    int nt = threads_of(be);
+    int nt = threads_for(be, (size_t)batch * tokens * dim);
     long long rows = (long long)batch * tokens;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (long long r = 0; r < rows; r++) {
@@ -113,32 +120,33 @@ static void cpu_layernorm_modulate(backend *be, float *out, const float *x, cons
 
 static size_t cpu_attention_scratch_floats(backend *be, int batch, int tokens, int heads,
                                            int head_dim) {
+    (void)be;
     (void)batch;
     (void)heads;
     (void)head_dim;
-    /* One tokens x tokens score matrix per thread. */
-    return (size_t)threads_of(be) * (size_t)tokens * (size_t)tokens;
+    return (size_t)tokens * (size_t)tokens;
 }
 
 /* Per (image, head): S = Q K^T * scale with BLAS straight from the strided qkv
- * rows, a softmax per row in double, then out = S V. */
+ * rows, a softmax per row in double, then out = S V. The (image, head) pairs
+ * run one after another so that OpenBLAS threads each product itself: calling
+ * the pthreads OpenBLAS from several OpenMP threads at once oversubscribes the
+ * cores and serialises on its internal lock. */
 static void cpu_attention(backend *be, float *out, const float *qkv, int batch, int tokens,
-                          int heads, int head_dim, float *scratch) {
-    int nt = threads_of(be);
+                          int heads, int head_dim, float *scores) {
+    int nt = threads_for(be, (size_t)tokens * tokens);
     int dim = heads * head_dim;
     int qkv_stride = 3 * dim;
     float scale = 1.0f / sqrtf((float)head_dim);
-    int pairs = batch * heads;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int pair = 0; pair < pairs; pair++) {
+    for (int pair = 0; pair < batch * heads; pair++) {
         int b = pair / heads, h = pair % heads;
-        float *scores = scratch + (size_t)omp_get_thread_num() * tokens * tokens;
         const float *base = qkv + (size_t)b * tokens * qkv_stride;
         const float *q = base + h * head_dim;
         const float *k = base + dim + h * head_dim;
         const float *v = base + 2 * dim + h * head_dim;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tokens, tokens, head_dim, scale, q,
                     qkv_stride, k, qkv_stride, 0.0f, scores, tokens);
+#pragma omp parallel for num_threads(nt) schedule(static)
         for (int i = 0; i < tokens; i++) {
             float *row = scores + (size_t)i * tokens;
             float max = row[0];
@@ -159,7 +167,7 @@ static void cpu_attention(backend *be, float *out, const float *qkv, int batch, 
 
 static void cpu_gated_residual(backend *be, float *x, const float *y, const float *gate,
                                int gate_stride, int batch, int tokens, int dim) {
-    int nt = threads_of(be);
+    int nt = threads_for(be, (size_t)batch * tokens * dim);
     long long rows = (long long)batch * tokens;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (long long r = 0; r < rows; r++) {
@@ -172,14 +180,14 @@ static void cpu_gated_residual(backend *be, float *x, const float *y, const floa
 
 static void cpu_activation(backend *be, float *out, const float *in, size_t n,
                            backend_activation act) {
-    int nt = threads_of(be);
+    int nt = threads_for(be, n);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = apply_activation(in[i], act);
 }
 
 static void cpu_add(backend *be, float *out, const float *a, const float *b, int batch, int tokens,
                     int dim, int broadcast_rows) {
-    int nt = threads_of(be);
+    int nt = threads_for(be, (size_t)batch * tokens * dim);
     size_t per_image = (size_t)tokens * dim;
     size_t n = (size_t)batch * per_image;
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -224,7 +232,7 @@ static void cpu_embedding_rows(backend *be, float *out, const float *table, cons
 
 static void cpu_patchify(backend *be, float *out, const float *x, int batch, int channels, int size,
                          int patch) {
-    int nt = threads_of(be);
+    int nt = threads_for(be, (size_t)batch * channels * size * size);
     int grid = size / patch;
     int tokens = grid * grid;
     int patch_dim = channels * patch * patch;
@@ -242,7 +250,7 @@ static void cpu_patchify(backend *be, float *out, const float *x, int batch, int
 
 static void cpu_unpatchify(backend *be, float *out, const float *x, int batch, int channels,
                            int size, int patch) {
-    int nt = threads_of(be);
+    int nt = threads_for(be, (size_t)batch * channels * size * size);
     int grid = size / patch;
     int tokens = grid * grid;
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -278,7 +286,7 @@ static void cpu_sampler_update(backend *be, float *x, const float *model_out, co
 
 static void cpu_normal_noise(backend *be, float *out, uint64_t noise_seed, uint64_t first_image,
                              int count, uint32_t stage, size_t per_image) {
-    int nt = threads_of(be);
+    int nt = threads_for(be, (size_t)count * per_image);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int i = 0; i < count; i++)
         philox_normal(noise_seed, first_image + (uint64_t)i, stage, out + (size_t)i * per_image,
@@ -287,7 +295,7 @@ static void cpu_normal_noise(backend *be, float *out, uint64_t noise_seed, uint6
 
 static int cpu_row_norms(backend *be, const float *a, const float *b, int rows, size_t cols,
                          double *host_diff_sq, double *host_norm_sq) {
-    int nt = threads_of(be);
+    int nt = threads_for(be, (size_t)rows * cols);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int r = 0; r < rows; r++) {
         const float *ar = a + (size_t)r * cols, *br = b + (size_t)r * cols;

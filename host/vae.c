@@ -1,0 +1,609 @@
+/* vae.c - the decoder of Stable Diffusion's VAE (diffusers' AutoencoderKL):
+ * loading it from a diffusers safetensors file (fpdm_vae_load) and decoding
+ * latents into images (fpdm_vae_decode) over the operations of vae_ops.h.
+ *
+ * The network, as diffusers builds it for block_out_channels B (n blocks) and
+ * layers_per_block L:
+ *   post_quant_conv 1x1, conv_in 3x3 to B[n-1],
+ *   mid block: resnet, single-head attention over the pixels, resnet,
+ *   up block i over reversed(B): L + 1 resnets, then nearest 2x + conv 3x3
+ *     except after the last block,
+ *   GroupNorm, SiLU, conv_out 3x3.
+ * A resnet is x + conv2(SiLU(GN(conv1(SiLU(GN(x)))))), x through a 1x1
+ * conv_shortcut when the channel count changes. Every GroupNorm has
+ * norm_num_groups groups, eps 1e-6 and an affine transform.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "context.h"
+#include "fpdm.h"
+#include "safetensors.h"
+#include "vae_ops.h"
+
+#define VAE_MAX_BLOCKS 8
+#define VAE_NORM_EPS 1e-6f
+#define VAE_DEFAULT_GROUPS 32
+#define VAE_DEFAULT_SCALING_FACTOR 0.18215f
+/* Tensor names are built in three levels (block, layer, tensor); each buffer
+ * holds the one above plus the longest suffix, so nothing is cut. */
+#define VAE_BLOCK_NAME_MAX 64
+#define VAE_LAYER_NAME_MAX 96
+#define VAE_NAME_MAX 128
+/* Images up to this many pixels a side keep every size well inside int. */
+#define VAE_MAX_IMAGE_SIZE 8192
+
+typedef struct vae_conv {
+    const float *weight; /* [out, in, kernel, kernel] */
+    const float *bias;   /* [out] */
+    int in_channels, out_channels, kernel;
+} vae_conv;
+
+typedef struct vae_norm {
+    const float *gamma, *beta;
+    int channels;
+} vae_norm;
+
+typedef struct vae_resnet {
+    vae_norm norm1, norm2;
+    vae_conv conv1, conv2;
+    int has_shortcut;
+    vae_conv shortcut;   /* 1x1, when in_channels != out_channels */
+} vae_resnet;
+
+typedef struct vae_attention {
+    vae_norm norm;
+    vae_conv q, k, v, out; /* linears over channels, applied as 1x1 convolutions */
+} vae_attention;
+
+struct fpdm_vae {
+    fpdm_vae_info info;
+    int num_blocks;
+    int block_out_channels[VAE_MAX_BLOCKS];
+    int layers_per_block;
+    int groups;
+    vae_conv post_quant_conv, conv_in;
+    vae_resnet mid_resnets[2];
+    vae_attention mid_attention;
+    vae_resnet *resnets;           /* num_blocks * (layers_per_block + 1), block-major */
+    vae_conv upsamplers[VAE_MAX_BLOCKS]; /* all blocks but the last */
+    vae_norm norm_out;
+    vae_conv conv_out;
+    float *weights;                /* one block holding every tensor above */
+};
+
+/* ---- loading ------------------------------------------------------------ */
+
+/* Walks the architecture twice: first checking every tensor and counting
+ * floats (weights == NULL), then converting them into one block. */
+typedef struct vae_loader {
+    fpdm_context *ctx;
+    const safetensors_file *file;
+    unsigned char *used;     /* per tensor of the file: claimed by the decoder */
+    float *weights;
+    size_t offset;
+    fpdm_status status;
+} vae_loader;
+
+static int is_float_dtype(safetensors_dtype dtype) {
+    return dtype == SAFETENSORS_F32 || dtype == SAFETENSORS_F16 || dtype == SAFETENSORS_BF16 ||
+           dtype == SAFETENSORS_F64;
+}
+
+static void format_shape(char *buf, size_t size, int ndim, const int64_t *shape) {
+    size_t len = (size_t)snprintf(buf, size, "[");
+    for (int d = 0; d < ndim && len < size; d++)
+        len += (size_t)snprintf(buf + len, size - len, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    if (len < size) snprintf(buf + len, size - len, "]");
+}
+
+static int same_shape(const safetensors_tensor *t, int ndim, const int64_t *shape) {
+    if (t->ndim != ndim) return 0;
+    for (int d = 0; d < ndim; d++)
+        if (t->shape[d] != shape[d]) return 0;
+    return 1;
+}
+
+/* Claims tensor `name` of the given shape; a [C, C] linear may also be stored
+ * as a [C, C, 1, 1] convolution (older checkpoints) when linear_as_conv. */
+static const float *take(vae_loader *ld, const char *name, int ndim, const int64_t *shape,
+                         int linear_as_conv) {
+    if (ld->status != FPDM_OK) return NULL;
+    const safetensors_tensor *t = safetensors_find(ld->file, name);
+    char expected[96], actual[96];
+    if (!t) {
+        ld->status = context_fail(ld->ctx, FPDM_ERR_BAD_FILE, "%s: tensor %s is missing",
+                                  ld->file->path, name);
+        return NULL;
+    }
+    if (!is_float_dtype(t->dtype)) {
+        ld->status = context_fail(ld->ctx, FPDM_ERR_BAD_FILE,
+                                  "%s: tensor %s has dtype %s, expected a float type",
+                                  ld->file->path, name, safetensors_dtype_name(t->dtype));
+        return NULL;
+    }
+    int64_t conv_shape[4] = {shape[0], ndim > 1 ? shape[1] : 1, 1, 1};
+    if (!same_shape(t, ndim, shape) &&
+        !(linear_as_conv && ndim == 2 && same_shape(t, 4, conv_shape))) {
+        format_shape(expected, sizeof expected, ndim, shape);
+        format_shape(actual, sizeof actual, t->ndim, t->shape);
+        ld->status = context_fail(ld->ctx, FPDM_ERR_BAD_FILE,
+                                  "%s: tensor %s has shape %s, expected %s", ld->file->path,
+                                  name, actual, expected);
+        return NULL;
+    }
+    float *dst = NULL;
+    if (ld->weights) {
+        dst = ld->weights + ld->offset;
+        safetensors_to_f32(t, dst);
+    } else {
+        ld->used[t - ld->file->tensors] = 1;
+    }
+    ld->offset += (size_t)t->num_elements;
+    return dst;
+}
+
+static void take_conv(vae_loader *ld, vae_conv *conv, const char *prefix, int in_channels,
+                      int out_channels, int kernel) {
+    char name[VAE_NAME_MAX];
+    int64_t weight_shape[4] = {out_channels, in_channels, kernel, kernel};
+    int64_t bias_shape[1] = {out_channels};
+    conv->in_channels = in_channels;
+    conv->out_channels = out_channels;
+    conv->kernel = kernel;
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    conv->weight = take(ld, name, 4, weight_shape, 0);
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    conv->bias = take(ld, name, 1, bias_shape, 0);
+}
+
+/* A channels x channels linear under its diffusers name or, when that is
+ * absent, its pre-0.14 name (query/key/value/proj_attn). */
+static void take_linear(vae_loader *ld, vae_conv *conv, const char *prefix, const char *new_name,
+                        const char *old_name, int channels) {
+    char weight_name[VAE_NAME_MAX], bias_name[VAE_NAME_MAX];
+    int64_t weight_shape[2] = {channels, channels};
+    int64_t bias_shape[1] = {channels};
+    snprintf(weight_name, sizeof weight_name, "%s.%s.weight", prefix, new_name);
+    if (!safetensors_find(ld->file, weight_name)) {
+        char old_weight_name[VAE_NAME_MAX];
+        snprintf(old_weight_name, sizeof old_weight_name, "%s.%s.weight", prefix, old_name);
+        if (safetensors_find(ld->file, old_weight_name)) new_name = old_name;
+    }
+    snprintf(weight_name, sizeof weight_name, "%s.%s.weight", prefix, new_name);
+    snprintf(bias_name, sizeof bias_name, "%s.%s.bias", prefix, new_name);
+    conv->in_channels = conv->out_channels = channels;
+    conv->kernel = 1;
+    conv->weight = take(ld, weight_name, 2, weight_shape, 1);
+    conv->bias = take(ld, bias_name, 1, bias_shape, 0);
+}
+
+static void take_norm(vae_loader *ld, vae_norm *norm, const char *prefix, int channels) {
+    char name[VAE_NAME_MAX];
+    int64_t shape[1] = {channels};
+    norm->channels = channels;
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    norm->gamma = take(ld, name, 1, shape, 0);
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    norm->beta = take(ld, name, 1, shape, 0);
+}
+
+static void take_resnet(vae_loader *ld, vae_resnet *r, const char *prefix, int in_channels,
+                        int out_channels) {
+    char name[VAE_LAYER_NAME_MAX];
+    snprintf(name, sizeof name, "%s.norm1", prefix);
+    take_norm(ld, &r->norm1, name, in_channels);
+    snprintf(name, sizeof name, "%s.conv1", prefix);
+    take_conv(ld, &r->conv1, name, in_channels, out_channels, 3);
+    snprintf(name, sizeof name, "%s.norm2", prefix);
+    take_norm(ld, &r->norm2, name, out_channels);
+    snprintf(name, sizeof name, "%s.conv2", prefix);
+    take_conv(ld, &r->conv2, name, out_channels, out_channels, 3);
+    r->has_shortcut = in_channels != out_channels;
+    if (r->has_shortcut) {
+        snprintf(name, sizeof name, "%s.conv_shortcut", prefix);
+        take_conv(ld, &r->shortcut, name, in_channels, out_channels, 1);
+    }
+}
+
+static void take_decoder(vae_loader *ld, fpdm_vae *vae) {
+    char name[VAE_BLOCK_NAME_MAX];
+    int n = vae->num_blocks;
+    int latent = vae->info.latent_channels;
+    int top = vae->block_out_channels[n - 1];
+    const char *attn = "decoder.mid_block.attentions.0";
+    take_conv(ld, &vae->post_quant_conv, "post_quant_conv", latent, latent, 1);
+    take_conv(ld, &vae->conv_in, "decoder.conv_in", latent, top, 3);
+    take_resnet(ld, &vae->mid_resnets[0], "decoder.mid_block.resnets.0", top, top);
+    snprintf(name, sizeof name, "%s.group_norm", attn);
+    take_norm(ld, &vae->mid_attention.norm, name, top);
+    take_linear(ld, &vae->mid_attention.q, attn, "to_q", "query", top);
+    take_linear(ld, &vae->mid_attention.k, attn, "to_k", "key", top);
+    take_linear(ld, &vae->mid_attention.v, attn, "to_v", "value", top);
+    take_linear(ld, &vae->mid_attention.out, attn, "to_out.0", "proj_attn", top);
+    take_resnet(ld, &vae->mid_resnets[1], "decoder.mid_block.resnets.1", top, top);
+    int prev = top;
+    for (int i = 0; i < n; i++) {
+        int out = vae->block_out_channels[n - 1 - i];
+        for (int j = 0; j <= vae->layers_per_block; j++) {
+            snprintf(name, sizeof name, "decoder.up_blocks.%d.resnets.%d", i, j);
+            take_resnet(ld, &vae->resnets[i * (vae->layers_per_block + 1) + j], name,
+                        j == 0 ? prev : out, out);
+        }
+        if (i < n - 1) {
+            snprintf(name, sizeof name, "decoder.up_blocks.%d.upsamplers.0.conv", i);
+            take_conv(ld, &vae->upsamplers[i], name, out, out, 3);
+        }
+        prev = out;
+    }
+    take_norm(ld, &vae->norm_out, "decoder.conv_norm_out", vae->block_out_channels[0]);
+    take_conv(ld, &vae->conv_out, "decoder.conv_out", vae->block_out_channels[0],
+              vae->info.image_channels, 3);
+}
+
+/* A positive integer from the metadata, or fallback when the key is absent. */
+static fpdm_status metadata_int(fpdm_context *ctx, const safetensors_file *file, const char *key,
+                                int minimum, int fallback, int *out) {
+    const char *text = safetensors_metadata(file, key);
+    if (!text) {
+        *out = fallback;
+        return FPDM_OK;
+    }
+    char *end;
+    long value = strtol(text, &end, 10);
+    if (end == text || *end != '\0' || value < minimum || value > 65536)
+        return context_fail(ctx, FPDM_ERR_BAD_FILE, "%s: metadata %s = \"%s\" is not an integer >= %d",
+                            file->path, key, text, minimum);
+    *out = (int)value;
+    return FPDM_OK;
+}
+
+/* "128,256,512,512" (brackets and spaces allowed) into block_out_channels. */
+static fpdm_status parse_block_channels(fpdm_context *ctx, const safetensors_file *file,
+                                        const char *text, fpdm_vae *vae) {
+    const char *key = "vae.block_out_channels";
+    int count = 0;
+    const char *p = text;
+    for (;;) {
+        while (*p == ' ' || *p == '[' || *p == '(') p++;
+        char *end;
+        long value = strtol(p, &end, 10);
+        if (end == p || value < 1 || value > 65536 || count == VAE_MAX_BLOCKS)
+            return context_fail(ctx, FPDM_ERR_BAD_FILE,
+                                "%s: metadata %s = \"%s\" is not a list of 1 to %d positive integers",
+                                file->path, key, text, VAE_MAX_BLOCKS);
+        vae->block_out_channels[count++] = (int)value;
+        p = end;
+        while (*p == ' ' || *p == ']' || *p == ')') p++;
+        if (*p == '\0') break;
+        if (*p != ',')
+            return context_fail(ctx, FPDM_ERR_BAD_FILE, "%s: metadata %s = \"%s\" is malformed",
+                                file->path, key, text);
+        p++;
+    }
+    vae->num_blocks = count;
+    return FPDM_OK;
+}
+
+static const safetensors_tensor *find_4d(const safetensors_file *file, const char *name) {
+    const safetensors_tensor *t = safetensors_find(file, name);
+    return t && t->ndim == 4 ? t : NULL;
+}
+
+/* The configuration from the metadata where present, else from the shapes
+ * (diffusers files carry none). The tensors are checked against it later. */
+static fpdm_status read_config(fpdm_context *ctx, const safetensors_file *file, fpdm_vae *vae) {
+    char name[256];
+    fpdm_status status;
+    const safetensors_tensor *t;
+
+    const char *channels_text = safetensors_metadata(file, "vae.block_out_channels");
+    if (channels_text) {
+        if ((status = parse_block_channels(ctx, file, channels_text, vae)) != FPDM_OK) return status;
+    } else {
+        /* Up block i works at reversed(block_out_channels)[i] channels. */
+        int found[VAE_MAX_BLOCKS + 1];
+        int n = 0;
+        for (; n <= VAE_MAX_BLOCKS; n++) {
+            snprintf(name, sizeof name, "decoder.up_blocks.%d.resnets.0.conv1.weight", n);
+            if (!(t = find_4d(file, name))) break;
+            if (t->shape[0] < 1 || t->shape[0] > 65536)
+                return context_fail(ctx, FPDM_ERR_BAD_FILE, "%s: tensor %s has %lld output channels",
+                                    file->path, name, (long long)t->shape[0]);
+            found[n] = (int)t->shape[0];
+        }
+        if (n == 0)
+            return context_fail(ctx, FPDM_ERR_BAD_FILE,
+                                "%s: tensor decoder.up_blocks.0.resnets.0.conv1.weight is missing "
+                                "(not the decoder of a diffusers AutoencoderKL)", file->path);
+        if (n > VAE_MAX_BLOCKS)
+            return context_fail(ctx, FPDM_ERR_UNSUPPORTED, "%s: more than %d up blocks",
+                                file->path, VAE_MAX_BLOCKS);
+        vae->num_blocks = n;
+        for (int i = 0; i < n; i++) vae->block_out_channels[n - 1 - i] = found[i];
+    }
+
+    int layers_found = 0;
+    for (; layers_found < 64; layers_found++) {
+        snprintf(name, sizeof name, "decoder.up_blocks.0.resnets.%d.conv1.weight", layers_found);
+        if (!safetensors_find(file, name)) break;
+    }
+    if ((status = metadata_int(ctx, file, "vae.layers_per_block", 0,
+                               layers_found > 0 ? layers_found - 1 : 0,
+                               &vae->layers_per_block)) != FPDM_OK)
+        return status;
+
+    int64_t latent_guess = 4;
+    if ((t = find_4d(file, "post_quant_conv.weight")))
+        latent_guess = t->shape[0];
+    else if ((t = find_4d(file, "decoder.conv_in.weight")))
+        latent_guess = t->shape[1];
+    if (latent_guess < 1 || latent_guess > 65536) latent_guess = 4;
+    if ((status = metadata_int(ctx, file, "vae.latent_channels", 1, (int)latent_guess,
+                               &vae->info.latent_channels)) != FPDM_OK)
+        return status;
+
+    int image_guess = 3;
+    if ((t = find_4d(file, "decoder.conv_out.weight")) && t->shape[0] >= 1 && t->shape[0] <= 64)
+        image_guess = (int)t->shape[0];
+    vae->info.image_channels = image_guess;
+
+    if ((status = metadata_int(ctx, file, "vae.norm_num_groups", 1, VAE_DEFAULT_GROUPS,
+                               &vae->groups)) != FPDM_OK)
+        return status;
+    for (int i = 0; i < vae->num_blocks; i++)
+        if (vae->block_out_channels[i] % vae->groups != 0)
+            return context_fail(ctx, FPDM_ERR_BAD_FILE,
+                                "%s: %d channels do not split into %d groups (vae.norm_num_groups)",
+                                file->path, vae->block_out_channels[i], vae->groups);
+
+    vae->info.scaling_factor = VAE_DEFAULT_SCALING_FACTOR;
+    const char *scale_text = safetensors_metadata(file, "vae.scaling_factor");
+    if (scale_text) {
+        char *end;
+        double value = strtod(scale_text, &end);
+        if (end == scale_text || *end != '\0' || !(value > 0.0) || !isfinite(value))
+            return context_fail(ctx, FPDM_ERR_BAD_FILE,
+                                "%s: metadata vae.scaling_factor = \"%s\" is not a positive number",
+                                file->path, scale_text);
+        vae->info.scaling_factor = (float)value;
+    }
+    vae->info.upscale = 1 << (vae->num_blocks - 1);
+    return FPDM_OK;
+}
+
+static int is_ignored_tensor(const char *name) {
+    return strncmp(name, "encoder.", 8) == 0 || strncmp(name, "quant_conv.", 11) == 0;
+}
+
+static fpdm_status load_from_file(fpdm_context *ctx, const safetensors_file *file, fpdm_vae *vae) {
+    fpdm_status status = read_config(ctx, file, vae);
+    if (status != FPDM_OK) return status;
+    size_t num_resnets = (size_t)vae->num_blocks * (vae->layers_per_block + 1);
+    vae->resnets = calloc(num_resnets, sizeof *vae->resnets);
+    vae_loader ld = {.ctx = ctx, .file = file, .status = FPDM_OK};
+    ld.used = calloc((size_t)file->num_tensors + 1, 1);
+    if (!vae->resnets || !ld.used) {
+        free(ld.used);
+        return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: out of memory", file->path);
+    }
+    take_decoder(&ld, vae);
+    for (int i = 0; ld.status == FPDM_OK && i < file->num_tensors; i++)
+        if (!ld.used[i] && !is_ignored_tensor(file->tensors[i].name))
+            ld.status = context_fail(ctx, FPDM_ERR_BAD_FILE,
+                                     "%s: unexpected tensor %s (not part of this AutoencoderKL decoder)",
+                                     file->path, file->tensors[i].name);
+    free(ld.used);
+    if (ld.status != FPDM_OK) return ld.status;
+
+    vae->weights = malloc(ld.offset * sizeof(float));
+    if (!vae->weights)
+        return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu weights",
+                            file->path, ld.offset);
+    ld.weights = vae->weights;
+    ld.offset = 0;
+    take_decoder(&ld, vae);
+
+    /* post_quant_conv(z / s) = (W / s) z + b: the division by the scaling
+     * factor rides on the first weights. They live in vae->weights, which
+     * this function owns, so writing through the const view is sound. */
+    float *post_quant_weight = (float *)vae->post_quant_conv.weight;
+    size_t count = (size_t)vae->info.latent_channels * vae->info.latent_channels;
+    for (size_t i = 0; i < count; i++) post_quant_weight[i] /= vae->info.scaling_factor;
+    return FPDM_OK;
+}
+
+fpdm_status fpdm_vae_load(fpdm_context *ctx, const char *path, fpdm_vae **out) {
+    if (out) *out = NULL;
+    if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
+    if (!path || !out)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "fpdm_vae_load: path and out are required");
+    safetensors_file file;
+    char err[1024];
+    if (safetensors_open(path, &file, err, sizeof err) != 0) {
+        /* Unopenable is an I/O problem; anything the reader refused is a bad file. */
+        FILE *probe = fopen(path, "rb");
+        fpdm_status status = probe ? FPDM_ERR_BAD_FILE : FPDM_ERR_IO;
+        if (probe) fclose(probe);
+        return context_fail(ctx, status, "%s", err);
+    }
+    fpdm_vae *vae = calloc(1, sizeof *vae);
+    if (!vae) {
+        safetensors_close(&file);
+        return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+    }
+    fpdm_status status = load_from_file(ctx, &file, vae);
+    safetensors_close(&file);
+    if (status != FPDM_OK) {
+        fpdm_vae_free(vae);
+        return status;
+    }
+    *out = vae;
+    return FPDM_OK;
+}
+
+void fpdm_vae_free(fpdm_vae *vae) {
+    if (!vae) return;
+    free(vae->weights);
+    free(vae->resnets);
+    free(vae);
+}
+
+const fpdm_vae_info *fpdm_vae_get_info(const fpdm_vae *vae) { return vae ? &vae->info : NULL; }
+
+/* ---- decoding ----------------------------------------------------------- */
+
+/* Where one image's activations live inside the arena. x carries the running
+ * activation; a and b are temporaries as big as the largest activation;
+ * attn_k / attn_v hold the mid block's keys and values; scratch serves the
+ * operations. */
+typedef struct vae_buffers {
+    float *x, *a, *b, *attn_k, *attn_v, *scratch;
+} vae_buffers;
+
+typedef struct vae_plan {
+    size_t activation, attention_kv, scratch;
+} vae_plan;
+
+static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
+
+static size_t conv_scratch(const vae_ops *ops, const vae_conv *conv, int size) {
+    return ops->conv2d_scratch_floats(ops, conv->in_channels, size, size, conv->kernel);
+}
+
+static vae_plan plan_decode(const fpdm_vae *vae, const vae_ops *ops, int latent_size) {
+    vae_plan plan = {0, 0, 0};
+    int n = vae->num_blocks;
+    int per_block = vae->layers_per_block + 1;
+    int top = vae->block_out_channels[n - 1];
+    size_t pixels = (size_t)latent_size * latent_size;
+    plan.activation = max_size((size_t)vae->info.latent_channels, (size_t)top) * pixels;
+    plan.attention_kv = (size_t)top * pixels;
+    plan.scratch = max_size(conv_scratch(ops, &vae->conv_in, latent_size),
+                            ops->attention_scratch_floats(ops, top, (int)pixels));
+    for (int m = 0; m < 2; m++) {
+        plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->mid_resnets[m].conv1, latent_size));
+        plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->mid_resnets[m].conv2, latent_size));
+    }
+    int size = latent_size;
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < per_block; j++) {
+            const vae_resnet *r = &vae->resnets[i * per_block + j];
+            size_t channels = max_size((size_t)r->conv1.in_channels, (size_t)r->conv1.out_channels);
+            plan.activation = max_size(plan.activation, channels * size * size);
+            plan.scratch = max_size(plan.scratch, conv_scratch(ops, &r->conv1, size));
+            plan.scratch = max_size(plan.scratch, conv_scratch(ops, &r->conv2, size));
+        }
+        if (i < n - 1) {
+            size *= 2;
+            plan.activation = max_size(plan.activation,
+                                       (size_t)vae->upsamplers[i].in_channels * size * size);
+            plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->upsamplers[i], size));
+        }
+    }
+    plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->conv_out, size));
+    return plan;
+}
+
+static void run_conv(const vae_ops *ops, const vae_conv *conv, float *out, const float *in,
+                     const float *residual, int size, float *scratch) {
+    ops->conv2d(ops, out, in, conv->weight, conv->bias, residual, conv->in_channels,
+                conv->out_channels, size, size, conv->kernel, scratch);
+}
+
+static void run_norm(const vae_ops *ops, const fpdm_vae *vae, const vae_norm *norm, float *out,
+                     const float *in, int size, int silu) {
+    ops->group_norm(ops, out, in, norm->gamma, norm->beta, norm->channels, size * size,
+                    vae->groups, VAE_NORM_EPS, silu);
+}
+
+/* x [in, size, size] -> x [out, size, size]. */
+static void run_resnet(const vae_ops *ops, const fpdm_vae *vae, const vae_resnet *r,
+                       const vae_buffers *buf, int size) {
+    run_norm(ops, vae, &r->norm1, buf->a, buf->x, size, 1);
+    run_conv(ops, &r->conv1, buf->b, buf->a, NULL, size, buf->scratch);
+    run_norm(ops, vae, &r->norm2, buf->a, buf->b, size, 1);
+    const float *residual = buf->x;
+    if (r->has_shortcut) {
+        run_conv(ops, &r->shortcut, buf->b, buf->x, NULL, size, buf->scratch);
+        residual = buf->b;
+    }
+    run_conv(ops, &r->conv2, buf->x, buf->a, residual, size, buf->scratch);
+}
+
+/* x += out_proj(attention(q, k, v of GroupNorm(x))), rescale_output_factor 1. */
+static void run_attention(const vae_ops *ops, const fpdm_vae *vae, const vae_attention *at,
+                          const vae_buffers *buf, int size) {
+    int tokens = size * size;
+    run_norm(ops, vae, &at->norm, buf->a, buf->x, size, 0);
+    run_conv(ops, &at->q, buf->b, buf->a, NULL, size, buf->scratch);
+    run_conv(ops, &at->k, buf->attn_k, buf->a, NULL, size, buf->scratch);
+    run_conv(ops, &at->v, buf->attn_v, buf->a, NULL, size, buf->scratch);
+    ops->attention(ops, buf->a, buf->b, buf->attn_k, buf->attn_v, at->norm.channels, tokens,
+                   buf->scratch);
+    run_conv(ops, &at->out, buf->x, buf->a, buf->x, size, buf->scratch);
+}
+
+static void decode_one(const vae_ops *ops, const fpdm_vae *vae, const vae_buffers *buf,
+                       int latent_size, const float *latent, float *image) {
+    int size = latent_size;
+    int per_block = vae->layers_per_block + 1;
+    run_conv(ops, &vae->post_quant_conv, buf->a, latent, NULL, size, buf->scratch);
+    run_conv(ops, &vae->conv_in, buf->x, buf->a, NULL, size, buf->scratch);
+    run_resnet(ops, vae, &vae->mid_resnets[0], buf, size);
+    run_attention(ops, vae, &vae->mid_attention, buf, size);
+    run_resnet(ops, vae, &vae->mid_resnets[1], buf, size);
+    for (int i = 0; i < vae->num_blocks; i++) {
+        for (int j = 0; j < per_block; j++)
+            run_resnet(ops, vae, &vae->resnets[i * per_block + j], buf, size);
+        if (i < vae->num_blocks - 1) {
+            const vae_conv *up = &vae->upsamplers[i];
+            ops->upsample_nearest2x(ops, buf->a, buf->x, up->in_channels, size, size);
+            size *= 2;
+            run_conv(ops, up, buf->x, buf->a, NULL, size, buf->scratch);
+        }
+    }
+    run_norm(ops, vae, &vae->norm_out, buf->a, buf->x, size, 1);
+    run_conv(ops, &vae->conv_out, image, buf->a, NULL, size, buf->scratch);
+}
+
+fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch, int latent_size,
+                            const float *latents, float *images) {
+    if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
+    if (!vae || !latents || !images)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "fpdm_vae_decode: vae, latents and images are required");
+    if (batch < 1 || latent_size < 1 || latent_size > VAE_MAX_IMAGE_SIZE / vae->info.upscale)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "fpdm_vae_decode: batch %d and latent size %d must be >= 1, with images "
+                            "of at most %d pixels a side", batch, latent_size, VAE_MAX_IMAGE_SIZE);
+    if (!ctx->be)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "the context has no device (its creation failed)");
+    if (ctx->device_index >= 0)
+        return context_fail(ctx, FPDM_ERR_UNSUPPORTED,
+                            "fpdm_vae_decode: the VAE decoder runs on a CPU context only (this one is %s)",
+                            ctx->device_name);
+
+    vae_ops ops;
+    vae_ops_cpu_init(&ops, ctx->params.num_threads);
+    vae_plan plan = plan_decode(vae, &ops, latent_size);
+    size_t total = 3 * plan.activation + 2 * plan.attention_kv + plan.scratch;
+    float *arena = context_arena(ctx, total);
+    if (!arena) return FPDM_ERR_OUT_OF_MEMORY;
+    vae_buffers buf;
+    buf.x = arena;
+    buf.a = buf.x + plan.activation;
+    buf.b = buf.a + plan.activation;
+    buf.attn_k = buf.b + plan.activation;
+    buf.attn_v = buf.attn_k + plan.attention_kv;
+    buf.scratch = buf.attn_v + plan.attention_kv;
+
+    size_t latent_floats = (size_t)vae->info.latent_channels * latent_size * latent_size;
+    size_t image_size = (size_t)latent_size * vae->info.upscale;
+    size_t image_floats = (size_t)vae->info.image_channels * image_size * image_size;
+    for (int b = 0; b < batch; b++)
+        decode_one(&ops, vae, &buf, latent_size, latents + b * latent_floats, images + b * image_floats);
+    return FPDM_OK;
+}

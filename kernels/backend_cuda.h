@@ -1,0 +1,47 @@
+/* backend_cuda.h - the CUDA backend: the ops of backend.h on one CUDA stream,
+ * matrix products through cuBLASLt, everything else in the kernels of
+ * .cu files of kernels/.
+ *
+ * Ops return void, so a failure inside one (a CUDA or cuBLAS error, or an
+ * argument this backend cannot serve, such as head_dim > 128) is recorded:
+ * the first one is kept, every later op is skipped, and the next synchronize,
+ * download, upload or row_norms returns non-zero. The failure is sticky (a
+ * faulted CUDA context cannot be trusted again); backend_cuda_error says what
+ * it was. Only synchronize, download, upload and row_norms wait for the GPU.
+ *
+ * Precision: FPDM_PRECISION_FP32 runs true float32 products (CUBLAS_COMPUTE_32F,
+ * no TF32). BF16 (and DEFAULT, which fpdm.h makes bf16 on CUDA) and FP16 keep
+ * float32 tensors everywhere and let cuBLAS round the operands of each matrix
+ * product to bf16 / fp16 on tensor cores with float32 accumulation
+ * (CUBLAS_COMPUTE_32F_FAST_16BF / _16F); all other ops stay float32.
+ */
+#ifndef FPDM_BACKEND_CUDA_H
+#define FPDM_BACKEND_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* backend.h has no C++ guards of its own. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "backend.h"
+#include "fpdm.h"
+
+/* NULL and a message in err on failure (no device, bad index, CUDA, cuBLAS
+ * or memory failure during setup). */
+backend *backend_cuda_create(int device_index, fpdm_precision precision, char *err,
+                             size_t err_size);
+/* 0 when there is no driver or no device. */
+int backend_cuda_device_count(void);
+/* The device's name, or "unknown" if it cannot be queried. */
+void backend_cuda_device_name(int device_index, char *out, size_t size);
+/* The first error recorded by this CUDA backend, "" if none. */
+const char *backend_cuda_error(const backend *be);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

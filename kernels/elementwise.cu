@@ -1,0 +1,112 @@
+/* elementwise.cu - the pointwise ops of backend.h: gated_residual, add (with
+ * row broadcast), cfg_combine and sampler_update (diffusion_apply_step's
+ * formula, see diffusion.h). Grid-stride loops over size_t indices, so any
+ * size runs with a bounded grid. */
+#include "cuda_backend.cuh"
+
+#define GRID_STRIDE_LOOP(i, n)                                                             \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);               \
+         i += (size_t)gridDim.x * blockDim.x)
+
+__global__ void gated_residual_kernel(float *x, const float *y, const float *gate, int gate_stride,
+                                      size_t per_image, int dim, size_t n) {
+    GRID_STRIDE_LOOP(i, n) {
+        const float *g = gate + (i / per_image) * (size_t)gate_stride;
+        x[i] += g[i % (size_t)dim] * y[i];
+    }
+}
+
+void cuda_gated_residual(backend *be, float *x, const float *y, const float *gate,
+                         int gate_stride, int batch, int tokens, int dim) {
+    cuda_backend *cb = cuda_of(be);
+    size_t per_image = (size_t)tokens * (size_t)dim;
+    size_t n = (size_t)batch * per_image;
+    if (batch <= 0 || tokens <= 0 || dim <= 0 || !cuda_enter(cb)) return;
+    gated_residual_kernel<<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(x, y, gate, gate_stride,
+                                                                          per_image, dim, n);
+    cuda_check_launch(cb, "gated_residual_kernel");
+}
+
+__global__ void add_kernel(float *out, const float *a, const float *b, size_t b_period, size_t n) {
+    GRID_STRIDE_LOOP(i, n) out[i] = a[i] + b[i % b_period];
+}
+
+void cuda_add(backend *be, float *out, const float *a, const float *b, int batch, int tokens,
+              int dim, int broadcast_rows) {
+    cuda_backend *cb = cuda_of(be);
+    size_t per_image = (size_t)tokens * (size_t)dim;
+    size_t n = (size_t)batch * per_image;
+    if (batch <= 0 || tokens <= 0 || dim <= 0 || !cuda_enter(cb)) return;
+    add_kernel<<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(out, a, b,
+                                                               broadcast_rows ? per_image : n, n);
+    cuda_check_launch(cb, "add_kernel");
+}
+
+__global__ void cfg_combine_kernel(float *out, int half, size_t image_floats, size_t guided_floats,
+                                   float scale) {
+    size_t n = (size_t)half * guided_floats;
+    GRID_STRIDE_LOOP(i, n) {
+        size_t image = i / guided_floats, e = i % guided_floats;
+        float *cond = out + image * image_floats + e;
+        const float *uncond = out + (image + (size_t)half) * image_floats + e;
+        *cond = *uncond + scale * (*cond - *uncond);
+    }
+}
+
+void cuda_cfg_combine(backend *be, float *out, int half, int channels, int hw,
+                      int guided_channels, float scale) {
+    cuda_backend *cb = cuda_of(be);
+    if (half <= 0 || hw <= 0 || guided_channels <= 0 || !cuda_enter(cb)) return;
+    if (guided_channels > channels) {
+        cuda_fail(cb, "cfg_combine: %d guided channels of %d", guided_channels, channels);
+        return;
+    }
+    size_t image_floats = (size_t)channels * hw, guided_floats = (size_t)guided_channels * hw;
+    cfg_combine_kernel<<<cuda_blocks_for((size_t)half * guided_floats, 256), 256, 0, cb->stream>>>(
+        out, half, image_floats, guided_floats, scale);
+    cuda_check_launch(cb, "cfg_combine_kernel");
+}
+
+/* The coefficients travel by value: the host struct is plain data. */
+__global__ void sampler_update_kernel(float *x, const float *model_out, const float *noise,
+                                      diffusion_step_coefs c, size_t image_floats,
+                                      size_t model_image_floats, size_t n) {
+    GRID_STRIDE_LOOP(i, n) {
+        size_t image = i / image_floats, e = i % image_floats;
+        const float *mb = model_out + image * model_image_floats;
+        float xv = x[i], m = mb[e];
+        float x0 = c.x0_from_x * xv + c.x0_from_model * m;
+        float eps = c.eps_from_x * xv + c.eps_from_model * m;
+        float next = c.next_from_x0 * x0 + c.next_from_eps * eps + c.next_from_x * xv;
+        if (c.add_noise) {
+            float std = c.noise_std;
+            if (c.learned_variance) {
+                float frac = (mb[image_floats + e] + 1.0f) * 0.5f;
+                std = expf(0.5f * (frac * c.log_variance_max + (1.0f - frac) * c.log_variance_min));
+            }
+            next += std * noise[i];
+        }
+        x[i] = next;
+    }
+}
+
+void cuda_sampler_update(backend *be, float *x, const float *model_out, const float *noise,
+                         const diffusion_step_coefs *coefs, int batch, int channels, int hw,
+                         int model_channels) {
+    cuda_backend *cb = cuda_of(be);
+    if (batch <= 0 || channels <= 0 || hw <= 0 || !cuda_enter(cb)) return;
+    if (coefs->add_noise && !noise) {
+        cuda_fail(cb, "sampler_update: the step adds noise but none was given");
+        return;
+    }
+    if (model_channels < (coefs->learned_variance ? 2 * channels : channels)) {
+        cuda_fail(cb, "sampler_update: %d model channels for %d channels%s", model_channels,
+                  channels, coefs->learned_variance ? " with learned variance" : "");
+        return;
+    }
+    size_t image_floats = (size_t)channels * hw;
+    size_t n = (size_t)batch * image_floats;
+    sampler_update_kernel<<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(
+        x, model_out, noise, *coefs, image_floats, (size_t)model_channels * hw, n);
+    cuda_check_launch(cb, "sampler_update_kernel");
+}

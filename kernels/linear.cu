@@ -1,0 +1,238 @@
+/* linear.cu - backend.h's `linear` (a PyTorch nn.Linear, plus an optional
+ * residual `add` and activation) as one cuBLASLt matrix product: the row-major
+ * out[rows, out_dim] is the column-major D[out_dim, rows] = W^T-op * in, with
+ * the bias and GELU as the epilogue and `add` as C with beta = 1. Plans (the
+ * descriptors and the heuristic's algorithm) are cached per shape; a shape
+ * cuBLASLt has no algorithm for goes through cublasGemmEx and a bias/activation
+ * kernel instead. */
+#include <stdint.h>
+#include <string.h>
+
+#include "cuda_backend.cuh"
+
+__device__ __forceinline__ float gelu_tanh_device(float x) {
+    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+__device__ __forceinline__ float activate(float x, backend_activation act) {
+    if (act == BACKEND_ACT_GELU_TANH) return gelu_tanh_device(x);
+    if (act == BACKEND_ACT_SILU) return x / (1.0f + expf(-x));
+    return x;
+}
+
+__global__ void bias_activation_kernel(float *out, const float *bias, size_t n, int cols,
+                                       backend_activation act) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float v = out[i] + (bias ? bias[i % (size_t)cols] : 0.0f);
+        out[i] = activate(v, act);
+    }
+}
+
+__global__ void activation_kernel(float *out, const float *in, size_t n, backend_activation act) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = activate(in[i], act);
+}
+
+void cuda_bias_activation(cuda_backend *cb, float *out, const float *bias, size_t rows, int cols,
+                          backend_activation act) {
+    size_t n = rows * (size_t)cols;
+    if (!n || (!bias && act == BACKEND_ACT_NONE)) return;
+    bias_activation_kernel<<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(out, bias, n, cols, act);
+    cuda_check_launch(cb, "bias_activation_kernel");
+}
+
+void cuda_activation(backend *be, float *out, const float *in, size_t n, backend_activation act) {
+    cuda_backend *cb = cuda_of(be);
+    if (!n || !cuda_enter(cb)) return;
+    activation_kernel<<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(out, in, n, act);
+    cuda_check_launch(cb, "activation_kernel");
+}
+
+/* The largest power of two (up to 16 bytes) dividing the address. */
+static int alignment_of(const void *ptr) {
+    uintptr_t address = (uintptr_t)ptr;
+    int alignment = 16;
+    while (alignment > 4 && address % (uintptr_t)alignment) alignment /= 2;
+    return alignment;
+}
+
+static void plan_release(linear_plan *plan) {
+    if (!plan->used) return;
+    if (plan->layout_c) cublasLtMatrixLayoutDestroy(plan->layout_c);
+    if (plan->layout_b) cublasLtMatrixLayoutDestroy(plan->layout_b);
+    if (plan->layout_a) cublasLtMatrixLayoutDestroy(plan->layout_a);
+    if (plan->desc) cublasLtMatmulDescDestroy(plan->desc);
+    memset(plan, 0, sizeof(*plan));
+}
+
+void cuda_linear_plans_destroy(cuda_backend *cb) {
+    for (int i = 0; i < CUDA_LINEAR_PLANS; i++) plan_release(&cb->plans[i]);
+    cb->next_plan_victim = 0;
+}
+
+/* Builds the descriptors and asks the heuristic for an algorithm; use_lt
+ * stays 0 when there is none. Returns -1 after recording a cuBLAS failure. */
+static int plan_build(cuda_backend *cb, linear_plan *plan) {
+    const cublasOperation_t transpose = CUBLAS_OP_T, no_transpose = CUBLAS_OP_N;
+    if (cublas_check(cb, cublasLtMatmulDescCreate(&plan->desc, cb->compute_type, CUDA_R_32F),
+                     "cublasLtMatmulDescCreate") ||
+        cublas_check(cb, cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA,
+                                                        &transpose, sizeof(transpose)),
+                     "cuBLASLt TRANSA") ||
+        cublas_check(cb, cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB,
+                                                        &no_transpose, sizeof(no_transpose)),
+                     "cuBLASLt TRANSB") ||
+        cublas_check(cb, cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                        &plan->epilogue, sizeof(plan->epilogue)),
+                     "cuBLASLt EPILOGUE") ||
+        /* A is the weight seen column-major: [in_dim, out_dim] with ld = weight_stride. */
+        cublas_check(cb, cublasLtMatrixLayoutCreate(&plan->layout_a, CUDA_R_32F, plan->k, plan->m,
+                                                    plan->lda),
+                     "cuBLASLt layout A") ||
+        cublas_check(cb, cublasLtMatrixLayoutCreate(&plan->layout_b, CUDA_R_32F, plan->k, plan->n,
+                                                    plan->k),
+                     "cuBLASLt layout B") ||
+        cublas_check(cb, cublasLtMatrixLayoutCreate(&plan->layout_c, CUDA_R_32F, plan->m, plan->n,
+                                                    plan->m),
+                     "cuBLASLt layout C"))
+        return -1;
+    cublasLtMatmulPreference_t preference = NULL;
+    if (cublas_check(cb, cublasLtMatmulPreferenceCreate(&preference), "cuBLASLt preference"))
+        return -1;
+    const size_t workspace = CUDA_LT_WORKSPACE_BYTES;
+    const uint32_t alignment = (uint32_t)plan->alignment;
+    const cublasLtMatmulPreferenceAttributes_t alignment_attributes[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    int status = cublas_check(cb, cublasLtMatmulPreferenceSetAttribute(
+                                      preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                      &workspace, sizeof(workspace)),
+                              "cuBLASLt workspace preference");
+    /* The heuristic assumes 256-byte aligned operands unless told otherwise;
+     * column blocks of a weight and offsets into the arena are not. */
+    for (int i = 0; i < 4 && !status; i++)
+        status = cublas_check(cb, cublasLtMatmulPreferenceSetAttribute(
+                                      preference, alignment_attributes[i], &alignment,
+                                      sizeof(alignment)),
+                              "cuBLASLt alignment preference");
+    cublasLtMatmulHeuristicResult_t result;
+    int found = 0;
+    /* Any refusal (NOT_SUPPORTED for a combination of compute type, epilogue
+     * and alignment) only means "no algorithm": the fallback serves it. */
+    cublasStatus_t heuristic = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (!status)
+        heuristic = cublasLtMatmulAlgoGetHeuristic(cb->lt, plan->desc, plan->layout_a,
+                                                   plan->layout_b, plan->layout_c, plan->layout_c,
+                                                   preference, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(preference);
+    if (status) return -1;
+    plan->use_lt = heuristic == CUBLAS_STATUS_SUCCESS && found > 0 &&
+                   result.state == CUBLAS_STATUS_SUCCESS;
+    if (plan->use_lt) plan->algo = result.algo;
+    return 0;
+}
+
+static linear_plan *plan_for(cuda_backend *cb, int m, int n, int k, int lda, int has_add,
+                             int alignment, cublasLtEpilogue_t epilogue) {
+    for (int i = 0; i < CUDA_LINEAR_PLANS; i++) {
+        linear_plan *p = &cb->plans[i];
+        if (p->used && p->m == m && p->n == n && p->k == k && p->lda == lda &&
+            p->has_add == has_add && p->alignment == alignment && p->epilogue == epilogue)
+            return p;
+    }
+    linear_plan *plan = NULL;
+    for (int i = 0; i < CUDA_LINEAR_PLANS && !plan; i++)
+        if (!cb->plans[i].used) plan = &cb->plans[i];
+    if (!plan) {
+        plan = &cb->plans[cb->next_plan_victim];
+        cb->next_plan_victim = (cb->next_plan_victim + 1) % CUDA_LINEAR_PLANS;
+        plan_release(plan);
+    }
+    plan->used = 1;
+    plan->m = m;
+    plan->n = n;
+    plan->k = k;
+    plan->lda = lda;
+    plan->has_add = has_add;
+    plan->alignment = alignment;
+    plan->epilogue = epilogue;
+    if (plan_build(cb, plan)) {
+        plan_release(plan);
+        return NULL;
+    }
+    return plan;
+}
+
+/* cublasGemmEx with the same compute type, then bias and activation. */
+static void linear_fallback(cuda_backend *cb, float *out, const float *in, int rows,
+                            const backend_linear *w, const float *add, backend_activation act) {
+    size_t n = (size_t)rows * (size_t)w->out_dim;
+    float one = 1.0f, beta = 0.0f;
+    if (add) {
+        if (add != out &&
+            cuda_check(cb, cudaMemcpyAsync(out, add, n * sizeof(float), cudaMemcpyDeviceToDevice,
+                                           cb->stream),
+                       "linear add copy"))
+            return;
+        beta = 1.0f;
+    }
+    if (cublas_check(cb, cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->out_dim, rows,
+                                      w->in_dim, &one, w->weight, CUDA_R_32F, w->weight_stride, in,
+                                      CUDA_R_32F, w->in_dim, &beta, out, CUDA_R_32F, w->out_dim,
+                                      cb->compute_type, CUBLAS_GEMM_DEFAULT),
+                     "cublasGemmEx"))
+        return;
+    cuda_bias_activation(cb, out, w->bias, (size_t)rows, w->out_dim, act);
+}
+
+void cuda_linear(backend *be, float *out, const float *in, int rows, const backend_linear *w,
+                 const float *add, backend_activation act) {
+    cuda_backend *cb = cuda_of(be);
+    if (rows <= 0 || w->out_dim <= 0 || !cuda_enter(cb)) return;
+    if (w->in_dim <= 0 || w->weight_stride < w->in_dim) {
+        cuda_fail(cb, "linear: in_dim %d, weight_stride %d", w->in_dim, w->weight_stride);
+        return;
+    }
+    int alignment = alignment_of(out);
+    const void *operands[3] = {in, w->weight, add};
+    for (int i = 0; i < 3; i++)
+        if (operands[i] && alignment_of(operands[i]) < alignment) alignment = alignment_of(operands[i]);
+    /* Bias alignment is not a heuristic preference, so only a 16-byte aligned
+     * bias goes into the epilogue. */
+    const float *epilogue_bias = w->bias && alignment_of(w->bias) == 16 ? w->bias : NULL;
+    const float *late_bias = epilogue_bias ? NULL : w->bias;
+    int fuse_gelu = act == BACKEND_ACT_GELU_TANH && cb->gelu_epilogue_is_tanh && !late_bias;
+    backend_activation late_act = fuse_gelu ? BACKEND_ACT_NONE : act;
+    cublasLtEpilogue_t epilogue =
+        fuse_gelu ? (epilogue_bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU)
+                  : (epilogue_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
+    linear_plan *plan = plan_for(cb, w->out_dim, rows, w->in_dim, w->weight_stride, add != NULL,
+                                 alignment, epilogue);
+    if (!plan) return;
+    if (!plan->use_lt) {
+        linear_fallback(cb, out, in, rows, w, add, act);
+        return;
+    }
+    if (epilogue_bias &&
+        cublas_check(cb, cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                        &epilogue_bias, sizeof(epilogue_bias)),
+                     "cuBLASLt BIAS_POINTER"))
+        return;
+    const float one = 1.0f, beta = add ? 1.0f : 0.0f;
+    cublasStatus_t status = cublasLtMatmul(cb->lt, plan->desc, &one, w->weight, plan->layout_a, in,
+                                           plan->layout_b, &beta, add ? add : out, plan->layout_c,
+                                           out, plan->layout_c, &plan->algo, cb->lt_workspace,
+                                           CUDA_LT_WORKSPACE_BYTES, cb->stream);
+    /* A launch cuBLASLt refuses before running (nothing was written) moves
+     * this shape to the fallback for good; anything else is a failure. */
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) {
+        plan->use_lt = 0;
+        linear_fallback(cb, out, in, rows, w, add, act);
+        return;
+    }
+    if (cublas_check(cb, status, "cublasLtMatmul")) return;
+    cuda_bias_activation(cb, out, late_bias, (size_t)rows, w->out_dim, late_act);
+}

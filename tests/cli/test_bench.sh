@@ -1,0 +1,118 @@
+#!/bin/bash
+# test_bench.sh - fpdm-bench on the tiny random-weight configurations: the
+# JSON fields, their consistency, the FLOP count against an independent
+# count written out below, the table, --mode sample and usage errors.
+#   bash tests/cli/test_bench.sh BUILD_DIR   (from the repository root)
+set -u
+build=${1:?usage: test_bench.sh BUILD_DIR}
+bench=$build/fpdm-bench
+[ -x "$bench" ] || { echo "SKIP: $bench not built"; exit 77; }
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0
+failed=0
+check() {  # check NAME COMMAND...: passes when the command succeeds
+    local name=$1
+    shift
+    if "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "FAIL $name"
+    fi
+}
+
+check "fpdm forward json" "$bench" --config tiny-fpdm --batch-size 1,3 --iters 1,5 --cfg on --repeat 2 --warmup 1 --json >"$tmp/fpdm.json"
+check "dit forward json" "$bench" --config tiny-dit --batch-size 2 --repeat 2 --warmup 0 --json >"$tmp/dit.json"
+check "fpdm sample json" "$bench" --config tiny-fpdm --mode sample --steps 3 --iters 2 --batch-size 2 --repeat 1 --warmup 0 --json >"$tmp/sample.json"
+
+# The FLOPs of one row (one image, one forward), counted independently:
+# multiply-adds are 2 FLOPs; per block the qkv, proj and MLP linears,
+# attention 4*T*T*D and the adaLN projection; FPDM adds the pre projection
+# and the injection half of fc1 once, and per iteration the solution half of
+# fc1, fc2 and the block.
+check "json fields and FLOP counts" /usr/bin/python3 - "$tmp" <<'PY'
+import json, math, sys
+d = sys.argv[1]
+
+def flops(fpdm, iters, D=32, heads=2, P=2, size=8, C=1, depth=2, pre=1, post=1, classes=10):
+    T = (size // P) ** 2
+    M = 4 * D
+    block = 2 * T * (3 * D * D + D * D + 2 * D * M) + 4 * T * T * D
+    adaln = 2 * D * 6 * D
+    base = 2 * T * D * C * P * P + 2 * (256 * D + D * D) + 2 * T * D * P * P * 2 * C + 2 * D * 2 * D
+    if not fpdm:
+        return base + depth * (block + adaln)
+    base += (pre + post) * (block + adaln) + 2 * T * D * D + 2 * T * D * 2 * D + adaln
+    return base + iters * (2 * T * D * 2 * D + 2 * T * 2 * D * D + block)
+
+def close(a, b, rel=1e-6):
+    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-30)
+
+fields = ["batch_size", "iters", "rows", "seconds_mean", "seconds_min", "images_per_second",
+          "model_evaluations_per_second", "fixed_point_iterations_per_second", "gflop", "gflops"]
+r = json.load(open(d + "/fpdm.json"))
+assert r["tool"] == "fpdm-bench" and r["settings"]["architecture"] == "fpdm", r["settings"]
+assert r["settings"]["mode"] == "forward" and r["settings"]["cfg"] is True
+rows = r["results"]
+assert [(x["batch_size"], x["iters"]) for x in rows] == [(1, 1), (1, 5), (3, 1), (3, 5)], rows
+for x in rows:
+    assert all(f in x for f in fields), x
+    assert x["rows"] == 2 * x["batch_size"]                      # --cfg on doubles the rows
+    assert 0 < x["seconds_min"] <= x["seconds_mean"], x
+    assert close(x["images_per_second"], x["batch_size"] / x["seconds_mean"]), x
+    assert close(x["model_evaluations_per_second"], x["rows"] / x["seconds_mean"]), x
+    assert close(x["fixed_point_iterations_per_second"], x["rows"] * x["iters"] / x["seconds_mean"]), x
+    assert close(x["gflop"], x["rows"] * flops(True, x["iters"]) / 1e9), (x["gflop"], x["rows"] * flops(True, x["iters"]) / 1e9)
+    assert close(x["gflops"], x["gflop"] / x["seconds_mean"]), x
+
+r = json.load(open(d + "/dit.json"))
+(x,) = r["results"]
+assert r["settings"]["architecture"] == "dit" and x["iters"] == -1, x
+assert x["rows"] == 2 and x["fixed_point_iterations_per_second"] == 0, x
+assert close(x["gflop"], 2 * flops(False, 0) / 1e9), (x["gflop"], 2 * flops(False, 0) / 1e9)
+
+r = json.load(open(d + "/sample.json"))
+(x,) = r["results"]
+assert r["settings"]["mode"] == "sample" and r["settings"]["steps"] == 3, r["settings"]
+# 3 steps of 2 rows, each forward with 2 iterations.
+assert close(x["gflop"], 3 * 2 * flops(True, 2) / 1e9), (x["gflop"], 3 * 2 * flops(True, 2) / 1e9)
+assert close(x["images_per_second"], 2 / x["seconds_mean"]), x
+assert close(x["model_evaluations_per_second"] * x["seconds_mean"], 6), x
+PY
+
+# The human table: a header and one line per measurement.
+check "table run" "$bench" --config tiny-dit --batch-size 1,2 --repeat 1 --warmup 0 >"$tmp/table.txt"
+check "table header" grep -q "batch  *iters  *rows  *mean s  *min s  *images/s  *evals/s  *fp-iters/s  *GFLOP  *GFLOP/s" "$tmp/table.txt"
+check "table rows" [ "$(grep -cE '^ +[12] +- +[12] ' "$tmp/table.txt")" = 2 ]
+
+# A written model file is loadable and benchmarks the same architecture.
+check "write model" "$bench" --config tiny-fpdm --write-model "$tmp/m.safetensors"
+check "bench a model file (json)" bash -c "'$bench' --model '$tmp/m.safetensors' --iters 3 --repeat 1 --warmup 0 --json | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin); assert r[\"results\"][0][\"iters\"] == 3 and r[\"settings\"][\"parameters\"] > 0'"
+
+# Usage errors: exit 2 with a message naming what is allowed.
+usage() {  # usage NAME PATTERN ARGS...
+    local name=$1 pattern=$2
+    shift 2
+    "$bench" "$@" >/dev/null 2>"$tmp/err"
+    local rc=$?
+    if [ $rc = 2 ] && grep -qE -- "$pattern" "$tmp/err"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "FAIL $name: exit $rc"
+        sed 's/^/    stderr: /' "$tmp/err"
+    fi
+}
+usage "unknown config" "unknown configuration 'DiT-Q/2' \(allowed: DiT-XL/2, .*tiny-fpdm\)" --config DiT-Q/2
+usage "bad image size" "image size 300 is not supported \(allowed: 256, 512\)" --config DiT-S/2 --image-size 300
+usage "zero batch" "--batch-size: 0 is out of range" --batch-size 1,0
+usage "bad mode" "--mode: 'train' is not one of forward\|sample" --mode train
+usage "bad cfg" "--cfg: 'yes' is not one of off\|on" --cfg yes
+usage "unknown flag" "unknown option '--fast'" --fast
+usage "iters on a dit" "--iters applies to fixed-point \(FPDM\) models only" --config tiny-dit --iters 2
+usage "model and config" "give --model FILE or --config NAME, not both" --model x --config tiny-dit
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

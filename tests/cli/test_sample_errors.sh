@@ -1,0 +1,136 @@
+#!/bin/bash
+# test_sample_errors.sh - every bad input to fpdm-sample must be refused with
+# the right exit code (2 usage, 1 runtime), a specific "fpdm-sample: ..."
+# message on stderr, and no output folder or file left behind.
+#   bash tests/cli/test_sample_errors.sh BUILD_DIR   (from the repository root)
+set -u
+build=${1:?usage: test_sample_errors.sh BUILD_DIR}
+sample=$build/fpdm-sample
+bench=$build/fpdm-bench
+[ -x "$sample" ] && [ -x "$bench" ] || { echo "SKIP: $sample or $bench not built"; exit 77; }
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0
+failed=0
+
+"$bench" --config tiny-fpdm --write-model "$tmp/tiny-fpdm.safetensors" || { echo "cannot write tiny-fpdm"; exit 1; }
+"$bench" --config tiny-dit --write-model "$tmp/tiny-dit.safetensors" || { echo "cannot write tiny-dit"; exit 1; }
+fpdm=$tmp/tiny-fpdm.safetensors
+dit=$tmp/tiny-dit.safetensors
+
+case_number=0
+# expect NAME CODE PATTERN ARGS...: runs fpdm-sample with --out set to a fresh
+# folder name, checks the exit code, that stderr matches PATTERN (grep -E)
+# and starts with "fpdm-sample: ", and that nothing was written.
+expect() {
+    local name=$1 code=$2 pattern=$3
+    shift 3
+    case_number=$((case_number + 1))
+    local out=$tmp/out-$case_number
+    local before
+    before=$(ls "$tmp" | sort)
+    "$sample" --quiet --out "$out" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
+    local rc=$?
+    local problems=""
+    [ "$rc" = "$code" ] || problems+=" exit code $rc (expected $code);"
+    grep -qE -- "$pattern" "$tmp/stderr" || problems+=" stderr lacks /$pattern/;"
+    head -n1 "$tmp/stderr" | grep -q '^fpdm-sample: ' || problems+=" stderr does not start with 'fpdm-sample: ';"
+    [ -e "$out" ] && problems+=" output folder $out was created;"
+    local after
+    after=$(ls "$tmp" | grep -v -e '^stdout$' -e '^stderr$' | sort)
+    [ "$(echo "$before" | grep -v -e '^stdout$' -e '^stderr$')" = "$after" ] || problems+=" new files appeared: $(comm -13 <(echo "$before") <(echo "$after") | tr '\n' ' ');"
+    if [ -z "$problems" ]; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "FAIL $name:$problems"
+        sed 's/^/    stderr: /' "$tmp/stderr"
+    fi
+}
+
+# Noise files with the right and wrong shapes (the run below uses -n 4, --steps 3).
+/usr/bin/python3 - "$tmp" <<'PY' || { echo "cannot write noise files (numpy)"; exit 1; }
+import sys, numpy as np
+d = sys.argv[1]
+np.save(d + "/init-bad.npy", np.zeros((2, 1, 8, 8), np.float32))
+np.save(d + "/step-bad.npy", np.zeros((3, 4, 1, 8, 4), np.float32))
+np.save(d + "/init-f64.npy", np.zeros((4, 1, 8, 8), np.float64))
+PY
+echo "not a safetensors file" >"$tmp/malformed.safetensors"
+echo "a file" >"$tmp/a-file"
+
+# Usage errors: exit 2.
+expect "unknown flag"        2 "unknown option '--bogus'"                 -m "$fpdm" --bogus
+expect "missing value"       2 "--steps: missing value"                   -m "$fpdm" --steps
+expect "non-numeric steps"   2 "--steps: 'abc' is not an integer"         -m "$fpdm" --steps abc
+expect "trailing garbage"    2 "--steps: '5x' is not an integer"          -m "$fpdm" --steps 5x
+expect "negative images"     2 "--num-images: -3 is out of range"         -m "$fpdm" -n -3
+expect "zero batch"          2 "--batch-size: 0 is out of range"          -m "$fpdm" -b 0
+expect "zero steps"          2 "--steps: 0 is out of range"               -m "$fpdm" --steps 0
+expect "steps above model"   2 "--steps: 1001 is out of range \(allowed: 1\.\.1000" -m "$fpdm" --steps 1001
+expect "class above model"   2 "--class: 10 is out of range \(allowed: 0\.\.9" -m "$fpdm" --steps 3 --class 1,10
+expect "negative class"      2 "--class: -1 is out of range \(allowed: 0\.\.9" -m "$fpdm" --class -1
+expect "fixed budget not a multiple" 2 "multiple of the 4 steps"          -m "$fpdm" --steps 4 --schedule fixed --budget 6
+expect "empty class entry"   2 "--class: '1,,2' has an empty entry"       -m "$fpdm" --class 1,,2
+expect "cfg below one"       2 "--cfg-scale: 0.5 is out of range \(allowed: 1\.\." -m "$fpdm" --cfg-scale 0.5
+expect "cfg not a number"    2 "--cfg-scale: 'x' is not a number"         -m "$fpdm" --cfg-scale x
+expect "negative tol"        2 "--tol: -1 is out of range \(allowed: 0\.\." -m "$fpdm" --tol -1
+expect "negative eta"        2 "--eta: -0.5 is out of range"              -m "$fpdm" --eta -0.5
+expect "negative seed"       2 "--seed: '-1' is not a non-negative integer" -m "$fpdm" --seed -1
+expect "bad sampler"         2 "--sampler: 'euler' is not one of ddpm\|ddim" -m "$fpdm" --sampler euler
+expect "bad schedule"        2 "--schedule: 'cosine' is not one of fixed\|increasing\|decreasing" -m "$fpdm" --schedule cosine
+expect "bad precision"       2 "--precision: 'fp8' is not one of fp32\|bf16\|fp16" -m "$fpdm" --precision fp8
+expect "bad cfg channels"    2 "--cfg-channels: '4' is not one of 3\|all" -m "$fpdm" --cfg-channels 4
+expect "iters-per-step count" 2 "--iters-per-step has 3 entries but --steps is 4" -m "$fpdm" --steps 4 --iters-per-step 1,2,3
+expect "iters-per-step default steps" 2 "--iters-per-step has 2 entries but --steps is 250" -m "$fpdm" --iters-per-step 1,2
+expect "budget below steps"  2 "--budget 3 is less than --steps 5"        -m "$fpdm" --steps 5 --schedule increasing --budget 3
+expect "budget below steps (decreasing)" 2 "--budget 2 is less than --steps 4" -m "$fpdm" --steps 4 --schedule decreasing --budget 2
+expect "carry-over without tol" 2 "--carry-over needs --tol"              -m "$fpdm" --carry-over
+expect "fpdm flag on a dit"  2 "--iters applies to fixed-point \(FPDM\) models only" -m "$dit" --steps 3 --iters 2
+expect "verbose and quiet"   2 "--verbose and --quiet exclude each other" -m "$fpdm" --verbose
+expect "init noise shape"    2 "--init-noise .*shape \[2, 1, 8, 8\] does not match the run \(allowed: \[4, 1, 8, 8\]\)" \
+    -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/init-bad.npy"
+expect "step noise shape"    2 "--step-noise .*shape \[3, 4, 1, 8, 4\] does not match the run \(allowed: \[3, 4, 1, 8, 8\]\)" \
+    -m "$fpdm" -n 4 --steps 3 --step-noise "$tmp/step-bad.npy"
+if [ -f tests/golden/forward-fpdm.model.safetensors ]; then
+    expect "latent model without vae" 2 "samples VAE latents: give --vae FILE .* or --latents-out FILE.npy" \
+        -m tests/golden/forward-fpdm.model.safetensors --steps 3
+    expect "latent grid without vae" 2 "give --vae FILE" \
+        -m tests/golden/forward-fpdm.model.safetensors --steps 3 --latents-out "$tmp/l.npy" --grid "$tmp/g.png"
+fi
+
+# Runtime failures: exit 1.
+expect "missing model"       1 "cannot load the model: .*no-such-model.safetensors" -m "$tmp/no-such-model.safetensors"
+expect "malformed model"     1 "cannot load the model: .*malformed.safetensors"     -m "$tmp/malformed.safetensors"
+expect "noise not float32"   1 "--init-noise: .*init-f64.npy"                       -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/init-f64.npy"
+expect "noise file missing"  1 "--init-noise: .*absent.npy"                         -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/absent.npy"
+expect "grid folder missing" 1 "--grid .*: folder .*no-dir does not exist"           -m "$fpdm" --steps 3 --grid "$tmp/no-dir/grid.png"
+expect "report folder missing" 1 "--report .*: folder .*no-dir does not exist"       -m "$fpdm" --steps 3 --report "$tmp/no-dir/r.json"
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+    expect "cuda without a gpu" 1 "fpdm-sample: --device cuda: ."                    -m "$fpdm" --steps 3 --device cuda
+fi
+
+# The output folder cannot be created (its parent is a file): nothing else may
+# be written either. The folder name is passed directly, so expect() is not used.
+"$sample" --quiet -m "$fpdm" --steps 3 --out "$tmp/a-file/sub" --report "$tmp/report.json" >/dev/null 2>"$tmp/stderr"
+rc=$?
+if [ $rc = 1 ] && grep -q "fpdm-sample: --out $tmp/a-file/sub: cannot create folder" "$tmp/stderr" \
+   && [ ! -e "$tmp/report.json" ]; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+    echo "FAIL output folder not creatable: exit $rc"
+    sed 's/^/    stderr: /' "$tmp/stderr"
+fi
+
+# --help succeeds, shows the defaults and writes nothing.
+if "$sample" --help >"$tmp/help" 2>&1 && grep -q "default: 250" "$tmp/help" && grep -q "default: 4.0" "$tmp/help"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+    echo "FAIL --help"
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

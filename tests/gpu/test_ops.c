@@ -1,0 +1,392 @@
+/* test_ops.c - every CUDA backend op but attention and noise (see
+ * test_attention.c, test_noise.c) against the CPU backend, the oracle, on
+ * fresh random inputs: outputs are poisoned with NaN first, and each result
+ * must be within relative L2 1e-5 in fp32 (1e-2 for bf16 matrix products).
+ * Also checks that a failing op is reported by synchronize. Exits 77
+ * (SKIPPED) without a GPU. Run: ctest -L gpu (FPDM_TEST_SEED=N repeats a run). */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+#include "backend_cuda.h"
+#include "diffusion.h"
+#include "test_util.h"
+
+static backend *cpu, *gpu;
+static uint64_t rng_state;
+
+static float uniform(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+/* The same tensor in both backends. */
+typedef struct twin {
+    float *on_cpu, *on_gpu;
+    size_t n;
+} twin;
+
+static twin twin_from(const float *host, size_t n) {
+    twin t = {cpu->alloc(cpu, n), gpu->alloc(gpu, n), n};
+    if (!t.on_cpu || !t.on_gpu) {
+        fprintf(stderr, "out of memory for %zu floats\n", n);
+        exit(1);
+    }
+    cpu->upload(cpu, t.on_cpu, host, n);
+    CHECK(gpu->upload(gpu, t.on_gpu, host, n) == 0);
+    return t;
+}
+
+static twin twin_random(size_t n, float amplitude) {
+    float *host = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) host[i] = amplitude * uniform();
+    twin t = twin_from(host, n);
+    free(host);
+    return t;
+}
+
+static twin twin_nan(size_t n) {
+    float *host = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) host[i] = NAN;
+    twin t = twin_from(host, n);
+    free(host);
+    return t;
+}
+
+static void twin_free(twin t) {
+    cpu->release(cpu, t.on_cpu);
+    gpu->release(gpu, t.on_gpu);
+}
+
+static void twin_check(const char *what, twin t, double tolerance) {
+    float *expected = malloc(t.n * sizeof(float)), *actual = malloc(t.n * sizeof(float));
+    CHECK(cpu->download(cpu, expected, t.on_cpu, t.n) == 0);
+    int status = gpu->download(gpu, actual, t.on_gpu, t.n);
+    CHECK_MSG(status == 0, "%s: %s", what, backend_cuda_error(gpu));
+    check_close(what, actual, expected, t.n, tolerance);
+    free(expected);
+    free(actual);
+}
+
+static void test_linear_case(backend *device, const char *what, int rows, int out_dim, int in_dim,
+                             int column_offset, int with_bias, int add_mode,
+                             backend_activation act, double tolerance) {
+    backend *saved = gpu;
+    gpu = device;
+    int stride = in_dim + column_offset + 5 * (column_offset > 0);
+    twin weight = twin_random((size_t)out_dim * stride, 1.0f / sqrtf((float)in_dim));
+    twin bias = twin_random((size_t)out_dim + 1, 0.5f);
+    twin in = twin_random((size_t)rows * in_dim, 1.0f);
+    twin add = twin_random((size_t)rows * out_dim, 1.0f);
+    twin out = add_mode == 2 ? add : twin_nan((size_t)rows * out_dim);
+    /* add_mode: 0 none, 1 a separate matrix, 2 in place (add == out). An odd
+     * bias offset makes the bias pointer 4-byte aligned only. */
+    backend_linear w_cpu = {weight.on_cpu + column_offset, with_bias ? bias.on_cpu + with_bias - 1 : NULL,
+                            out_dim, in_dim, stride};
+    backend_linear w_gpu = {weight.on_gpu + column_offset, with_bias ? bias.on_gpu + with_bias - 1 : NULL,
+                            out_dim, in_dim, stride};
+    cpu->linear(cpu, out.on_cpu, in.on_cpu, rows, &w_cpu, add_mode ? add.on_cpu : NULL, act);
+    gpu->linear(gpu, out.on_gpu, in.on_gpu, rows, &w_gpu, add_mode ? add.on_gpu : NULL, act);
+    twin_check(what, out, tolerance);
+    twin_free(weight);
+    twin_free(bias);
+    twin_free(in);
+    if (add_mode != 2) twin_free(out);
+    twin_free(add);
+    gpu = saved;
+}
+
+static void test_linear(void) {
+    /* rows, out, in, column offset, bias (0 none, 1 aligned, 2 offset by one), add, act */
+    test_linear_case(gpu, "linear bias", 300, 1152, 1152, 0, 1, 0, BACKEND_ACT_NONE, 1e-5);
+    test_linear_case(gpu, "linear bias gelu", 257, 4608, 1152, 0, 1, 0, BACKEND_ACT_GELU_TANH, 1e-5);
+    test_linear_case(gpu, "linear bias silu", 33, 384, 96, 0, 1, 0, BACKEND_ACT_SILU, 1e-5);
+    test_linear_case(gpu, "linear no bias", 64, 200, 72, 0, 0, 0, BACKEND_ACT_NONE, 1e-5);
+    test_linear_case(gpu, "linear add", 100, 1152, 4608, 0, 1, 1, BACKEND_ACT_NONE, 1e-5);
+    test_linear_case(gpu, "linear add in place", 100, 384, 384, 0, 1, 2, BACKEND_ACT_NONE, 1e-5);
+    test_linear_case(gpu, "linear add gelu", 50, 256, 128, 0, 1, 1, BACKEND_ACT_GELU_TANH, 1e-5);
+    test_linear_case(gpu, "linear column block (unaligned)", 70, 1152, 1152, 1152 + 3, 1, 0,
+                     BACKEND_ACT_NONE, 1e-5);
+    test_linear_case(gpu, "linear unaligned bias gelu", 70, 130, 64, 0, 2, 0,
+                     BACKEND_ACT_GELU_TANH, 1e-5);
+    test_linear_case(gpu, "linear odd small", 1, 7, 13, 1, 2, 1, BACKEND_ACT_SILU, 1e-5);
+    char err[256];
+    backend *bf16 = backend_cuda_create(0, FPDM_PRECISION_BF16, err, sizeof err);
+    CHECK_MSG(bf16 != NULL, "%s", err);
+    if (bf16) {
+        test_linear_case(bf16, "linear bf16 bias gelu", 257, 4608, 1152, 0, 1, 0,
+                         BACKEND_ACT_GELU_TANH, 1e-2);
+        test_linear_case(bf16, "linear bf16 add", 100, 1152, 4608, 0, 1, 1, BACKEND_ACT_NONE, 1e-2);
+        bf16->destroy(bf16);
+    }
+}
+
+static void test_layernorm(void) {
+    const int batch = 3, tokens = 17, dim = 1152, mod_stride = 6 * dim;
+    size_t n = (size_t)batch * tokens * dim;
+    twin x = twin_random(n, 2.0f);
+    /* An offset row mean makes a one-pass variance lose digits. */
+    twin shifted = twin_random(n, 1.0f);
+    float *host = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) host[i] = 100.0f + uniform();
+    twin offset = twin_from(host, n);
+    free(host);
+    twin mod = twin_random((size_t)batch * mod_stride, 1.0f);
+    twin out = twin_nan(n);
+    cpu->layernorm_modulate(cpu, out.on_cpu, x.on_cpu, mod.on_cpu, mod.on_cpu + 2 * dim, mod_stride,
+                            batch, tokens, dim);
+    gpu->layernorm_modulate(gpu, out.on_gpu, x.on_gpu, mod.on_gpu, mod.on_gpu + 2 * dim, mod_stride,
+                            batch, tokens, dim);
+    twin_check("layernorm_modulate", out, 1e-5);
+    cpu->layernorm_modulate(cpu, out.on_cpu, offset.on_cpu, mod.on_cpu, mod.on_cpu + dim, mod_stride,
+                            batch, tokens, dim);
+    gpu->layernorm_modulate(gpu, out.on_gpu, offset.on_gpu, mod.on_gpu, mod.on_gpu + dim, mod_stride,
+                            batch, tokens, dim);
+    twin_check("layernorm_modulate (mean 100)", out, 1e-5);
+    /* In place, with a dim that is not a multiple of 32. */
+    cpu->layernorm_modulate(cpu, shifted.on_cpu, shifted.on_cpu, mod.on_cpu, mod.on_cpu + 50, 77,
+                            batch, tokens * 16, 72);
+    gpu->layernorm_modulate(gpu, shifted.on_gpu, shifted.on_gpu, mod.on_gpu, mod.on_gpu + 50, 77,
+                            batch, tokens * 16, 72);
+    twin_check("layernorm_modulate in place dim 72", shifted, 1e-5);
+    twin_free(x);
+    twin_free(shifted);
+    twin_free(offset);
+    twin_free(mod);
+    twin_free(out);
+}
+
+static void test_pointwise(void) {
+    const int batch = 4, tokens = 33, dim = 200;
+    size_t n = (size_t)batch * tokens * dim;
+    twin x = twin_random(n, 1.0f), y = twin_random(n, 1.0f);
+    twin gate = twin_random((size_t)batch * 3 * dim, 1.0f);
+    cpu->gated_residual(cpu, x.on_cpu, y.on_cpu, gate.on_cpu + dim, 3 * dim, batch, tokens, dim);
+    gpu->gated_residual(gpu, x.on_gpu, y.on_gpu, gate.on_gpu + dim, 3 * dim, batch, tokens, dim);
+    twin_check("gated_residual", x, 1e-5);
+
+    twin big = twin_random(n, 6.0f), out = twin_nan(n);
+    cpu->activation(cpu, out.on_cpu, big.on_cpu, n, BACKEND_ACT_GELU_TANH);
+    gpu->activation(gpu, out.on_gpu, big.on_gpu, n, BACKEND_ACT_GELU_TANH);
+    twin_check("activation gelu_tanh", out, 1e-5);
+    cpu->activation(cpu, out.on_cpu, big.on_cpu, n, BACKEND_ACT_SILU);
+    gpu->activation(gpu, out.on_gpu, big.on_gpu, n, BACKEND_ACT_SILU);
+    twin_check("activation silu", out, 1e-5);
+
+    twin rows = twin_random((size_t)tokens * dim, 1.0f);
+    twin out2 = twin_nan(n);
+    cpu->add(cpu, out2.on_cpu, x.on_cpu, rows.on_cpu, batch, tokens, dim, 1);
+    gpu->add(gpu, out2.on_gpu, x.on_gpu, rows.on_gpu, batch, tokens, dim, 1);
+    twin_check("add broadcast rows", out2, 1e-5);
+    cpu->add(cpu, out2.on_cpu, x.on_cpu, y.on_cpu, batch, tokens, dim, 0);
+    gpu->add(gpu, out2.on_gpu, x.on_gpu, y.on_gpu, batch, tokens, dim, 0);
+    twin_check("add elementwise", out2, 1e-5);
+
+    twin copy = twin_nan(n);
+    cpu->copy(cpu, copy.on_cpu, y.on_cpu, n - 3);
+    gpu->copy(gpu, copy.on_gpu, y.on_gpu, n - 3);
+    cpu->copy(cpu, copy.on_cpu + n - 3, x.on_cpu, 3);
+    gpu->copy(gpu, copy.on_gpu + n - 3, x.on_gpu, 3);
+    twin_check("copy", copy, 0);
+    twin_free(x);
+    twin_free(y);
+    twin_free(gate);
+    twin_free(big);
+    twin_free(out);
+    twin_free(rows);
+    twin_free(out2);
+    twin_free(copy);
+}
+
+static void test_conditioning(void) {
+    const int batch = 37, dim = 256;
+    float timesteps[37];
+    int labels[37];
+    for (int b = 0; b < batch; b++) {
+        timesteps[b] = b == 0 ? 999.0f : b == 1 ? 0.0f : 500.0f + 499.0f * uniform();
+        labels[b] = (int)((uniform() + 1.0f) * 500.0f) % 1001;
+    }
+    twin freqs = twin_nan((size_t)batch * dim);
+    cpu->timestep_frequencies(cpu, freqs.on_cpu, timesteps, batch, dim);
+    gpu->timestep_frequencies(gpu, freqs.on_gpu, timesteps, batch, dim);
+    /* The host array may change at once: the op must have staged its copy. */
+    for (int b = 0; b < batch; b++) timesteps[b] = NAN;
+    twin_check("timestep_frequencies", freqs, 1e-6);
+    twin odd = twin_nan((size_t)batch * 7);
+    for (int b = 0; b < batch; b++) timesteps[b] = (float)(b * 27);
+    cpu->timestep_frequencies(cpu, odd.on_cpu, timesteps, batch, 7);
+    gpu->timestep_frequencies(gpu, odd.on_gpu, timesteps, batch, 7);
+    twin_check("timestep_frequencies odd dim", odd, 1e-6);
+
+    twin table = twin_random((size_t)1001 * 1152, 1.0f);
+    twin rows = twin_nan((size_t)batch * 1152);
+    cpu->embedding_rows(cpu, rows.on_cpu, table.on_cpu, labels, batch, 1152);
+    gpu->embedding_rows(gpu, rows.on_gpu, table.on_gpu, labels, batch, 1152);
+    for (int b = 0; b < batch; b++) labels[b] = -1;
+    twin_check("embedding_rows", rows, 0);
+    twin_free(freqs);
+    twin_free(odd);
+    twin_free(table);
+    twin_free(rows);
+}
+
+static void test_patches(void) {
+    const int batch = 3, channels = 4, size = 32, patch = 2;
+    size_t n = (size_t)batch * channels * size * size;
+    twin images = twin_random(n, 1.0f), tokens = twin_nan(n), back = twin_nan(n);
+    cpu->patchify(cpu, tokens.on_cpu, images.on_cpu, batch, channels, size, patch);
+    gpu->patchify(gpu, tokens.on_gpu, images.on_gpu, batch, channels, size, patch);
+    twin_check("patchify", tokens, 0);
+    cpu->unpatchify(cpu, back.on_cpu, tokens.on_cpu, batch, channels, size, patch);
+    gpu->unpatchify(gpu, back.on_gpu, tokens.on_gpu, batch, channels, size, patch);
+    twin_check("unpatchify", back, 0);
+    const int big_channels = 3, big_size = 36, big_patch = 4;
+    size_t m = (size_t)2 * big_channels * big_size * big_size;
+    twin images2 = twin_random(m, 1.0f), tokens2 = twin_nan(m), back2 = twin_nan(m);
+    cpu->patchify(cpu, tokens2.on_cpu, images2.on_cpu, 2, big_channels, big_size, big_patch);
+    gpu->patchify(gpu, tokens2.on_gpu, images2.on_gpu, 2, big_channels, big_size, big_patch);
+    twin_check("patchify p=4", tokens2, 0);
+    cpu->unpatchify(cpu, back2.on_cpu, images2.on_cpu, 2, big_channels, big_size, big_patch);
+    gpu->unpatchify(gpu, back2.on_gpu, images2.on_gpu, 2, big_channels, big_size, big_patch);
+    twin_check("unpatchify p=4", back2, 0);
+    twin_free(images);
+    twin_free(tokens);
+    twin_free(back);
+    twin_free(images2);
+    twin_free(tokens2);
+    twin_free(back2);
+}
+
+static diffusion_step_coefs random_coefs(int learned, int add_noise) {
+    diffusion_step_coefs c;
+    memset(&c, 0, sizeof c);
+    c.x0_from_x = 1.5f + 0.1f * uniform();
+    c.x0_from_model = -0.7f + 0.1f * uniform();
+    c.eps_from_x = 0.3f * uniform();
+    c.eps_from_model = 1.0f + 0.1f * uniform();
+    c.next_from_x0 = 0.4f + 0.1f * uniform();
+    c.next_from_eps = 0.2f * uniform();
+    c.next_from_x = 0.8f + 0.1f * uniform();
+    c.learned_variance = learned;
+    c.log_variance_min = -6.0f + uniform();
+    c.log_variance_max = -3.0f + uniform();
+    c.noise_std = 0.1f + 0.05f * uniform();
+    c.add_noise = add_noise;
+    return c;
+}
+
+static void test_sampler(void) {
+    const int half = 3, channels = 4, hw = 32 * 32;
+    size_t per_image = (size_t)2 * channels * hw;
+    twin model_out = twin_random(2 * half * per_image, 1.0f);
+    cpu->cfg_combine(cpu, model_out.on_cpu, half, 2 * channels, hw, 3, 4.0f);
+    gpu->cfg_combine(gpu, model_out.on_gpu, half, 2 * channels, hw, 3, 4.0f);
+    twin_check("cfg_combine (3 guided channels)", model_out, 1e-6);
+    cpu->cfg_combine(cpu, model_out.on_cpu, half, 2 * channels, hw, 2 * channels, 1.5f);
+    gpu->cfg_combine(gpu, model_out.on_gpu, half, 2 * channels, hw, 2 * channels, 1.5f);
+    twin_check("cfg_combine (all channels)", model_out, 1e-6);
+
+    const int batch = 5;
+    size_t n = (size_t)batch * channels * hw;
+    twin x = twin_random(n, 1.0f), noise = twin_random(n, 1.0f);
+    twin out = twin_random((size_t)batch * 2 * channels * hw, 1.0f);
+    const int cases[3][2] = {{1, 1}, {0, 1}, {0, 0}};
+    const char *names[3] = {"sampler_update learned variance", "sampler_update fixed variance",
+                            "sampler_update no noise"};
+    for (int i = 0; i < 3; i++) {
+        diffusion_step_coefs c = random_coefs(cases[i][0], cases[i][1]);
+        const float *noise_cpu = c.add_noise ? noise.on_cpu : NULL;
+        const float *noise_gpu = c.add_noise ? noise.on_gpu : NULL;
+        cpu->sampler_update(cpu, x.on_cpu, out.on_cpu, noise_cpu, &c, batch, channels, hw,
+                            2 * channels);
+        gpu->sampler_update(gpu, x.on_gpu, out.on_gpu, noise_gpu, &c, batch, channels, hw,
+                            2 * channels);
+        twin_check(names[i], x, 1e-5);
+    }
+    twin_free(model_out);
+    twin_free(x);
+    twin_free(noise);
+    twin_free(out);
+}
+
+static void test_row_norms(void) {
+    const int rows = 7;
+    const size_t cols = (size_t)256 * 1152 + 5;
+    twin a = twin_random(rows * cols, 1.0f), b = twin_random(rows * cols, 1.0f);
+    double diff_cpu[7], norm_cpu[7], diff_gpu[7], norm_gpu[7];
+    for (int r = 0; r < rows; r++) diff_gpu[r] = norm_gpu[r] = NAN;
+    CHECK(cpu->row_norms(cpu, a.on_cpu, b.on_cpu, rows, cols, diff_cpu, norm_cpu) == 0);
+    CHECK(gpu->row_norms(gpu, a.on_gpu, b.on_gpu, rows, cols, diff_gpu, norm_gpu) == 0);
+    /* Both accumulate in double: only the order of the sums differs. */
+    int failures_before = test_failures;
+    for (int r = 0; r < rows; r++) {
+        CHECK_MSG(fabs(diff_gpu[r] - diff_cpu[r]) <= 1e-9 * diff_cpu[r], "row %d diff %.17g vs %.17g",
+                  r, diff_gpu[r], diff_cpu[r]);
+        CHECK_MSG(fabs(norm_gpu[r] - norm_cpu[r]) <= 1e-9 * norm_cpu[r], "row %d norm %.17g vs %.17g",
+                  r, norm_gpu[r], norm_cpu[r]);
+    }
+    fprintf(stderr, "  %-48s %s\n", "row_norms (double, 1e-9 relative)",
+            test_failures == failures_before ? "ok" : "FAIL");
+    twin_free(a);
+    twin_free(b);
+}
+
+/* A failing op is reported by the next synchronize, with a message, and the
+ * failure stays. */
+static void test_error_reporting(void) {
+    char err[256];
+    backend *faulty = backend_cuda_create(0, FPDM_PRECISION_FP32, err, sizeof err);
+    CHECK_MSG(faulty != NULL, "%s", err);
+    if (!faulty) return;
+    float *buffer = faulty->alloc(faulty, 3 * 256 * 4);
+    CHECK(faulty->synchronize(faulty) == 0);
+    faulty->attention(faulty, buffer, buffer, 1, 4, 1, 256, NULL);
+    CHECK(faulty->synchronize(faulty) != 0);
+    CHECK(strstr(backend_cuda_error(faulty), "head_dim") != NULL);
+    float host[4];
+    CHECK(faulty->download(faulty, host, buffer, 4) != 0);
+    faulty->release(faulty, buffer);
+    faulty->destroy(faulty);
+
+    int count = backend_cuda_device_count();
+    CHECK(backend_cuda_create(count, FPDM_PRECISION_FP32, err, sizeof err) == NULL);
+    CHECK(strstr(err, "does not exist") != NULL);
+}
+
+int main(void) {
+    if (backend_cuda_device_count() == 0) {
+        fprintf(stderr, "test_ops: no CUDA device, skipped\n");
+        return TEST_SKIP;
+    }
+    const char *seed_text = getenv("FPDM_TEST_SEED");
+    rng_state = seed_text ? strtoull(seed_text, NULL, 10) : (uint64_t)time(NULL);
+    fprintf(stderr, "test_ops: seed %llu (FPDM_TEST_SEED repeats it)\n",
+            (unsigned long long)rng_state);
+    rng_state = rng_state * 2654435761u + 1;
+    char err[256], name[256];
+    backend_cuda_device_name(0, name, sizeof name);
+    fprintf(stderr, "test_ops: device 0 is %s\n", name);
+    cpu = backend_cpu_create(0);
+    gpu = backend_cuda_create(0, FPDM_PRECISION_FP32, err, sizeof err);
+    if (!cpu || !gpu) {
+        fprintf(stderr, "test_ops: cannot create the backends: %s\n", gpu ? "cpu" : err);
+        return 1;
+    }
+    test_linear();
+    test_layernorm();
+    test_pointwise();
+    test_conditioning();
+    test_patches();
+    test_sampler();
+    test_row_norms();
+    test_error_reporting();
+    gpu->destroy(gpu);
+    cpu->destroy(cpu);
+    return test_finish("test_ops");
+}

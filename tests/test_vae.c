@@ -1,0 +1,340 @@
+/* test_vae.c - the VAE decoder (host/vae.c) against diffusers' AutoencoderKL.
+ *
+ *   - decoding the golden latents equals diffusers' float64 decode
+ *     (tests/golden/vae-small*.safetensors, written by
+ *     tests/golden/make_vae_golden.py);
+ *   - the same weights under the older attention names (query/key/value/
+ *     proj_attn, stored as 1x1 convolutions) give the same images;
+ *   - the configuration given in the metadata instead of inferred gives the
+ *     same images, and is checked against the shapes;
+ *   - a missing, a misshapen and an unknown tensor are refused with messages
+ *     naming the file and the tensor.
+ * The full Stable Diffusion size is tests/test_vae_sd.c.
+ *
+ * Run from the repository root: build/test_vae (ctest does this).
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fpdm.h"
+#include "safetensors.h"
+#include "test_util.h"
+
+#define GOLDEN_WEIGHTS "tests/golden/vae-small.safetensors"
+#define GOLDEN_IO "tests/golden/vae-small.io.safetensors"
+
+/* ---- writing safetensors files (variants of the golden one) ------------------------------------------ */
+
+typedef struct out_tensor {
+    char name[160];
+    const char *dtype;
+    int ndim;
+    int64_t shape[4];
+    const void *data;
+    size_t num_bytes;
+} out_tensor;
+
+typedef struct out_file {
+    out_tensor *tensors;
+    int count, capacity;
+    int num_metadata;
+    const char *const *metadata_keys;
+    const char *const *metadata_values;
+} out_file;
+
+static out_tensor *add_tensor(out_file *f, const char *name, const char *dtype, int ndim,
+                              const int64_t *shape, const void *data, size_t num_bytes) {
+    if (f->count == f->capacity) {
+        f->capacity = f->capacity ? 2 * f->capacity : 64;
+        f->tensors = realloc(f->tensors, (size_t)f->capacity * sizeof *f->tensors);
+    }
+    out_tensor *t = &f->tensors[f->count++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->dtype = dtype;
+    t->ndim = ndim;
+    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    t->data = data;
+    t->num_bytes = num_bytes;
+    return t;
+}
+
+static void out_file_free(out_file *f) { free(f->tensors); }
+
+typedef struct text {
+    char *s;
+    size_t len, cap;
+} text;
+
+static void appendf(text *t, const char *format, ...) __attribute__((format(printf, 2, 3)));
+static void appendf(text *t, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    int needed = vsnprintf(NULL, 0, format, args);
+    va_end(args);
+    if (t->len + (size_t)needed + 1 > t->cap) {
+        t->cap = 2 * (t->len + (size_t)needed + 1);
+        t->s = realloc(t->s, t->cap);
+    }
+    va_start(args, format);
+    vsnprintf(t->s + t->len, t->cap - t->len, format, args);
+    va_end(args);
+    t->len += (size_t)needed;
+}
+
+static int write_file(const char *path, const out_file *f) {
+    text header = {0};
+    appendf(&header, "{");
+    if (f->num_metadata) {
+        appendf(&header, "\"__metadata__\":{");
+        for (int i = 0; i < f->num_metadata; i++)
+            appendf(&header, "%s\"%s\":\"%s\"", i ? "," : "", f->metadata_keys[i],
+                    f->metadata_values[i]);
+        appendf(&header, "}");
+    }
+    size_t offset = 0;
+    for (int i = 0; i < f->count; i++) {
+        const out_tensor *t = &f->tensors[i];
+        appendf(&header, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", i || f->num_metadata ? "," : "",
+                t->name, t->dtype);
+        for (int d = 0; d < t->ndim; d++) appendf(&header, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+        appendf(&header, "],\"data_offsets\":[%zu,%zu]}", offset, offset + t->num_bytes);
+        offset += t->num_bytes;
+    }
+    appendf(&header, "}");
+    while (header.len % 8) appendf(&header, " ");
+    FILE *out = fopen(path, "wb");
+    int ok = out != NULL;
+    if (ok) {
+        uint64_t n = header.len;
+        unsigned char length[8];
+        for (int i = 0; i < 8; i++) length[i] = (unsigned char)(n >> (8 * i));
+        ok = fwrite(length, 1, 8, out) == 8 && fwrite(header.s, 1, header.len, out) == header.len;
+        for (int i = 0; ok && i < f->count; i++)
+            ok = fwrite(f->tensors[i].data, 1, f->tensors[i].num_bytes, out) == f->tensors[i].num_bytes;
+        ok = (fclose(out) == 0) && ok;
+    }
+    free(header.s);
+    CHECK_MSG(ok, "cannot write %s", path);
+    return ok;
+}
+
+/* Every tensor and the metadata of an open file, pointing into its mapping. */
+static void copy_of(const safetensors_file *src, out_file *f) {
+    memset(f, 0, sizeof *f);
+    for (int i = 0; i < src->num_tensors; i++) {
+        const safetensors_tensor *t = &src->tensors[i];
+        add_tensor(f, t->name, safetensors_dtype_name(t->dtype), t->ndim, t->shape, t->data,
+                   t->num_bytes);
+    }
+    f->num_metadata = src->num_metadata;
+    f->metadata_keys = (const char *const *)src->metadata_keys;
+    f->metadata_values = (const char *const *)src->metadata_values;
+}
+
+static out_tensor *find_out(out_file *f, const char *name) {
+    for (int i = 0; i < f->count; i++)
+        if (strcmp(f->tensors[i].name, name) == 0) return &f->tensors[i];
+    return NULL;
+}
+
+/* ---- the golden decode and its variants -------------------------------- */
+
+static float *decode(fpdm_context *ctx, const char *path, int batch, int latent_size,
+                     const float *latents, size_t image_floats) {
+    fpdm_vae *vae = NULL;
+    fpdm_status status = fpdm_vae_load(ctx, path, &vae);
+    CHECK_MSG(status == FPDM_OK, "loading %s: %s", path, fpdm_last_error(ctx));
+    if (status != FPDM_OK) return NULL;
+    float *images = malloc(image_floats * sizeof(float));
+    status = fpdm_vae_decode(ctx, vae, batch, latent_size, latents, images);
+    CHECK_MSG(status == FPDM_OK, "decoding with %s: %s", path, fpdm_last_error(ctx));
+    fpdm_vae_free(vae);
+    if (status != FPDM_OK) {
+        free(images);
+        return NULL;
+    }
+    return images;
+}
+
+/* Loading `path` fails with FPDM_ERR_BAD_FILE and a message holding each of
+ * the given fragments. */
+static void expect_refused(fpdm_context *ctx, const char *path, const char *what,
+                           const char *fragment1, const char *fragment2) {
+    fpdm_vae *vae = NULL;
+    fpdm_status status = fpdm_vae_load(ctx, path, &vae);
+    const char *message = fpdm_last_error(ctx);
+    fprintf(stderr, "  %s: %s\n", what, message);
+    CHECK_MSG(status == FPDM_ERR_BAD_FILE, "%s: status %s", what, fpdm_status_name(status));
+    CHECK(vae == NULL);
+    CHECK_MSG(strstr(message, path) != NULL, "%s: message does not name the file", what);
+    CHECK_MSG(strstr(message, fragment1) != NULL, "%s: message lacks \"%s\"", what, fragment1);
+    CHECK_MSG(strstr(message, fragment2) != NULL, "%s: message lacks \"%s\"", what, fragment2);
+    fpdm_vae_free(vae);
+}
+
+static const char *const OLD_ATTENTION_NAMES[4][2] = {
+    {".to_q.", ".query."}, {".to_k.", ".key."}, {".to_v.", ".value."}, {".to_out.0.", ".proj_attn."}};
+
+static void test_golden(fpdm_context *ctx, const char *dir) {
+    safetensors_file weights, io;
+    char err[1024];
+    if (safetensors_open(GOLDEN_WEIGHTS, &weights, err, sizeof err) != 0 ||
+        safetensors_open(GOLDEN_IO, &io, err, sizeof err) != 0) {
+        CHECK_MSG(0, "%s", err);
+        return;
+    }
+    int batch = golden_int(&io, "batch", 0), latent_size = golden_int(&io, "latent_size", 0);
+    size_t latent_floats = 0, image_floats = 0;
+    float *latents = golden_tensor(&io, "latents", &latent_floats);
+    float *expected = golden_tensor(&io, "images", &image_floats);
+    CHECK(latent_floats == (size_t)batch * 4 * latent_size * latent_size);
+    CHECK(image_floats == (size_t)batch * 3 * (4 * latent_size) * (4 * latent_size));
+
+    fpdm_vae *vae = NULL;
+    CHECK(fpdm_vae_load(ctx, GOLDEN_WEIGHTS, &vae) == FPDM_OK);
+    if (vae) {
+        const fpdm_vae_info *info = fpdm_vae_get_info(vae);
+        CHECK(info->latent_channels == 4 && info->image_channels == 3 && info->upscale == 4);
+        CHECK(info->scaling_factor == 0.5f);
+        float scratch[1];
+        CHECK(fpdm_vae_decode(ctx, vae, 0, latent_size, latents, scratch) == FPDM_ERR_INVALID_ARGUMENT);
+        fpdm_vae_free(vae);
+    }
+
+    float *images = decode(ctx, GOLDEN_WEIGHTS, batch, latent_size, latents, image_floats);
+    if (images) check_close("decode vs diffusers (float64)", images, expected, image_floats, 1e-5);
+
+    /* The older names, with the linears stored as [C, C, 1, 1] convolutions. */
+    out_file old;
+    copy_of(&weights, &old);
+    int renamed = 0;
+    for (int i = 0; i < old.count; i++) {
+        out_tensor *t = &old.tensors[i];
+        if (strncmp(t->name, "decoder.mid_block.attentions.0", 30) != 0) continue;
+        for (int k = 0; k < 4; k++) {
+            char *at = strstr(t->name, OLD_ATTENTION_NAMES[k][0]);
+            if (!at) continue;
+            char renamed_name[160];
+            snprintf(renamed_name, sizeof renamed_name, "%.*s%s%s", (int)(at - t->name), t->name,
+                     OLD_ATTENTION_NAMES[k][1], at + strlen(OLD_ATTENTION_NAMES[k][0]));
+            snprintf(t->name, sizeof t->name, "%s", renamed_name);
+            if (t->ndim == 2) {
+                t->ndim = 4;
+                t->shape[2] = t->shape[3] = 1;
+            }
+            renamed++;
+        }
+    }
+    CHECK(renamed == 8);
+    char path[512];
+    snprintf(path, sizeof path, "%s/vae-old-names.safetensors", dir);
+    if (write_file(path, &old)) {
+        float *old_images = decode(ctx, path, batch, latent_size, latents, image_floats);
+        if (old_images && images)
+            CHECK_MSG(memcmp(old_images, images, image_floats * sizeof(float)) == 0,
+                      "old attention names decode differently");
+        if (old_images) check_close("decode, old attention names", old_images, expected, image_floats, 1e-5);
+        free(old_images);
+        unlink(path);
+    }
+    out_file_free(&old);
+
+    /* The whole configuration in the metadata, first right, then with a
+     * block width the tensors do not have. */
+    static const char *const config_keys[5] = {"vae.block_out_channels", "vae.layers_per_block",
+                                               "vae.latent_channels", "vae.norm_num_groups",
+                                               "vae.scaling_factor"};
+    const char *config_values[5] = {"[8, 16, 16]", "1", "4", "4", "0.5"};
+    out_file configured;
+    copy_of(&weights, &configured);
+    configured.num_metadata = 5;
+    configured.metadata_keys = config_keys;
+    configured.metadata_values = config_values;
+    snprintf(path, sizeof path, "%s/vae-configured.safetensors", dir);
+    if (write_file(path, &configured)) {
+        float *configured_images = decode(ctx, path, batch, latent_size, latents, image_floats);
+        if (configured_images && images)
+            CHECK_MSG(memcmp(configured_images, images, image_floats * sizeof(float)) == 0,
+                      "the configuration from metadata decodes differently");
+        free(configured_images);
+    }
+    config_values[0] = "8,16,32";
+    if (write_file(path, &configured))
+        expect_refused(ctx, path, "metadata against shapes", "decoder.conv_in.weight",
+                       "expected [32, 4, 3, 3]");
+    unlink(path);
+    out_file_free(&configured);
+
+    /* A missing tensor. */
+    out_file broken;
+    copy_of(&weights, &broken);
+    const char *dropped = "decoder.up_blocks.2.resnets.0.conv_shortcut.weight";
+    out_tensor *t = find_out(&broken, dropped);
+    CHECK(t != NULL);
+    if (t) *t = broken.tensors[--broken.count];
+    snprintf(path, sizeof path, "%s/vae-missing.safetensors", dir);
+    if (write_file(path, &broken)) expect_refused(ctx, path, "missing tensor", dropped, "missing");
+    unlink(path);
+    out_file_free(&broken);
+
+    /* A misshapen tensor (same element count). */
+    copy_of(&weights, &broken);
+    const char *reshaped = "decoder.mid_block.resnets.1.conv2.weight";
+    t = find_out(&broken, reshaped);
+    CHECK(t != NULL);
+    if (t) {
+        t->shape[2] = 1;
+        t->shape[3] = 9;
+    }
+    snprintf(path, sizeof path, "%s/vae-misshapen.safetensors", dir);
+    if (write_file(path, &broken))
+        expect_refused(ctx, path, "misshapen tensor", reshaped, "[16, 16, 1, 9], expected [16, 16, 3, 3]");
+    unlink(path);
+    out_file_free(&broken);
+
+    /* A tensor the decoder does not know. */
+    copy_of(&weights, &broken);
+    t = find_out(&broken, "decoder.conv_out.bias");
+    const char *unknown = "decoder.mid_block.attentions.0.extra.bias";
+    if (t) add_tensor(&broken, unknown, t->dtype, t->ndim, t->shape, t->data, t->num_bytes);
+    snprintf(path, sizeof path, "%s/vae-unknown.safetensors", dir);
+    if (write_file(path, &broken)) expect_refused(ctx, path, "unknown tensor", unknown, "unexpected");
+    unlink(path);
+    out_file_free(&broken);
+
+    fpdm_vae *none = NULL;
+    CHECK(fpdm_vae_load(ctx, "tests/golden/no-such-vae.safetensors", &none) == FPDM_ERR_IO);
+    CHECK(none == NULL);
+
+    free(images);
+    free(latents);
+    free(expected);
+    safetensors_close(&weights);
+    safetensors_close(&io);
+}
+
+int main(void) {
+    fpdm_context_params params = fpdm_context_default_params();
+    fpdm_context *ctx = NULL;
+    if (fpdm_context_create(&params, &ctx) != FPDM_OK) {
+        fprintf(stderr, "cannot create a CPU context: %s\n", ctx ? fpdm_last_error(ctx) : "out of memory");
+        fpdm_context_free(ctx);
+        return 1;
+    }
+    char dir[] = "/tmp/fpdm-test-vae-XXXXXX";
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "cannot create a temporary folder\n");
+        fpdm_context_free(ctx);
+        return 1;
+    }
+    test_golden(ctx, dir);
+    rmdir(dir);
+    fpdm_context_free(ctx);
+    return test_finish("test_vae");
+}

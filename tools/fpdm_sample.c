@@ -1,0 +1,1026 @@
+/* fpdm_sample.c - fpdm-sample: draws class-conditional images from a DiT or
+ * FPDM model file and writes them as PNGs (and optionally a grid, the raw
+ * latents and a JSON run report).
+ *
+ *   fpdm-sample -m models/fpdm-mnist.safetensors -n 16 --steps 20 --out samples
+ *   fpdm-sample --help
+ *
+ * Exit status: 0 done, 1 runtime failure (files, library), 2 usage error,
+ * 130 interrupted by Ctrl-C (images finished so far are kept). Every check of
+ * the arguments happens before any output file or folder is created.
+ *
+ * Resuming: image i is written as {i:05d}-{class}.png, and both its class and
+ * its noise depend only on (--seed, i), never on the batch it falls in, so a
+ * rerun skips every batch whose files all exist and draws the remaining ones
+ * exactly as an uninterrupted run would have. */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "fpdm.h"
+#include "npy.h"
+#include "png.h"
+#include "progress.h"
+#include "report.h"
+
+enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
+
+#define PROGRAM "fpdm-sample"
+#define DEFAULT_MODEL "models/fpdm-mnist.safetensors"
+#define DEFAULT_NUM_IMAGES 16
+#define MAX_DEFAULT_BATCH 32
+#define DEFAULT_STEPS 250
+#define DEFAULT_CFG_SCALE 4.0f
+#define GRID_PADDING 2
+
+typedef struct options {
+    const char *model_path;   /* NULL: search the default locations */
+    int num_images;
+    int batch_size;           /* 0: min(num_images, 32) */
+    int steps;
+    int sampler;              /* fpdm_sampler */
+    float eta;
+    float cfg_scale;
+    int cfg_all_channels;
+    uint64_t seed;
+    int first_index;          /* index of the first image: shards of one run */
+    int *classes;
+    int num_classes_given;
+    int iters;                /* -1: the model's default */
+    int reuse;
+    int schedule;             /* fpdm_iteration_schedule */
+    int schedule_given;
+    int budget;
+    int *iters_per_step;
+    int num_iters_per_step;
+    float tol;
+    int carry_over;
+    const char *init_noise_path;
+    const char *step_noise_path;
+    const char *latents_out;
+    const char *out_dir;
+    const char *grid_path;
+    int overwrite;
+    const char *report_path;
+    const char *device;
+    int precision;            /* fpdm_precision */
+    int threads;
+    int verbose;
+    int quiet;
+    const char *vae_path;
+} options;
+
+/* Set by the SIGINT handler, read by the progress callback. */
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int signal_number)
+{
+    (void)signal_number;
+    interrupted = 1;
+}
+
+static void print_help(FILE *out)
+{
+    fprintf(out,
+"usage: " PROGRAM " [options]\n"
+"Samples class-conditional images from a DiT or FPDM model file.\n"
+"\n"
+"Model and device:\n"
+"  -m, --model FILE         model .safetensors (default: " DEFAULT_MODEL ",\n"
+"                           also looked up next to the executable's ../models)\n"
+"      --vae FILE           VAE decoder (diffusers safetensors) for latent-space models\n"
+"      --device DEV         cpu | cuda | cuda:N (default: cpu)\n"
+"      --precision P        fp32 | bf16 | fp16 (default: fp32 on cpu, bf16 on cuda)\n"
+"      --threads N          CPU threads (default: OpenMP's choice)\n"
+"\n"
+"What to sample:\n"
+"  -n, --num-images N       images to draw (default: %d)\n"
+"  -b, --batch-size N       images per network batch (default: min(N, %d))\n"
+"      --class LIST         comma-separated class labels, cycled over the images\n"
+"                           (default: drawn from the seed, per image index)\n"
+"      --seed S             noise and class seed (default: 0)\n"
+"      --first-index I      index of the first image, to split one run into shards:\n"
+"                           names, noise and default classes follow the index (default: 0)\n"
+"      --steps N            sampling steps, 1..num_train_timesteps (default: %d)\n"
+"      --sampler S          ddpm | ddim (default: ddpm)\n"
+"      --eta X              DDIM eta >= 0 (default: 0)\n"
+"      --cfg-scale X        classifier-free guidance scale >= 1, 1 disables it\n"
+"                           (default: %.1f)\n"
+"      --cfg-channels C     3 (official: guide the first 3 channels) | all (default: 3)\n"
+"\n"
+"Fixed-point models (FPDM) only:\n"
+"      --iters K            fixed-point iterations per step (default: the model's)\n"
+"      --schedule S         fixed | increasing | decreasing (default: fixed)\n"
+"      --budget B           total iterations spread over the steps (default: steps * iters)\n"
+"      --iters-per-step L   explicit comma-separated iterations, one per step\n"
+"      --reuse              start each solve from the previous step's solution\n"
+"      --tol EPS            stop a solve under this relative residual (default: 0, never)\n"
+"      --carry-over         with --tol: unused iterations move to the next step\n"
+"\n"
+"Noise from files (float32 .npy):\n"
+"      --init-noise FILE    initial noise [N, C, H, W]\n"
+"      --step-noise FILE    per-step noise [steps, N, C, H, W]\n"
+"\n"
+"Output:\n"
+"      --out DIR            PNG folder, files {index:05d}-{class}.png (default: samples)\n"
+"      --overwrite          redraw images whose files exist (default: skip batches\n"
+"                           whose files all exist, so interrupted runs resume)\n"
+"      --grid FILE.png      also write all images as one grid\n"
+"      --latents-out FILE   also write the sampled latents [N, C, H, W] as .npy\n"
+"                           (--grid and --latents-out need every image: no skipping)\n"
+"      --report FILE.json   per-step iterations and residuals, totals, settings\n"
+"      --verbose            model details, the iteration plan, library debug messages\n"
+"      --quiet              no progress or summary\n"
+"  -h, --help               this help\n",
+            DEFAULT_NUM_IMAGES, MAX_DEFAULT_BATCH, DEFAULT_STEPS, (double)DEFAULT_CFG_SCALE);
+}
+
+static int usage_error(const char *message)
+{
+    fprintf(stderr, PROGRAM ": %s\n" PROGRAM ": try '" PROGRAM " --help'\n", message);
+    return EXIT_USAGE;
+}
+
+/* ---- arguments --------------------------------------------------------- */
+
+static const char *const sampler_names[] = {"ddpm", "ddim", NULL};
+static const char *const schedule_names[] = {"fixed", "increasing", "decreasing", NULL};
+static const char *const cfg_channel_names[] = {"3", "all", NULL};
+static const char *const precision_names[] = {"fp32", "bf16", "fp16", NULL};
+static const fpdm_precision precision_values[] = {FPDM_PRECISION_FP32, FPDM_PRECISION_BF16,
+                                                  FPDM_PRECISION_FP16};
+
+static int flag_is(const char *arg, const char *short_name, const char *long_name,
+                   const char **inline_value)
+{
+    *inline_value = NULL;
+    if ((short_name && strcmp(arg, short_name) == 0) || strcmp(arg, long_name) == 0)
+        return 1;
+    *inline_value = cli_inline_value(arg, long_name);
+    return *inline_value != NULL;
+}
+
+/* Parses argv into opt. Returns 0, EXIT_USAGE after printing the problem, or
+ * -1 when --help was printed. */
+static int parse_arguments(int argc, char **argv, options *opt)
+{
+    char err[512];
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        const char *inline_value;
+        const char *value = NULL;
+        int rc = 0;
+        /* Value-taking flags: each entry says how its text is parsed. */
+#define TAKE_VALUE(flag)                                                              \
+    do {                                                                              \
+        if (inline_value) {                                                           \
+            value = inline_value;                                                     \
+        } else if (i + 1 < argc) {                                                    \
+            value = argv[++i];                                                        \
+        } else {                                                                      \
+            snprintf(err, sizeof err, "%s: missing value", flag);                     \
+            return usage_error(err);                                                  \
+        }                                                                             \
+    } while (0)
+        if (flag_is(arg, "-h", "--help", &inline_value)) {
+            print_help(stdout);
+            return -1;
+        } else if (flag_is(arg, "-m", "--model", &inline_value)) {
+            TAKE_VALUE("--model");
+            opt->model_path = value;
+        } else if (flag_is(arg, "-n", "--num-images", &inline_value)) {
+            TAKE_VALUE("--num-images");
+            rc = cli_parse_int("--num-images", value, 1, INT_MAX / 2, &opt->num_images, err,
+                               sizeof err);
+        } else if (flag_is(arg, "-b", "--batch-size", &inline_value)) {
+            TAKE_VALUE("--batch-size");
+            rc = cli_parse_int("--batch-size", value, 1, 65536, &opt->batch_size, err,
+                               sizeof err);
+        } else if (flag_is(arg, NULL, "--steps", &inline_value)) {
+            TAKE_VALUE("--steps");
+            rc = cli_parse_int("--steps", value, 1, 100000, &opt->steps, err, sizeof err);
+        } else if (flag_is(arg, NULL, "--sampler", &inline_value)) {
+            TAKE_VALUE("--sampler");
+            rc = cli_parse_choice("--sampler", value, sampler_names, &opt->sampler, err,
+                                  sizeof err);
+        } else if (flag_is(arg, NULL, "--eta", &inline_value)) {
+            TAKE_VALUE("--eta");
+            rc = cli_parse_float("--eta", value, 0.0, 1e6, &opt->eta, err, sizeof err);
+        } else if (flag_is(arg, NULL, "--cfg-scale", &inline_value)) {
+            TAKE_VALUE("--cfg-scale");
+            rc = cli_parse_float("--cfg-scale", value, 1.0, 1e6, &opt->cfg_scale, err,
+                                 sizeof err);
+        } else if (flag_is(arg, NULL, "--cfg-channels", &inline_value)) {
+            TAKE_VALUE("--cfg-channels");
+            rc = cli_parse_choice("--cfg-channels", value, cfg_channel_names,
+                                  &opt->cfg_all_channels, err, sizeof err);
+        } else if (flag_is(arg, NULL, "--seed", &inline_value)) {
+            TAKE_VALUE("--seed");
+            rc = cli_parse_u64("--seed", value, &opt->seed, err, sizeof err);
+        } else if (flag_is(arg, NULL, "--first-index", &inline_value)) {
+            TAKE_VALUE("--first-index");
+            rc = cli_parse_int("--first-index", value, 0, INT_MAX / 2, &opt->first_index, err,
+                               sizeof err);
+        } else if (flag_is(arg, NULL, "--class", &inline_value)) {
+            TAKE_VALUE("--class");
+            free(opt->classes);
+            opt->classes = NULL;
+            rc = cli_parse_int_list("--class", value, INT_MIN, INT_MAX, &opt->classes,
+                                    &opt->num_classes_given, err, sizeof err);
+        } else if (flag_is(arg, NULL, "--iters", &inline_value)) {
+            TAKE_VALUE("--iters");
+            rc = cli_parse_int("--iters", value, 0, 100000, &opt->iters, err, sizeof err);
+        } else if (flag_is(arg, NULL, "--reuse", &inline_value) && !inline_value) {
+            opt->reuse = 1;
+        } else if (flag_is(arg, NULL, "--schedule", &inline_value)) {
+            TAKE_VALUE("--schedule");
+            rc = cli_parse_choice("--schedule", value, schedule_names, &opt->schedule, err,
+                                  sizeof err);
+            opt->schedule_given = 1;
+        } else if (flag_is(arg, NULL, "--budget", &inline_value)) {
+            TAKE_VALUE("--budget");
+            rc = cli_parse_int("--budget", value, 1, INT_MAX / 2, &opt->budget, err,
+                               sizeof err);
+        } else if (flag_is(arg, NULL, "--iters-per-step", &inline_value)) {
+            TAKE_VALUE("--iters-per-step");
+            free(opt->iters_per_step);
+            opt->iters_per_step = NULL;
+            rc = cli_parse_int_list("--iters-per-step", value, 0, 100000, &opt->iters_per_step,
+                                    &opt->num_iters_per_step, err, sizeof err);
+        } else if (flag_is(arg, NULL, "--tol", &inline_value)) {
+            TAKE_VALUE("--tol");
+            rc = cli_parse_float("--tol", value, 0.0, 1e6, &opt->tol, err, sizeof err);
+        } else if (flag_is(arg, NULL, "--carry-over", &inline_value) && !inline_value) {
+            opt->carry_over = 1;
+        } else if (flag_is(arg, NULL, "--init-noise", &inline_value)) {
+            TAKE_VALUE("--init-noise");
+            opt->init_noise_path = value;
+        } else if (flag_is(arg, NULL, "--step-noise", &inline_value)) {
+            TAKE_VALUE("--step-noise");
+            opt->step_noise_path = value;
+        } else if (flag_is(arg, NULL, "--latents-out", &inline_value)) {
+            TAKE_VALUE("--latents-out");
+            opt->latents_out = value;
+        } else if (flag_is(arg, NULL, "--out", &inline_value)) {
+            TAKE_VALUE("--out");
+            opt->out_dir = value;
+        } else if (flag_is(arg, NULL, "--grid", &inline_value)) {
+            TAKE_VALUE("--grid");
+            opt->grid_path = value;
+        } else if (flag_is(arg, NULL, "--overwrite", &inline_value) && !inline_value) {
+            opt->overwrite = 1;
+        } else if (flag_is(arg, NULL, "--report", &inline_value)) {
+            TAKE_VALUE("--report");
+            opt->report_path = value;
+        } else if (flag_is(arg, NULL, "--device", &inline_value)) {
+            TAKE_VALUE("--device");
+            opt->device = value;
+        } else if (flag_is(arg, NULL, "--precision", &inline_value)) {
+            TAKE_VALUE("--precision");
+            int index = 0;
+            rc = cli_parse_choice("--precision", value, precision_names, &index, err,
+                                  sizeof err);
+            opt->precision = (int)precision_values[index];
+        } else if (flag_is(arg, NULL, "--threads", &inline_value)) {
+            TAKE_VALUE("--threads");
+            rc = cli_parse_int("--threads", value, 1, 4096, &opt->threads, err, sizeof err);
+        } else if (flag_is(arg, NULL, "--verbose", &inline_value) && !inline_value) {
+            opt->verbose = 1;
+        } else if (flag_is(arg, NULL, "--quiet", &inline_value) && !inline_value) {
+            opt->quiet = 1;
+        } else if (flag_is(arg, NULL, "--vae", &inline_value)) {
+            TAKE_VALUE("--vae");
+            opt->vae_path = value;
+        } else {
+            snprintf(err, sizeof err, "unknown option '%s'", arg);
+            return usage_error(err);
+        }
+#undef TAKE_VALUE
+        if (rc != 0)
+            return usage_error(err);
+        if (value && value[0] == '\0') {
+            snprintf(err, sizeof err, "%s: empty value", arg);
+            return usage_error(err);
+        }
+    }
+    if (opt->verbose && opt->quiet)
+        return usage_error("--verbose and --quiet exclude each other");
+    if (opt->carry_over && opt->tol <= 0)
+        return usage_error("--carry-over needs --tol EPS > 0 (unused iterations come from "
+                           "solves stopped early)");
+    if (opt->iters_per_step && (opt->schedule_given || opt->budget))
+        return usage_error("--iters-per-step replaces --schedule and --budget; give one or "
+                           "the other");
+    return 0;
+}
+
+/* ---- files and folders ---------------------------------------------------- */
+
+static int is_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* The default model: ./models/..., then <executable>/../models/..., then the
+ * source tree's models/ (the executable usually lives in <source>/build*). */
+static const char *find_default_model(char *buffer, size_t size)
+{
+    if (is_file(DEFAULT_MODEL))
+        return DEFAULT_MODEL;
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            if (snprintf(buffer, size, "%s/../%s", exe, DEFAULT_MODEL) < (int)size &&
+                is_file(buffer))
+                return buffer;
+            if (snprintf(buffer, size, "%s/../../%s", exe, DEFAULT_MODEL) < (int)size &&
+                is_file(buffer))
+                return buffer;
+        }
+    }
+    return DEFAULT_MODEL;
+}
+
+/* The folder a file will be written into must exist already. */
+static int check_parent_dir(const char *flag, const char *path)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        return 0;
+    if (slash == dir)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    if (is_dir(dir))
+        return 0;
+    fprintf(stderr, PROGRAM ": %s %s: folder %s does not exist\n", flag, path, dir);
+    return -1;
+}
+
+/* mkdir -p, then proves the folder is writable by creating and removing a
+ * temporary file in it. */
+static int prepare_out_dir(const char *dir)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
+        fprintf(stderr, PROGRAM ": --out %s: path too long\n", dir);
+        return -1;
+    }
+    for (char *p = path + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(path, 0777) != 0 && errno != EEXIST) {
+                fprintf(stderr, PROGRAM ": --out %s: cannot create folder %s: %s\n", dir, path,
+                        strerror(errno));
+                return -1;
+            }
+            *p = saved;
+            if (saved == '\0')
+                break;
+        }
+    }
+    if (!is_dir(dir)) {
+        fprintf(stderr, PROGRAM ": --out %s: exists and is not a folder\n", dir);
+        return -1;
+    }
+    snprintf(path, sizeof path, "%s/.fpdm-sample-write-test-XXXXXX", dir);
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        fprintf(stderr, PROGRAM ": --out %s: folder is not writable: %s\n", dir,
+                strerror(errno));
+        return -1;
+    }
+    close(fd);
+    unlink(path);
+    return 0;
+}
+
+static void image_path(char *out, size_t size, const char *dir, int index, int label)
+{
+    snprintf(out, size, "%s/%05d-%d.png", dir, index, label);
+}
+
+/* Reads a float32 .npy noise file and checks it has exactly `ndim` dims of
+ * `shape`. Returns 0, EXIT_USAGE (wrong shape) or EXIT_RUNTIME (unreadable). */
+static int read_noise(const char *flag, const char *path, int ndim, const int64_t *shape,
+                      float **data)
+{
+    char err[512];
+    int file_ndim = 0;
+    int64_t file_shape[8] = {0};
+    if (npy_read_f32(path, data, &file_ndim, file_shape, err, sizeof err) != 0) {
+        fprintf(stderr, PROGRAM ": %s: %s\n", flag, err);
+        return EXIT_RUNTIME;
+    }
+    int same = file_ndim == ndim;
+    for (int i = 0; same && i < ndim; i++)
+        same = file_shape[i] == shape[i];
+    if (same)
+        return 0;
+    char expected[128] = "", found[128] = "";
+    size_t used = 0;
+    for (int i = 0; i < ndim; i++)
+        used += (size_t)snprintf(expected + used, sizeof expected - used, "%s%lld",
+                                 i ? ", " : "", (long long)shape[i]);
+    used = 0;
+    for (int i = 0; i < file_ndim && i < 8; i++)
+        used += (size_t)snprintf(found + used, sizeof found - used, "%s%lld", i ? ", " : "",
+                                 (long long)file_shape[i]);
+    fprintf(stderr, PROGRAM ": %s %s: shape [%s] does not match the run (allowed: [%s])\n", flag,
+            path, found, expected);
+    free(*data);
+    *data = NULL;
+    return EXIT_USAGE;
+}
+
+/* ---- callbacks ----------------------------------------------------------- */
+
+static void log_to_stderr(fpdm_log_level level, const char *message, void *user_data)
+{
+    const int verbose = *(const int *)user_data;
+    /* Errors come back through return codes and are printed once, by the
+     * caller, with fpdm_last_error. */
+    if (level == FPDM_LOG_ERROR || (level < FPDM_LOG_WARN && !verbose))
+        return;
+    static const char *const names[] = {"debug", "info", "warning", "error"};
+    fprintf(stderr, PROGRAM ": %s: %s\n", names[level], message);
+}
+
+typedef struct run_progress {
+    progress bar;
+    long long steps_before;   /* sampling steps of the batches finished in this run */
+    int images_before;        /* images finished in this run, skipped ones included */
+} run_progress;
+
+static int on_progress(const fpdm_progress *p, void *user_data)
+{
+    run_progress *run = user_data;
+    char label[64];
+    snprintf(label, sizeof label, "step %d/%d", p->step, p->num_steps);
+    progress_update(&run->bar, run->steps_before + p->step, run->images_before, label);
+    return interrupted ? 1 : 0;
+}
+
+/* ---- the run --------------------------------------------------------------- */
+
+/* A class per image index from the seed alone, so it never depends on the
+ * batch size or on which batches a resumed run skips. */
+static int default_label(uint64_t seed, int index, int num_classes)
+{
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull * (uint64_t)(index + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (int)(z % (uint64_t)num_classes);
+}
+
+typedef struct run_state {
+    const options *opt;
+    fpdm_context *ctx;
+    fpdm_model *model;
+    const fpdm_model_info *info;
+    fpdm_vae *vae;
+    int *labels;              /* [num_images] */
+    int *plan;                /* [steps]: planned iterations, sampling order */
+    float *init_noise;        /* [N, C, H, W] or NULL */
+    float *step_noise;        /* [steps, N, C, H, W] or NULL */
+    int write_pngs;
+    int image_channels, image_size;
+    size_t latent_floats;     /* per image */
+    size_t image_floats;      /* per image */
+    float *all_latents;       /* [N, ...] when --latents-out */
+    float *all_images;        /* [N, ...] when --grid */
+    fpdm_step_report *steps;  /* summed over batches */
+    long long model_evaluations, fixed_point_iterations;
+    int images_sampled, images_skipped;
+} run_state;
+
+static int batch_files_exist(const run_state *rs, int start, int count)
+{
+    char path[PATH_MAX];
+    for (int i = start; i < start + count; i++) {
+        image_path(path, sizeof path, rs->opt->out_dir, rs->opt->first_index + i, rs->labels[i]);
+        if (!is_file(path))
+            return 0;
+    }
+    return 1;
+}
+
+static void add_batch_report(run_state *rs, const fpdm_sample_report *batch)
+{
+    for (int s = 0; s < batch->num_steps && s < rs->opt->steps; s++) {
+        fpdm_step_report *total = &rs->steps[s];
+        total->timestep = batch->steps[s].timestep;
+        total->iters_planned = batch->steps[s].iters_planned;
+        total->iters_used += batch->steps[s].iters_used;
+        if (batch->steps[s].residual > total->residual)
+            total->residual = batch->steps[s].residual;
+    }
+    rs->model_evaluations += batch->model_evaluations;
+    rs->fixed_point_iterations += batch->fixed_point_iterations;
+}
+
+/* Turns a batch of latents into images (the VAE for latent models) and
+ * writes their PNGs. Returns 0 or EXIT_RUNTIME after printing the problem. */
+static int write_batch_images(run_state *rs, int start, int count, const float *latents,
+                              float *images)
+{
+    const fpdm_model_info *info = rs->info;
+    const float *pixels = latents;
+    if (rs->vae) {
+        if (fpdm_vae_decode(rs->ctx, rs->vae, count, info->input_size, latents, images) !=
+            FPDM_OK) {
+            fprintf(stderr, PROGRAM ": VAE decoding failed: %s\n", fpdm_last_error(rs->ctx));
+            return EXIT_RUNTIME;
+        }
+        pixels = images;
+    }
+    if (rs->all_images)
+        memcpy(rs->all_images + (size_t)start * rs->image_floats, pixels,
+               (size_t)count * rs->image_floats * sizeof(float));
+    if (!rs->opt->out_dir || !rs->write_pngs)
+        return 0;
+    char path[PATH_MAX], err[512];
+    for (int i = 0; i < count; i++) {
+        image_path(path, sizeof path, rs->opt->out_dir, rs->opt->first_index + start + i,
+                   rs->labels[start + i]);
+        if (png_write_image(path, pixels + (size_t)i * rs->image_floats, rs->image_channels,
+                            rs->image_size, rs->image_size, err, sizeof err) != 0) {
+            fprintf(stderr, PROGRAM ": %s\n", err);
+            return EXIT_RUNTIME;
+        }
+    }
+    return 0;
+}
+
+/* Samples every batch that is not already on disk. Returns 0, EXIT_RUNTIME
+ * or EXIT_INTERRUPTED. */
+static int run_batches(run_state *rs, fpdm_sample_params base, run_progress *rp)
+{
+    const options *opt = rs->opt;
+    const int n = opt->num_images, b = opt->batch_size;
+    const int keep_all = rs->all_latents || rs->all_images;
+    float *latents = malloc((size_t)b * rs->latent_floats * sizeof(float));
+    float *images = rs->vae ? malloc((size_t)b * rs->image_floats * sizeof(float)) : NULL;
+    float *step_slice = rs->step_noise
+                            ? malloc((size_t)opt->steps * b * rs->latent_floats * sizeof(float))
+                            : NULL;
+    int rc = 0;
+    if (!latents || (rs->vae && !images) || (rs->step_noise && !step_slice)) {
+        fprintf(stderr, PROGRAM ": out of memory for a batch of %d images\n", b);
+        rc = EXIT_RUNTIME;
+        goto done;
+    }
+    for (int start = 0; start < n && rc == 0; start += b) {
+        const int count = start + b <= n ? b : n - start;
+        if (!opt->overwrite && !keep_all && rs->write_pngs &&
+            batch_files_exist(rs, start, count)) {
+            rs->images_skipped += count;
+            rp->images_before += count;
+            continue;
+        }
+        fpdm_sample_params sp = base;
+        sp.batch_size = count;
+        sp.first_image_index = opt->first_index + start;
+        if (rs->init_noise)
+            sp.init_noise = rs->init_noise + (size_t)start * rs->latent_floats;
+        if (rs->step_noise) {
+            const size_t per_step = (size_t)count * rs->latent_floats;
+            for (int s = 0; s < opt->steps; s++)
+                memcpy(step_slice + (size_t)s * per_step,
+                       rs->step_noise + ((size_t)s * n + start) * rs->latent_floats,
+                       per_step * sizeof(float));
+            sp.step_noise = step_slice;
+        }
+        fpdm_sample_report batch_report = {0};
+        fpdm_status status = fpdm_sample(rs->ctx, rs->model, &sp, count, rs->labels + start,
+                                         latents, &batch_report);
+        if (status == FPDM_ERR_CANCELLED) {
+            fpdm_sample_report_free(&batch_report);
+            rc = EXIT_INTERRUPTED;
+            break;
+        }
+        if (status != FPDM_OK) {
+            fprintf(stderr, PROGRAM ": sampling failed: %s\n", fpdm_last_error(rs->ctx));
+            fpdm_sample_report_free(&batch_report);
+            rc = EXIT_RUNTIME;
+            break;
+        }
+        add_batch_report(rs, &batch_report);
+        fpdm_sample_report_free(&batch_report);
+        if (rs->all_latents)
+            memcpy(rs->all_latents + (size_t)start * rs->latent_floats, latents,
+                   (size_t)count * rs->latent_floats * sizeof(float));
+        rc = write_batch_images(rs, start, count, latents, images);
+        rs->images_sampled += count;
+        rp->images_before += count;
+        rp->steps_before += opt->steps;
+    }
+done:
+    free(latents);
+    free(images);
+    free(step_slice);
+    return rc;
+}
+
+static int count_batches_to_run(const run_state *rs)
+{
+    const options *opt = rs->opt;
+    int batches = 0;
+    for (int start = 0; start < opt->num_images; start += opt->batch_size) {
+        const int count = start + opt->batch_size <= opt->num_images ? opt->batch_size
+                                                                     : opt->num_images - start;
+        if (opt->overwrite || rs->all_latents || rs->all_images || !rs->write_pngs ||
+            !batch_files_exist(rs, start, count))
+            batches++;
+    }
+    return batches;
+}
+
+static void fill_report(report *r, const run_state *rs, const fpdm_sample_params *sp,
+                        double seconds)
+{
+    const options *opt = rs->opt;
+    report_set_string(r, "settings", "model", opt->model_path);
+    report_set_string(r, "settings", "architecture", rs->info->is_fixed_point ? "fpdm" : "dit");
+    report_set_string(r, "settings", "device", fpdm_context_device_name(rs->ctx));
+    report_set_number(r, "settings", "num_images", opt->num_images);
+    report_set_number(r, "settings", "batch_size", opt->batch_size);
+    report_set_number(r, "settings", "steps", opt->steps);
+    report_set_string(r, "settings", "sampler", sampler_names[opt->sampler]);
+    report_set_number(r, "settings", "eta", opt->eta);
+    report_set_number(r, "settings", "cfg_scale", opt->cfg_scale);
+    report_set_string(r, "settings", "cfg_channels", cfg_channel_names[opt->cfg_all_channels]);
+    report_set_number(r, "settings", "seed", (double)opt->seed);
+    report_set_int_array(r, "settings", "classes", rs->labels, opt->num_images);
+    if (rs->info->is_fixed_point) {
+        report_set_number(r, "settings", "iters",
+                          sp->iters >= 0 ? sp->iters : rs->info->default_iters);
+        report_set_string(r, "settings", "schedule",
+                          opt->iters_per_step ? "explicit" : schedule_names[opt->schedule]);
+        report_set_int_array(r, "settings", "iteration_plan", rs->plan, opt->steps);
+        report_set_bool(r, "settings", "reuse", opt->reuse);
+        report_set_number(r, "settings", "tol", opt->tol);
+        report_set_bool(r, "settings", "carry_over", opt->carry_over);
+    }
+    report_set_string(r, "settings", "precision",
+                      opt->precision ? precision_names[opt->precision - 1] : "default");
+    report_set_number(r, "settings", "threads", opt->threads);
+    fpdm_sample_report totals = {
+        .num_steps = opt->steps,
+        .steps = rs->steps,
+        .model_evaluations = rs->model_evaluations,
+        .fixed_point_iterations = rs->fixed_point_iterations,
+        .seconds = seconds,
+    };
+    report_set_sample(r, &totals, rs->images_sampled);
+    report_set_number(r, "totals", "images_skipped", rs->images_skipped);
+}
+
+/* Writes --grid, --latents-out and --report after the batches. */
+static int write_run_outputs(const run_state *rs, const fpdm_sample_params *sp, double seconds)
+{
+    const options *opt = rs->opt;
+    char err[512];
+    if (opt->grid_path) {
+        int columns = (int)ceil(sqrt((double)opt->num_images));
+        if (png_write_grid(opt->grid_path, rs->all_images, opt->num_images, rs->image_channels,
+                           rs->image_size, rs->image_size, columns, GRID_PADDING, err,
+                           sizeof err) != 0) {
+            fprintf(stderr, PROGRAM ": %s\n", err);
+            return EXIT_RUNTIME;
+        }
+    }
+    if (opt->latents_out) {
+        const int64_t shape[4] = {opt->num_images, rs->info->in_channels, rs->info->input_size,
+                                  rs->info->input_size};
+        if (npy_write_f32(opt->latents_out, rs->all_latents, 4, shape, err, sizeof err) != 0) {
+            fprintf(stderr, PROGRAM ": %s\n", err);
+            return EXIT_RUNTIME;
+        }
+    }
+    if (opt->report_path) {
+        report *r = report_create(PROGRAM);
+        if (!r) {
+            fprintf(stderr, PROGRAM ": out of memory for the report\n");
+            return EXIT_RUNTIME;
+        }
+        fill_report(r, rs, sp, seconds);
+        int rc = report_write(r, opt->report_path, err, sizeof err);
+        report_free(r);
+        if (rc != 0) {
+            fprintf(stderr, PROGRAM ": %s\n", err);
+            return EXIT_RUNTIME;
+        }
+    }
+    return 0;
+}
+
+/* Checks the options against the loaded model and fills the sampling
+ * parameters. Returns 0 or EXIT_USAGE / EXIT_RUNTIME after printing. */
+static int configure(run_state *rs, fpdm_sample_params *sp)
+{
+    const options *opt = rs->opt;
+    const fpdm_model_info *info = rs->info;
+    char err[512];
+    if (opt->steps > info->num_train_timesteps) {
+        snprintf(err, sizeof err, "--steps: %d is out of range (allowed: 1..%d, the model's "
+                 "training timesteps)", opt->steps, info->num_train_timesteps);
+        return usage_error(err);
+    }
+    for (int i = 0; i < opt->num_classes_given; i++) {
+        if (opt->classes[i] < 0 || opt->classes[i] >= info->num_classes) {
+            snprintf(err, sizeof err, "--class: %d is out of range (allowed: 0..%d for this "
+                     "model)", opt->classes[i], info->num_classes - 1);
+            return usage_error(err);
+        }
+    }
+    if (!info->is_fixed_point) {
+        const char *fpdm_flag = opt->iters >= 0 ? "--iters"
+                                : opt->reuse ? "--reuse"
+                                : opt->schedule_given ? "--schedule"
+                                : opt->budget ? "--budget"
+                                : opt->iters_per_step ? "--iters-per-step"
+                                : opt->tol > 0 ? "--tol"
+                                : opt->carry_over ? "--carry-over"
+                                                  : NULL;
+        if (fpdm_flag) {
+            snprintf(err, sizeof err, "%s applies to fixed-point (FPDM) models only; %s is a "
+                     "DiT", fpdm_flag, opt->model_path);
+            return usage_error(err);
+        }
+    }
+    if (opt->budget && opt->budget < opt->steps && opt->schedule != FPDM_ITERS_FIXED) {
+        snprintf(err, sizeof err, "--budget %d is less than --steps %d (allowed: at least one "
+                 "iteration per step with --schedule %s)", opt->budget, opt->steps,
+                 schedule_names[opt->schedule]);
+        return usage_error(err);
+    }
+    if (info->latent_space && !opt->vae_path && (opt->grid_path || !opt->latents_out)) {
+        snprintf(err, sizeof err, "%s samples VAE latents: give --vae FILE to decode them into "
+                 "PNGs, or --latents-out FILE.npy to save the latents only", opt->model_path);
+        return usage_error(err);
+    }
+
+    *sp = fpdm_sample_default_params(rs->model);
+    sp->num_steps = opt->steps;
+    sp->sampler = (fpdm_sampler)opt->sampler;
+    sp->ddim_eta = opt->eta;
+    sp->cfg_scale = opt->cfg_scale;
+    sp->cfg_all_channels = opt->cfg_all_channels;
+    sp->noise_seed = opt->seed;
+    if (info->is_fixed_point) {
+        if (opt->iters >= 0)
+            sp->iters = opt->iters;
+        sp->iteration_schedule = (fpdm_iteration_schedule)opt->schedule;
+        sp->budget = opt->budget;
+        sp->iters_per_step = opt->iters_per_step;
+        sp->reuse = opt->reuse;
+        sp->tol = opt->tol;
+        sp->carry_over = opt->carry_over;
+    }
+    rs->plan = calloc((size_t)opt->steps, sizeof(int));
+    if (!rs->plan)
+        return EXIT_RUNTIME;
+    fpdm_status status = fpdm_plan_iterations(rs->ctx, rs->model, sp, rs->plan);
+    if (status == FPDM_ERR_INVALID_ARGUMENT)
+        return usage_error(fpdm_last_error(rs->ctx));
+    if (status != FPDM_OK) {
+        fprintf(stderr, PROGRAM ": %s\n", fpdm_last_error(rs->ctx));
+        return EXIT_RUNTIME;
+    }
+
+    rs->latent_floats = (size_t)info->in_channels * info->input_size * info->input_size;
+    if (opt->init_noise_path) {
+        const int64_t shape[4] = {opt->num_images, info->in_channels, info->input_size,
+                                  info->input_size};
+        int rc = read_noise("--init-noise", opt->init_noise_path, 4, shape, &rs->init_noise);
+        if (rc != 0)
+            return rc;
+    }
+    if (opt->step_noise_path) {
+        const int64_t shape[5] = {opt->steps, opt->num_images, info->in_channels,
+                                  info->input_size, info->input_size};
+        int rc = read_noise("--step-noise", opt->step_noise_path, 5, shape, &rs->step_noise);
+        if (rc != 0)
+            return rc;
+    }
+
+    rs->image_channels = info->in_channels;
+    rs->image_size = info->input_size;
+    rs->write_pngs = !info->latent_space || opt->vae_path;
+    if (opt->vae_path) {
+        if (!info->latent_space) {
+            snprintf(err, sizeof err, "--vae: %s is a pixel-space model; it needs no VAE",
+                     opt->model_path);
+            return usage_error(err);
+        }
+        if (fpdm_vae_load(rs->ctx, opt->vae_path, &rs->vae) != FPDM_OK) {
+            fprintf(stderr, PROGRAM ": %s\n", fpdm_last_error(rs->ctx));
+            return EXIT_RUNTIME;
+        }
+        const fpdm_vae_info *vae_info = fpdm_vae_get_info(rs->vae);
+        if (vae_info->latent_channels != info->in_channels) {
+            snprintf(err, sizeof err, "--vae %s decodes %d latent channels but the model "
+                     "samples %d", opt->vae_path, vae_info->latent_channels, info->in_channels);
+            return usage_error(err);
+        }
+        rs->image_channels = vae_info->image_channels;
+        rs->image_size = info->input_size * vae_info->upscale;
+    }
+    if (rs->write_pngs && rs->image_channels != 1 && rs->image_channels != 3) {
+        snprintf(err, sizeof err, "%s has %d channels; PNGs need 1 or 3 (use --latents-out "
+                 "FILE.npy instead)", opt->model_path, rs->image_channels);
+        return usage_error(err);
+    }
+    rs->image_floats = (size_t)rs->image_channels * rs->image_size * rs->image_size;
+
+    rs->labels = malloc((size_t)opt->num_images * sizeof(int));
+    rs->steps = calloc((size_t)opt->steps, sizeof(fpdm_step_report));
+    if (opt->latents_out)
+        rs->all_latents = malloc((size_t)opt->num_images * rs->latent_floats * sizeof(float));
+    if (opt->grid_path)
+        rs->all_images = malloc((size_t)opt->num_images * rs->image_floats * sizeof(float));
+    if (!rs->labels || !rs->steps || (opt->latents_out && !rs->all_latents) ||
+        (opt->grid_path && !rs->all_images)) {
+        fprintf(stderr, PROGRAM ": out of memory for %d images\n", opt->num_images);
+        return EXIT_RUNTIME;
+    }
+    for (int i = 0; i < opt->num_images; i++) {
+        int index = opt->first_index + i;
+        rs->labels[i] = opt->num_classes_given
+                            ? opt->classes[index % opt->num_classes_given]
+                            : default_label(opt->seed, index, info->num_classes);
+    }
+    for (int s = 0; s < opt->steps; s++)
+        rs->steps[s].residual = -1.0f;
+    return 0;
+}
+
+static void print_model_and_plan(const run_state *rs)
+{
+    const fpdm_model_info *info = rs->info;
+    fprintf(stderr, PROGRAM ": %s: %s, hidden %d, depth %d, heads %d, patch %d, input %dx%dx%d "
+            "(%s), %d classes, %zu parameters, device %s\n", rs->opt->model_path,
+            info->is_fixed_point ? "FPDM" : "DiT", info->hidden_size, info->depth,
+            info->num_heads, info->patch_size, info->in_channels, info->input_size,
+            info->input_size, info->latent_space ? "latent" : "pixel", info->num_classes,
+            info->num_parameters, fpdm_context_device_name(rs->ctx));
+    if (!info->is_fixed_point)
+        return;
+    long long total = 0;
+    fprintf(stderr, PROGRAM ": iteration plan (sampling order):");
+    for (int s = 0; s < rs->opt->steps; s++) {
+        fprintf(stderr, "%s%d", s ? "," : " ", rs->plan[s]);
+        total += rs->plan[s];
+    }
+    fprintf(stderr, " (total %lld)\n", total);
+}
+
+/* Everything that could refuse the run is checked before the first file or
+ * folder is created: the output folder comes last. */
+static int check_outputs(const run_state *rs)
+{
+    const options *opt = rs->opt;
+    if (opt->grid_path && check_parent_dir("--grid", opt->grid_path) != 0)
+        return EXIT_RUNTIME;
+    if (opt->latents_out && check_parent_dir("--latents-out", opt->latents_out) != 0)
+        return EXIT_RUNTIME;
+    if (opt->report_path && check_parent_dir("--report", opt->report_path) != 0)
+        return EXIT_RUNTIME;
+    if (rs->write_pngs && prepare_out_dir(opt->out_dir) != 0)
+        return EXIT_RUNTIME;
+    return 0;
+}
+
+static void free_run(run_state *rs)
+{
+    free(rs->labels);
+    free(rs->plan);
+    free(rs->init_noise);
+    free(rs->step_noise);
+    free(rs->all_latents);
+    free(rs->all_images);
+    free(rs->steps);
+    fpdm_vae_free(rs->vae);
+    fpdm_model_free(rs->model);
+    fpdm_context_free(rs->ctx);
+}
+
+int main(int argc, char **argv)
+{
+    options opt = {
+        .num_images = DEFAULT_NUM_IMAGES,
+        .cfg_scale = DEFAULT_CFG_SCALE,
+        .iters = -1,
+        .out_dir = "samples",
+        .device = "cpu",
+    };
+    char model_buffer[PATH_MAX];
+    run_state rs = {.opt = &opt};
+    int rc = parse_arguments(argc, argv, &opt);
+    if (rc != 0)
+        goto done;
+    if (!opt.model_path)
+        opt.model_path = find_default_model(model_buffer, sizeof model_buffer);
+    if (!opt.steps)
+        opt.steps = DEFAULT_STEPS;
+    if (opt.iters_per_step && opt.num_iters_per_step != opt.steps) {
+        char err[256];
+        snprintf(err, sizeof err, "--iters-per-step has %d entries but --steps is %d (allowed: "
+                 "exactly one entry per step)", opt.num_iters_per_step, opt.steps);
+        rc = usage_error(err);
+        goto done;
+    }
+    if (!opt.batch_size)
+        opt.batch_size = opt.num_images < MAX_DEFAULT_BATCH ? opt.num_images : MAX_DEFAULT_BATCH;
+    if (opt.batch_size > opt.num_images)
+        opt.batch_size = opt.num_images;
+
+    fpdm_context_params cp = fpdm_context_default_params();
+    cp.device = opt.device;
+    cp.precision = (fpdm_precision)opt.precision;
+    cp.num_threads = opt.threads;
+    cp.log_callback = log_to_stderr;
+    cp.log_user_data = &opt.verbose;
+    if (fpdm_context_create(&cp, &rs.ctx) != FPDM_OK) {
+        fprintf(stderr, PROGRAM ": --device %s: %s\n", opt.device,
+                rs.ctx ? fpdm_last_error(rs.ctx) : "out of memory");
+        rc = EXIT_RUNTIME;
+        goto done;
+    }
+    if (fpdm_model_load(rs.ctx, opt.model_path, &rs.model) != FPDM_OK) {
+        fprintf(stderr, PROGRAM ": cannot load the model: %s\n", fpdm_last_error(rs.ctx));
+        rc = EXIT_RUNTIME;
+        goto done;
+    }
+    rs.info = fpdm_model_get_info(rs.model);
+    fpdm_sample_params sp;
+    rc = configure(&rs, &sp);
+    if (rc != 0)
+        goto done;
+    rc = check_outputs(&rs);
+    if (rc != 0)
+        goto done;
+    if (opt.verbose)
+        print_model_and_plan(&rs);
+
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = on_sigint;
+    /* A second Ctrl-C kills at once, for when a step takes too long. */
+    action.sa_flags = SA_RESETHAND;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, NULL);
+
+    run_progress rp = {0};
+    progress_start(&rp.bar, stderr, opt.quiet,
+                   (long long)count_batches_to_run(&rs) * opt.steps, opt.num_images);
+    sp.progress_callback = on_progress;
+    sp.progress_user_data = &rp;
+    const double start = progress_now();
+    rc = run_batches(&rs, sp, &rp);
+    const double seconds = progress_now() - start;
+    progress_end(&rp.bar);
+    if (rc == EXIT_INTERRUPTED) {
+        fprintf(stderr, PROGRAM ": interrupted; %d finished images kept in %s\n",
+                rs.images_sampled, opt.out_dir);
+        goto done;
+    }
+    if (rc != 0)
+        goto done;
+    rc = write_run_outputs(&rs, &sp, seconds);
+    if (rc == 0 && !opt.quiet)
+        fprintf(stderr, PROGRAM ": %d images in %.2f s (%.2f images/s), %lld model evaluations, "
+                "%lld fixed-point iterations, %d images already on disk\n", rs.images_sampled,
+                seconds, seconds > 0 ? rs.images_sampled / seconds : 0.0, rs.model_evaluations,
+                rs.fixed_point_iterations, rs.images_skipped);
+done:
+    free_run(&rs);
+    free(opt.classes);
+    free(opt.iters_per_step);
+    return rc < 0 ? 0 : rc;
+}

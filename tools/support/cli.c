@@ -1,0 +1,138 @@
+/* cli.c - strict parsing of command-line values (see cli.h). */
+#define _POSIX_C_SOURCE 200809L
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int cli_parse_int(const char *flag, const char *text, long long min, long long max, int *out,
+                  char *err, size_t err_size)
+{
+    char *end = NULL;
+    errno = 0;
+    long long value = strtoll(text, &end, 10);
+    if (text[0] == '\0' || *end != '\0' || end == text) {
+        snprintf(err, err_size, "%s: '%s' is not an integer (allowed: %lld..%lld)", flag, text,
+                 min, max);
+        return -1;
+    }
+    if (errno == ERANGE || value < min || value > max) {
+        snprintf(err, err_size, "%s: %s is out of range (allowed: %lld..%lld)", flag, text, min,
+                 max);
+        return -1;
+    }
+    *out = (int)value;
+    return 0;
+}
+
+int cli_parse_u64(const char *flag, const char *text, uint64_t *out, char *err, size_t err_size)
+{
+    char *end = NULL;
+    errno = 0;
+    /* strtoull accepts a leading '-' and wraps it around; seeds must not. */
+    if (text[0] < '0' || text[0] > '9') {
+        snprintf(err, err_size, "%s: '%s' is not a non-negative integer (allowed: 0..%llu)",
+                 flag, text, (unsigned long long)UINT64_MAX);
+        return -1;
+    }
+    unsigned long long value = strtoull(text, &end, 10);
+    if (*end != '\0') {
+        snprintf(err, err_size, "%s: '%s' is not a non-negative integer (allowed: 0..%llu)",
+                 flag, text, (unsigned long long)UINT64_MAX);
+        return -1;
+    }
+    if (errno == ERANGE) {
+        snprintf(err, err_size, "%s: %s is out of range (allowed: 0..%llu)", flag, text,
+                 (unsigned long long)UINT64_MAX);
+        return -1;
+    }
+    *out = (uint64_t)value;
+    return 0;
+}
+
+int cli_parse_float(const char *flag, const char *text, double min, double max, float *out,
+                    char *err, size_t err_size)
+{
+    char *end = NULL;
+    errno = 0;
+    double value = strtod(text, &end);
+    if (text[0] == '\0' || *end != '\0' || end == text || !isfinite(value)) {
+        snprintf(err, err_size, "%s: '%s' is not a number (allowed: %g..%g)", flag, text, min,
+                 max);
+        return -1;
+    }
+    if (errno == ERANGE || value < min || value > max) {
+        snprintf(err, err_size, "%s: %s is out of range (allowed: %g..%g)", flag, text, min, max);
+        return -1;
+    }
+    *out = (float)value;
+    return 0;
+}
+
+int cli_parse_int_list(const char *flag, const char *text, long long min, long long max,
+                       int **values, int *count, char *err, size_t err_size)
+{
+    size_t capacity = 1;
+    for (const char *c = text; *c; c++)
+        capacity += (*c == ',');
+    int *parsed = malloc(capacity * sizeof(int));
+    char *copy = strdup(text);
+    if (!parsed || !copy) {
+        free(parsed);
+        free(copy);
+        snprintf(err, err_size, "%s: out of memory", flag);
+        return -1;
+    }
+    int n = 0;
+    char *item = copy;
+    for (;;) {
+        char *comma = strchr(item, ',');
+        if (comma)
+            *comma = '\0';
+        if (item[0] == '\0') {
+            snprintf(err, err_size, "%s: '%s' has an empty entry (expected comma-separated "
+                     "integers in %lld..%lld)", flag, text, min, max);
+            goto fail;
+        }
+        if (cli_parse_int(flag, item, min, max, &parsed[n], err, err_size) != 0)
+            goto fail;
+        n++;
+        if (!comma)
+            break;
+        item = comma + 1;
+    }
+    free(copy);
+    *values = parsed;
+    *count = n;
+    return 0;
+fail:
+    free(copy);
+    free(parsed);
+    return -1;
+}
+
+int cli_parse_choice(const char *flag, const char *text, const char *const *choices, int *index,
+                     char *err, size_t err_size)
+{
+    for (int i = 0; choices[i]; i++) {
+        if (strcmp(text, choices[i]) == 0) {
+            *index = i;
+            return 0;
+        }
+    }
+    size_t used = (size_t)snprintf(err, err_size, "%s: '%s' is not one of", flag, text);
+    for (int i = 0; choices[i] && used < err_size; i++)
+        used += (size_t)snprintf(err + used, err_size - used, "%s%s", i ? "|" : " ", choices[i]);
+    return -1;
+}
+
+const char *cli_inline_value(const char *arg, const char *name)
+{
+    size_t len = strlen(name);
+    if (strncmp(arg, name, len) == 0 && arg[len] == '=')
+        return arg + len + 1;
+    return NULL;
+}

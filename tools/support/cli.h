@@ -1,0 +1,36 @@
+/* cli.h - strict parsing of command-line values for the fpdm programs.
+ *
+ * Every parser takes the flag's name for its message, rejects empty text,
+ * trailing garbage, overflow and out-of-range values, and on failure writes
+ * "FLAG: what is wrong (allowed: ...)" into err and returns -1. */
+#ifndef FPDM_CLI_H
+#define FPDM_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A decimal integer in [min, max]. */
+int cli_parse_int(const char *flag, const char *text, long long min, long long max, int *out,
+                  char *err, size_t err_size);
+
+/* A non-negative decimal integer up to 2^64 - 1 (seeds). */
+int cli_parse_u64(const char *flag, const char *text, uint64_t *out, char *err, size_t err_size);
+
+/* A finite number in [min, max]. */
+int cli_parse_float(const char *flag, const char *text, double min, double max, float *out,
+                    char *err, size_t err_size);
+
+/* A comma-separated list of integers in [min, max], at least one. *values is
+ * malloc'd (the caller frees it). */
+int cli_parse_int_list(const char *flag, const char *text, long long min, long long max,
+                       int **values, int *count, char *err, size_t err_size);
+
+/* One of the NULL-terminated choices; *index receives its position. */
+int cli_parse_choice(const char *flag, const char *text, const char *const *choices, int *index,
+                     char *err, size_t err_size);
+
+/* Splits "--flag=value" style arguments: if arg starts with name followed by
+ * '=', returns the text after '='; otherwise NULL. */
+const char *cli_inline_value(const char *arg, const char *name);
+
+#endif
