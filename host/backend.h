@@ -104,10 +104,34 @@ struct backend {
      * stage (see fpdm_noise), per_image floats each. */
     void (*normal_noise)(backend *be, float *out, uint64_t noise_seed, uint64_t first_image,
                          int count, uint32_t stage, size_t per_image);
+    /* Optional (NULL where a backend has nothing to say): memory the device
+     * reports in use and in total, in bytes. */
+    int (*memory_info)(backend *be, size_t *used_bytes, size_t *total_bytes);
+    /* The median seconds of one product C[m, n] = A[m, k] B[k, n] over
+     * `repeats` runs, in the backend's compute precision, on operands it
+     * allocates and frees itself (a benchmark, never called while sampling). */
+    int (*benchmark_matmul)(backend *be, int m, int n, int k, int repeats, double *seconds);
     /* Waits, then host_diff_sq[r] = sum_i (a[r,i] - b[r,i])^2 and
      * host_norm_sq[r] = sum_i b[r,i]^2 over rows of `cols` floats. */
     int (*row_norms)(backend *be, const float *a, const float *b, int rows, size_t cols,
                      double *host_diff_sq, double *host_norm_sq);
+
+    /* Optional (NULL where a backend cannot record, as on the CPU): graphs,
+     * a sequence of ops recorded once and replayed with one launch. A graph
+     * is stored under a key of key_words words that names every pointer and
+     * size its ops use, so it is only ever replayed on the very buffers and
+     * shapes it was recorded with. A backend keeps a few graphs and may drop
+     * any of them (when full, or when memory they could point into is
+     * released); a dropped graph is simply recorded again.
+     *   graph_launch: replays the graph stored under key and returns 1 (a
+     *     failure is recorded like any op's), or returns 0 when none is.
+     *   graph_begin: the ops issued until graph_end are recorded, not run;
+     *     0, or -1 when the backend cannot record now (run them directly).
+     *   graph_end: stores the recording under key; 0, or -1 when recording
+     *     failed: then nothing ran and nothing was stored (run them directly). */
+    int (*graph_launch)(backend *be, const uintptr_t *key, int key_words);
+    int (*graph_begin)(backend *be);
+    int (*graph_end)(backend *be, const uintptr_t *key, int key_words);
 };
 
 /* Creates the CPU backend with num_threads OpenMP threads (0: default). */

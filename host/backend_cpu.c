@@ -8,6 +8,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend.h"
 #include "diffusion.h"
@@ -311,6 +312,42 @@ static int cpu_row_norms(backend *be, const float *a, const float *b, int rows, 
     return 0;
 }
 
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int cpu_benchmark_matmul(backend *be, int m, int n, int k, int repeats, double *seconds) {
+    (void)be;
+    size_t a_n = (size_t)m * k, b_n = (size_t)k * n, c_n = (size_t)m * n;
+    float *a = malloc(a_n * sizeof(float)), *b = malloc(b_n * sizeof(float)),
+          *c = malloc(c_n * sizeof(float));
+    double *times = malloc((size_t)(repeats > 0 ? repeats : 1) * sizeof(double));
+    int failed = !a || !b || !c || !times || repeats <= 0;
+    if (!failed) {
+        for (size_t i = 0; i < a_n; i++) a[i] = (float)(i % 7) * 0.1f;
+        for (size_t i = 0; i < b_n; i++) b[i] = (float)(i % 5) * 0.1f;
+        /* One untimed product warms the caches and OpenBLAS's threads. */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n);
+        for (int r = 0; r < repeats; r++) {
+            double start = now_seconds();
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f,
+                        c, n);
+            times[r] = now_seconds() - start;
+        }
+        qsort(times, (size_t)repeats, sizeof(double), compare_doubles);
+        *seconds = times[repeats / 2];
+    }
+    free(a), free(b), free(c), free(times);
+    return failed ? -1 : 0;
+}
+
 backend *backend_cpu_create(int num_threads) {
     cpu_backend *cpu = calloc(1, sizeof(*cpu));
     if (!cpu) return NULL;
@@ -340,5 +377,7 @@ backend *backend_cpu_create(int num_threads) {
     be->sampler_update = cpu_sampler_update;
     be->normal_noise = cpu_normal_noise;
     be->row_norms = cpu_row_norms;
+    be->memory_info = NULL;
+    be->benchmark_matmul = cpu_benchmark_matmul;
     return be;
 }

@@ -196,3 +196,29 @@ fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch, 
         return context_fail(ctx, FPDM_ERR_DEVICE, "%s: download failed", ctx->device_name);
     return FPDM_OK;
 }
+
+fpdm_status fpdm_context_memory(fpdm_context *ctx, fpdm_memory_info *info) {
+    if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
+    if (!ctx->be || !info)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "fpdm_context_memory: no device or NULL info");
+    memset(info, 0, sizeof *info);
+    info->arena_bytes = ctx->arena_floats * sizeof(float);
+    if (ctx->be->memory_info &&
+        ctx->be->memory_info(ctx->be, &info->device_used_bytes, &info->device_total_bytes) != 0)
+        return context_fail(ctx, FPDM_ERR_DEVICE, "%s: cannot read the memory in use", ctx->device_name);
+    return FPDM_OK;
+}
+
+fpdm_status fpdm_benchmark_matmul(fpdm_context *ctx, int m, int n, int k, int repeats,
+                                  double *seconds) {
+    if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
+    if (!ctx->be || !seconds || m <= 0 || n <= 0 || k <= 0 || repeats <= 0)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "fpdm_benchmark_matmul: sizes and repeats must be positive");
+    if (!ctx->be->benchmark_matmul)
+        return context_fail(ctx, FPDM_ERR_UNSUPPORTED, "%s: no matrix-product benchmark", ctx->device_name);
+    if (ctx->be->benchmark_matmul(ctx->be, m, n, k, repeats, seconds) != 0)
+        return context_fail(ctx, FPDM_ERR_DEVICE, "%s: the %dx%dx%d benchmark product failed",
+                            ctx->device_name, m, n, k);
+    return FPDM_OK;
+}

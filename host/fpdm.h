@@ -97,6 +97,23 @@ FPDM_API const char *fpdm_last_error(const fpdm_context *ctx);
 /* "cpu" or "cuda:N (device name)". */
 FPDM_API const char *fpdm_context_device_name(const fpdm_context *ctx);
 
+/* Memory of a context: its activation arena, the weights loaded through it
+ * on its device, and what the device reports (0 where it reports nothing). */
+typedef struct fpdm_memory_info {
+    size_t arena_bytes;
+    size_t device_used_bytes;
+    size_t device_total_bytes;
+} fpdm_memory_info;
+
+FPDM_API fpdm_status fpdm_context_memory(fpdm_context *ctx, fpdm_memory_info *info);
+
+/* The reference rate benchmarks compare a network against: the seconds one
+ * m x k by k x n matrix product takes on the context's device in its
+ * precision (median of `repeats`). Allocates its own operands: not for use
+ * while sampling. */
+FPDM_API fpdm_status fpdm_benchmark_matmul(fpdm_context *ctx, int m, int n, int k, int repeats,
+                                           double *seconds);
+
 /* ---- models ---------------------------------------------------------- */
 
 typedef enum fpdm_prediction {
