@@ -4,21 +4,13 @@
  * schedule arithmetic is float64, in the order the official numpy code uses,
  * so the tables agree with it to rounding. */
 #include "diffusion.h"
+#include "error_message.h"
 
 #include <ctype.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static void set_error(char *err, size_t err_size, const char *fmt, ...) {
-    if (!err || err_size == 0) return;
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(err, err_size, fmt, args);
-    va_end(args);
-}
 
 /* get_named_beta_schedule: linear (numpy linspace: start + i * step, the last
  * entry exactly end) or squaredcos_cap_v2 (betas_for_alpha_bar, max 0.999). */

@@ -2,18 +2,10 @@
  * LinearController (adaptive_controller.py), evaluated in exact integer
  * arithmetic (see iteration_plan.h for why). */
 #include "iteration_plan.h"
+#include "error_message.h"
 
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
-
-static void set_error(char *err, size_t err_size, const char *fmt, ...) {
-    if (!err || err_size == 0) return;
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(err, err_size, fmt, args);
-    va_end(args);
-}
 
 /* Entry i of the controller's list is 1 + (budget - n) * ratio_i / sum(ratio)
  * with ratio_i = 0.5 + j / (n - 1) (j = i increasing, n - 1 - i decreasing)

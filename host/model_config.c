@@ -3,6 +3,7 @@
  * models.py) that architecture needs, and checks a file against that list.
  * Limits keep a hostile file from asking for absurd allocations. */
 #include "model_config.h"
+#include "error_message.h"
 
 #include <limits.h>
 #include <stdarg.h>
@@ -22,17 +23,6 @@
 /* The timestep embedder's sinusoidal input width (TimestepEmbedder's
  * frequency_embedding_size). */
 #define FREQUENCY_EMBEDDING_SIZE 256
-
-static void set_error(char *err, size_t err_size, const char *format, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_error(char *err, size_t err_size, const char *format, ...) {
-    if (!err || err_size == 0) return;
-    va_list args;
-    va_start(args, format);
-    vsnprintf(err, err_size, format, args);
-    va_end(args);
-}
 
 static const char *const known_keys[] = {
     "fpdm.architecture", "fpdm.hidden_size", "fpdm.num_heads", "fpdm.patch_size",

@@ -5,12 +5,12 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "safetensors.h"
+#include "error_message.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,17 +22,6 @@
 #define MAX_HEADER_BYTES ((uint64_t)100 * 1024 * 1024)
 /* JSON numbers are doubles; above 2^53 they no longer name one integer. */
 #define MAX_EXACT_INTEGER 9007199254740992.0
-
-static void set_error(char *err, size_t err_size, const char *format, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_error(char *err, size_t err_size, const char *format, ...) {
-    if (!err || err_size == 0) return;
-    va_list args;
-    va_start(args, format);
-    vsnprintf(err, err_size, format, args);
-    va_end(args);
-}
 
 static char *copy_string(const char *s) {
     size_t n = strlen(s) + 1;

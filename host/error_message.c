@@ -1,0 +1,13 @@
+/* error_message.c - see error_message.h. */
+#include "error_message.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+void set_error(char *err, size_t err_size, const char *format, ...) {
+    if (!err || err_size == 0) return;
+    va_list args;
+    va_start(args, format);
+    vsnprintf(err, err_size, format, args);
+    va_end(args);
+}

@@ -1,0 +1,12 @@
+/* error_message.h - writing "what went wrong" into a caller's buffer, the way
+ * the library's internal readers and checkers report failures. */
+#ifndef FPDM_ERROR_MESSAGE_H
+#define FPDM_ERROR_MESSAGE_H
+
+#include <stddef.h>
+
+/* printf into err (always NUL-terminated; nothing when err is NULL or empty). */
+void set_error(char *err, size_t err_size, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif
