@@ -361,8 +361,9 @@ static const char *find_default_model(char *buffer, size_t size)
     return DEFAULT_MODEL;
 }
 
-/* The folder a file will be written into must exist already. */
-static int check_parent_dir(const char *flag, const char *path)
+/* The folder a file will be written into must exist already, or be the
+ * --out folder this run creates (pending_dir, NULL if none). */
+static int check_parent_dir(const char *flag, const char *path, const char *pending_dir)
 {
     char dir[PATH_MAX];
     snprintf(dir, sizeof dir, "%s", path);
@@ -375,6 +376,13 @@ static int check_parent_dir(const char *flag, const char *path)
         *slash = '\0';
     if (is_dir(dir))
         return 0;
+    if (pending_dir) {
+        size_t len = strlen(pending_dir);
+        while (len > 1 && pending_dir[len - 1] == '/')
+            len--;
+        if (strlen(dir) == len && strncmp(dir, pending_dir, len) == 0)
+            return 0;
+    }
     fprintf(stderr, PROGRAM ": %s %s: folder %s does not exist\n", flag, path, dir);
     return -1;
 }
@@ -905,11 +913,12 @@ static void print_model_and_plan(const run_state *rs)
 static int check_outputs(const run_state *rs)
 {
     const options *opt = rs->opt;
-    if (opt->grid_path && check_parent_dir("--grid", opt->grid_path) != 0)
+    const char *pending = rs->write_pngs ? opt->out_dir : NULL;
+    if (opt->grid_path && check_parent_dir("--grid", opt->grid_path, pending) != 0)
         return EXIT_RUNTIME;
-    if (opt->latents_out && check_parent_dir("--latents-out", opt->latents_out) != 0)
+    if (opt->latents_out && check_parent_dir("--latents-out", opt->latents_out, pending) != 0)
         return EXIT_RUNTIME;
-    if (opt->report_path && check_parent_dir("--report", opt->report_path) != 0)
+    if (opt->report_path && check_parent_dir("--report", opt->report_path, pending) != 0)
         return EXIT_RUNTIME;
     if (rs->write_pngs && prepare_out_dir(opt->out_dir) != 0)
         return EXIT_RUNTIME;

@@ -135,7 +135,26 @@ check "verbose prints the plan" grep -qE "iteration plan \(sampling order\): [0-
 check "quiet run is silent" run quiet -m "$fpdm" -n 1 --steps 2 --quiet --out "$tmp/j"
 check "quiet stderr empty" [ ! -s "$tmp/quiet.err" ]
 
-# 8. Ctrl-C: exit 130, finished images kept, no temporary files left. Only
+# 8. A latent model decoded by --vae: RGB PNGs of the VAE's size, with the
+#    grid inside the --out folder this run creates.
+check "vae run" run vae -m tests/golden/forward-fpdm.model.safetensors \
+    --vae tests/golden/vae-small.safetensors -n 3 --steps 4 --out "$tmp/v/new" --grid "$tmp/v/new/grid.png"
+check "vae image size" /usr/bin/python3 - "$tmp/v/new" <<'PY'
+import os, struct, sys
+folder = sys.argv[1]
+names = sorted(os.listdir(folder))
+assert len(names) == 4 and "grid.png" in names, names
+for name in names:
+    with open(os.path.join(folder, name), "rb") as f:
+        head = f.read(26)
+    width, height = struct.unpack(">II", head[16:24])
+    color_type = head[25]
+    assert color_type == 2, (name, color_type)  # RGB
+    if name != "grid.png":
+        assert (width, height) == (32, 32), (name, width, height)
+PY
+
+# 9. Ctrl-C: exit 130, finished images kept, no temporary files left. Only
 #    checked when the run is still going when the signal arrives.
 "$sample" -m "$fpdm" -n 400 -b 1 --steps 1000 --out "$tmp/k" >/dev/null 2>"$tmp/int.err" &
 pid=$!
