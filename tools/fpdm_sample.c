@@ -511,6 +511,7 @@ typedef struct run_state {
     fpdm_model *model;
     const fpdm_model_info *info;
     fpdm_vae *vae;
+    fpdm_context *vae_ctx;    /* the VAE decodes on the CPU: ctx itself, or a CPU context */
     int *labels;              /* [num_images] */
     int *plan;                /* [steps]: planned iterations, sampling order */
     float *init_noise;        /* [N, C, H, W] or NULL */
@@ -559,9 +560,9 @@ static int write_batch_images(run_state *rs, int start, int count, const float *
     const fpdm_model_info *info = rs->info;
     const float *pixels = latents;
     if (rs->vae) {
-        if (fpdm_vae_decode(rs->ctx, rs->vae, count, info->input_size, latents, images) !=
+        if (fpdm_vae_decode(rs->vae_ctx, rs->vae, count, info->input_size, latents, images) !=
             FPDM_OK) {
-            fprintf(stderr, PROGRAM ": VAE decoding failed: %s\n", fpdm_last_error(rs->ctx));
+            fprintf(stderr, PROGRAM ": VAE decoding failed: %s\n", fpdm_last_error(rs->vae_ctx));
             return EXIT_RUNTIME;
         }
         pixels = images;
@@ -846,8 +847,20 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
                      opt->model_path);
             return usage_error(err);
         }
-        if (fpdm_vae_load(rs->ctx, opt->vae_path, &rs->vae) != FPDM_OK) {
-            fprintf(stderr, PROGRAM ": %s\n", fpdm_last_error(rs->ctx));
+        /* The library's VAE decoder runs on CPU contexts only so far. */
+        rs->vae_ctx = rs->ctx;
+        if (strcmp(fpdm_context_device_name(rs->ctx), "cpu") != 0) {
+            fpdm_context_params cp = fpdm_context_default_params();
+            cp.num_threads = opt->threads;
+            if (fpdm_context_create(&cp, &rs->vae_ctx) != FPDM_OK) {
+                fprintf(stderr, PROGRAM ": cannot open a CPU context for the VAE\n");
+                return EXIT_RUNTIME;
+            }
+            if (!opt->quiet)
+                fprintf(stderr, PROGRAM ": note: the VAE decodes on the CPU\n");
+        }
+        if (fpdm_vae_load(rs->vae_ctx, opt->vae_path, &rs->vae) != FPDM_OK) {
+            fprintf(stderr, PROGRAM ": %s\n", fpdm_last_error(rs->vae_ctx));
             return EXIT_RUNTIME;
         }
         const fpdm_vae_info *vae_info = fpdm_vae_get_info(rs->vae);
@@ -935,6 +948,8 @@ static void free_run(run_state *rs)
     free(rs->all_images);
     free(rs->steps);
     fpdm_vae_free(rs->vae);
+    if (rs->vae_ctx != rs->ctx)
+        fpdm_context_free(rs->vae_ctx);
     fpdm_model_free(rs->model);
     fpdm_context_free(rs->ctx);
 }
