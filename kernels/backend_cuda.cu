@@ -1,6 +1,7 @@
 /* backend_cuda.cu - the CUDA backend's lifetime and memory: device selection,
  * the stream and cuBLAS/cuBLASLt handles, the pinned staging buffers, error
- * recording, alloc/upload/download/synchronize/copy, and the op table. The ops
+ * recording, alloc/upload/download/synchronize/copy, and the op table (a
+ * release also drops the recorded graphs, which may point into the memory). The ops
  * themselves live in other .cu files of kernels/. */
 #include <math.h>
 #include <stdarg.h>
@@ -87,6 +88,7 @@ static float *cuda_alloc(backend *be, size_t num_floats) {
 static void cuda_release(backend *be, float *device_ptr) {
     cuda_backend *cb = cuda_of(be);
     if (!device_ptr) return;
+    cuda_graphs_reset(cb);
     int current = -1;
     if (cudaGetDevice(&current) != cudaSuccess || current != cb->device) cudaSetDevice(cb->device);
     cuda_check(cb, cudaFree(device_ptr), "cudaFree");
@@ -131,6 +133,7 @@ static void cuda_destroy(backend *be) {
     cuda_backend *cb = cuda_of(be);
     cudaSetDevice(cb->device);
     if (cb->stream) cudaStreamSynchronize(cb->stream);
+    cuda_graphs_reset(cb);
     cuda_linear_plans_destroy(cb);
     for (int i = 0; i < CUDA_STAGING_SLOTS; i++)
         if (cb->staging_read[i]) cudaEventDestroy(cb->staging_read[i]);
@@ -284,6 +287,11 @@ extern "C" backend *backend_cuda_create(int device_index, fpdm_precision precisi
     be->sampler_update = cuda_sampler_update;
     be->normal_noise = cuda_normal_noise;
     be->row_norms = cuda_row_norms;
+    be->memory_info = cuda_memory_info;
+    be->benchmark_matmul = cuda_benchmark_matmul;
+    be->graph_launch = cuda_graph_launch;
+    be->graph_begin = cuda_graph_begin;
+    be->graph_end = cuda_graph_end;
 
     if (cuda_check(cb, cudaSetDevice(device_index), "cudaSetDevice") ||
         cuda_check(cb, cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking),

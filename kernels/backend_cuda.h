@@ -14,6 +14,12 @@
  * float32 tensors everywhere and let cuBLAS round the operands of each matrix
  * product to bf16 / fp16 on tensor cores with float32 accumulation
  * (CUBLAS_COMPUTE_32F_FAST_16BF / _16F); all other ops stay float32.
+ *
+ * Graphs (backend.h's graph ops, graph.cu): recorded by stream capture and
+ * kept, instantiated, in a table of CUDA_GRAPHS entries; any release of
+ * device memory empties the table. A capture that fails switches graphs off
+ * for the backend (the caller then issues the ops directly) and is not
+ * recorded as a failure, since nothing ran.
  */
 #ifndef FPDM_BACKEND_CUDA_H
 #define FPDM_BACKEND_CUDA_H

@@ -24,6 +24,9 @@ extern "C" {
 #define CUDA_ROW_NORMS_CHUNK 65536
 #define CUDA_LT_WORKSPACE_BYTES (32u << 20)
 #define CUDA_LINEAR_PLANS 64
+/* Recorded graphs kept at once (see graph.cu), and the longest key. */
+#define CUDA_GRAPHS 16
+#define CUDA_GRAPH_KEY_WORDS 64
 
 /* A cuBLASLt matrix product of one shape and epilogue, with the algorithm the
  * heuristic chose, kept so that the sampling loop does not query it again. */
@@ -38,6 +41,13 @@ typedef struct linear_plan {
     cublasLtMatrixLayout_t layout_a, layout_b, layout_c;
     cublasLtMatmulAlgo_t algo;
 } linear_plan;
+
+/* A recorded graph, instantiated, under the key it was stored with. */
+typedef struct cuda_graph_entry {
+    cudaGraphExec_t exec; /* NULL: the slot is free */
+    int key_words;
+    uintptr_t key[CUDA_GRAPH_KEY_WORDS];
+} cuda_graph_entry;
 
 typedef struct cuda_backend {
     backend base; /* first, so that the backend pointer is the allocation */
@@ -62,6 +72,11 @@ typedef struct cuda_backend {
 
     linear_plan plans[CUDA_LINEAR_PLANS];
     int next_plan_victim;
+
+    cuda_graph_entry graphs[CUDA_GRAPHS];
+    int next_graph_victim;
+    int capturing;       /* between graph_begin and graph_end */
+    int graphs_disabled; /* a capture failed once: ops run directly */
 
     int failed;
     char error[512];
@@ -129,6 +144,13 @@ void cuda_sampler_update(backend *be, float *x, const float *model_out, const fl
                          int model_channels);
 void cuda_normal_noise(backend *be, float *out, uint64_t noise_seed, uint64_t first_image,
                        int count, uint32_t stage, size_t per_image);
+int cuda_memory_info(backend *be, size_t *used_bytes, size_t *total_bytes);
+int cuda_benchmark_matmul(backend *be, int m, int n, int k, int repeats, double *seconds);
+int cuda_graph_launch(backend *be, const uintptr_t *key, int key_words);
+int cuda_graph_begin(backend *be);
+int cuda_graph_end(backend *be, const uintptr_t *key, int key_words);
+/* Drops every recorded graph (device memory they may point into is going). */
+void cuda_graphs_reset(cuda_backend *cb);
 int cuda_row_norms(backend *be, const float *a, const float *b, int rows, size_t cols,
                    double *host_diff_sq, double *host_norm_sq);
 

@@ -308,6 +308,9 @@ static void test_golden(fpdm_context *ctx, const char *dir) {
     unlink(path);
     out_file_free(&broken);
 
+    expect_refused(ctx, GOLDEN_IO, "not a VAE file", "decoder.up_blocks.0.resnets.0.conv1.weight",
+                   "AutoencoderKL");
+
     fpdm_vae *none = NULL;
     CHECK(fpdm_vae_load(ctx, "tests/golden/no-such-vae.safetensors", &none) == FPDM_ERR_IO);
     CHECK(none == NULL);

@@ -2,16 +2,21 @@
  * images/s, model evaluations/s, fixed-point iterations/s and the achieved
  * GFLOP/s from an analytic FLOP count, for a model file or for a named
  * architecture with random weights (written to a temporary file and deleted
- * once loaded).
+ * once loaded). Beside each measurement: the activation arena, the device
+ * memory in use, the analytic minimum activation footprint, the weights'
+ * bytes, and the achieved rate as a fraction of one large matrix product's
+ * (fpdm_benchmark_matmul, timed once per run). With --vae or --vae-config it
+ * also times the VAE decoder (fpdm_vae_decode) at 256 and 512 px.
  *
  *   fpdm-bench                                   DiT-S/2 at 256, batch 1, CPU
  *   fpdm-bench --config FPDM-XL/2 --iters 1,4,26 --batch-size 1,8 --device cuda
  *   fpdm-bench --model models/fpdm-mnist.safetensors --mode sample --steps 20 --json
  *   fpdm-bench --config tiny-fpdm --write-model /tmp/tiny.safetensors
+ *   fpdm-bench --mode vae --vae-config sd --vae-batch 4
  *
  * --mode forward (default) times single fpdm_forward calls; --mode sample
- * times whole fpdm_sample runs of --steps steps. Exit status: 0, 1 runtime
- * failure, 2 usage error. */
+ * times whole fpdm_sample runs of --steps steps; --mode vae times only the
+ * decoder. Exit status: 0, 1 runtime failure, 2 usage error. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <limits.h>
@@ -25,6 +30,7 @@
 #include "progress.h"
 #include "report.h"
 #include "synthetic_model.h"
+#include "synthetic_vae.h"
 
 #define PROGRAM "fpdm-bench"
 #define DEFAULT_CONFIG "DiT-S/2"
@@ -32,9 +38,15 @@
 /* fpdm_model_info has no mlp_ratio; every official configuration uses 4. */
 #define MLP_RATIO 4
 #define TIMESTEP_FREQUENCIES 256
+/* The reference product: m = n = k, big enough to reach the device's rate. */
+#define REFERENCE_SIZE_GPU 8192
+#define REFERENCE_SIZE_CPU 1024
+#define REFERENCE_REPEATS_GPU 10
+#define REFERENCE_REPEATS_CPU 3
+#define MB (1024.0 * 1024.0)
 
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
-enum { MODE_FORWARD, MODE_SAMPLE };
+enum { MODE_FORWARD, MODE_SAMPLE, MODE_VAE };
 
 typedef struct options {
     const char *model_path;
@@ -55,6 +67,11 @@ typedef struct options {
     int mode;
     const char *write_model;
     uint64_t seed;
+    const char *vae_path;
+    const char *vae_config_name;
+    int vae_batch;
+    int *vae_latent_sizes;
+    int num_vae_latent_sizes;
 } options;
 
 static void print_help(FILE *out)
@@ -68,7 +85,7 @@ static void print_help(FILE *out)
 "                           one of: %s\n"
 "      --image-size N       256 | 512 for the latent configurations (default: 256)\n"
 "      --write-model FILE   write the --config model file and exit\n"
-"      --mode M             forward | sample (default: forward)\n"
+"      --mode M             forward | sample | vae (default: forward; vae: the decoder only)\n"
 "      --batch-size LIST    comma-separated batch sizes (default: 1)\n"
 "      --iters LIST         FPDM iterations per forward (default: the model's)\n"
 "      --steps N            sampling steps for --mode sample (default: 10)\n"
@@ -79,9 +96,13 @@ static void print_help(FILE *out)
 "      --repeat N           timed runs per measurement (default: 3)\n"
 "      --warmup N           untimed runs first (default: 1)\n"
 "      --seed S             seed of the weights and inputs (default: 0)\n"
+"      --vae FILE           also time this VAE decoder (diffusers AutoencoderKL), or\n"
+"      --vae-config NAME    a decoder with random weights: %s\n"
+"      --vae-batch N        latents per fpdm_vae_decode call (default: 1)\n"
+"      --vae-latent-sizes L latent sizes to decode (default: 32,64: 256 and 512 px for SD)\n"
 "      --json               print JSON instead of a table\n"
 "  -h, --help               this help\n",
-            synthetic_config_names());
+            synthetic_config_names(), synthetic_vae_config_names());
 }
 
 static int usage_error(const char *message)
@@ -90,7 +111,7 @@ static int usage_error(const char *message)
     return EXIT_USAGE;
 }
 
-static const char *const mode_names[] = {"forward", "sample", NULL};
+static const char *const mode_names[] = {"forward", "sample", "vae", NULL};
 static const char *const on_off_names[] = {"off", "on", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", "fp16", NULL};
 static const fpdm_precision precision_values[] = {FPDM_PRECISION_FP32, FPDM_PRECISION_BF16,
@@ -113,7 +134,8 @@ static int parse_arguments(int argc, char **argv, options *opt)
         static const char *const value_flags[] = {
             "--model", "--config", "--image-size", "--write-model", "--mode", "--batch-size",
             "--iters", "--steps", "--cfg", "--device", "--precision", "--threads", "--repeat",
-            "--warmup", "--seed", NULL};
+            "--warmup", "--seed", "--vae", "--vae-config", "--vae-batch", "--vae-latent-sizes",
+            NULL};
         const char *flag = NULL, *value = NULL;
         for (int f = 0; value_flags[f] && !flag; f++) {
             if (strcmp(arg, value_flags[f]) == 0) {
@@ -169,6 +191,17 @@ static int parse_arguments(int argc, char **argv, options *opt)
             rc = cli_parse_int(flag, value, 0, 1000000, &opt->warmup, err, sizeof err);
         } else if (strcmp(flag, "--seed") == 0) {
             rc = cli_parse_u64(flag, value, &opt->seed, err, sizeof err);
+        } else if (strcmp(flag, "--vae") == 0) {
+            opt->vae_path = value;
+        } else if (strcmp(flag, "--vae-config") == 0) {
+            opt->vae_config_name = value;
+        } else if (strcmp(flag, "--vae-batch") == 0) {
+            rc = cli_parse_int(flag, value, 1, 65536, &opt->vae_batch, err, sizeof err);
+        } else if (strcmp(flag, "--vae-latent-sizes") == 0) {
+            free(opt->vae_latent_sizes);
+            opt->vae_latent_sizes = NULL;
+            rc = cli_parse_int_list(flag, value, 1, 1024, &opt->vae_latent_sizes,
+                                    &opt->num_vae_latent_sizes, err, sizeof err);
         }
         if (rc != 0)
             return usage_error(err);
@@ -177,6 +210,10 @@ static int parse_arguments(int argc, char **argv, options *opt)
         return usage_error("give --model FILE or --config NAME, not both");
     if (opt->model_path && opt->write_model)
         return usage_error("--write-model writes a --config model; it does not copy --model");
+    if (opt->vae_path && opt->vae_config_name)
+        return usage_error("give --vae FILE or --vae-config NAME, not both");
+    if (opt->mode == MODE_VAE && !opt->vae_path && !opt->vae_config_name)
+        return usage_error("--mode vae needs --vae FILE or --vae-config NAME");
     return 0;
 }
 
@@ -222,6 +259,28 @@ static flop_count count_flops(const fpdm_model_info *info)
     return fc;
 }
 
+/* The smallest activation memory one forward of `rows` rows can run in (float32),
+ * counting the [rows, tokens, *] tensors only (per-row vectors and the images
+ * are small beside them): the largest set of buffers live at once.
+ *   Inside a block, per token: attention needs the stream x (D), qkv (3D) and
+ *   the attention output (D), with fused attention (no T x T scores); the MLP
+ *   needs x (D), the normed input (D) and the hidden layer (M):
+ *     block = max(5D, 2D + M)                      (6D with M = 4D)
+ *   FPDM keeps across the iterations the previous iterate z (D) and the
+ *   injection half of fc1 (2D, computed once per solve):
+ *     fpdm = block + 3D
+ *   bytes = 4 * rows * tokens * (block, or fpdm)
+ * The library's arena is larger: it gives each stage its own buffer. */
+static double min_activation_bytes(const fpdm_model_info *info, int rows)
+{
+    const double d = info->hidden_size, m = MLP_RATIO * d;
+    const double grid = info->input_size / info->patch_size, tokens = grid * grid;
+    double per_token = 5 * d > 2 * d + m ? 5 * d : 2 * d + m;
+    if (info->is_fixed_point)
+        per_token += 3 * d;
+    return 4.0 * rows * tokens * per_token;
+}
+
 /* ---- measuring ------------------------------------------------------------- */
 
 typedef struct measurement {
@@ -234,6 +293,9 @@ typedef struct measurement {
     double iterations_per_second;
     double gflop;             /* per timed call */
     double gflops;
+    double reference_fraction;   /* gflops / the reference product's rate */
+    fpdm_memory_info memory;     /* after the run */
+    double min_activation_bytes;
 } measurement;
 
 typedef struct bench {
@@ -242,6 +304,11 @@ typedef struct bench {
     fpdm_model *model;
     const fpdm_model_info *info;
     flop_count flops;
+    report *json;                /* NULL: print tables */
+    int reference_size;
+    double reference_seconds;
+    double reference_tflops;
+    double weight_bytes;         /* parameters stored in float32 */
 } bench;
 
 static void finish_measurement(measurement *m, const double *seconds, int repeat)
@@ -372,20 +439,29 @@ static void log_to_stderr(fpdm_log_level level, const char *message, void *user_
 }
 
 /* Writes the --config model to a temporary file, loads it, deletes the file. */
-static int load_synthetic(bench *b, const synthetic_config *config)
+/* Creates an empty file $TMPDIR/<stem>-XXXXXX (TMPDIR defaults to /tmp)
+ * and puts its name in path[PATH_MAX]. 0, or EXIT_RUNTIME after a message. */
+static int create_temporary_file(const char *stem, char *path)
 {
     const char *tmp_dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    char path[PATH_MAX], err[512];
-    if (snprintf(path, sizeof path, "%s/fpdm-bench-model-XXXXXX", tmp_dir) >= (int)sizeof path) {
+    if (snprintf(path, PATH_MAX, "%s/%s-XXXXXX", tmp_dir, stem) >= PATH_MAX) {
         fprintf(stderr, PROGRAM ": TMPDIR is too long\n");
         return EXIT_RUNTIME;
     }
     int fd = mkstemp(path);
     if (fd < 0) {
-        fprintf(stderr, PROGRAM ": cannot create a temporary model file in %s\n", tmp_dir);
+        fprintf(stderr, PROGRAM ": cannot create a temporary file in %s\n", tmp_dir);
         return EXIT_RUNTIME;
     }
     close(fd);
+    return 0;
+}
+
+static int load_synthetic(bench *b, const synthetic_config *config)
+{
+    char path[PATH_MAX], err[512];
+    if (create_temporary_file("fpdm-bench-model", path) != 0)
+        return EXIT_RUNTIME;
     int rc = 0;
     if (synthetic_model_write(config, path, b->opt->seed, err, sizeof err) != 0) {
         fprintf(stderr, PROGRAM ": %s\n", err);
@@ -408,8 +484,11 @@ static void print_table_header(const bench *b, const char *model_name)
            info->in_channels, info->input_size, info->input_size,
            fpdm_context_device_name(b->ctx), mode_names[b->opt->mode],
            on_off_names[b->opt->cfg], b->opt->warmup, b->opt->repeat);
-    printf("%6s %6s %6s %10s %10s %10s %10s %12s %10s %9s\n", "batch", "iters", "rows",
-           "mean s", "min s", "images/s", "evals/s", "fp-iters/s", "GFLOP", "GFLOP/s");
+    printf("reference: %d^3 product %.4f s = %.3f TFLOP/s; weights %.1f MB (fp32)\n",
+           b->reference_size, b->reference_seconds, b->reference_tflops, b->weight_bytes / MB);
+    printf("%6s %6s %6s %10s %10s %10s %10s %12s %10s %9s %6s %9s %9s %9s\n", "batch", "iters",
+           "rows", "mean s", "min s", "images/s", "evals/s", "fp-iters/s", "GFLOP", "GFLOP/s",
+           "%ref", "arena MB", "used MB", "min MB");
 }
 
 static void print_table_row(const measurement *m)
@@ -419,12 +498,14 @@ static void print_table_row(const measurement *m)
         snprintf(iters, sizeof iters, "%d", m->iters);
     else
         snprintf(iters, sizeof iters, "-");
-    printf("%6d %6s %6d %10.4f %10.4f %10.3f %10.3f %12.3f %10.3f %9.2f\n", m->batch, iters,
-           m->rows, m->seconds_mean, m->seconds_min, m->images_per_second,
-           m->evaluations_per_second, m->iterations_per_second, m->gflop, m->gflops);
+    printf("%6d %6s %6d %10.4f %10.4f %10.3f %10.3f %12.3f %10.3f %9.2f %6.1f %9.1f %9.1f %9.1f\n",
+           m->batch, iters, m->rows, m->seconds_mean, m->seconds_min, m->images_per_second,
+           m->evaluations_per_second, m->iterations_per_second, m->gflop, m->gflops,
+           100.0 * m->reference_fraction, m->memory.arena_bytes / MB,
+           m->memory.device_used_bytes / MB, m->min_activation_bytes / MB);
 }
 
-static void add_json_row(report *r, const measurement *m)
+static void add_json_row(report *r, const bench *b, const measurement *m)
 {
     const report_field fields[] = {
         {"batch_size", NULL, m->batch},
@@ -437,6 +518,12 @@ static void add_json_row(report *r, const measurement *m)
         {"fixed_point_iterations_per_second", NULL, m->iterations_per_second},
         {"gflop", NULL, m->gflop},
         {"gflops", NULL, m->gflops},
+        {"fraction_of_reference", NULL, m->reference_fraction},
+        {"arena_bytes", NULL, (double)m->memory.arena_bytes},
+        {"device_used_bytes", NULL, (double)m->memory.device_used_bytes},
+        {"device_total_bytes", NULL, (double)m->memory.device_total_bytes},
+        {"min_activation_bytes", NULL, m->min_activation_bytes},
+        {"weight_bytes", NULL, b->weight_bytes},
     };
     report_add_row(r, "results", fields, (int)(sizeof fields / sizeof fields[0]));
 }
@@ -460,6 +547,30 @@ static void add_json_settings(report *r, const bench *b, const char *model_name)
     report_set_number(r, "settings", "repeat", opt->repeat);
     report_set_number(r, "settings", "gflop_per_row_base", b->flops.base / 1e9);
     report_set_number(r, "settings", "gflop_per_row_iteration", b->flops.per_iter / 1e9);
+    report_set_number(r, "settings", "weight_bytes", b->weight_bytes);
+    report_set_number(r, "reference", "matmul_size", b->reference_size);
+    report_set_number(r, "reference", "seconds", b->reference_seconds);
+    report_set_number(r, "reference", "tflops", b->reference_tflops);
+}
+
+static int is_cpu(const bench *b)
+{
+    return strcmp(fpdm_context_device_name(b->ctx), "cpu") == 0;
+}
+
+/* Times the reference product once per run. */
+static int measure_reference(bench *b)
+{
+    const int size = is_cpu(b) ? REFERENCE_SIZE_CPU : REFERENCE_SIZE_GPU;
+    const int repeats = is_cpu(b) ? REFERENCE_REPEATS_CPU : REFERENCE_REPEATS_GPU;
+    if (fpdm_benchmark_matmul(b->ctx, size, size, size, repeats, &b->reference_seconds) !=
+        FPDM_OK) {
+        fprintf(stderr, PROGRAM ": the reference product failed: %s\n", fpdm_last_error(b->ctx));
+        return EXIT_RUNTIME;
+    }
+    b->reference_size = size;
+    b->reference_tflops = 2.0 * size * size * (double)size / b->reference_seconds / 1e12;
+    return 0;
 }
 
 static int run_measurements(bench *b, const char *model_name)
@@ -468,13 +579,17 @@ static int run_measurements(bench *b, const char *model_name)
     const int default_iters = b->info->is_fixed_point ? b->info->default_iters : -1;
     const int num_iters = b->info->is_fixed_point && opt->iters ? opt->num_iters : 1;
     double *seconds = malloc((size_t)opt->repeat * sizeof(double));
-    report *json = opt->json ? report_create(PROGRAM) : NULL;
+    report *json = b->json;
     int rc = 0;
-    if (!seconds || (opt->json && !json)) {
+    if (!seconds) {
         fprintf(stderr, PROGRAM ": out of memory\n");
         rc = EXIT_RUNTIME;
         goto done;
     }
+    b->weight_bytes = 4.0 * (double)b->info->num_parameters;
+    rc = measure_reference(b);
+    if (rc != 0)
+        goto done;
     if (json)
         add_json_settings(json, b, model_name);
     else
@@ -487,25 +602,201 @@ static int run_measurements(bench *b, const char *model_name)
             m.rows = opt->cfg ? 2 * m.batch : m.batch;
             rc = opt->mode == MODE_FORWARD ? measure_forward(b, m.batch, m.iters, &m, seconds)
                                            : measure_sample(b, m.batch, m.iters, &m, seconds);
+            if (rc == 0 && fpdm_context_memory(b->ctx, &m.memory) != FPDM_OK) {
+                fprintf(stderr, PROGRAM ": %s\n", fpdm_last_error(b->ctx));
+                rc = EXIT_RUNTIME;
+            }
             if (rc != 0)
                 break;
             m.gflops = m.gflop / m.seconds_mean;
+            m.reference_fraction = m.gflops / (1000.0 * b->reference_tflops);
+            m.min_activation_bytes = min_activation_bytes(b->info, m.rows);
             if (json)
-                add_json_row(json, &m);
+                add_json_row(json, b, &m);
             else
                 print_table_row(&m);
             fflush(stdout);
         }
     }
-    if (rc == 0 && json) {
-        char *text = report_to_string(json);
-        if (text)
-            printf("%s\n", text);
-        free(text);
-    }
 done:
     free(seconds);
-    report_free(json);
+    return rc;
+}
+
+/* ---- the VAE decoder ---------------------------------------------------------- */
+
+typedef struct vae_measurement {
+    int latent_size, image_size, batch;
+    double seconds_mean, seconds_min, images_per_second;
+    fpdm_memory_info memory;  /* of the context that decoded, after the run */
+} vae_measurement;
+
+/* Loads --vae, or writes the --vae-config decoder to a temporary file, loads
+ * it and deletes the file. */
+static int load_vae(const options *opt, const synthetic_vae_config *config, fpdm_context *ctx,
+                    fpdm_vae **vae)
+{
+    char path[PATH_MAX], err[512];
+    int rc = 0;
+    if (!opt->vae_path) {
+        if (create_temporary_file("fpdm-bench-vae", path) != 0)
+            return EXIT_RUNTIME;
+        if (synthetic_vae_write(config, path, opt->seed, err, sizeof err) != 0) {
+            fprintf(stderr, PROGRAM ": %s\n", err);
+            rc = EXIT_RUNTIME;
+        }
+    }
+    if (rc == 0 && fpdm_vae_load(ctx, opt->vae_path ? opt->vae_path : path, vae) != FPDM_OK) {
+        fprintf(stderr, PROGRAM ": %s\n", fpdm_last_error(ctx));
+        rc = EXIT_RUNTIME;
+    }
+    if (!opt->vae_path)
+        unlink(path);
+    return rc;
+}
+
+/* The context the decoder runs on: the bench's, or a CPU context when the
+ * bench's device has no decoder (fpdm_vae_decode answers FPDM_ERR_UNSUPPORTED
+ * to a one-pixel probe there). */
+static int vae_context(bench *b, const fpdm_vae *vae, fpdm_context **cpu_ctx,
+                       fpdm_context **decode_ctx)
+{
+    const fpdm_vae_info *info = fpdm_vae_get_info(vae);
+    const size_t image_floats = (size_t)info->image_channels * info->upscale * info->upscale;
+    float *latent = calloc((size_t)info->latent_channels, sizeof(float));
+    float *image = malloc(image_floats * sizeof(float));
+    int rc = 0;
+    *decode_ctx = b->ctx;
+    fpdm_status status = latent && image ? fpdm_vae_decode(b->ctx, vae, 1, 1, latent, image)
+                                         : FPDM_ERR_OUT_OF_MEMORY;
+    if (status == FPDM_ERR_UNSUPPORTED && !is_cpu(b)) {
+        fpdm_context_params cp = fpdm_context_default_params();
+        cp.num_threads = b->opt->threads;
+        if (fpdm_context_create(&cp, cpu_ctx) != FPDM_OK) {
+            fprintf(stderr, PROGRAM ": cannot create a CPU context for the VAE\n");
+            rc = EXIT_RUNTIME;
+        } else {
+            fprintf(stderr, PROGRAM ": the VAE decoder does not run on %s: timing it on the cpu\n",
+                    fpdm_context_device_name(b->ctx));
+            *decode_ctx = *cpu_ctx;
+        }
+    } else if (status != FPDM_OK) {
+        fprintf(stderr, PROGRAM ": VAE decode failed: %s\n",
+                status == FPDM_ERR_OUT_OF_MEMORY ? "out of memory" : fpdm_last_error(b->ctx));
+        rc = EXIT_RUNTIME;
+    }
+    free(latent);
+    free(image);
+    return rc;
+}
+
+static int measure_vae(const options *opt, fpdm_context *ctx, const fpdm_vae *vae,
+                       vae_measurement *m, double *seconds)
+{
+    const fpdm_vae_info *info = fpdm_vae_get_info(vae);
+    const size_t latent_floats = (size_t)opt->vae_batch * info->latent_channels *
+                                 m->latent_size * m->latent_size;
+    const size_t image_floats = (size_t)opt->vae_batch * info->image_channels * m->image_size *
+                                m->image_size;
+    float *latents = malloc(latent_floats * sizeof(float));
+    float *images = malloc(image_floats * sizeof(float));
+    int rc = 0;
+    if (!latents || !images) {
+        fprintf(stderr, PROGRAM ": out of memory for VAE latent size %d\n", m->latent_size);
+        rc = EXIT_RUNTIME;
+    } else {
+        /* Sampled latents are about N(0, scaling_factor^2). */
+        fpdm_noise(opt->seed, 0, 0, latents, latent_floats);
+        for (size_t i = 0; i < latent_floats; i++)
+            latents[i] *= info->scaling_factor;
+    }
+    for (int r = 0; r < opt->warmup + opt->repeat && rc == 0; r++) {
+        const double start = progress_now();
+        if (fpdm_vae_decode(ctx, vae, opt->vae_batch, m->latent_size, latents, images) !=
+            FPDM_OK) {
+            fprintf(stderr, PROGRAM ": VAE decode failed: %s\n", fpdm_last_error(ctx));
+            rc = EXIT_RUNTIME;
+        }
+        if (r >= opt->warmup)
+            seconds[r - opt->warmup] = progress_now() - start;
+    }
+    if (rc == 0 && fpdm_context_memory(ctx, &m->memory) != FPDM_OK) {
+        fprintf(stderr, PROGRAM ": %s\n", fpdm_last_error(ctx));
+        rc = EXIT_RUNTIME;
+    }
+    if (rc == 0) {
+        double sum = 0, min = seconds[0];
+        for (int r = 0; r < opt->repeat; r++) {
+            sum += seconds[r];
+            min = seconds[r] < min ? seconds[r] : min;
+        }
+        m->seconds_mean = sum / opt->repeat;
+        m->seconds_min = min;
+        m->images_per_second = m->batch / m->seconds_mean;
+    }
+    free(latents);
+    free(images);
+    return rc;
+}
+
+static void report_vae(bench *b, const char *name, const char *device, const vae_measurement *m,
+                       int first)
+{
+    if (b->json) {
+        if (first) {
+            report_set_string(b->json, "vae_settings", "vae", name);
+            report_set_string(b->json, "vae_settings", "device", device);
+            report_set_number(b->json, "vae_settings", "batch_size", m->batch);
+        }
+        const report_field fields[] = {
+            {"latent_size", NULL, m->latent_size},
+            {"image_size", NULL, m->image_size},
+            {"batch_size", NULL, m->batch},
+            {"seconds_mean", NULL, m->seconds_mean},
+            {"seconds_min", NULL, m->seconds_min},
+            {"images_per_second", NULL, m->images_per_second},
+            {"arena_bytes", NULL, (double)m->memory.arena_bytes},
+            {"device_used_bytes", NULL, (double)m->memory.device_used_bytes},
+        };
+        report_add_row(b->json, "vae", fields, (int)(sizeof fields / sizeof fields[0]));
+        return;
+    }
+    if (first) {
+        printf("%s: VAE decoder %s on %s, %d warmup + %d timed\n", PROGRAM, name, device,
+               b->opt->warmup, b->opt->repeat);
+        printf("%7s %7s %6s %10s %10s %10s %9s\n", "latent", "image", "batch", "mean s", "min s",
+               "images/s", "arena MB");
+    }
+    printf("%7d %7d %6d %10.4f %10.4f %10.3f %9.1f\n", m->latent_size, m->image_size, m->batch,
+           m->seconds_mean, m->seconds_min, m->images_per_second, m->memory.arena_bytes / MB);
+}
+
+/* Times fpdm_vae_decode of --vae-batch latents at each --vae-latent-sizes. */
+static int run_vae(bench *b, const synthetic_vae_config *config)
+{
+    const options *opt = b->opt;
+    const char *name = opt->vae_path ? opt->vae_path : config->name;
+    fpdm_vae *vae = NULL;
+    fpdm_context *cpu_ctx = NULL, *ctx = NULL;
+    double *seconds = malloc((size_t)opt->repeat * sizeof(double));
+    int rc = seconds ? load_vae(opt, config, b->ctx, &vae) : EXIT_RUNTIME;
+    if (rc == 0)
+        rc = vae_context(b, vae, &cpu_ctx, &ctx);
+    if (!b->json && rc == 0 && opt->mode != MODE_VAE)
+        printf("\n");
+    for (int i = 0; i < opt->num_vae_latent_sizes && rc == 0; i++) {
+        vae_measurement m = {0};
+        m.latent_size = opt->vae_latent_sizes[i];
+        m.image_size = m.latent_size * fpdm_vae_get_info(vae)->upscale;
+        m.batch = opt->vae_batch;
+        rc = measure_vae(opt, ctx, vae, &m, seconds);
+        if (rc == 0)
+            report_vae(b, name, fpdm_context_device_name(ctx), &m, i == 0);
+        fflush(stdout);
+    }
+    fpdm_vae_free(vae);
+    fpdm_context_free(cpu_ctx);
+    free(seconds);
     return rc;
 }
 
@@ -517,7 +808,9 @@ int main(int argc, char **argv)
         .device = "cpu",
         .repeat = 3,
         .warmup = 1,
+        .vae_batch = 1,
     };
+    static const int default_vae_latent_sizes[] = {32, 64};
     bench b = {.opt = &opt};
     char err[512];
     int rc = parse_arguments(argc, argv, &opt);
@@ -531,6 +824,23 @@ int main(int argc, char **argv)
         }
         opt.batch_sizes[0] = 1;
         opt.num_batch_sizes = 1;
+    }
+    if (!opt.vae_latent_sizes) {
+        opt.vae_latent_sizes = malloc(sizeof default_vae_latent_sizes);
+        if (!opt.vae_latent_sizes) {
+            rc = EXIT_RUNTIME;
+            goto done;
+        }
+        memcpy(opt.vae_latent_sizes, default_vae_latent_sizes, sizeof default_vae_latent_sizes);
+        opt.num_vae_latent_sizes = 2;
+    }
+    synthetic_vae_config vae_config;
+    if (opt.vae_config_name &&
+        synthetic_vae_config_lookup(opt.vae_config_name, &vae_config, err, sizeof err) != 0) {
+        char message[600];
+        snprintf(message, sizeof message, "--vae-config: %s", err);
+        rc = usage_error(message);
+        goto done;
     }
     synthetic_config config;
     if (!opt.model_path) {
@@ -561,6 +871,13 @@ int main(int argc, char **argv)
         rc = EXIT_RUNTIME;
         goto done;
     }
+    if (opt.json && !(b.json = report_create(PROGRAM))) {
+        fprintf(stderr, PROGRAM ": out of memory\n");
+        rc = EXIT_RUNTIME;
+        goto done;
+    }
+    if (opt.mode == MODE_VAE)
+        goto vae;
     if (opt.model_path) {
         if (fpdm_model_load(b.ctx, opt.model_path, &b.model) != FPDM_OK) {
             fprintf(stderr, PROGRAM ": %s\n", fpdm_last_error(b.ctx));
@@ -585,10 +902,23 @@ int main(int argc, char **argv)
         goto done;
     }
     rc = run_measurements(&b, opt.model_path ? opt.model_path : config.name);
+    if (rc != 0)
+        goto done;
+vae:
+    if (opt.vae_path || opt.vae_config_name)
+        rc = run_vae(&b, &vae_config);
+    if (rc == 0 && b.json) {
+        char *text = report_to_string(b.json);
+        if (text)
+            printf("%s\n", text);
+        free(text);
+    }
 done:
+    report_free(b.json);
     fpdm_model_free(b.model);
     fpdm_context_free(b.ctx);
     free(opt.batch_sizes);
     free(opt.iters);
+    free(opt.vae_latent_sizes);
     return rc < 0 ? 0 : rc;
 }

@@ -1,7 +1,9 @@
 #!/bin/bash
 # test_bench.sh - fpdm-bench on the tiny random-weight configurations: the
-# JSON fields, their consistency, the FLOP count against an independent
-# count written out below, the table, --mode sample and usage errors.
+# JSON fields, their consistency, the FLOP count and the minimum activation
+# footprint against independent counts written out below, the reference
+# product and memory fields, the table, --mode sample, the VAE decoder timing
+# (a tiny random decoder and the golden one) and usage errors.
 #   bash tests/cli/test_bench.sh BUILD_DIR   (from the repository root)
 set -u
 build=${1:?usage: test_bench.sh BUILD_DIR}
@@ -26,6 +28,9 @@ check() {  # check NAME COMMAND...: passes when the command succeeds
 check "fpdm forward json" "$bench" --config tiny-fpdm --batch-size 1,3 --iters 1,5 --cfg on --repeat 2 --warmup 1 --json >"$tmp/fpdm.json"
 check "dit forward json" "$bench" --config tiny-dit --batch-size 2 --repeat 2 --warmup 0 --json >"$tmp/dit.json"
 check "fpdm sample json" "$bench" --config tiny-fpdm --mode sample --steps 3 --iters 2 --batch-size 2 --repeat 1 --warmup 0 --json >"$tmp/sample.json"
+check "vae json" "$bench" --mode vae --vae-config tiny --vae-latent-sizes 4,8 --vae-batch 2 --repeat 2 --warmup 0 --json >"$tmp/vae.json"
+check "vae file json" "$bench" --mode vae --vae tests/golden/vae-small.safetensors --vae-latent-sizes 4 --repeat 1 --warmup 0 --json >"$tmp/vae-file.json"
+check "dit with vae json" "$bench" --config tiny-dit --vae-config tiny --vae-latent-sizes 4 --repeat 1 --warmup 0 --json >"$tmp/dit-vae.json"
 
 # The FLOPs of one row (one image, one forward), counted independently:
 # multiply-adds are 2 FLOPs; per block the qkv, proj and MLP linears,
@@ -50,6 +55,29 @@ def flops(fpdm, iters, D=32, heads=2, P=2, size=8, C=1, depth=2, pre=1, post=1, 
 def close(a, b, rel=1e-6):
     return abs(a - b) <= rel * max(abs(a), abs(b), 1e-30)
 
+# The smallest activation memory of one forward, float32: per token, the
+# larger of attention (stream, qkv, output: 5D) and MLP (stream, normed, hidden:
+# 2D + 4D); FPDM also keeps the iterate (D) and fc1's injection half (2D).
+def min_activation_bytes(fpdm, rows, D=32, P=2, size=8):
+    T = (size // P) ** 2
+    per_token = max(5 * D, 2 * D + 4 * D) + (3 * D if fpdm else 0)
+    return 4 * rows * T * per_token
+
+# The reference product (1024^3 on the CPU) and the memory fields of a run.
+def check_reference_and_memory(r, fpdm):
+    ref = r["reference"]
+    assert ref["matmul_size"] == 1024 and ref["seconds"] > 0, ref
+    assert close(ref["tflops"], 2 * 1024 ** 3 / ref["seconds"] / 1e12), ref
+    assert close(r["settings"]["weight_bytes"], 4 * r["settings"]["parameters"]), r["settings"]
+    for x in r["results"]:
+        assert x["fraction_of_reference"] > 0, x
+        assert close(x["fraction_of_reference"], x["gflops"] / (1000 * ref["tflops"])), x
+        assert x["weight_bytes"] == r["settings"]["weight_bytes"], x
+        assert close(x["min_activation_bytes"], min_activation_bytes(fpdm, x["rows"])), x
+        # The arena holds at least the minimum; the CPU reports no device memory.
+        assert x["min_activation_bytes"] <= x["arena_bytes"], x
+        assert x["device_used_bytes"] == 0 and x["device_total_bytes"] == 0, x
+
 fields = ["batch_size", "iters", "rows", "seconds_mean", "seconds_min", "images_per_second",
           "model_evaluations_per_second", "fixed_point_iterations_per_second", "gflop", "gflops"]
 r = json.load(open(d + "/fpdm.json"))
@@ -66,12 +94,14 @@ for x in rows:
     assert close(x["fixed_point_iterations_per_second"], x["rows"] * x["iters"] / x["seconds_mean"]), x
     assert close(x["gflop"], x["rows"] * flops(True, x["iters"]) / 1e9), (x["gflop"], x["rows"] * flops(True, x["iters"]) / 1e9)
     assert close(x["gflops"], x["gflop"] / x["seconds_mean"]), x
+check_reference_and_memory(r, True)
 
 r = json.load(open(d + "/dit.json"))
 (x,) = r["results"]
 assert r["settings"]["architecture"] == "dit" and x["iters"] == -1, x
 assert x["rows"] == 2 and x["fixed_point_iterations_per_second"] == 0, x
 assert close(x["gflop"], 2 * flops(False, 0) / 1e9), (x["gflop"], 2 * flops(False, 0) / 1e9)
+check_reference_and_memory(r, False)
 
 r = json.load(open(d + "/sample.json"))
 (x,) = r["results"]
@@ -80,12 +110,43 @@ assert r["settings"]["mode"] == "sample" and r["settings"]["steps"] == 3, r["set
 assert close(x["gflop"], 3 * 2 * flops(True, 2) / 1e9), (x["gflop"], 3 * 2 * flops(True, 2) / 1e9)
 assert close(x["images_per_second"], 2 / x["seconds_mean"]), x
 assert close(x["model_evaluations_per_second"] * x["seconds_mean"], 6), x
+check_reference_and_memory(r, True)
+
+# The VAE decoder: the tiny one upsamples 2x (two blocks), the arena holds at
+# least the input and output of one image, and --mode vae times nothing else.
+def check_vae(r, latent_sizes, batch, upscale=None):
+    rows = r["vae"]
+    assert [x["latent_size"] for x in rows] == latent_sizes, rows
+    assert r["vae_settings"]["device"] == "cpu" and r["vae_settings"]["batch_size"] == batch
+    for x in rows:
+        assert x["batch_size"] == batch, x
+        if upscale:
+            assert x["image_size"] == upscale * x["latent_size"], x
+        else:
+            assert x["image_size"] > x["latent_size"] and x["image_size"] % x["latent_size"] == 0, x
+        assert 0 < x["seconds_min"] <= x["seconds_mean"], x
+        assert close(x["images_per_second"], batch / x["seconds_mean"]), x
+        assert x["arena_bytes"] >= 4 * (4 * x["latent_size"] ** 2 + 3 * x["image_size"] ** 2), x
+
+r = json.load(open(d + "/vae.json"))
+assert "results" not in r and "reference" not in r, r.keys()
+assert r["vae_settings"]["vae"] == "tiny", r["vae_settings"]
+check_vae(r, [4, 8], 2, upscale=2)
+r = json.load(open(d + "/vae-file.json"))
+check_vae(r, [4], 1)
+r = json.load(open(d + "/dit-vae.json"))
+assert len(r["results"]) == 1 and r["results"][0]["iters"] == -1, r["results"]
+check_vae(r, [4], 1, upscale=2)
 PY
 
 # The human table: a header and one line per measurement.
 check "table run" "$bench" --config tiny-dit --batch-size 1,2 --repeat 1 --warmup 0 >"$tmp/table.txt"
 check "table header" grep -q "batch  *iters  *rows  *mean s  *min s  *images/s  *evals/s  *fp-iters/s  *GFLOP  *GFLOP/s" "$tmp/table.txt"
 check "table rows" [ "$(grep -cE '^ +[12] +- +[12] ' "$tmp/table.txt")" = 2 ]
+check "table memory columns" grep -q "GFLOP/s  *%ref  *arena MB  *used MB  *min MB" "$tmp/table.txt"
+check "table reference line" grep -qE "^reference: 1024\^3 product [0-9.]+ s = [0-9.]+ TFLOP/s; weights [0-9.]+ MB" "$tmp/table.txt"
+check "vae table run" "$bench" --mode vae --vae-config tiny --vae-latent-sizes 4 --repeat 1 --warmup 0 >"$tmp/vae.txt"
+check "vae table" grep -qE "^ +4 +8 +1 +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+$" "$tmp/vae.txt"
 
 # A written model file is loadable and benchmarks the same architecture.
 check "write model" "$bench" --config tiny-fpdm --write-model "$tmp/m.safetensors"
@@ -113,6 +174,10 @@ usage "bad cfg" "--cfg: 'yes' is not one of off\|on" --cfg yes
 usage "unknown flag" "unknown option '--fast'" --fast
 usage "iters on a dit" "--iters applies to fixed-point \(FPDM\) models only" --config tiny-dit --iters 2
 usage "model and config" "give --model FILE or --config NAME, not both" --model x --config tiny-dit
+usage "unknown vae config" "unknown VAE configuration 'xl' \(allowed: sd, tiny\)" --vae-config xl
+usage "vae mode without a vae" "--mode vae needs --vae FILE or --vae-config NAME" --mode vae
+usage "vae and vae config" "give --vae FILE or --vae-config NAME, not both" --vae x --vae-config tiny
+usage "zero vae batch" "--vae-batch: 0 is out of range" --vae-batch 0
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

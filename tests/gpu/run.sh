@@ -2,11 +2,17 @@
 # run.sh - the one-shot GPU check, for a machine with an NVIDIA GPU and no
 # network: finds nvcc and the CUDA libraries (toolkit folders or Python
 # nvidia-* packages), builds for this GPU's architecture, runs the GPU tests
-# (ctest -L gpu), times fpdm-bench against the PyTorch reference
-# (tests/gpu/torch_bench.py, bf16 with fused attention, and fp32), and prints a
-# summary table last. Logs and JSON go to $OUT (or build-gpu/logs).
+# (ctest -L gpu), then times fpdm-bench on DiT-XL/2 and FPDM-XL/2 at 256 px,
+# batch 64 with classifier-free guidance (128 rows), bf16 and fp32; the
+# FPDM-XL/2 time against --iters 1,2,4,8 (a straight line: the iterations are
+# replayed CUDA graphs); the SD-VAE decoder (random weights) at 256 and 512 px;
+# and tests/gpu/torch_bench.py on the same shapes. The summary table, printed
+# last, gives our ms, torch's ms, their ratio, our fraction of the reference
+# matrix product's rate and peak memory. Every step has a timeout and the
+# whole run stops starting steps after RUN_BUDGET_S (default 470 s). Logs and
+# JSON go to $OUT (or build-gpu/logs).
 #
-#   bash tests/gpu/run.sh            (from the repository root; ~8 minutes at most)
+#   bash tests/gpu/run.sh            (from the repository root; under 8 minutes)
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -17,6 +23,23 @@ JOBS=$(nproc 2>/dev/null || echo 4)
 SUMMARY=$LOGS/summary.txt
 : > "$SUMMARY"
 note() { echo "== $*" | tee -a "$SUMMARY"; }
+
+RUN_START=$(date +%s)
+RUN_BUDGET_S=${RUN_BUDGET_S:-470}
+# The timeout for a step: its own limit, cut to what is left of the budget;
+# 0 when too little is left to start it.
+step_timeout() {
+  local left=$((RUN_START + RUN_BUDGET_S - $(date +%s)))
+  if [ "$left" -lt 15 ]; then echo 0; elif [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
+}
+# run_step LIMIT NAME COMMAND...: runs it under its timeout, or notes the skip.
+run_step() {
+  local limit name=$2
+  limit=$(step_timeout "$1")
+  shift 2
+  if [ "$limit" = 0 ]; then note "skipped $name: the run's time budget is spent"; return 124; fi
+  timeout "$limit" "$@"
+}
 
 # ---- toolchain ---------------------------------------------------------------
 NVCC=$(command -v nvcc || true)
@@ -64,66 +87,125 @@ note "GPU: ${GPU_NAME:-unknown}, sm_$ARCH, $JOBS cores"
 # ---- build -------------------------------------------------------------------
 CMAKE_LIBS=$(IFS=';'; echo "${LIB_DIRS[*]}")
 CMAKE_INCS=$(IFS=';'; echo "${INC_DIRS[*]:-}")
-if ! timeout 120 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
+if ! run_step 90 configure cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_CUDA_COMPILER="$NVCC" -DCUDAToolkit_ROOT="$CUDA_HOME" \
     -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_LIBRARY_PATH="$CMAKE_LIBS" \
     -DCMAKE_INCLUDE_PATH="$CMAKE_INCS" -DFPDM_WERROR=OFF > "$LOGS/configure.log" 2>&1; then
   note "configure FAILED (see $LOGS/configure.log)"; tail -30 "$LOGS/configure.log"; exit 1
 fi
 grep -q "CUDA backend ON" "$LOGS/configure.log" || note "warning: configure did not enable the CUDA backend"
-# Only what this check runs, so an unrelated broken target cannot stop it.
+# Only what this check runs (every GPU test, test_network included, and
+# fpdm-bench), so an unrelated broken target cannot stop it.
 TARGETS=()
 for test_source in "$ROOT"/tests/gpu/test_*.c; do
   TARGETS+=("gpu_$(basename "$test_source" .c)")
 done
 [ -f "$ROOT/tools/fpdm_bench.c" ] && TARGETS+=(fpdm-bench)
-if ! timeout 300 cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" > "$LOGS/build.log" 2>&1; then
+if ! run_step 240 build cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" > "$LOGS/build.log" 2>&1; then
   note "build FAILED (see $LOGS/build.log)"; grep -E "error|Error" "$LOGS/build.log" | head -30; exit 1
 fi
-note "built: ${TARGETS[*]}"
+note "built: ${TARGETS[*]} ($(( $(date +%s) - RUN_START )) s in)"
 
 # ---- tests -------------------------------------------------------------------
-timeout 300 ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 240 \
+run_step 150 ctest ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 120 \
   > "$LOGS/ctest.log" 2>&1
 CTEST_RC=$?
 cat "$LOGS/ctest.log"
 TEST_LINES=$(grep -E "^ *[0-9]+/[0-9]+ Test +#[0-9]+: gpu_" "$LOGS/ctest.log" |
   sed -E 's/^ *[0-9]+\/[0-9]+ Test +#[0-9]+: ([^ ]+) [. ]*([A-Za-z*]+[A-Za-z ]*)[^0-9]*([0-9.]+ sec).*/\1 \2 \3/')
 TEST_TOTAL=$(grep -E "tests passed|tests failed" "$LOGS/ctest.log" | tail -1)
+note "tests done ($(( $(date +%s) - RUN_START )) s in)"
 
 # ---- benchmarks --------------------------------------------------------------
-BENCH_BATCH=${BENCH_BATCH:-32}
-BENCH_CONFIGS=${BENCH_CONFIGS:-"DiT-XL/2 FPDM-XL/2 DiT-S/2"}
+# BENCH_BATCH images, doubled by classifier-free guidance into network rows.
+BENCH_BATCH=${BENCH_BATCH:-64}
+BENCH_ROWS=$((2 * BENCH_BATCH))
+BENCH_CONFIGS=${BENCH_CONFIGS:-"DiT-XL/2 FPDM-XL/2"}
+BENCH=$BUILD/fpdm-bench
 : > "$LOGS/ours.jsonl"
 : > "$LOGS/torch.jsonl"
-if [ -x "$BUILD/fpdm-bench" ]; then
-  for config in $BENCH_CONFIGS; do
-    for precision in fp32 bf16; do
-      tag=$(echo "$config-$precision" | tr '/' '_')
-      if timeout 150 "$BUILD/fpdm-bench" --config "$config" --batch-size "$BENCH_BATCH" \
-          --device cuda --precision "$precision" --cfg off --repeat 5 --warmup 2 --json \
-          > "$LOGS/bench-$tag.json" 2> "$LOGS/bench-$tag.err"; then
-        python3 - "$config" "$precision" "$LOGS/bench-$tag.json" >> "$LOGS/ours.jsonl" <<'PY'
+# One summary line per fpdm-bench JSON: the first measurement's numbers.
+summarize_ours() {  # CONFIG DTYPE JSON
+  python3 - "$@" >> "$LOGS/ours.jsonl" <<'PY'
 import json, sys
-config, precision, path = sys.argv[1:4]
+config, dtype, path = sys.argv[1:4]
 report = json.load(open(path))
 row = report["results"][0]
-print(json.dumps({"config": config, "dtype": precision, "ms_min": 1000 * row["seconds_min"],
-                  "ms_mean": 1000 * row["seconds_mean"], "batch_size": row["batch_size"]}))
+print(json.dumps({"config": config, "dtype": dtype, "ms_min": 1000 * row["seconds_min"],
+                  "ms_mean": 1000 * row["seconds_mean"], "rows": row["rows"],
+                  "fraction_of_reference": row["fraction_of_reference"],
+                  "reference_tflops": report["reference"]["tflops"],
+                  "device_used_bytes": row["device_used_bytes"], "arena_bytes": row["arena_bytes"],
+                  "min_activation_bytes": row["min_activation_bytes"],
+                  "weight_bytes": row["weight_bytes"]}))
 PY
+}
+if [ -x "$BENCH" ]; then
+  for config in $BENCH_CONFIGS; do
+    for precision in bf16 fp32; do
+      tag=$(echo "$config-$precision" | tr '/' '_')
+      if run_step 100 "fpdm-bench $config $precision" "$BENCH" --config "$config" \
+          --batch-size "$BENCH_BATCH" --cfg on --device cuda --precision "$precision" \
+          --repeat 5 --warmup 2 --json > "$LOGS/bench-$tag.json" 2> "$LOGS/bench-$tag.err"; then
+        summarize_ours "$config" "$precision" "$LOGS/bench-$tag.json"
       else
         note "fpdm-bench $config $precision failed (see $LOGS/bench-$tag.err)"
         tail -3 "$LOGS/bench-$tag.err"
       fi
     done
   done
+  # Time per forward against the iteration count: with the iterations
+  # replayed as CUDA graphs this is a straight line, intercept = the rest of
+  # the network, slope = one iteration.
+  if run_step 100 "iteration series" "$BENCH" --config FPDM-XL/2 --batch-size "$BENCH_BATCH" \
+      --cfg on --device cuda --precision bf16 --iters 1,2,4,8 --repeat 5 --warmup 2 --json \
+      > "$LOGS/bench-iters.json" 2> "$LOGS/bench-iters.err"; then
+    python3 - "$LOGS/bench-iters.json" > "$LOGS/iters.txt" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))["results"]
+xs = [r["iters"] for r in rows]
+ys = [1000 * r["seconds_min"] for r in rows]
+n = len(xs)
+mx, my = sum(xs) / n, sum(ys) / n
+slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+intercept = my - slope * mx
+print(f"FPDM-XL/2 bf16, {rows[0]['rows']} rows: ms per forward against --iters (min of 5)")
+print(f"{'iters':>6} {'ms':>10} {'line ms':>10} {'off %':>7}")
+for x, y in zip(xs, ys):
+    fit = intercept + slope * x
+    print(f"{x:>6} {y:>10.2f} {fit:>10.2f} {100 * (y - fit) / fit:>7.2f}")
+print(f"line: {intercept:.2f} ms + {slope:.2f} ms per iteration")
+PY
+  else
+    note "iteration series failed (see $LOGS/bench-iters.err)"
+    tail -3 "$LOGS/bench-iters.err"
+  fi
+  # The decoder runs where fpdm_vae_decode runs (the CPU for now; the bench
+  # says so on stderr and in vae_settings.device).
+  if run_step 120 "vae decode" "$BENCH" --mode vae --vae-config sd --vae-batch 1 \
+      --vae-latent-sizes 32,64 --device cuda --repeat 2 --warmup 0 --json \
+      > "$LOGS/bench-vae.json" 2> "$LOGS/bench-vae.err"; then
+    python3 - "$LOGS/bench-vae.json" > "$LOGS/vae.txt" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+s = r["vae_settings"]
+print(f"SD-VAE decoder (random weights) on {s['device']}, batch {s['batch_size']}, min of 2")
+for x in r["vae"]:
+    print(f"  {x['image_size']:>4} px ({x['latent_size']}x{x['latent_size']} latents): "
+          f"{1000 * x['seconds_min']:.1f} ms, {x['images_per_second']:.3f} images/s, "
+          f"arena {x['arena_bytes'] / 2**20:.0f} MB")
+PY
+  else
+    note "VAE timing failed (see $LOGS/bench-vae.err)"
+    tail -3 "$LOGS/bench-vae.err"
+  fi
 else
   note "fpdm-bench not built: no timings of ours"
 fi
 for config in $BENCH_CONFIGS; do
   for dtype in bf16 fp32; do
-    timeout 150 python3 "$ROOT/tests/gpu/torch_bench.py" --config "$config" \
-      --batch-size "$BENCH_BATCH" --dtype "$dtype" --json "$LOGS/torch.jsonl" \
+    run_step 100 "torch_bench $config $dtype" python3 "$ROOT/tests/gpu/torch_bench.py" \
+      --config "$config" --batch-size "$BENCH_ROWS" --dtype "$dtype" --json "$LOGS/torch.jsonl" \
       >> "$LOGS/torch.log" 2>&1 || note "torch_bench $config $dtype did not run (see $LOGS/torch.log)"
   done
 done
@@ -131,7 +213,7 @@ done
 # ---- summary -----------------------------------------------------------------
 {
   echo
-  echo "GPU: ${GPU_NAME:-unknown} (sm_$ARCH)"
+  echo "GPU: ${GPU_NAME:-unknown} (sm_$ARCH), $(( $(date +%s) - RUN_START )) s"
   echo "GPU tests (ctest -L gpu, exit $CTEST_RC): ${TEST_TOTAL:-no result}"
   echo "${TEST_LINES:-  (no test lines)}" | sed 's/^/  /'
   python3 - "$LOGS/ours.jsonl" "$LOGS/torch.jsonl" "$BENCH_BATCH" <<'PY'
@@ -145,14 +227,25 @@ def load(path):
             rows[(r["config"], r["dtype"])] = r
     return rows
 ours, torch_rows = load(sys.argv[1]), load(sys.argv[2])
-print(f"forward of batch {sys.argv[3]} at 256 px, cfg off, min of 5 (ms); ratio = ours / torch")
-print(f"{'config':<11} {'dtype':<5} {'ours':>10} {'torch':>10} {'ratio':>7}  torch attention")
+MB = 2 ** 20
+print(f"\nforward of {sys.argv[3]} images with CFG ({2 * int(sys.argv[3])} rows) at 256 px, min of 5 (ms);")
+print("ratio = ours / torch; %ref = our rate / an 8192^3 product's in the same precision;")
+print("ours MB = device memory in use after the run (CUDA context, weights, arena); torch MB = peak tensors")
+print(f"{'config':<10} {'dtype':<5} {'ours':>9} {'torch':>9} {'ratio':>6} {'%ref':>6} {'ref TF/s':>8}"
+      f" {'ours MB':>8} {'arena MB':>8} {'torch MB':>8}")
 for key in sorted(set(ours) | set(torch_rows)):
     o, t = ours.get(key), torch_rows.get(key)
-    o_ms = f"{o['ms_min']:.2f}" if o else "-"
-    t_ms = f"{t['ms_min']:.2f}" if t else "-"
-    ratio = f"{o['ms_min'] / t['ms_min']:.2f}" if o and t else "-"
-    print(f"{key[0]:<11} {key[1]:<5} {o_ms:>10} {t_ms:>10} {ratio:>7}  {t['attention'] if t else '-'}")
+    def cell(value, fmt):
+        return format(value, fmt) if value is not None else "-"
+    print(f"{key[0]:<10} {key[1]:<5} {cell(o and o['ms_min'], '.2f'):>9} {cell(t and t['ms_min'], '.2f'):>9}"
+          f" {cell(o and t and o['ms_min'] / t['ms_min'], '.2f'):>6}"
+          f" {cell(o and 100 * o['fraction_of_reference'], '.1f'):>6}"
+          f" {cell(o and o['reference_tflops'], '.0f'):>8}"
+          f" {cell(o and o['device_used_bytes'] / MB, '.0f'):>8}"
+          f" {cell(o and o['arena_bytes'] / MB, '.0f'):>8}"
+          f" {cell(t and t.get('peak_allocated_bytes', 0) / MB, '.0f'):>8}")
 PY
+  [ -s "$LOGS/iters.txt" ] && { echo; cat "$LOGS/iters.txt"; }
+  [ -s "$LOGS/vae.txt" ] && { echo; cat "$LOGS/vae.txt"; }
 } | tee -a "$SUMMARY"
 exit $CTEST_RC

@@ -5,7 +5,9 @@ shapes, with attention replaced by torch's fused scaled_dot_product_attention.
     python3 tests/gpu/torch_bench.py --config DiT-XL/2 --batch-size 32 --dtype bf16 --json out.json
 
 Prints one JSON object ({"config", "dtype", "batch_size", "iters", "ms_min",
-"ms_mean", "attention", ...}) per run; exits 77 when torch or a CUDA device is missing.
+"ms_mean", "attention", "peak_allocated_bytes", ...}) per run; --batch-size
+counts network rows (with classifier-free guidance, twice the images). Exits
+77 when torch or a CUDA device is missing.
 """
 import argparse
 import json
@@ -76,6 +78,7 @@ def main():
     iters = args.iters if args.iters is not None else (net.default_iters() if net.fixed_point else None)
 
     times = []
+    torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
         for run in range(args.warmup + args.repeat):
             torch.cuda.synchronize()
@@ -93,6 +96,8 @@ def main():
         "ms_min": 1000 * min(times), "ms_mean": 1000 * sum(times) / len(times),
         "attention": "sdpa" if fused else "explicit", "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
         "parameters": sum(p.numel() for p in net.parameters()),
+        # Tensors only: the caching allocator's reserve and the CUDA context come on top.
+        "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
     }
     line = json.dumps(result)
     print(line)

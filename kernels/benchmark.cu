@@ -1,0 +1,183 @@
+/* benchmark.cu - backend.h's memory_info (what cudaMemGetInfo reports) and
+ * benchmark_matmul: the reference rate benchmarks compare the network
+ * against, one cuBLASLt product in the precision the backend computes in.
+ * In bf16 (and fp16) mode the operands are stored in bf16 (fp16) with fp32
+ * accumulation, as a tuned framework would run them, so the reference is the
+ * tensor-core rate the network's own products (fp32 tensors rounded by
+ * CUBLAS_COMPUTE_32F_FAST_16BF) can at best approach; in fp32 mode it is a
+ * true fp32 product (no TF32), like the network's. */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda_backend.cuh"
+
+#define BENCHMARK_WARMUP_RUNS 2
+
+int cuda_memory_info(backend *be, size_t *used_bytes, size_t *total_bytes) {
+    cuda_backend *cb = cuda_of(be);
+    if (!cuda_enter(cb)) return -1;
+    size_t free_bytes = 0, total = 0;
+    if (cuda_check(cb, cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo")) return -1;
+    *used_bytes = total - free_bytes;
+    *total_bytes = total;
+    return 0;
+}
+
+/* Values in [-1, 1) from a hash of the index: zeros would let the tensor
+ * cores idle at a lower power draw and flatter the rate. */
+template <typename T>
+__global__ void fill_operand_kernel(T *out, size_t n, uint32_t salt) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ salt;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        out[i] = (T)((float)(h & 0xffff) / 32768.0f - 1.0f);
+    }
+}
+
+template <typename T>
+static int fill_operand(cuda_backend *cb, void *device, size_t n, uint32_t salt) {
+    fill_operand_kernel<T><<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>((T *)device, n, salt);
+    return cuda_check(cb, cudaGetLastError(), "benchmark fill");
+}
+
+/* The storage type of the operands and the fill for it. */
+typedef struct operand_type {
+    cudaDataType_t data_type;
+    size_t element_bytes;
+    int (*fill)(cuda_backend *cb, void *device, size_t n, uint32_t salt);
+} operand_type;
+
+static operand_type operand_type_for(fpdm_precision precision) {
+    operand_type t;
+    if (precision == FPDM_PRECISION_FP32) {
+        t.data_type = CUDA_R_32F;
+        t.element_bytes = sizeof(float);
+        t.fill = fill_operand<float>;
+    } else if (precision == FPDM_PRECISION_FP16) {
+        t.data_type = CUDA_R_16F;
+        t.element_bytes = sizeof(__half);
+        t.fill = fill_operand<__half>;
+    } else {
+        t.data_type = CUDA_R_16BF;
+        t.element_bytes = sizeof(__nv_bfloat16);
+        t.fill = fill_operand<__nv_bfloat16>;
+    }
+    return t;
+}
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Column-major C[m, n] = A[m, k] B[k, n]; the heuristic's first algorithm. */
+typedef struct matmul_setup {
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+} matmul_setup;
+
+static void matmul_setup_release(matmul_setup *s) {
+    if (s->c) cublasLtMatrixLayoutDestroy(s->c);
+    if (s->b) cublasLtMatrixLayoutDestroy(s->b);
+    if (s->a) cublasLtMatrixLayoutDestroy(s->a);
+    if (s->desc) cublasLtMatmulDescDestroy(s->desc);
+}
+
+static int matmul_setup_build(cuda_backend *cb, matmul_setup *s, cudaDataType_t type, int m,
+                              int n, int k) {
+    /* fp32 accumulation for every storage type; with fp32 operands this is
+     * true fp32 (TF32 would need CUBLAS_COMPUTE_32F_FAST_TF32). */
+    if (cublas_check(cb, cublasLtMatmulDescCreate(&s->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+                     "benchmark cublasLtMatmulDescCreate") ||
+        cublas_check(cb, cublasLtMatrixLayoutCreate(&s->a, type, m, k, m), "benchmark layout A") ||
+        cublas_check(cb, cublasLtMatrixLayoutCreate(&s->b, type, k, n, k), "benchmark layout B") ||
+        cublas_check(cb, cublasLtMatrixLayoutCreate(&s->c, type, m, n, m), "benchmark layout C"))
+        return -1;
+    cublasLtMatmulPreference_t preference = NULL;
+    if (cublas_check(cb, cublasLtMatmulPreferenceCreate(&preference), "benchmark preference"))
+        return -1;
+    const size_t workspace = CUDA_LT_WORKSPACE_BYTES;
+    cublasLtMatmulHeuristicResult_t result;
+    int found = 0;
+    int rc = cublas_check(cb, cublasLtMatmulPreferenceSetAttribute(
+                                  preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                  &workspace, sizeof(workspace)),
+                          "benchmark workspace preference");
+    if (!rc)
+        rc = cublas_check(cb, cublasLtMatmulAlgoGetHeuristic(cb->lt, s->desc, s->a, s->b, s->c,
+                                                              s->c, preference, 1, &result, &found),
+                          "benchmark heuristic");
+    cublasLtMatmulPreferenceDestroy(preference);
+    if (rc) return -1;
+    if (found < 1) {
+        cuda_fail(cb, "benchmark: cuBLASLt has no algorithm for a %dx%dx%d product", m, n, k);
+        return -1;
+    }
+    s->algo = result.algo;
+    return 0;
+}
+
+int cuda_benchmark_matmul(backend *be, int m, int n, int k, int repeats, double *seconds) {
+    cuda_backend *cb = cuda_of(be);
+    if (!cuda_enter(cb) || repeats < 1) return -1;
+    operand_type type = operand_type_for(cb->precision);
+    size_t a_elems = (size_t)m * k, b_elems = (size_t)k * n, c_elems = (size_t)m * n;
+    unsigned char *device = NULL;
+    if (cudaMalloc((void **)&device, (a_elems + b_elems + c_elems) * type.element_bytes) !=
+        cudaSuccess) {
+        /* Too big for this device: the caller's to report, not a stream fault. */
+        cudaGetLastError();
+        return -1;
+    }
+    void *a = device, *b = device + a_elems * type.element_bytes;
+    void *c = device + (a_elems + b_elems) * type.element_bytes;
+    double *times = (double *)malloc((size_t)repeats * sizeof(double));
+    cudaEvent_t start = NULL, stop = NULL;
+    matmul_setup setup = {};
+    int rc = -1;
+    if (!times || cuda_check(cb, cudaEventCreate(&start), "benchmark event") ||
+        cuda_check(cb, cudaEventCreate(&stop), "benchmark event") ||
+        type.fill(cb, a, a_elems, 1u) || type.fill(cb, b, b_elems, 2u) ||
+        matmul_setup_build(cb, &setup, type.data_type, m, n, k))
+        goto done;
+    {
+        const float one = 1.0f, zero = 0.0f;
+        for (int r = 0; r < BENCHMARK_WARMUP_RUNS + repeats; r++) {
+            int timed = r >= BENCHMARK_WARMUP_RUNS;
+            if (timed && cuda_check(cb, cudaEventRecord(start, cb->stream), "benchmark event"))
+                goto done;
+            if (cublas_check(cb, cublasLtMatmul(cb->lt, setup.desc, &one, a, setup.a, b, setup.b,
+                                                &zero, c, setup.c, c, setup.c, &setup.algo,
+                                                cb->lt_workspace, CUDA_LT_WORKSPACE_BYTES,
+                                                cb->stream),
+                             "benchmark cublasLtMatmul"))
+                goto done;
+            if (!timed) continue;
+            float ms = 0;
+            if (cuda_check(cb, cudaEventRecord(stop, cb->stream), "benchmark event") ||
+                cuda_check(cb, cudaEventSynchronize(stop), "benchmark wait") ||
+                cuda_check(cb, cudaEventElapsedTime(&ms, start, stop), "benchmark elapsed"))
+                goto done;
+            times[r - BENCHMARK_WARMUP_RUNS] = 1e-3 * ms;
+        }
+    }
+    qsort(times, (size_t)repeats, sizeof(double), compare_doubles);
+    *seconds = repeats % 2 ? times[repeats / 2]
+                           : 0.5 * (times[repeats / 2 - 1] + times[repeats / 2]);
+    rc = 0;
+done:
+    cudaStreamSynchronize(cb->stream);
+    matmul_setup_release(&setup);
+    if (start) cudaEventDestroy(start);
+    if (stop) cudaEventDestroy(stop);
+    free(times);
+    cuda_check(cb, cudaFree(device), "benchmark free");
+    return rc || cb->failed ? -1 : 0;
+}
