@@ -7,7 +7,8 @@
  *   fpdm_model    weights loaded from a .safetensors model file through a
  *                 context, living on that context's device. Read-only after
  *                 loading: any number of contexts on the same device may use one
- *                 model at once.
+ *                 model at once. Free it before the context it was loaded
+ *                 through (that context's backend owns its memory).
  *
  * Every function that can fail returns an fpdm_status; on failure the context
  * keeps a one-line message (fpdm_last_error) and also passes it to the log
@@ -201,8 +202,10 @@ typedef struct fpdm_sample_params {
     int num_steps;            /* respaced steps, 1..num_train_timesteps; default 250 */
     fpdm_sampler sampler;     /* default DDPM */
     float ddim_eta;           /* default 0 */
-    float cfg_scale;          /* 1 runs without the doubled batch; default 1.5 */
-    int cfg_all_channels;     /* 0 (official): guide the first 3 channels only */
+    float cfg_scale;          /* 1 runs without the doubled batch; default 4.0 (official) */
+    int cfg_all_channels;     /* 0 (official): guide model_out[:, :3], which for a model with
+                                 fewer than 3 input channels includes variance channels;
+                                 1: guide the in_channels prediction channels */
     int batch_size;           /* images per network batch (before CFG doubling); 0: all at once */
     uint64_t noise_seed;
     int first_image_index;    /* index of the first image in the whole run, for sharding */
