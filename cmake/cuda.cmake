@@ -16,6 +16,18 @@ if(FPDM_CUDA_SOURCES)
   # fpdm was created before CUDA was enabled, so it did not pick the list up.
   set_target_properties(fpdm PROPERTIES CUDA_SEPARABLE_COMPILATION OFF
                         CUDA_ARCHITECTURES "${CMAKE_CUDA_ARCHITECTURES}")
+  # cuDNN serves the VAE decoder's convolutions (kernels/vae_ops_cuda.cu);
+  # without it the decoder runs on CPU contexts only.
+  find_path(CUDNN_INCLUDE_DIR cudnn.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+  find_library(CUDNN_LIBRARY cudnn HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/lib/x86_64-linux-gnu)
+  if(CUDNN_INCLUDE_DIR AND CUDNN_LIBRARY)
+    target_compile_definitions(fpdm PRIVATE FPDM_HAVE_CUDNN=1)
+    target_include_directories(fpdm PRIVATE ${CUDNN_INCLUDE_DIR})
+    target_link_libraries(fpdm PUBLIC ${CUDNN_LIBRARY})
+    message(STATUS "fpdm: cuDNN ${CUDNN_LIBRARY}")
+  else()
+    message(STATUS "fpdm: cuDNN not found: the VAE decoder runs on CPU contexts only")
+  endif()
   target_compile_options(fpdm PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
   if(FPDM_WERROR)
     target_compile_options(fpdm PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings>

@@ -40,7 +40,7 @@ if(FPDM_HAVE_CUDA)
     add_executable(gpu_${test_name} ${test_source} ${PROJECT_SOURCE_DIR}/tests/test_util.c)
     target_include_directories(gpu_${test_name} PRIVATE ${PROJECT_SOURCE_DIR}/host
                                ${PROJECT_SOURCE_DIR}/kernels ${PROJECT_SOURCE_DIR}/tests)
-    target_link_libraries(gpu_${test_name} PRIVATE fpdm OpenMP::OpenMP_C)
+    target_link_libraries(gpu_${test_name} PRIVATE fpdm_tool_support OpenMP::OpenMP_C)
     add_test(NAME gpu_${test_name} COMMAND gpu_${test_name} WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
     set_tests_properties(gpu_${test_name} PROPERTIES SKIP_RETURN_CODE 77 LABELS gpu)
   endforeach()

@@ -277,7 +277,12 @@ typedef struct fpdm_vae_info {
 } fpdm_vae_info;
 
 /* Loads the decoder of an AutoencoderKL from a diffusers
- * diffusion_pytorch_model.safetensors (encoder tensors are ignored). */
+ * diffusion_pytorch_model.safetensors (encoder tensors are ignored). A VAE
+ * decodes on contexts of the device it was loaded on; on CUDA it needs a
+ * build with cuDNN, and without one a VAE loaded through a CUDA context keeps
+ * its weights in host memory and decodes on CPU contexts only (decoding it on
+ * a CUDA context returns FPDM_ERR_UNSUPPORTED). A CUDA VAE serves one decode
+ * at a time; concurrent decodes through it wait. */
 FPDM_API fpdm_status fpdm_vae_load(fpdm_context *ctx, const char *path, fpdm_vae **out);
 FPDM_API void fpdm_vae_free(fpdm_vae *vae);
 FPDM_API const fpdm_vae_info *fpdm_vae_get_info(const fpdm_vae *vae);

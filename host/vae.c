@@ -12,6 +12,13 @@
  * A resnet is x + conv2(SiLU(GN(conv1(SiLU(GN(x)))))), x through a 1x1
  * conv_shortcut when the channel count changes. Every GroupNorm has
  * norm_num_groups groups, eps 1e-6 and an affine transform.
+ *
+ * Where it runs: a VAE loaded on a CPU context keeps its weights in host
+ * memory and decodes on CPU contexts with the table of vae_ops_cpu.c. One
+ * loaded on a CUDA context keeps them in one allocation of that context's
+ * device, with the CUDA table of vae_ops.h, and decodes on CUDA contexts of
+ * the same device; in a build without cuDNN there is no CUDA table, so it
+ * keeps them in host memory instead, for CPU contexts.
  */
 #include <math.h>
 #include <stdio.h>
@@ -22,6 +29,10 @@
 #include "fpdm.h"
 #include "safetensors.h"
 #include "vae_ops.h"
+
+#ifdef FPDM_HAVE_CUDNN
+#include "backend_cuda.h"
+#endif
 
 #define VAE_MAX_BLOCKS 8
 #define VAE_NORM_EPS 1e-6f
@@ -34,6 +45,9 @@
 #define VAE_NAME_MAX 128
 /* Images up to this many pixels a side keep every size well inside int. */
 #define VAE_MAX_IMAGE_SIZE 8192
+/* On a device every tensor and buffer starts on a 256-byte boundary, which
+ * cuDNN's and cuBLAS's vectorised kernels want. */
+#define VAE_DEVICE_ALIGN_FLOATS 64
 
 typedef struct vae_conv {
     const float *weight; /* [out, in, kernel, kernel] */
@@ -72,6 +86,9 @@ struct fpdm_vae {
     vae_norm norm_out;
     vae_conv conv_out;
     float *weights;                /* one block holding every tensor above */
+    int device_index;              /* -1: weights in host memory (malloc) */
+    backend *be;                   /* the backend holding them, when on a device */
+    vae_ops device_ops;            /* the device's operations, when on a device */
 };
 
 /* ---- loading ------------------------------------------------------------ */
@@ -82,10 +99,14 @@ typedef struct vae_loader {
     fpdm_context *ctx;
     const safetensors_file *file;
     unsigned char *used;     /* per tensor of the file: claimed by the decoder */
-    float *weights;
+    float *weights;          /* host block the tensors are converted into */
+    const float *placed;     /* where that block will live (weights itself, or on a device) */
+    size_t align;            /* each tensor starts a multiple of this many floats in */
     size_t offset;
     fpdm_status status;
 } vae_loader;
+
+static size_t round_up(size_t n, size_t align) { return (n + align - 1) / align * align; }
 
 static int is_float_dtype(safetensors_dtype dtype) {
     return dtype == SAFETENSORS_F32 || dtype == SAFETENSORS_F16 || dtype == SAFETENSORS_BF16 ||
@@ -134,15 +155,15 @@ static const float *take(vae_loader *ld, const char *name, int ndim, const int64
                                   name, actual, expected);
         return NULL;
     }
-    float *dst = NULL;
+    const float *placed = NULL;
     if (ld->weights) {
-        dst = ld->weights + ld->offset;
-        safetensors_to_f32(t, dst);
+        safetensors_to_f32(t, ld->weights + ld->offset);
+        placed = ld->placed + ld->offset;
     } else {
         ld->used[t - ld->file->tensors] = 1;
     }
-    ld->offset += (size_t)t->num_elements;
-    return dst;
+    ld->offset += round_up((size_t)t->num_elements, ld->align);
+    return placed;
 }
 
 static void take_conv(vae_loader *ld, vae_conv *conv, const char *prefix, int in_channels,
@@ -383,7 +404,9 @@ static fpdm_status load_from_file(fpdm_context *ctx, const safetensors_file *fil
     if (status != FPDM_OK) return status;
     size_t num_resnets = (size_t)vae->num_blocks * (vae->layers_per_block + 1);
     vae->resnets = calloc(num_resnets, sizeof *vae->resnets);
-    vae_loader ld = {.ctx = ctx, .file = file, .status = FPDM_OK};
+    int on_device = vae->device_index >= 0;
+    vae_loader ld = {.ctx = ctx, .file = file, .status = FPDM_OK,
+                     .align = on_device ? VAE_DEVICE_ALIGN_FLOATS : 1};
     ld.used = calloc((size_t)file->num_tensors + 1, 1);
     if (!vae->resnets || !ld.used) {
         free(ld.used);
@@ -398,20 +421,57 @@ static fpdm_status load_from_file(fpdm_context *ctx, const safetensors_file *fil
     free(ld.used);
     if (ld.status != FPDM_OK) return ld.status;
 
-    vae->weights = malloc(ld.offset * sizeof(float));
-    if (!vae->weights)
+    size_t num_floats = ld.offset;
+    /* Zeroed on a device, so the alignment gaps go up defined. */
+    float *host = on_device ? calloc(num_floats, sizeof(float)) : malloc(num_floats * sizeof(float));
+    if (!host)
         return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu weights",
-                            file->path, ld.offset);
-    ld.weights = vae->weights;
+                            file->path, num_floats);
+    if (on_device) {
+        vae->be = ctx->be;
+        vae->weights = ctx->be->alloc(ctx->be, num_floats);
+        if (!vae->weights) {
+            free(host);
+            return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY,
+                                "%s: cannot allocate %zu MB of VAE weights on %s", file->path,
+                                num_floats * sizeof(float) >> 20, ctx->device_name);
+        }
+    } else {
+        vae->weights = host;
+    }
+    ld.weights = host;
+    ld.placed = vae->weights;
     ld.offset = 0;
     take_decoder(&ld, vae);
 
     /* post_quant_conv(z / s) = (W / s) z + b: the division by the scaling
-     * factor rides on the first weights. They live in vae->weights, which
-     * this function owns, so writing through the const view is sound. */
-    float *post_quant_weight = (float *)vae->post_quant_conv.weight;
+     * factor rides on the first weights. */
+    float *post_quant_weight = host + (vae->post_quant_conv.weight - vae->weights);
     size_t count = (size_t)vae->info.latent_channels * vae->info.latent_channels;
     for (size_t i = 0; i < count; i++) post_quant_weight[i] /= vae->info.scaling_factor;
+    if (on_device) {
+        int failed = ctx->be->upload(ctx->be, vae->weights, host, num_floats);
+        free(host);
+        if (failed)
+            return context_fail(ctx, FPDM_ERR_DEVICE, "%s: uploading the VAE weights to %s failed",
+                                file->path, ctx->device_name);
+    }
+    return FPDM_OK;
+}
+
+/* Where a VAE loaded on ctx lives, and (on a device) its operations. */
+static fpdm_status choose_device(fpdm_context *ctx, fpdm_vae *vae) {
+    vae->device_index = -1;
+#ifdef FPDM_HAVE_CUDNN
+    if (ctx->be && ctx->device_index >= 0) {
+        char err[512];
+        if (vae_ops_cuda_init(&vae->device_ops, ctx->be, err, sizeof err) != 0)
+            return context_fail(ctx, FPDM_ERR_DEVICE, "%s: %s", ctx->device_name, err);
+        vae->device_index = ctx->device_index;
+    }
+#else
+    (void)ctx;
+#endif
     return FPDM_OK;
 }
 
@@ -434,7 +494,8 @@ fpdm_status fpdm_vae_load(fpdm_context *ctx, const char *path, fpdm_vae **out) {
         safetensors_close(&file);
         return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
     }
-    fpdm_status status = load_from_file(ctx, &file, vae);
+    fpdm_status status = choose_device(ctx, vae);
+    if (status == FPDM_OK) status = load_from_file(ctx, &file, vae);
     safetensors_close(&file);
     if (status != FPDM_OK) {
         fpdm_vae_free(vae);
@@ -446,7 +507,12 @@ fpdm_status fpdm_vae_load(fpdm_context *ctx, const char *path, fpdm_vae **out) {
 
 void fpdm_vae_free(fpdm_vae *vae) {
     if (!vae) return;
-    free(vae->weights);
+    if (vae->be) {
+        if (vae->weights) vae->be->release(vae->be, vae->weights);
+    } else {
+        free(vae->weights);
+    }
+    if (vae->device_ops.destroy) vae->device_ops.destroy(&vae->device_ops);
     free(vae->resnets);
     free(vae);
 }
@@ -546,6 +612,22 @@ static void run_attention(const vae_ops *ops, const fpdm_vae *vae, const vae_att
     run_conv(ops, &at->out, buf->x, buf->a, buf->x, size, buf->scratch);
 }
 
+/* Lays the buffers out from arena, each starting a multiple of align floats
+ * in; returns the floats they take (arena may be NULL to only count). */
+static size_t place_buffers(float *arena, const vae_plan *plan, size_t align, vae_buffers *buf) {
+    size_t activation = round_up(plan->activation, align);
+    size_t attention_kv = round_up(plan->attention_kv, align);
+    if (arena) {
+        buf->x = arena;
+        buf->a = buf->x + activation;
+        buf->b = buf->a + activation;
+        buf->attn_k = buf->b + activation;
+        buf->attn_v = buf->attn_k + attention_kv;
+        buf->scratch = buf->attn_v + attention_kv;
+    }
+    return 3 * activation + 2 * attention_kv + round_up(plan->scratch, align);
+}
+
 static void decode_one(const vae_ops *ops, const fpdm_vae *vae, const vae_buffers *buf,
                        int latent_size, const float *latent, float *image) {
     int size = latent_size;
@@ -569,6 +651,63 @@ static void decode_one(const vae_ops *ops, const fpdm_vae *vae, const vae_buffer
     run_conv(ops, &vae->conv_out, image, buf->a, NULL, size, buf->scratch);
 }
 
+static fpdm_status device_mismatch(fpdm_context *ctx, const fpdm_vae *vae) {
+    if (vae->device_index < 0) {
+#ifdef FPDM_HAVE_CUDNN
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "fpdm_vae_decode: the VAE was loaded on a CPU context; load it on this "
+                            "context (%s) to decode there", ctx->device_name);
+#else
+        return context_fail(ctx, FPDM_ERR_UNSUPPORTED,
+                            "fpdm_vae_decode: this build has no cuDNN, so the VAE decoder runs on "
+                            "CPU contexts only (this one is %s)", ctx->device_name);
+#endif
+    }
+    return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                        "fpdm_vae_decode: the VAE was loaded on cuda:%d, not on this context's "
+                        "device (%s)", vae->device_index, ctx->device_name);
+}
+
+#ifdef FPDM_HAVE_CUDNN
+/* Each latent goes up into the arena, is decoded there, and its image comes
+ * back down (the download waits for the decode). */
+static fpdm_status decode_on_device(fpdm_context *ctx, const fpdm_vae *vae, int batch,
+                                    int latent_size, const float *latents, float *images) {
+    const vae_ops *ops = &vae->device_ops;
+    backend *be = ctx->be;
+    char err[512];
+    if (ops->begin(ops, be, err, sizeof err) != 0)
+        return context_fail(ctx, FPDM_ERR_DEVICE, "%s: VAE decoder: %s", ctx->device_name, err);
+    size_t latent_floats = (size_t)vae->info.latent_channels * latent_size * latent_size;
+    size_t image_size = (size_t)latent_size * vae->info.upscale;
+    size_t image_floats = (size_t)vae->info.image_channels * image_size * image_size;
+    vae_plan plan = plan_decode(vae, ops, latent_size);
+    size_t buffers = place_buffers(NULL, &plan, VAE_DEVICE_ALIGN_FLOATS, NULL);
+    size_t latent_room = round_up(latent_floats, VAE_DEVICE_ALIGN_FLOATS);
+    float *arena = context_arena(ctx, buffers + latent_room + image_floats);
+    if (!arena) {
+        ops->end(ops);
+        return FPDM_ERR_OUT_OF_MEMORY;
+    }
+    vae_buffers buf;
+    place_buffers(arena, &plan, VAE_DEVICE_ALIGN_FLOATS, &buf);
+    float *device_latent = arena + buffers, *device_image = device_latent + latent_room;
+    int failed = 0;
+    for (int b = 0; b < batch && !failed; b++) {
+        failed = be->upload(be, device_latent, latents + b * latent_floats, latent_floats) != 0;
+        if (!failed) {
+            decode_one(ops, vae, &buf, latent_size, device_latent, device_image);
+            failed = be->download(be, images + b * image_floats, device_image, image_floats) != 0;
+        }
+    }
+    ops->end(ops);
+    if (failed)
+        return context_fail(ctx, FPDM_ERR_DEVICE, "%s: VAE decode failed: %s", ctx->device_name,
+                            backend_cuda_error(be));
+    return FPDM_OK;
+}
+#endif
+
 fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch, int latent_size,
                             const float *latents, float *images) {
     if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
@@ -581,24 +720,18 @@ fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch, i
                             "of at most %d pixels a side", batch, latent_size, VAE_MAX_IMAGE_SIZE);
     if (!ctx->be)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "the context has no device (its creation failed)");
-    if (ctx->device_index >= 0)
-        return context_fail(ctx, FPDM_ERR_UNSUPPORTED,
-                            "fpdm_vae_decode: the VAE decoder runs on a CPU context only (this one is %s)",
-                            ctx->device_name);
+    if (ctx->device_index != vae->device_index) return device_mismatch(ctx, vae);
+#ifdef FPDM_HAVE_CUDNN
+    if (vae->device_index >= 0) return decode_on_device(ctx, vae, batch, latent_size, latents, images);
+#endif
 
     vae_ops ops;
     vae_ops_cpu_init(&ops, ctx->params.num_threads);
     vae_plan plan = plan_decode(vae, &ops, latent_size);
-    size_t total = 3 * plan.activation + 2 * plan.attention_kv + plan.scratch;
-    float *arena = context_arena(ctx, total);
+    float *arena = context_arena(ctx, place_buffers(NULL, &plan, 1, NULL));
     if (!arena) return FPDM_ERR_OUT_OF_MEMORY;
     vae_buffers buf;
-    buf.x = arena;
-    buf.a = buf.x + plan.activation;
-    buf.b = buf.a + plan.activation;
-    buf.attn_k = buf.b + plan.activation;
-    buf.attn_v = buf.attn_k + plan.attention_kv;
-    buf.scratch = buf.attn_v + plan.attention_kv;
+    place_buffers(arena, &plan, 1, &buf);
 
     size_t latent_floats = (size_t)vae->info.latent_channels * latent_size * latent_size;
     size_t image_size = (size_t)latent_size * vae->info.upscale;

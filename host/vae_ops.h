@@ -15,6 +15,8 @@
 
 #include <stddef.h>
 
+#include "backend.h"
+
 typedef struct vae_ops vae_ops;
 struct vae_ops {
     const char *name;
@@ -49,10 +51,28 @@ struct vae_ops {
      * out must not overlap q, k or v. */
     void (*attention)(const vae_ops *ops, float *out, const float *q, const float *k,
                       const float *v, int channels, int tokens, float *scratch);
+
+    /* Optional (NULL on the CPU, whose table is built per decode). A decode
+     * runs its operations between begin and end: begin binds the table to
+     * the backend of the decoding context (its stream, where failures are
+     * recorded) and holds off other decodes through the same table until end;
+     * 0, or -1 with a message in err. destroy frees the table's state. */
+    int (*begin)(const vae_ops *ops, backend *be, char *err, size_t err_size);
+    void (*end)(const vae_ops *ops);
+    void (*destroy)(vae_ops *ops);
 };
 
 /* Fills the table with the CPU implementation using num_threads OpenMP
  * threads (0: OpenMP's default). */
 void vae_ops_cpu_init(vae_ops *ops, int num_threads);
+
+/* Fills the table with the CUDA implementation (kernels/vae_ops_cuda.cu,
+ * built when cuDNN is found: FPDM_HAVE_CUDNN) for the device of the CUDA
+ * backend be: convolutions through cuDNN, attention through cuBLAS, the rest
+ * in its own kernels. Precision follows the backend a decode binds to: fp32
+ * keeps every product in float32; bf16 and fp16 let cuDNN use TF32 tensor
+ * cores and cuBLAS the backend's compute type, tensors staying float32.
+ * 0, or -1 with a message in err. */
+int vae_ops_cuda_init(vae_ops *ops, backend *be, char *err, size_t err_size);
 
 #endif

@@ -560,8 +560,22 @@ static int write_batch_images(run_state *rs, int start, int count, const float *
     const fpdm_model_info *info = rs->info;
     const float *pixels = latents;
     if (rs->vae) {
-        if (fpdm_vae_decode(rs->vae_ctx, rs->vae, count, info->input_size, latents, images) !=
-            FPDM_OK) {
+        fpdm_status status =
+            fpdm_vae_decode(rs->vae_ctx, rs->vae, count, info->input_size, latents, images);
+        /* A CUDA build without cuDNN keeps the VAE in host memory for CPU
+         * contexts: decode there from now on. */
+        if (status == FPDM_ERR_UNSUPPORTED && rs->vae_ctx == rs->ctx) {
+            fpdm_context_params cp = fpdm_context_default_params();
+            cp.num_threads = rs->opt->threads;
+            if (fpdm_context_create(&cp, &rs->vae_ctx) != FPDM_OK) {
+                fprintf(stderr, PROGRAM ": cannot open a CPU context for the VAE\n");
+                return EXIT_RUNTIME;
+            }
+            if (!rs->opt->quiet)
+                fprintf(stderr, PROGRAM ": note: the VAE decodes on the CPU\n");
+            status = fpdm_vae_decode(rs->vae_ctx, rs->vae, count, info->input_size, latents, images);
+        }
+        if (status != FPDM_OK) {
             fprintf(stderr, PROGRAM ": VAE decoding failed: %s\n", fpdm_last_error(rs->vae_ctx));
             return EXIT_RUNTIME;
         }
@@ -847,18 +861,7 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
                      opt->model_path);
             return usage_error(err);
         }
-        /* The library's VAE decoder runs on CPU contexts only so far. */
         rs->vae_ctx = rs->ctx;
-        if (strcmp(fpdm_context_device_name(rs->ctx), "cpu") != 0) {
-            fpdm_context_params cp = fpdm_context_default_params();
-            cp.num_threads = opt->threads;
-            if (fpdm_context_create(&cp, &rs->vae_ctx) != FPDM_OK) {
-                fprintf(stderr, PROGRAM ": cannot open a CPU context for the VAE\n");
-                return EXIT_RUNTIME;
-            }
-            if (!opt->quiet)
-                fprintf(stderr, PROGRAM ": note: the VAE decodes on the CPU\n");
-        }
         if (fpdm_vae_load(rs->vae_ctx, opt->vae_path, &rs->vae) != FPDM_OK) {
             fprintf(stderr, PROGRAM ": %s\n", fpdm_last_error(rs->vae_ctx));
             return EXIT_RUNTIME;

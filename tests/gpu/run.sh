@@ -180,8 +180,8 @@ PY
     note "iteration series failed (see $LOGS/bench-iters.err)"
     tail -3 "$LOGS/bench-iters.err"
   fi
-  # The decoder runs where fpdm_vae_decode runs (the CPU for now; the bench
-  # says so on stderr and in vae_settings.device).
+  # The decoder runs on the GPU when the build found cuDNN, else on a CPU
+  # context (the bench says which on stderr and in vae_settings.device).
   if run_step 120 "vae decode" "$BENCH" --mode vae --vae-config sd --vae-batch 1 \
       --vae-latent-sizes 32,64 --device cuda --repeat 2 --warmup 0 --json \
       > "$LOGS/bench-vae.json" 2> "$LOGS/bench-vae.err"; then

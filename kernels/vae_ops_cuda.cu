@@ -1,0 +1,491 @@
+/* vae_ops_cuda.cu - the VAE decoder's operations (host/vae_ops.h) on a CUDA
+ * backend, with the semantics of host/vae_ops_cpu.c:
+ *   conv2d     cuDNN (legacy convolution API, NCHW float32, batch 1). A kernel
+ *              first writes bias + residual into the output, and cuDNN adds
+ *              the convolution to it (beta = 1), the same order as the CPU's
+ *              GEMM with beta 1; this works for every algorithm, unlike
+ *              cudnnConvolutionBiasActivationForward, which serves identity
+ *              activations with one algorithm only. The algorithm of each
+ *              shape is chosen once by cudnnGetConvolutionForwardAlgorithm_v7
+ *              (fastest first) among those whose workspace fits the scratch
+ *              conv2d_scratch_floats promised, and cached.
+ *   group_norm three kernels: the group sums, then the sums of squared
+ *              deviations from the mean (both accumulated in double, as the
+ *              CPU does), then the affine map and SiLU.
+ *   attention  two cuBLAS products around a row softmax kernel, in the
+ *              backend's compute type, with tokens x tokens floats of scratch.
+ * Precision comes from the backend a decode binds to (begin): fp32 restricts
+ * cuDNN to FMA kernels (CUDNN_FMA_MATH: no TF32) and cuBLAS to
+ * CUBLAS_COMPUTE_32F; bf16 and fp16 allow TF32 tensor cores in cuDNN
+ * (CUDNN_DEFAULT_MATH) and the backend's reduced-precision
+ * compute type in cuBLAS. Failures are recorded on the bound backend like
+ * those of its own ops (cuda_backend.cuh).
+ *
+ * Built only when CMake finds cuDNN (FPDM_HAVE_CUDNN); otherwise host/vae.c
+ * never asks for this table. */
+#ifdef FPDM_HAVE_CUDNN
+
+#include <cudnn.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <mutex>
+#include <new>
+
+#include "cuda_backend.cuh"
+
+extern "C" {
+#include "vae_ops.h"
+}
+
+/* Convolution shapes whose algorithm is remembered (the SD decoder has about
+ * twenty per image size). */
+#define VAE_CONV_ALGOS 64
+/* GroupNorm statistics live in a buffer of this many groups (two doubles each). */
+#define VAE_MAX_GROUPS 1024
+/* Workspace a convolution may use: its input's size, within these bounds. */
+#define VAE_CONV_WORKSPACE_MIN_FLOATS ((size_t)1 << 20)
+#define VAE_CONV_WORKSPACE_MAX_FLOATS ((size_t)1 << 24)
+#define VAE_THREADS 256
+
+typedef struct conv_algo {
+    int used;
+    /* key */
+    int in_channels, out_channels, height, width, kernel, tensor_ops;
+    /* value */
+    cudnnConvolutionFwdAlgo_t algo;
+    cudnnMathType_t math;
+    size_t workspace_bytes;
+} conv_algo;
+
+typedef struct vae_cuda {
+    int device;
+    cudnnHandle_t cudnn;
+    cudnnTensorDescriptor_t in_desc, out_desc;
+    cudnnFilterDescriptor_t filter_desc;
+    cudnnConvolutionDescriptor_t conv_desc;
+    double *group_stats; /* [VAE_MAX_GROUPS] sums, then [VAE_MAX_GROUPS] squares */
+    conv_algo algos[VAE_CONV_ALGOS];
+    int next_algo_victim;
+    /* One decode at a time: the descriptors, the algorithm cache and the
+     * statistics buffer are shared by every decode through this table. */
+    std::mutex decode_lock;
+    cuda_backend *bound; /* the decoding context's backend, between begin and end */
+} vae_cuda;
+
+static vae_cuda *vae_cuda_of(const vae_ops *ops) { return (vae_cuda *)ops->impl; }
+
+static int cudnn_check(cuda_backend *cb, cudnnStatus_t status, const char *what) {
+    if (status == CUDNN_STATUS_SUCCESS) return 0;
+    cuda_fail(cb, "%s: %s", what, cudnnGetErrorString(status));
+    return -1;
+}
+
+/* ---- convolution ------------------------------------------------------- */
+
+static size_t conv_workspace_floats(int in_channels, int height, int width) {
+    size_t floats = (size_t)in_channels * height * width;
+    if (floats < VAE_CONV_WORKSPACE_MIN_FLOATS) floats = VAE_CONV_WORKSPACE_MIN_FLOATS;
+    if (floats > VAE_CONV_WORKSPACE_MAX_FLOATS) floats = VAE_CONV_WORKSPACE_MAX_FLOATS;
+    return floats;
+}
+
+static size_t cuda_vae_conv2d_scratch_floats(const vae_ops *ops, int in_channels, int height,
+                                             int width, int kernel) {
+    (void)ops;
+    (void)kernel;
+    return conv_workspace_floats(in_channels, height, width);
+}
+
+/* out[o, p] = bias[o] + residual[o, p]; either may be absent, and residual
+ * may be out itself (each element is read before it is written). */
+__global__ void conv_init_kernel(float *out, const float *bias, const float *residual,
+                                 size_t plane, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float value = bias ? bias[i / plane] : 0.0f;
+        if (residual) value += residual[i];
+        out[i] = value;
+    }
+}
+
+static int set_conv_descriptors(vae_cuda *vc, cuda_backend *cb, int in_channels,
+                                int out_channels, int height, int width, int kernel) {
+    int pad = kernel / 2;
+    return cudnn_check(cb, cudnnSetTensor4dDescriptor(vc->in_desc, CUDNN_TENSOR_NCHW,
+                                                      CUDNN_DATA_FLOAT, 1, in_channels, height,
+                                                      width),
+                       "cudnnSetTensor4dDescriptor") ||
+           cudnn_check(cb, cudnnSetTensor4dDescriptor(vc->out_desc, CUDNN_TENSOR_NCHW,
+                                                      CUDNN_DATA_FLOAT, 1, out_channels, height,
+                                                      width),
+                       "cudnnSetTensor4dDescriptor") ||
+           cudnn_check(cb, cudnnSetFilter4dDescriptor(vc->filter_desc, CUDNN_DATA_FLOAT,
+                                                      CUDNN_TENSOR_NCHW, out_channels,
+                                                      in_channels, kernel, kernel),
+                       "cudnnSetFilter4dDescriptor") ||
+           cudnn_check(cb, cudnnSetConvolution2dDescriptor(vc->conv_desc, pad, pad, 1, 1, 1, 1,
+                                                           CUDNN_CROSS_CORRELATION,
+                                                           CUDNN_DATA_FLOAT),
+                       "cudnnSetConvolution2dDescriptor");
+}
+
+/* TF32 and other tensor-core kernels are FPDM_PRECISION_FP32's to refuse. */
+static int math_allowed(cudnnMathType_t math, int tensor_ops) {
+    if (math == CUDNN_FMA_MATH) return 1;
+    return tensor_ops && (math == CUDNN_DEFAULT_MATH || math == CUDNN_TENSOR_OP_MATH);
+}
+
+/* The cached algorithm for a shape (descriptors already set), choosing it
+ * on first use; NULL after recording a failure. */
+static const conv_algo *conv_algo_for(vae_cuda *vc, cuda_backend *cb, int in_channels,
+                                      int out_channels, int height, int width, int kernel,
+                                      int tensor_ops) {
+    for (int i = 0; i < VAE_CONV_ALGOS; i++) {
+        const conv_algo *a = &vc->algos[i];
+        if (a->used && a->in_channels == in_channels && a->out_channels == out_channels &&
+            a->height == height && a->width == width && a->kernel == kernel &&
+            a->tensor_ops == tensor_ops)
+            return a;
+    }
+    /* As PyTorch does for float32 data: DEFAULT permits TF32, FMA forbids it. */
+    if (cudnn_check(cb, cudnnSetConvolutionMathType(vc->conv_desc, tensor_ops ? CUDNN_DEFAULT_MATH
+                                                                               : CUDNN_FMA_MATH),
+                    "cudnnSetConvolutionMathType"))
+        return NULL;
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int returned = 0;
+    if (cudnn_check(cb, cudnnGetConvolutionForwardAlgorithm_v7(
+                            vc->cudnn, vc->in_desc, vc->filter_desc, vc->conv_desc, vc->out_desc,
+                            CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
+                    "cudnnGetConvolutionForwardAlgorithm_v7"))
+        return NULL;
+    size_t budget = conv_workspace_floats(in_channels, height, width) * sizeof(float);
+    for (int i = 0; i < returned; i++) {
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || !math_allowed(perf[i].mathType, tensor_ops))
+            continue;
+        /* The heuristic's figure is an estimate: ask again under its math type. */
+        size_t bytes = 0;
+        if (cudnnSetConvolutionMathType(vc->conv_desc, perf[i].mathType) != CUDNN_STATUS_SUCCESS ||
+            cudnnGetConvolutionForwardWorkspaceSize(vc->cudnn, vc->in_desc, vc->filter_desc,
+                                                    vc->conv_desc, vc->out_desc, perf[i].algo,
+                                                    &bytes) != CUDNN_STATUS_SUCCESS ||
+            bytes > budget)
+            continue;
+        conv_algo *a = &vc->algos[vc->next_algo_victim];
+        vc->next_algo_victim = (vc->next_algo_victim + 1) % VAE_CONV_ALGOS;
+        a->used = 1;
+        a->in_channels = in_channels;
+        a->out_channels = out_channels;
+        a->height = height;
+        a->width = width;
+        a->kernel = kernel;
+        a->tensor_ops = tensor_ops;
+        a->algo = perf[i].algo;
+        a->math = perf[i].mathType;
+        a->workspace_bytes = bytes;
+        return a;
+    }
+    cuda_fail(cb,
+              "cuDNN has no forward convolution%s for %d -> %d channels at %dx%d, kernel %d, "
+              "within %zu MB of workspace",
+              tensor_ops ? "" : " in float32 (FMA)", in_channels, out_channels, height, width, kernel,
+              budget >> 20);
+    return NULL;
+}
+
+static void cuda_vae_conv2d(const vae_ops *ops, float *out, const float *in, const float *weight,
+                            const float *bias, const float *residual, int in_channels,
+                            int out_channels, int height, int width, int kernel, float *scratch) {
+    vae_cuda *vc = vae_cuda_of(ops);
+    cuda_backend *cb = vc->bound;
+    if (!cuda_enter(cb)) return;
+    size_t plane = (size_t)height * width, n = (size_t)out_channels * plane;
+    /* beta 0: cuDNN does not read out, whatever it holds. */
+    float beta = bias || residual ? 1.0f : 0.0f;
+    if (bias || (residual && residual != out)) {
+        conv_init_kernel<<<cuda_blocks_for(n, VAE_THREADS), VAE_THREADS, 0, cb->stream>>>(
+            out, bias, residual, plane, n);
+        cuda_check_launch(cb, "conv_init_kernel");
+    }
+    if (set_conv_descriptors(vc, cb, in_channels, out_channels, height, width, kernel)) return;
+    int tensor_ops = cb->precision != FPDM_PRECISION_FP32;
+    const conv_algo *a = conv_algo_for(vc, cb, in_channels, out_channels, height, width, kernel,
+                                       tensor_ops);
+    if (!a) return;
+    const float one = 1.0f;
+    if (cudnn_check(cb, cudnnSetConvolutionMathType(vc->conv_desc, a->math),
+                    "cudnnSetConvolutionMathType"))
+        return;
+    cudnn_check(cb, cudnnConvolutionForward(vc->cudnn, &one, vc->in_desc, in, vc->filter_desc,
+                                            weight, vc->conv_desc, a->algo, scratch,
+                                            a->workspace_bytes, &beta, vc->out_desc, out),
+                "cudnnConvolutionForward");
+}
+
+/* ---- GroupNorm ---------------------------------------------------------- */
+
+__device__ double block_sum_double(double value) {
+    __shared__ double warp_sums[VAE_THREADS / 32];
+    for (int offset = 16; offset > 0; offset >>= 1)
+        value += __shfl_down_sync(0xffffffffu, value, offset);
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) warp_sums[warp] = value;
+    __syncthreads();
+    double total = 0.0;
+    if (threadIdx.x == 0)
+        for (int w = 0; w < (int)(blockDim.x / 32); w++) total += warp_sums[w];
+    return total; /* meaningful in thread 0 */
+}
+
+/* Block (chunk, g) adds its share of group g's values (centered on the
+ * group's mean when `sums` is given) to target[g]. */
+__global__ void __launch_bounds__(VAE_THREADS)
+group_reduce_kernel(double *target, const double *sums, const float *in, size_t group_floats) {
+    int g = blockIdx.y;
+    const float *src = in + (size_t)g * group_floats;
+    double mean = sums ? sums[g] / (double)group_floats : 0.0;
+    double partial = 0.0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < group_floats;
+         i += (size_t)gridDim.x * blockDim.x) {
+        double d = (double)src[i] - mean;
+        partial += sums ? d * d : d;
+    }
+    double total = block_sum_double(partial);
+    if (threadIdx.x == 0) atomicAdd(&target[g], total);
+}
+
+/* Block (chunk, c) normalises a share of channel c's plane. */
+__global__ void __launch_bounds__(VAE_THREADS)
+group_apply_kernel(float *out, const float *in, const double *sums, const double *squares,
+                   const float *gamma, const float *beta, int pixels, int per_group, float eps,
+                   int silu) {
+    __shared__ float scale_shift[2];
+    int c = blockIdx.y, g = c / per_group;
+    if (threadIdx.x == 0) {
+        double n = (double)per_group * pixels;
+        double mean = sums[g] / n;
+        double rstd = 1.0 / sqrt(squares[g] / n + (double)eps);
+        scale_shift[0] = (float)(rstd * gamma[c]);
+        scale_shift[1] = (float)(beta[c] - mean * rstd * gamma[c]);
+    }
+    __syncthreads();
+    float scale = scale_shift[0], shift = scale_shift[1];
+    const float *x = in + (size_t)c * pixels;
+    float *y = out + (size_t)c * pixels;
+    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < pixels; p += gridDim.x * blockDim.x) {
+        float v = x[p] * scale + shift;
+        y[p] = silu ? v / (1.0f + expf(-v)) : v;
+    }
+}
+
+/* Blocks along a stretch of `floats`, about 8 values a thread, at most 256. */
+static unsigned int chunks_for(size_t floats) {
+    size_t chunks = (floats + 8 * VAE_THREADS - 1) / (8 * VAE_THREADS);
+    if (chunks > 256) chunks = 256;
+    return (unsigned int)(chunks ? chunks : 1);
+}
+
+static void cuda_vae_group_norm(const vae_ops *ops, float *out, const float *in,
+                                const float *gamma, const float *beta, int channels, int pixels,
+                                int groups, float eps, int silu) {
+    vae_cuda *vc = vae_cuda_of(ops);
+    cuda_backend *cb = vc->bound;
+    if (!cuda_enter(cb)) return;
+    if (groups > VAE_MAX_GROUPS) {
+        cuda_fail(cb, "GroupNorm with %d groups (the CUDA VAE decoder serves up to %d)", groups,
+                  VAE_MAX_GROUPS);
+        return;
+    }
+    int per_group = channels / groups;
+    size_t group_floats = (size_t)per_group * pixels;
+    double *sums = vc->group_stats, *squares = vc->group_stats + VAE_MAX_GROUPS;
+    if (cuda_check(cb, cudaMemsetAsync(vc->group_stats, 0, 2 * VAE_MAX_GROUPS * sizeof(double),
+                                       cb->stream),
+                   "GroupNorm statistics reset"))
+        return;
+    dim3 reduce_grid(chunks_for(group_floats), (unsigned int)groups);
+    group_reduce_kernel<<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(sums, NULL, in, group_floats);
+    cuda_check_launch(cb, "group_reduce_kernel (sums)");
+    group_reduce_kernel<<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(squares, sums, in,
+                                                                      group_floats);
+    cuda_check_launch(cb, "group_reduce_kernel (squares)");
+    dim3 apply_grid(chunks_for((size_t)pixels), (unsigned int)channels);
+    group_apply_kernel<<<apply_grid, VAE_THREADS, 0, cb->stream>>>(
+        out, in, sums, squares, gamma, beta, pixels, per_group, eps, silu);
+    cuda_check_launch(cb, "group_apply_kernel");
+}
+
+/* ---- upsampling --------------------------------------------------------- */
+
+__global__ void upsample_nearest2x_kernel(float *out, const float *in, int height, int width,
+                                          size_t n) {
+    int out_width = 2 * width, out_height = 2 * height;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        int x = (int)(i % out_width);
+        size_t row = i / out_width;
+        int y = (int)(row % out_height);
+        size_t c = row / out_height;
+        out[i] = in[(c * height + y / 2) * width + x / 2];
+    }
+}
+
+static void cuda_vae_upsample_nearest2x(const vae_ops *ops, float *out, const float *in,
+                                        int channels, int height, int width) {
+    cuda_backend *cb = vae_cuda_of(ops)->bound;
+    if (!cuda_enter(cb)) return;
+    size_t n = (size_t)channels * 4 * height * width;
+    upsample_nearest2x_kernel<<<cuda_blocks_for(n, VAE_THREADS), VAE_THREADS, 0, cb->stream>>>(
+        out, in, height, width, n);
+    cuda_check_launch(cb, "upsample_nearest2x_kernel");
+}
+
+/* ---- attention ---------------------------------------------------------- */
+
+static size_t cuda_vae_attention_scratch_floats(const vae_ops *ops, int channels, int tokens) {
+    (void)ops;
+    (void)channels;
+    return (size_t)tokens * tokens;
+}
+
+/* Each block turns one row of scores into softmax weights in place. */
+__global__ void __launch_bounds__(VAE_THREADS) softmax_rows_kernel(float *scores, int tokens) {
+    __shared__ float warp_max[VAE_THREADS / 32];
+    __shared__ float row_max;
+    __shared__ float row_inverse;
+    float *row = scores + (size_t)blockIdx.x * tokens;
+    float max = -INFINITY;
+    for (int j = threadIdx.x; j < tokens; j += blockDim.x) max = fmaxf(max, row[j]);
+    for (int offset = 16; offset > 0; offset >>= 1)
+        max = fmaxf(max, __shfl_down_sync(0xffffffffu, max, offset));
+    if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = max;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float m = warp_max[0];
+        for (int w = 1; w < (int)(blockDim.x / 32); w++) m = fmaxf(m, warp_max[w]);
+        row_max = m;
+    }
+    __syncthreads();
+    double partial = 0.0;
+    for (int j = threadIdx.x; j < tokens; j += blockDim.x) {
+        float e = expf(row[j] - row_max);
+        row[j] = e;
+        partial += e;
+    }
+    double total = block_sum_double(partial);
+    if (threadIdx.x == 0) row_inverse = (float)(1.0 / total);
+    __syncthreads();
+    for (int j = threadIdx.x; j < tokens; j += blockDim.x) row[j] *= row_inverse;
+}
+
+/* In cuBLAS's column-major view a [channels, tokens] row-major matrix is
+ * tokens x channels (leading dimension tokens), and the row-major scores
+ * S[query, key] are key x query:
+ *   S^T = K Q^T * scale     (tokens x tokens, reduction over channels)
+ *   out = P^T V             (tokens x channels, reduction over keys). */
+static void cuda_vae_attention(const vae_ops *ops, float *out, const float *q, const float *k,
+                               const float *v, int channels, int tokens, float *scratch) {
+    cuda_backend *cb = vae_cuda_of(ops)->bound;
+    if (!cuda_enter(cb)) return;
+    const float scale = (float)(1.0 / sqrt((double)channels)), one = 1.0f, zero = 0.0f;
+    if (cublas_check(cb, cublasGemmEx(cb->blas, CUBLAS_OP_N, CUBLAS_OP_T, tokens, tokens,
+                                      channels, &scale, k, CUDA_R_32F, tokens, q, CUDA_R_32F,
+                                      tokens, &zero, scratch, CUDA_R_32F, tokens,
+                                      cb->compute_type, CUBLAS_GEMM_DEFAULT),
+                     "cublasGemmEx (attention scores)"))
+        return;
+    softmax_rows_kernel<<<tokens, VAE_THREADS, 0, cb->stream>>>(scratch, tokens);
+    cuda_check_launch(cb, "softmax_rows_kernel");
+    cublas_check(cb, cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, tokens, channels, tokens,
+                                  &one, scratch, CUDA_R_32F, tokens, v, CUDA_R_32F, tokens, &zero,
+                                  out, CUDA_R_32F, tokens, cb->compute_type, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx (attention output)");
+}
+
+/* ---- lifetime ----------------------------------------------------------- */
+
+static int cuda_vae_begin(const vae_ops *ops, backend *be, char *err, size_t err_size) {
+    vae_cuda *vc = vae_cuda_of(ops);
+    cuda_backend *cb = cuda_of(be);
+    if (cb->device != vc->device) {
+        snprintf(err, err_size, "the VAE lives on cuda:%d, the context on cuda:%d", vc->device,
+                 cb->device);
+        return -1;
+    }
+    vc->decode_lock.lock();
+    if (!cuda_enter(cb) || cudnn_check(cb, cudnnSetStream(vc->cudnn, cb->stream), "cudnnSetStream")) {
+        snprintf(err, err_size, "%s", cb->error);
+        vc->decode_lock.unlock();
+        return -1;
+    }
+    vc->bound = cb;
+    return 0;
+}
+
+static void cuda_vae_end(const vae_ops *ops) {
+    vae_cuda *vc = vae_cuda_of(ops);
+    vc->bound = NULL;
+    vc->decode_lock.unlock();
+}
+
+static void cuda_vae_destroy(vae_ops *ops) {
+    vae_cuda *vc = vae_cuda_of(ops);
+    if (!vc) return;
+    cudaSetDevice(vc->device);
+    if (vc->conv_desc) cudnnDestroyConvolutionDescriptor(vc->conv_desc);
+    if (vc->filter_desc) cudnnDestroyFilterDescriptor(vc->filter_desc);
+    if (vc->out_desc) cudnnDestroyTensorDescriptor(vc->out_desc);
+    if (vc->in_desc) cudnnDestroyTensorDescriptor(vc->in_desc);
+    if (vc->cudnn) cudnnDestroy(vc->cudnn);
+    if (vc->group_stats) cudaFree(vc->group_stats);
+    delete vc;
+    ops->impl = NULL;
+}
+
+static int init_failed(vae_ops *ops, char *err, size_t err_size, const char *what,
+                       const char *why) {
+    snprintf(err, err_size, "CUDA VAE decoder: %s: %s", what, why);
+    cuda_vae_destroy(ops);
+    return -1;
+}
+
+extern "C" int vae_ops_cuda_init(vae_ops *ops, backend *be, char *err, size_t err_size) {
+    memset(ops, 0, sizeof *ops);
+    vae_cuda *vc = new (std::nothrow) vae_cuda();
+    if (!vc) {
+        snprintf(err, err_size, "CUDA VAE decoder: out of host memory");
+        return -1;
+    }
+    vc->device = cuda_of(be)->device;
+    ops->name = "cuda";
+    ops->impl = vc;
+    ops->conv2d_scratch_floats = cuda_vae_conv2d_scratch_floats;
+    ops->conv2d = cuda_vae_conv2d;
+    ops->group_norm = cuda_vae_group_norm;
+    ops->upsample_nearest2x = cuda_vae_upsample_nearest2x;
+    ops->attention_scratch_floats = cuda_vae_attention_scratch_floats;
+    ops->attention = cuda_vae_attention;
+    ops->begin = cuda_vae_begin;
+    ops->end = cuda_vae_end;
+    ops->destroy = cuda_vae_destroy;
+
+    cudaError_t cuda_status = cudaSetDevice(vc->device);
+    if (cuda_status == cudaSuccess)
+        cuda_status = cudaMalloc((void **)&vc->group_stats, 2 * VAE_MAX_GROUPS * sizeof(double));
+    if (cuda_status != cudaSuccess) {
+        cudaGetLastError();
+        return init_failed(ops, err, err_size, "device memory", cudaGetErrorString(cuda_status));
+    }
+    cudnnStatus_t status = cudnnCreate(&vc->cudnn);
+    if (status == CUDNN_STATUS_SUCCESS) status = cudnnCreateTensorDescriptor(&vc->in_desc);
+    if (status == CUDNN_STATUS_SUCCESS) status = cudnnCreateTensorDescriptor(&vc->out_desc);
+    if (status == CUDNN_STATUS_SUCCESS) status = cudnnCreateFilterDescriptor(&vc->filter_desc);
+    if (status == CUDNN_STATUS_SUCCESS) status = cudnnCreateConvolutionDescriptor(&vc->conv_desc);
+    if (status != CUDNN_STATUS_SUCCESS)
+        return init_failed(ops, err, err_size, "cuDNN setup", cudnnGetErrorString(status));
+    return 0;
+}
+
+#endif
