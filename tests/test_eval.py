@@ -1,0 +1,213 @@
+"""test_eval.py - tests of tools/mnist.py (IDX reading, model-space digits) and
+tools/eval.py (Frechet distance, nearest-neighbour distances, PNG folders,
+labels, the score report) on tiny made-up data.
+
+    /usr/bin/python3 tests/test_eval.py BUILD_DIR      (run from the repository root)
+
+Exits 77 (skipped) without torch/numpy; prints "N passed, M failed".
+"""
+import gzip
+import os
+import struct
+import sys
+import tempfile
+import traceback
+
+try:
+    import numpy as np
+    import torch
+except ImportError:
+    print("torch or numpy missing: skipped")
+    sys.exit(77)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+import eval as evaluation  # noqa: E402
+import mnist  # noqa: E402
+
+TESTS = []
+
+
+def test(function):
+    TESTS.append(function)
+    return function
+
+
+def idx_bytes(array, type_code):
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write(path, data):
+    with open(path, "wb") as out:
+        out.write(data)
+
+
+def expect_error(function, *args):
+    try:
+        function(*args)
+    except (ValueError, FileNotFoundError):
+        return
+    raise AssertionError(f"{function.__name__}{args!r:.80} did not fail")
+
+
+@test
+def idx_plain_and_gzipped_read_the_same():
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    with tempfile.TemporaryDirectory() as folder:
+        write(os.path.join(folder, "plain"), idx_bytes(images, 0x08))
+        write(os.path.join(folder, "packed"), gzip.compress(idx_bytes(images, 0x08)))
+        for name in ("plain", "packed"):
+            got = mnist.read_idx(os.path.join(folder, name))
+            assert got.shape == (2, 3, 4) and got.dtype == np.uint8, (got.shape, got.dtype)
+            assert (got == images).all()
+
+
+@test
+def idx_big_endian_int32_is_converted():
+    values = np.array([1, -2, 70000], dtype=">i4")
+    got = mnist.parse_idx(idx_bytes(values, 0x0C))
+    assert got.tolist() == [1, -2, 70000], got
+
+
+@test
+def idx_rejects_bad_files():
+    good = idx_bytes(np.zeros((2, 2), dtype=np.uint8), 0x08)
+    expect_error(mnist.parse_idx, b"\x01" + good[1:])          # magic
+    expect_error(mnist.parse_idx, good[:2] + b"\x07" + good[3:])  # type code
+    expect_error(mnist.parse_idx, good[:-1])                    # body too short
+    expect_error(mnist.parse_idx, good + b"\x00")               # body too long
+    expect_error(mnist.parse_idx, good[:6])                     # header cut
+
+
+@test
+def load_split_pairs_files_and_checks_labels():
+    images = np.full((3, 28, 28), 255, dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as folder:
+        write(os.path.join(folder, "t10k-images-idx3-ubyte"), idx_bytes(images, 0x08))
+        write(os.path.join(folder, "t10k-labels-idx1-ubyte.gz"),
+              gzip.compress(idx_bytes(np.array([0, 9, 4], dtype=np.uint8), 0x08)))
+        got_images, got_labels, paths = mnist.load_split(folder, "t10k")
+        assert got_images.shape == (3, 28, 28) and got_labels.tolist() == [0, 9, 4]
+        assert paths[1].endswith(".gz")
+        write(os.path.join(folder, "t10k-labels-idx1-ubyte.gz"),
+              gzip.compress(idx_bytes(np.array([0, 9], dtype=np.uint8), 0x08)))
+        expect_error(mnist.load_split, folder, "t10k")
+        expect_error(mnist.load_split, folder, "train")
+
+
+@test
+def model_space_pads_with_background_and_scales():
+    images = np.zeros((1, 28, 28), dtype=np.uint8)
+    images[0, 0, 0] = 255
+    images[0, 27, 27] = 51
+    x = mnist.to_model_space(images)
+    assert x.shape == (1, 1, 32, 32) and x.dtype == np.float32
+    assert x[0, 0, 2, 2] == 1.0 and abs(x[0, 0, 29, 29] - (51 / 127.5 - 1)) < 1e-6
+    assert x[0, 0, 0, 0] == -1.0 and x[0, 0, 31, 31] == -1.0 and x[0, 0, 3, 3] == -1.0
+
+
+@test
+def frechet_of_identical_sets_is_zero_and_of_shifted_sets_is_the_shift():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(400, 5))
+    assert abs(evaluation.frechet_distance(a, a)) < 1e-8
+    shift = np.array([3.0, 0.0, -1.0, 0.0, 0.5])
+    # Same covariance: only the squared mean difference remains.
+    assert abs(evaluation.frechet_distance(a, a + shift) - (shift ** 2).sum()) < 1e-8
+
+
+@test
+def frechet_of_scaled_gaussians_matches_the_closed_form():
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(20000, 3))
+    a = (a - a.mean(0)) @ np.linalg.inv(np.linalg.cholesky(np.cov(a, rowvar=False))).T  # covariance exactly I
+    # Covariances I and 4I, equal means: 3 * (1 + 4 - 2 * 2) = 3.
+    assert abs(evaluation.frechet_distance(a, 2.0 * a) - 3.0) < 1e-6
+
+
+@test
+def nearest_distances_find_copies_and_exact_distances():
+    references = np.zeros((3, 1, 2, 2), dtype=np.float32)
+    references[1] += 1.0
+    references[2] -= 2.0
+    queries = np.stack([references[1], references[0] + 0.5])
+    got = evaluation.nearest_distances(queries, references, chunk=1)
+    assert np.allclose(got, [0.0, 1.0]), got  # sqrt(4 * 0.25) = 1
+
+
+@test
+def labels_come_from_lists_and_files():
+    assert evaluation.parse_labels("3,1,4", 3).tolist() == [3, 1, 4]
+    with tempfile.TemporaryDirectory() as folder:
+        text = os.path.join(folder, "labels.txt")
+        write(text, b"1 5\n9")
+        assert evaluation.parse_labels(text, 3).tolist() == [1, 5, 9]
+        npy = os.path.join(folder, "labels.npy")
+        np.save(npy, np.array([2, 7]))
+        assert evaluation.parse_labels(npy, 2).tolist() == [2, 7]
+    expect_error(evaluation.parse_labels, "1,2", 3)
+
+
+@test
+def png_folder_reads_in_index_order_with_classes():
+    from PIL import Image
+    with tempfile.TemporaryDirectory() as folder:
+        for index, label, value in ((1, 7, 255), (0, 3, 0)):
+            Image.fromarray(np.full((32, 32), value, dtype=np.uint8)).save(
+                os.path.join(folder, f"{index:05d}-{label}.png"))
+        write(os.path.join(folder, "notes.txt"), b"not an image")
+        images, labels = evaluation.load_png_folder(folder)
+        assert labels.tolist() == [3, 7], labels
+        assert images.shape == (2, 1, 32, 32)
+        assert (images[0] == -1.0).all() and (images[1] == 1.0).all()
+
+
+@test
+def score_reports_accuracy_and_memorisation():
+    torch.manual_seed(0)
+    classifier = evaluation.DigitClassifier().eval()
+    rng = np.random.default_rng(3)
+    train = rng.uniform(-1, 1, size=(12, 1, 32, 32)).astype(np.float32)
+    t10k = rng.uniform(-1, 1, size=(6, 1, 32, 32)).astype(np.float32)
+    generated = train[:4].copy()
+    predicted = evaluation.predict(classifier, generated)[0].argmax(1)
+    labels = predicted.copy()
+    labels[0] = (labels[0] + 1) % 10  # one of four asked for another class
+    report = evaluation.score(generated, labels, classifier, train, t10k)
+    assert report["count"] == 4
+    assert abs(report["class_accuracy"] - 0.75) < 1e-12, report
+    assert report["nearest_train_l2_generated_mean"] < 1e-3, report  # exact copies
+    assert report["nearest_train_l2_t10k_mean"] > 1.0 and report["nearest_train_l2_ratio"] < 1e-3
+    assert np.isfinite(report["frechet_distance"]) and report["frechet_distance"] >= -1e-6
+
+
+@test
+def classifier_file_round_trips():
+    torch.manual_seed(0)
+    net = evaluation.DigitClassifier().eval()
+    x = torch.randn(3, 1, 32, 32)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "c.safetensors")
+        evaluation.save_classifier(net, path, {"classifier.seed": "0"})
+        loaded, metadata = evaluation.load_classifier(path)
+    assert metadata["classifier.seed"] == "0"
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+
+
+def main():
+    passed = failed = 0
+    for function in TESTS:
+        try:
+            function()
+            passed += 1
+        except Exception:  # noqa: BLE001 - report every failure, keep going
+            failed += 1
+            print(f"FAIL {function.__name__}")
+            traceback.print_exc()
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""train.py - trains the small class-conditional pixel-space MNIST models the
+project ships (FPDM and its DiT baseline), the way the official
+lukemelas/fixed-point-diffusion-models train.py trains, scaled down to two CPU
+cores. Reproduce the shipped files (seed fixed, CPU, 1 thread each; in
+stages, each later one continuing from the previous EMA weights with a faster
+class embedding; see models/README.md) with:
+
+    nice -n 10 /usr/bin/python3 tools/train.py fpdm --out models/fpdm-mnist.safetensors --seed 0 --steps 2500
+    nice -n 10 /usr/bin/python3 tools/train.py fpdm --out models/fpdm-mnist.safetensors --seed 1 --steps 6000 \
+        --label-lr-scale 10 --init-from models/fpdm-mnist.safetensors
+    nice -n 10 /usr/bin/python3 tools/train.py fpdm --out models/fpdm-mnist.safetensors --seed 2 --steps 1500 \
+        --label-lr-scale 10 --init-from models/fpdm-mnist.safetensors
+    nice -n 10 /usr/bin/python3 tools/train.py dit --out models/dit-mnist.safetensors --seed 0 --steps 2000
+    nice -n 10 /usr/bin/python3 tools/train.py dit --out models/dit-mnist.safetensors --seed 1 --steps 5000 \
+        --label-lr-scale 10 --init-from models/dit-mnist.safetensors
+
+Loss: MSE on eps plus the variational-bound term for the learned variance
+(mean frozen), uniform timesteps over a 1000-step linear beta schedule, class
+dropout 0.1 (null class = 10), AdamW (no weight decay), an EMA of the weights
+(with warm-up) exported. FPDM uses stochastic Jacobian-free backprop: a random number of
+fixed-point iterations without gradient, then a random number with gradient.
+`--trial-seconds S` stops after S seconds and prints the throughput.
+"""
+import argparse
+import copy
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mnist  # noqa: E402
+import reference  # noqa: E402
+import safetensors_io  # noqa: E402
+
+NULL_CLASS = 10
+CLASS_DROPOUT = 0.1
+DEFAULT_SEED = 0
+
+# Shared by both models: only the block layout differs.
+COMMON_CONFIG = {
+    "hidden_size": 64, "num_heads": 4, "patch_size": 4, "input_size": 32, "in_channels": 1,
+    "num_classes": 10, "learn_sigma": True, "mlp_ratio": 4.0, "prediction": "eps",
+    "zero_terminal_snr": False, "space": "pixel", "noise_schedule": "linear",
+    "num_train_timesteps": 1000,
+}
+DIT_DEPTH = 6
+FPDM_PRE_DEPTH, FPDM_POST_DEPTH = 1, 1
+
+# The official defaults (no-grad 0..10, with-grad 1..12 iterations for 26
+# default iterations) scaled to DIT_DEPTH - 2 = 4 default iterations.
+FPDM_NO_GRAD_ITERS = (0, 2)
+FPDM_WITH_GRAD_ITERS = (1, 2)
+
+# lr 1e-3 rather than the official 1e-4 and EMA 0.999 (with warm-up) rather
+# than 0.9999: a few thousand steps only, so the EMA horizon (~1/(1-decay)
+# steps) must be short.
+TRAINING_DEFAULTS = {"steps": 4000, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.999}
+
+
+def model_config(architecture):
+    cfg = dict(COMMON_CONFIG, architecture=architecture)
+    if architecture == "dit":
+        cfg["depth"] = DIT_DEPTH
+    else:
+        cfg.update(pre_depth=FPDM_PRE_DEPTH, post_depth=FPDM_POST_DEPTH,
+                   pre_post_timestep_conditioning=True, equivalent_depth=DIT_DEPTH)
+    return reference.normalize_config(cfg)
+
+
+# ---- the Gaussian diffusion (official semantics, our code) -----------------
+
+def linear_betas(num_timesteps):
+    scale = 1000.0 / num_timesteps
+    return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
+
+
+def approx_standard_normal_cdf(x):
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def discretized_gaussian_log_likelihood(x, means, log_scales):
+    """log p(x) for x on the 256-level grid of [-1, 1] under N(means, exp(log_scales)^2)."""
+    centered = x - means
+    inv_stdv = torch.exp(-log_scales)
+    cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
+    cdf_min = approx_standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def mean_flat(tensor):
+    return tensor.mean(dim=list(range(1, tensor.ndim)))
+
+
+class GaussianDiffusion:
+    """The training side of the official GaussianDiffusion: epsilon prediction
+    with the learned-range variance (sampling is tools/reference_sampling.py)."""
+
+    def __init__(self, betas):
+        self.betas = np.asarray(betas, dtype=np.float64)
+        self.num_timesteps = len(self.betas)
+        alphas = 1.0 - self.betas
+        self.alphas_cumprod = np.cumprod(alphas)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1.0)
+        self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        # The variance at t=0 is 0; the official code clips its log to the t=1 value.
+        self.posterior_log_variance_clipped = np.log(
+            np.append(self.posterior_variance[1], self.posterior_variance[1:]))
+        self.posterior_mean_coef1 = self.betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+
+    @classmethod
+    def linear(cls, num_timesteps=1000):
+        return cls(linear_betas(num_timesteps))
+
+    @staticmethod
+    def _take(array, t, like):
+        values = torch.from_numpy(array).to(like.dtype)[t]
+        return values.reshape(-1, *([1] * (like.ndim - 1)))
+
+    def q_sample(self, x_start, t, noise):
+        return (self._take(self.sqrt_alphas_cumprod, t, x_start) * x_start
+                + self._take(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise)
+
+    def q_posterior(self, x_start, x_t, t):
+        mean = (self._take(self.posterior_mean_coef1, t, x_t) * x_start
+                + self._take(self.posterior_mean_coef2, t, x_t) * x_t)
+        return mean, self._take(self.posterior_log_variance_clipped, t, x_t)
+
+    def p_mean_log_variance(self, model_output, x_t, t):
+        """(mean, log variance, predicted x0) of p(x_{t-1} | x_t) from the
+        network output [eps, v] (v in [-1, 1] interpolates the log variance
+        between the posterior's and beta's)."""
+        eps, var_values = model_output.chunk(2, dim=1)
+        min_log = self._take(self.posterior_log_variance_clipped, t, x_t)
+        max_log = self._take(np.log(self.betas), t, x_t)
+        fraction = (var_values + 1.0) / 2.0
+        log_variance = fraction * max_log + (1.0 - fraction) * min_log
+        pred_x0 = (self._take(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                   - self._take(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+        mean, _ = self.q_posterior(pred_x0, x_t, t)
+        return mean, log_variance, pred_x0
+
+    def training_losses(self, model_output, x_start, x_t, t, noise):
+        """Per-example loss: MSE(eps) + the VLB term in bits/dim, the VLB seeing
+        the eps prediction detached so that it trains the variance only."""
+        eps, var_values = model_output.chunk(2, dim=1)
+        frozen = torch.cat([eps.detach(), var_values], dim=1)
+        true_mean, true_log_variance = self.q_posterior(x_start, x_t, t)
+        mean, log_variance, _ = self.p_mean_log_variance(frozen, x_t, t)
+        kl = mean_flat(normal_kl(true_mean, true_log_variance, mean, log_variance)) / math.log(2.0)
+        decoder_nll = -mean_flat(discretized_gaussian_log_likelihood(
+            x_start, means=mean, log_scales=0.5 * log_variance)) / math.log(2.0)
+        vb = torch.where(t == 0, decoder_nll, kl)
+        mse = mean_flat((noise - eps) ** 2)
+        return mse + vb, mse, vb
+
+
+# ---- the networks' training forward ----------------------------------------
+
+@torch.no_grad()
+def initialize_like_official(net):
+    """The official DiT initialisation: xavier-uniform linears (and patch
+    embedding) with zero biases, N(0, 0.02) label table and timestep MLP,
+    zero adaLN modulations and a zero final layer."""
+    for module in net.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    proj = net.x_embedder.proj
+    nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+    nn.init.zeros_(proj.bias)
+    nn.init.normal_(net.y_embedder.embedding_table.weight, std=0.02)
+    nn.init.normal_(net.t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(net.t_embedder.mlp[2].weight, std=0.02)
+    blocks = (list(net.blocks_pre) + [net.block_fixed_point] + list(net.blocks_post)
+              if net.fixed_point else list(net.blocks))
+    for block in blocks:
+        nn.init.zeros_(block.adaLN_modulation[1].weight)
+        nn.init.zeros_(block.adaLN_modulation[1].bias)
+    for layer in (net.final_layer.adaLN_modulation[1], net.final_layer.linear):
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
+def training_forward(net, x, t, y, rng):
+    """The network output during training. For FPDM the fixed-point part runs
+    a random number of iterations without gradient from the pre blocks'
+    output, then a random number with gradient (Jacobian-free backprop)."""
+    if not net.fixed_point:
+        return net(x, t, y)[0]
+    e = net.embed(x, t, y)
+    h = e["x_embed"]
+    for block in net.blocks_pre:
+        h = block(h, e["c_pp"])
+    injection = net.block_pre_projection(h)
+    z = h.detach()
+    with torch.no_grad():
+        for _ in range(rng.randint(*FPDM_NO_GRAD_ITERS)):
+            z = net.fixed_point_step(z, injection.detach(), e["c"])
+    for _ in range(rng.randint(*FPDM_WITH_GRAD_ITERS)):
+        z = net.fixed_point_step(z, injection, e["c"])
+    for block in net.blocks_post:
+        z = block(z, e["c_pp"])
+    return net.unpatchify(net.final_layer(z, e["c_pp"]))
+
+
+@torch.no_grad()
+def update_ema(ema, net, decay, step):
+    """EMA with the usual warm-up min(decay, (1 + step) / (10 + step)): with a
+    few thousand steps a constant decay would leave a large share of the
+    (zero-output) initial weights in the export."""
+    decay = min(decay, (1.0 + step) / (10.0 + step))
+    for ema_param, param in zip(ema.parameters(), net.parameters()):
+        ema_param.mul_(decay).add_(param, alpha=1.0 - decay)
+
+
+def save(ema, cfg, path, metadata):
+    exported = copy.deepcopy(ema)
+    reference.save_model(exported, cfg, path, dtype="f32", extra_metadata=metadata)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("architecture", choices=("fpdm", "dit"))
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--data", default=mnist.DEFAULT_DIR)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--steps", type=int, default=TRAINING_DEFAULTS["steps"])
+    parser.add_argument("--batch-size", type=int, default=TRAINING_DEFAULTS["batch_size"])
+    parser.add_argument("--lr", type=float, default=TRAINING_DEFAULTS["lr"])
+    parser.add_argument("--ema-decay", type=float, default=TRAINING_DEFAULTS["ema_decay"])
+    parser.add_argument("--init-from", help="start from this model file's weights instead of the "
+                        "official initialisation (a second training stage)")
+    parser.add_argument("--label-lr-scale", type=float, default=1.0,
+                        help="learning-rate factor of the class embedding table")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="1: on a shared 2-core machine one thread per run is several times faster than 2")
+    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--save-every", type=int, default=250,
+                        help="rewrite --out with the current EMA every this many steps")
+    parser.add_argument("--trial-seconds", type=float, default=0.0)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    batch_gen = torch.Generator().manual_seed(args.seed)
+
+    images, labels, paths = mnist.load_split(args.data, "train")
+    data = torch.from_numpy(mnist.to_model_space(images))
+    targets = torch.from_numpy(labels)
+    cfg = model_config(args.architecture)
+    if args.init_from:
+        net, loaded_cfg = reference.load_model(args.init_from)
+        if loaded_cfg != cfg:
+            raise SystemExit(f"{args.init_from}: config {loaded_cfg} is not the {args.architecture} config {cfg}")
+        _, init_metadata = safetensors_io.read(args.init_from)
+    else:
+        net = reference.Net(cfg)
+        initialize_like_official(net)
+    ema = copy.deepcopy(net).eval()
+    for param in ema.parameters():
+        param.requires_grad_(False)
+    net.train()
+    diffusion = GaussianDiffusion.linear(cfg["num_train_timesteps"])
+    # Class conditioning is learnt slowly from the eps loss alone (it matters
+    # mostly at large t, where that loss is small); a larger step for the
+    # label table speeds it up within a short CPU budget.
+    label_table = net.y_embedder.embedding_table.weight
+    other_params = [p for p in net.parameters() if p is not label_table]
+    opt = torch.optim.AdamW([{"params": other_params},
+                             {"params": [label_table], "lr": args.lr * args.label_lr_scale}],
+                            lr=args.lr, weight_decay=0.0)
+
+    def command_for(steps):
+        # The learning rate is constant and every random draw comes from the
+        # seed in step order, so a snapshot after N steps is exactly what
+        # --steps N produces: each file records that command.
+        return (f"nice -n 10 /usr/bin/python3 tools/train.py {args.architecture} --out {args.out} "
+                f"--seed {args.seed} --steps {steps} --batch-size {args.batch_size} --lr {args.lr!r} "
+                f"--ema-decay {args.ema_decay!r}"
+                + (f" --label-lr-scale {args.label_lr_scale!r}" if args.label_lr_scale != 1.0 else "")
+                + (f" --init-from {args.init_from}" if args.init_from else ""))
+    command = command_for(args.steps)
+    metadata = {
+        "training.seed": str(args.seed),
+        "training.batch_size": str(args.batch_size),
+        "training.lr": repr(args.lr),
+        "training.ema_decay": repr(args.ema_decay),
+        "training.data": ",".join(f"{os.path.basename(p)}:sha256={mnist.sha256_file(p)}" for p in paths),
+    }
+    if args.init_from:
+        # The stage this one continues: its command and the hash of its file.
+        metadata["training.init_from"] = f"{args.init_from}:sha256={mnist.sha256_file(args.init_from)}"
+        metadata["training.init_from_command"] = init_metadata.get("training.command", "")
+        metadata["training.init_from_wall_seconds"] = init_metadata.get("training.wall_seconds", "")
+    if net.fixed_point:
+        metadata["training.fixed_point_iters"] = (f"no_grad {FPDM_NO_GRAD_ITERS[0]}..{FPDM_NO_GRAD_ITERS[1]}, "
+                                                  f"with_grad {FPDM_WITH_GRAD_ITERS[0]}..{FPDM_WITH_GRAD_ITERS[1]}")
+    print(f"{command}\nparameters {sum(p.numel() for p in net.parameters()):,}", flush=True)
+
+    def snapshot_metadata(steps, wall):
+        return {"training.command": command_for(steps), "training.steps": str(steps),
+                "training.wall_seconds": f"{wall:.0f}"}
+
+    start = time.time()
+    running_loss = running_mse = 0.0
+    order = torch.randperm(len(data), generator=batch_gen)
+    cursor = 0
+    step = 0
+    for step in range(1, args.steps + 1):
+        if cursor + args.batch_size > len(order):
+            order = torch.randperm(len(data), generator=batch_gen)
+            cursor = 0
+        index = order[cursor:cursor + args.batch_size]
+        cursor += args.batch_size
+        x_start, y = data[index], targets[index].clone()
+        y[torch.rand(len(y), generator=batch_gen) < CLASS_DROPOUT] = NULL_CLASS
+        t = torch.randint(0, diffusion.num_timesteps, (len(y),), generator=batch_gen)
+        noise = torch.randn(x_start.shape, generator=batch_gen)
+        x_t = diffusion.q_sample(x_start, t, noise)
+        loss, mse, _ = diffusion.training_losses(training_forward(net, x_t, t.float(), y, rng), x_start, x_t, t, noise)
+        loss = loss.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        update_ema(ema, net, args.ema_decay, step)
+        running_loss += loss.item()
+        running_mse += mse.mean().item()
+        elapsed = time.time() - start
+        if step % args.log_every == 0:
+            print(f"step {step} loss {running_loss / args.log_every:.4f} mse {running_mse / args.log_every:.4f} "
+                  f"{step / elapsed:.2f} steps/s elapsed {elapsed:.0f}s", flush=True)
+            metadata["training.final_loss"] = f"{running_loss / args.log_every:.4f}"
+            running_loss = running_mse = 0.0
+        if args.save_every and step % args.save_every == 0 and step < args.steps:
+            save(ema, cfg, args.out, dict(metadata, **snapshot_metadata(step, elapsed)))
+        if args.trial_seconds and elapsed > args.trial_seconds:
+            print(f"trial: {step} steps in {elapsed:.1f}s = {step / elapsed:.2f} steps/s", flush=True)
+            return
+    wall = time.time() - start
+    save(ema, cfg, args.out, dict(metadata, **snapshot_metadata(step, wall)))
+    print(f"done: {step} steps in {wall:.0f}s, final loss {metadata.get('training.final_loss')}; wrote {args.out}",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
