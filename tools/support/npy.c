@@ -1,22 +1,15 @@
 /* npy.c - strict .npy float32 reading and atomic writing (see npy.h). */
 #define _POSIX_C_SOURCE 200809L
 #include "npy.h"
+#include "support_error.h"
+#include "temp_path.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 #include <unistd.h>
-
-static void set_error(char *err, size_t err_size, const char *fmt, ...) {
-    if (!err || err_size == 0) return;
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(err, err_size, fmt, args);
-    va_end(args);
-}
 
 static int host_is_little_endian(void) {
     const uint32_t one = 1;
@@ -110,14 +103,14 @@ static int parse_header(const char *path, const char *text, size_t len, int *ndi
         if (strcmp(key, "descr") == 0 && !have_descr) {
             if (parse_string(&c, descr, sizeof descr) != 0) goto malformed;
             if (strcmp(descr, "<f4") != 0) {
-                set_error(err, err_size, "%s: dtype '%s' is not supported (allowed: '<f4', "
+                support_set_error(err, err_size, "%s: dtype '%s' is not supported (allowed: '<f4', "
                           "little-endian float32)", path, descr);
                 return -1;
             }
             have_descr = 1;
         } else if (strcmp(key, "fortran_order") == 0 && !have_order) {
             if (accept_word(&c, "True")) {
-                set_error(err, err_size, "%s: fortran_order is True (allowed: False, C order)",
+                support_set_error(err, err_size, "%s: fortran_order is True (allowed: False, C order)",
                           path);
                 return -1;
             }
@@ -126,14 +119,14 @@ static int parse_header(const char *path, const char *text, size_t len, int *ndi
         } else if (strcmp(key, "shape") == 0 && !have_shape) {
             int status = parse_shape(&c, ndim, shape);
             if (status == -2) {
-                set_error(err, err_size, "%s: more than %d dimensions (allowed: 0..%d)", path,
+                support_set_error(err, err_size, "%s: more than %d dimensions (allowed: 0..%d)", path,
                           NPY_MAX_DIMS, NPY_MAX_DIMS);
                 return -1;
             }
             if (status != 0) goto malformed;
             have_shape = 1;
         } else {
-            set_error(err, err_size, "%s: unexpected or repeated header key '%s' (allowed: "
+            support_set_error(err, err_size, "%s: unexpected or repeated header key '%s' (allowed: "
                       "'descr', 'fortran_order', 'shape', once each)", path, key);
             return -1;
         }
@@ -145,14 +138,14 @@ static int parse_header(const char *path, const char *text, size_t len, int *ndi
     while (c.p < c.end && *c.p == ' ') c.p++;
     if (c.p != c.end - 1 || *c.p != '\n') goto malformed;
     if (!have_descr || !have_order || !have_shape) {
-        set_error(err, err_size, "%s: header lacks %s (required: 'descr', 'fortran_order', "
+        support_set_error(err, err_size, "%s: header lacks %s (required: 'descr', 'fortran_order', "
                   "'shape')", path,
                   !have_descr ? "'descr'" : !have_order ? "'fortran_order'" : "'shape'");
         return -1;
     }
     return 0;
 malformed:
-    set_error(err, err_size, "%s: malformed header dictionary near offset %ld: \"%.*s\" "
+    support_set_error(err, err_size, "%s: malformed header dictionary near offset %ld: \"%.*s\" "
               "(expected {'descr': '<f4', 'fortran_order': False, 'shape': (...), })",
               path, (long)(c.p - text), (int)(len > 120 ? 120 : len), text);
     return -1;
@@ -166,7 +159,7 @@ int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MA
     *ndim = 0;
     FILE *f = fopen(path, "rb");
     if (!f) {
-        set_error(err, err_size, "%s: cannot open: %s", path, strerror(errno));
+        support_set_error(err, err_size, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
     char *header = NULL;
@@ -174,7 +167,7 @@ int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MA
     unsigned char prefix[12];
     size_t got = fread(prefix, 1, 10, f);
     if (got < 10 || memcmp(prefix, "\x93NUMPY", 6) != 0) {
-        set_error(err, err_size, "%s: not a .npy file (%s)", path,
+        support_set_error(err, err_size, "%s: not a .npy file (%s)", path,
                   got < 10 ? "shorter than the 10-byte preamble" : "no \\x93NUMPY magic");
         goto fail;
     }
@@ -186,29 +179,29 @@ int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MA
         data_start = 10 + (long)header_len;
     } else if ((major == 2 || major == 3) && minor == 0) {
         if (fread(prefix + 10, 1, 2, f) != 2) {
-            set_error(err, err_size, "%s: truncated header length", path);
+            support_set_error(err, err_size, "%s: truncated header length", path);
             goto fail;
         }
         header_len = (uint32_t)prefix[8] | (uint32_t)prefix[9] << 8 |
                      (uint32_t)prefix[10] << 16 | (uint32_t)prefix[11] << 24;
         if (header_len > (1u << 24)) {
-            set_error(err, err_size, "%s: header length %u is implausibly large", path,
+            support_set_error(err, err_size, "%s: header length %u is implausibly large", path,
                       (unsigned)header_len);
             goto fail;
         }
         data_start = 12 + (long)header_len;
     } else {
-        set_error(err, err_size, "%s: format version %d.%d (allowed: 1.0, 2.0, 3.0)", path,
+        support_set_error(err, err_size, "%s: format version %d.%d (allowed: 1.0, 2.0, 3.0)", path,
                   major, minor);
         goto fail;
     }
     header = malloc((size_t)header_len + 1);
     if (!header) {
-        set_error(err, err_size, "%s: out of memory", path);
+        support_set_error(err, err_size, "%s: out of memory", path);
         goto fail;
     }
     if (fread(header, 1, header_len, f) != header_len) {
-        set_error(err, err_size, "%s: truncated header (%u bytes announced)", path,
+        support_set_error(err, err_size, "%s: truncated header (%u bytes announced)", path,
                   (unsigned)header_len);
         goto fail;
     }
@@ -218,19 +211,19 @@ int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MA
     int64_t count = 1;
     for (int d = 0; d < *ndim; d++) {
         if (shape[d] != 0 && count > INT64_MAX / 4 / shape[d]) {
-            set_error(err, err_size, "%s: shape too large", path);
+            support_set_error(err, err_size, "%s: shape too large", path);
             goto fail;
         }
         count *= shape[d];
     }
     if (fseek(f, 0, SEEK_END) != 0) {
-        set_error(err, err_size, "%s: cannot seek: %s", path, strerror(errno));
+        support_set_error(err, err_size, "%s: cannot seek: %s", path, strerror(errno));
         goto fail;
     }
     long file_size = ftell(f);
     int64_t expected = count * 4;
     if (file_size < 0 || (int64_t)file_size - data_start != expected) {
-        set_error(err, err_size, "%s: data section is %ld bytes, the shape needs %lld (%lld "
+        support_set_error(err, err_size, "%s: data section is %ld bytes, the shape needs %lld (%lld "
                   "float32 values)%s", path, file_size - data_start, (long long)expected,
                   (long long)count,
                   (int64_t)file_size - data_start < expected ? ": truncated file" : "");
@@ -238,12 +231,12 @@ int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MA
     }
     values = malloc((size_t)(count ? count : 1) * sizeof(float));
     if (!values) {
-        set_error(err, err_size, "%s: out of memory for %lld floats", path, (long long)count);
+        support_set_error(err, err_size, "%s: out of memory for %lld floats", path, (long long)count);
         goto fail;
     }
     if (fseek(f, data_start, SEEK_SET) != 0 ||
         fread(values, 4, (size_t)count, f) != (size_t)count) {
-        set_error(err, err_size, "%s: read error", path);
+        support_set_error(err, err_size, "%s: read error", path);
         goto fail;
     }
     if (!host_is_little_endian()) swap_words((unsigned char *)values, (size_t)count);
@@ -264,7 +257,7 @@ fail:
 int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape,
                   char *err, size_t err_size) {
     if (ndim < 0 || ndim > NPY_MAX_DIMS) {
-        set_error(err, err_size, "%s: %d dimensions (allowed: 0..%d)", path, ndim, NPY_MAX_DIMS);
+        support_set_error(err, err_size, "%s: %d dimensions (allowed: 0..%d)", path, ndim, NPY_MAX_DIMS);
         return -1;
     }
     char dict[512];
@@ -273,7 +266,7 @@ int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *
     int64_t count = 1;
     for (int d = 0; d < ndim; d++) {
         if (shape[d] < 0) {
-            set_error(err, err_size, "%s: negative dimension %lld", path, (long long)shape[d]);
+            support_set_error(err, err_size, "%s: negative dimension %lld", path, (long long)shape[d]);
             return -1;
         }
         count *= shape[d];
@@ -286,16 +279,14 @@ int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *
     size_t padded = (total + 63) / 64 * 64;
     size_t header_len = padded - preamble;
 
-    size_t tmp_size = strlen(path) + 32;
-    char *tmp_path = malloc(tmp_size);
+    char *tmp_path = temp_path_for(path);
     if (!tmp_path) {
-        set_error(err, err_size, "%s: out of memory", path);
+        support_set_error(err, err_size, "%s: out of memory", path);
         return -1;
     }
-    snprintf(tmp_path, tmp_size, "%s.tmp.%ld", path, (long)getpid());
     FILE *f = fopen(tmp_path, "wb");
     if (!f) {
-        set_error(err, err_size, "%s: cannot create %s: %s", path, tmp_path, strerror(errno));
+        support_set_error(err, err_size, "%s: cannot create %s: %s", path, tmp_path, strerror(errno));
         free(tmp_path);
         return -1;
     }
@@ -324,7 +315,7 @@ int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *
         write_errno = errno;
     }
     if (!ok) {
-        set_error(err, err_size, "%s: write failed: %s", path, strerror(write_errno));
+        support_set_error(err, err_size, "%s: write failed: %s", path, strerror(write_errno));
         remove(tmp_path);
     }
     free(tmp_path);

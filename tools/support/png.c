@@ -1,28 +1,20 @@
 /* png.c - PNG output through Debian's stb_image_write (libstb); see png.h. */
 #define _POSIX_C_SOURCE 200809L
 #include "png.h"
+#include "support_error.h"
+#include "temp_path.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
-#include <unistd.h>
 
 #include <stb_image_write.h>
 
 /* Keeps every row stride and the whole canvas well inside stb's int sizes. */
 #define PNG_MAX_SIDE 32768
 #define PNG_MAX_BYTES ((size_t)1 << 30)
-
-static void set_error(char *err, size_t err_size, const char *fmt, ...) {
-    if (!err || err_size == 0) return;
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(err, err_size, fmt, args);
-    va_end(args);
-}
 
 uint8_t png_pixel_value(float x) {
     float v = 127.5f * x + 128.0f;
@@ -46,19 +38,17 @@ static void place_image(uint8_t *canvas, int canvas_width, const float *chw, int
 
 static int write_canvas(const char *path, const uint8_t *canvas, int channels, int height,
                         int width, char *err, size_t err_size) {
-    size_t tmp_size = strlen(path) + 32;
-    char *tmp_path = malloc(tmp_size);
+    char *tmp_path = temp_path_for(path);
     if (!tmp_path) {
-        set_error(err, err_size, "%s: out of memory", path);
+        support_set_error(err, err_size, "%s: out of memory", path);
         return -1;
     }
-    snprintf(tmp_path, tmp_size, "%s.tmp.%ld", path, (long)getpid());
     int status = 0;
     if (!stbi_write_png(tmp_path, width, height, channels, canvas, width * channels)) {
-        set_error(err, err_size, "%s: cannot write PNG to %s", path, tmp_path);
+        support_set_error(err, err_size, "%s: cannot write PNG to %s", path, tmp_path);
         status = -1;
     } else if (rename(tmp_path, path) != 0) {
-        set_error(err, err_size, "%s: cannot rename %s: %s", path, tmp_path, strerror(errno));
+        support_set_error(err, err_size, "%s: cannot rename %s: %s", path, tmp_path, strerror(errno));
         status = -1;
     }
     if (status != 0) remove(tmp_path);
@@ -69,11 +59,11 @@ static int write_canvas(const char *path, const uint8_t *canvas, int channels, i
 static int check_image_shape(const char *path, int channels, int height, int width, char *err,
                              size_t err_size) {
     if (channels != 1 && channels != 3) {
-        set_error(err, err_size, "%s: %d channels (allowed: 1 or 3)", path, channels);
+        support_set_error(err, err_size, "%s: %d channels (allowed: 1 or 3)", path, channels);
         return -1;
     }
     if (height < 1 || width < 1 || height > PNG_MAX_SIDE || width > PNG_MAX_SIDE) {
-        set_error(err, err_size, "%s: image size %dx%d (allowed: 1..%d per side)", path, height,
+        support_set_error(err, err_size, "%s: image size %dx%d (allowed: 1..%d per side)", path, height,
                   width, PNG_MAX_SIDE);
         return -1;
     }
@@ -89,7 +79,7 @@ int png_write_grid(const char *path, const float *images, int n, int channels, i
                    int width, int columns, int padding, char *err, size_t err_size) {
     if (check_image_shape(path, channels, height, width, err, err_size) != 0) return -1;
     if (n < 1 || columns < 1 || padding < 0 || padding > PNG_MAX_SIDE) {
-        set_error(err, err_size, "%s: grid of %d images, %d columns, padding %d (allowed: n >= "
+        support_set_error(err, err_size, "%s: grid of %d images, %d columns, padding %d (allowed: n >= "
                   "1, columns >= 1, padding 0..%d)", path, n, columns, padding, PNG_MAX_SIDE);
         return -1;
     }
@@ -99,13 +89,13 @@ int png_write_grid(const char *path, const float *images, int n, int channels, i
     long long canvas_height = (long long)rows * (height + padding) + padding;
     if (canvas_width > PNG_MAX_SIDE || canvas_height > PNG_MAX_SIDE ||
         (size_t)(canvas_width * canvas_height * channels) > PNG_MAX_BYTES) {
-        set_error(err, err_size, "%s: grid of %lldx%lld pixels is too large (at most %d per side)",
+        support_set_error(err, err_size, "%s: grid of %lldx%lld pixels is too large (at most %d per side)",
                   path, canvas_height, canvas_width, PNG_MAX_SIDE);
         return -1;
     }
     uint8_t *canvas = calloc((size_t)(canvas_width * canvas_height * channels), 1);
     if (!canvas) {
-        set_error(err, err_size, "%s: out of memory", path);
+        support_set_error(err, err_size, "%s: out of memory", path);
         return -1;
     }
     size_t image_floats = (size_t)channels * height * width;

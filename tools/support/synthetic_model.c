@@ -1,6 +1,7 @@
 /* synthetic_model.c - model files with random weights (see synthetic_model.h). */
 #define _POSIX_C_SOURCE 200809L
 #include "synthetic_model.h"
+#include "safetensors_header.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -316,16 +317,8 @@ int synthetic_model_write(const synthetic_config *config, const char *path, uint
         goto done;
     }
     /* Tensor data is written in the host's byte order: little-endian, as the
-     * format requires, on every machine fpdm targets. The header is padded with spaces to a multiple of 8 bytes so the data
-     * section starts aligned, as the reference writer does. */
-    size_t header_len = strlen(header);
-    size_t padded_len = (header_len + 7) / 8 * 8;
-    uint8_t length_bytes[8];
-    for (int i = 0; i < 8; i++)
-        length_bytes[i] = (uint8_t)((uint64_t)padded_len >> (8 * i));
-    int ok = fwrite(length_bytes, 1, 8, f) == 8 && fwrite(header, 1, header_len, f) == header_len;
-    for (size_t i = header_len; ok && i < padded_len; i++)
-        ok = fputc(' ', f) != EOF;
+     * format requires, on every machine fpdm targets. */
+    int ok = write_safetensors_header(f, header) == 0;
     uint64_t rng = seed;
     for (int i = 0; ok && i < list.count; i++) {
         const tensor_entry *t = &list.entries[i];

@@ -1,6 +1,7 @@
 /* synthetic_vae.c - VAE decoder files with random weights (see synthetic_vae.h). */
 #define _POSIX_C_SOURCE 200809L
 #include "synthetic_vae.h"
+#include "safetensors_header.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -260,17 +261,9 @@ int synthetic_vae_write(const synthetic_vae_config *config, const char *path, ui
         snprintf(err, err_size, "%s: cannot create: %s", path, strerror(errno));
         goto done;
     }
-    /* Little-endian length, then the header padded with spaces to a multiple
-     * of 8 bytes so the data starts aligned, then the tensors in header order
-     * (host byte order: little-endian on every machine fpdm targets). */
-    size_t header_len = strlen(header);
-    size_t padded_len = (header_len + 7) / 8 * 8;
-    uint8_t length_bytes[8];
-    for (int i = 0; i < 8; i++)
-        length_bytes[i] = (uint8_t)((uint64_t)padded_len >> (8 * i));
-    int ok = fwrite(length_bytes, 1, 8, f) == 8 && fwrite(header, 1, header_len, f) == header_len;
-    for (size_t i = header_len; ok && i < padded_len; i++)
-        ok = fputc(' ', f) != EOF;
+    /* Then the tensors in header order, in the host's byte order
+     * (little-endian on every machine fpdm targets). */
+    int ok = write_safetensors_header(f, header) == 0;
     uint64_t rng = seed;
     for (int i = 0; ok && i < list.count; i++) {
         const size_t n = (size_t)num_elements(&list.entries[i]);
