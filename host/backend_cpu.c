@@ -121,33 +121,34 @@ static void cpu_layernorm_modulate(backend *be, float *out, const float *x, cons
 
 static size_t cpu_attention_scratch_floats(backend *be, int batch, int tokens, int heads,
                                            int head_dim) {
-    (void)be;
     (void)batch;
     (void)heads;
     (void)head_dim;
-    return (size_t)tokens * (size_t)tokens;
+    /* One tokens x tokens score matrix per thread. */
+    return (size_t)threads_of(be) * (size_t)tokens * (size_t)tokens;
 }
 
 /* Per (image, head): S = Q K^T * scale with BLAS straight from the strided qkv
  * rows, a softmax per row in double, then out = S V. The (image, head) pairs
- * run one after another so that OpenBLAS threads each product itself: calling
- * the pthreads OpenBLAS from several OpenMP threads at once oversubscribes the
- * cores and serialises on its internal lock. */
+ * are spread over the threads; the OpenMP build of OpenBLAS runs each product
+ * on its calling thread inside a parallel region, so nothing oversubscribes. */
 static void cpu_attention(backend *be, float *out, const float *qkv, int batch, int tokens,
-                          int heads, int head_dim, float *scores) {
-    int nt = threads_for(be, (size_t)tokens * tokens);
+                          int heads, int head_dim, float *scratch) {
+    int pairs = batch * heads;
+    int nt = threads_for(be, (size_t)pairs * tokens * tokens);
     int dim = heads * head_dim;
     int qkv_stride = 3 * dim;
     float scale = 1.0f / sqrtf((float)head_dim);
-    for (int pair = 0; pair < batch * heads; pair++) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int pair = 0; pair < pairs; pair++) {
         int b = pair / heads, h = pair % heads;
+        float *scores = scratch + (size_t)omp_get_thread_num() * tokens * tokens;
         const float *base = qkv + (size_t)b * tokens * qkv_stride;
         const float *q = base + h * head_dim;
         const float *k = base + dim + h * head_dim;
         const float *v = base + 2 * dim + h * head_dim;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tokens, tokens, head_dim, scale, q,
                     qkv_stride, k, qkv_stride, 0.0f, scores, tokens);
-#pragma omp parallel for num_threads(nt) schedule(static)
         for (int i = 0; i < tokens; i++) {
             float *row = scores + (size_t)i * tokens;
             float max = row[0];
