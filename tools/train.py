@@ -63,13 +63,18 @@ FPDM_WITH_GRAD_ITERS = (1, 2)
 TRAINING_DEFAULTS = {"steps": 4000, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.999}
 
 
-def model_config(architecture):
-    cfg = dict(COMMON_CONFIG, architecture=architecture)
+def model_config(architecture, hidden_size=COMMON_CONFIG["hidden_size"],
+                 num_heads=COMMON_CONFIG["num_heads"], patch_size=COMMON_CONFIG["patch_size"],
+                 depth=DIT_DEPTH):
+    """The shipped models' configuration; the sizes can be raised for longer
+    runs (e.g. on a GPU). depth is the DiT's, and the FPDM's equivalent depth."""
+    cfg = dict(COMMON_CONFIG, architecture=architecture, hidden_size=hidden_size,
+               num_heads=num_heads, patch_size=patch_size)
     if architecture == "dit":
-        cfg["depth"] = DIT_DEPTH
+        cfg["depth"] = depth
     else:
         cfg.update(pre_depth=FPDM_PRE_DEPTH, post_depth=FPDM_POST_DEPTH,
-                   pre_post_timestep_conditioning=True, equivalent_depth=DIT_DEPTH)
+                   pre_post_timestep_conditioning=True, equivalent_depth=depth)
     return reference.normalize_config(cfg)
 
 
@@ -132,7 +137,7 @@ class GaussianDiffusion:
 
     @staticmethod
     def _take(array, t, like):
-        values = torch.from_numpy(array).to(like.dtype)[t]
+        values = torch.from_numpy(array).to(device=like.device, dtype=like.dtype)[t]
         return values.reshape(-1, *([1] * (like.ndim - 1)))
 
     def q_sample(self, x_start, t, noise):
@@ -233,7 +238,7 @@ def update_ema(ema, net, decay, step):
 
 
 def save(ema, cfg, path, metadata):
-    exported = copy.deepcopy(ema)
+    exported = copy.deepcopy(ema).cpu()
     reference.save_model(exported, cfg, path, dtype="f32", extra_metadata=metadata)
 
 
@@ -253,6 +258,14 @@ def main():
                         help="learning-rate factor of the class embedding table")
     parser.add_argument("--threads", type=int, default=1,
                         help="1: on a shared 2-core machine one thread per run is several times faster than 2")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device, e.g. cuda; batches and noise are still drawn on the CPU "
+                        "so the data order and noise do not depend on it")
+    parser.add_argument("--hidden-size", type=int, default=COMMON_CONFIG["hidden_size"])
+    parser.add_argument("--num-heads", type=int, default=COMMON_CONFIG["num_heads"])
+    parser.add_argument("--patch-size", type=int, default=COMMON_CONFIG["patch_size"])
+    parser.add_argument("--depth", type=int, default=DIT_DEPTH,
+                        help="DiT depth; for FPDM the equivalent depth (default iterations = depth - 2)")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=250,
                         help="rewrite --out with the current EMA every this many steps")
@@ -267,7 +280,8 @@ def main():
     images, labels, paths = mnist.load_split(args.data, "train")
     data = torch.from_numpy(mnist.to_model_space(images))
     targets = torch.from_numpy(labels)
-    cfg = model_config(args.architecture)
+    cfg = model_config(args.architecture, args.hidden_size, args.num_heads, args.patch_size,
+                       args.depth)
     if args.init_from:
         net, loaded_cfg = reference.load_model(args.init_from)
         if loaded_cfg != cfg:
@@ -276,6 +290,7 @@ def main():
     else:
         net = reference.Net(cfg)
         initialize_like_official(net)
+    net.to(args.device)
     ema = copy.deepcopy(net).eval()
     for param in ema.parameters():
         param.requires_grad_(False)
@@ -298,7 +313,13 @@ def main():
                 f"--seed {args.seed} --steps {steps} --batch-size {args.batch_size} --lr {args.lr!r} "
                 f"--ema-decay {args.ema_decay!r}"
                 + (f" --label-lr-scale {args.label_lr_scale!r}" if args.label_lr_scale != 1.0 else "")
-                + (f" --init-from {args.init_from}" if args.init_from else ""))
+                + (f" --init-from {args.init_from}" if args.init_from else "")
+                + "".join(f" --{flag} {value}" for flag, value, default in (
+                    ("hidden-size", args.hidden_size, COMMON_CONFIG["hidden_size"]),
+                    ("num-heads", args.num_heads, COMMON_CONFIG["num_heads"]),
+                    ("patch-size", args.patch_size, COMMON_CONFIG["patch_size"]),
+                    ("depth", args.depth, DIT_DEPTH)) if value != default)
+                + (f" --device {args.device}" if args.device != "cpu" else ""))
     command = command_for(args.steps)
     metadata = {
         "training.seed": str(args.seed),
@@ -336,6 +357,7 @@ def main():
         y[torch.rand(len(y), generator=batch_gen) < CLASS_DROPOUT] = NULL_CLASS
         t = torch.randint(0, diffusion.num_timesteps, (len(y),), generator=batch_gen)
         noise = torch.randn(x_start.shape, generator=batch_gen)
+        x_start, y, t, noise = (v.to(args.device) for v in (x_start, y, t, noise))
         x_t = diffusion.q_sample(x_start, t, noise)
         loss, mse, _ = diffusion.training_losses(training_forward(net, x_t, t.float(), y, rng), x_start, x_t, t, noise)
         loss = loss.mean()
