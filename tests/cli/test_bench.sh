@@ -10,20 +10,7 @@ build=${1:?usage: test_bench.sh BUILD_DIR}
 bench=$build/fpdm-bench
 [ -x "$bench" ] || { echo "SKIP: $bench not built"; exit 77; }
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0
-failed=0
-check() {  # check NAME COMMAND...: passes when the command succeeds
-    local name=$1
-    shift
-    if "$@"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL $name"
-    fi
-}
+. "$(dirname "$0")/common.sh"
 
 check "fpdm forward json" "$bench" --config tiny-fpdm --batch-size 1,3 --iters 1,5 --cfg on --repeat 2 --warmup 1 --json >"$tmp/fpdm.json"
 check "dit forward json" "$bench" --config tiny-dit --batch-size 2 --repeat 2 --warmup 0 --json >"$tmp/dit.json"
@@ -179,5 +166,4 @@ usage "vae mode without a vae" "--mode vae needs --vae FILE or --vae-config NAME
 usage "vae and vae config" "give --vae FILE or --vae-config NAME, not both" --vae x --vae-config tiny
 usage "zero vae batch" "--vae-batch: 0 is out of range" --vae-batch 0
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

@@ -9,15 +9,9 @@ sample=$build/fpdm-sample
 bench=$build/fpdm-bench
 [ -x "$sample" ] && [ -x "$bench" ] || { echo "SKIP: $sample or $bench not built"; exit 77; }
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0
-failed=0
+. "$(dirname "$0")/common.sh"
 
-"$bench" --config tiny-fpdm --write-model "$tmp/tiny-fpdm.safetensors" || { echo "cannot write tiny-fpdm"; exit 1; }
-"$bench" --config tiny-dit --write-model "$tmp/tiny-dit.safetensors" || { echo "cannot write tiny-dit"; exit 1; }
-fpdm=$tmp/tiny-fpdm.safetensors
-dit=$tmp/tiny-dit.safetensors
+write_tiny_models "$bench"
 
 case_number=0
 # expect NAME CODE PATTERN ARGS...: runs fpdm-sample with --out set to a fresh
@@ -132,5 +126,4 @@ else
     echo "FAIL --help"
 fi
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

@@ -9,20 +9,7 @@ sample=$build/fpdm-sample
 bench=$build/fpdm-bench
 [ -x "$sample" ] && [ -x "$bench" ] || { echo "SKIP: $sample or $bench not built"; exit 77; }
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0
-failed=0
-check() {  # check NAME COMMAND...: passes when the command succeeds
-    local name=$1
-    shift
-    if "$@"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL $name"
-    fi
-}
+. "$(dirname "$0")/common.sh"
 run() {  # run NAME ARGS...: fpdm-sample must succeed; stderr kept in $tmp/NAME.err
     local name=$1
     shift
@@ -33,10 +20,7 @@ run() {  # run NAME ARGS...: fpdm-sample must succeed; stderr kept in $tmp/NAME.
     fi
 }
 
-"$bench" --config tiny-fpdm --write-model "$tmp/tiny-fpdm.safetensors" || { echo "cannot write tiny-fpdm"; exit 1; }
-"$bench" --config tiny-dit --write-model "$tmp/tiny-dit.safetensors" || { echo "cannot write tiny-dit"; exit 1; }
-fpdm=$tmp/tiny-fpdm.safetensors
-dit=$tmp/tiny-dit.safetensors
+write_tiny_models "$bench"
 common=(-m "$fpdm" -n 5 --steps 6 --seed 3 --class 0,1,2 --cfg-scale 2)
 names="00000-0.png 00001-1.png 00002-2.png 00003-0.png 00004-1.png"
 
@@ -170,5 +154,4 @@ else
     check "no temporary files" [ -z "$(ls -A "$tmp/k" | grep -v '^[0-9]\{5\}-[0-9]*\.png$')" ]
 fi
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish
