@@ -2,8 +2,11 @@
 #include "test_util.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
+#include "fpdm.h"
 #include "safetensors.h"
 
 int test_failures = 0;
@@ -43,6 +46,33 @@ float *golden_tensor(const safetensors_file *file, const char *name, size_t *n_o
 int golden_int(const safetensors_file *file, const char *metadata_key, int fallback) {
     const char *v = safetensors_metadata(file, metadata_key);
     return v ? atoi(v) : fallback;
+}
+
+static uint64_t random_state = 1;
+
+void test_seed_random(const char *test_name) {
+    const char *seed_text = getenv("FPDM_TEST_SEED");
+    uint64_t seed = seed_text ? strtoull(seed_text, NULL, 10) : (uint64_t)time(NULL);
+    fprintf(stderr, "%s: seed %llu (FPDM_TEST_SEED repeats it)\n", test_name,
+            (unsigned long long)seed);
+    random_state = seed * 2654435761u + 1;
+}
+
+float test_uniform(void) {
+    random_state ^= random_state << 13;
+    random_state ^= random_state >> 7;
+    random_state ^= random_state << 17;
+    return (float)((random_state >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+void test_random_fill(float *x, size_t n, unsigned *seed) {
+    for (size_t i = 0; i < n; i++) x[i] = (float)rand_r(seed) / RAND_MAX * 2.0f - 1.0f;
+}
+
+fpdm_model *test_load_model(fpdm_context *ctx, const char *path) {
+    fpdm_model *model = NULL;
+    CHECK_MSG(fpdm_model_load(ctx, path, &model) == FPDM_OK, "%s", fpdm_last_error(ctx));
+    return model;
 }
 
 int test_finish(const char *name) {

@@ -41,6 +41,18 @@ typedef struct safetensors_file safetensors_file;
 float *golden_tensor(const safetensors_file *file, const char *name, size_t *n_out);
 int golden_int(const safetensors_file *file, const char *metadata_key, int fallback);
 
+/* Random inputs: test_seed_random seeds test_uniform from FPDM_TEST_SEED, or
+ * from the clock, and prints the seed so a failing run can be repeated. */
+void test_seed_random(const char *test_name);
+float test_uniform(void); /* in [-1, 1) */
+/* x[i] uniform in [-1, 1] from rand_r, for tests that fix their seed. */
+void test_random_fill(float *x, size_t n, unsigned *seed);
+
+/* Loads a model, failing the check with the library's message; NULL then. */
+typedef struct fpdm_context fpdm_context;
+typedef struct fpdm_model fpdm_model;
+fpdm_model *test_load_model(fpdm_context *ctx, const char *path);
+
 /* Prints "N passed, M failed" style summary and returns the exit code. */
 int test_finish(const char *name);
 

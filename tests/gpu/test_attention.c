@@ -10,20 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "backend.h"
 #include "backend_cuda.h"
 #include "test_util.h"
-
-static uint64_t rng_state;
-
-static float uniform(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
-}
 
 /* Runs the CPU backend on images [first, first + count) of host_qkv. */
 static float *cpu_attention(backend *cpu, const float *host_qkv, int first, int count, int tokens,
@@ -57,7 +47,7 @@ static void check_case(backend *cpu, backend *gpu, int batch, int tokens, int he
     }
     for (size_t i = 0; i < qkv_floats; i++) {
         int is_value = (i / dim) % 3 == 2;
-        host_qkv[i] = (is_value ? 1.0f : amplitude) * uniform();
+        host_qkv[i] = (is_value ? 1.0f : amplitude) * test_uniform();
     }
     for (size_t i = 0; i < out_floats; i++) host_out[i] = NAN;
     float *qkv = gpu->alloc(gpu, qkv_floats), *out = gpu->alloc(gpu, out_floats);
@@ -95,11 +85,7 @@ int main(void) {
         fprintf(stderr, "test_attention: no CUDA device, skipped\n");
         return TEST_SKIP;
     }
-    const char *seed_text = getenv("FPDM_TEST_SEED");
-    rng_state = seed_text ? strtoull(seed_text, NULL, 10) : (uint64_t)time(NULL);
-    fprintf(stderr, "test_attention: seed %llu (FPDM_TEST_SEED repeats it)\n",
-            (unsigned long long)rng_state);
-    rng_state = rng_state * 2654435761u + 1;
+    test_seed_random("test_attention");
     char err[256];
     backend *cpu = backend_cpu_create(0);
     backend *gpu = backend_cuda_create(0, FPDM_PRECISION_FP32, err, sizeof err);

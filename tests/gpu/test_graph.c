@@ -37,19 +37,10 @@ static fpdm_context *open_cuda(fpdm_precision precision, int graphs) {
     return ctx;
 }
 
-static fpdm_model *load(fpdm_context *ctx, const char *path) {
-    fpdm_model *model = NULL;
-    CHECK_MSG(fpdm_model_load(ctx, path, &model) == FPDM_OK, "%s", fpdm_last_error(ctx));
-    return model;
-}
-
-static void random_fill(float *x, size_t n, unsigned *seed) {
-    for (size_t i = 0; i < n; i++) x[i] = (float)rand_r(seed) / RAND_MAX * 2.0f - 1.0f;
-}
-
 static void compare_forwards(fpdm_context *graph_ctx, fpdm_context *direct_ctx,
                              double tolerance, const char *precision) {
-    fpdm_model *mg = load(graph_ctx, FORWARD_MODEL), *md = load(direct_ctx, FORWARD_MODEL);
+    fpdm_model *mg = test_load_model(graph_ctx, FORWARD_MODEL);
+    fpdm_model *md = test_load_model(direct_ctx, FORWARD_MODEL);
     if (!mg || !md) goto done;
     const fpdm_model_info *info = fpdm_model_get_info(mg);
     const int batch = 3, size = info->input_size, grid = size / info->patch_size;
@@ -64,8 +55,8 @@ static void compare_forwards(fpdm_context *graph_ctx, fpdm_context *direct_ctx,
     unsigned seed = 99;
     for (int iters = 0; iters <= 7; iters++) {
         for (int with_init = 0; with_init < 2; with_init++) {
-            random_fill(x, in_n, &seed);
-            random_fill(init, solution_n, &seed);
+            test_random_fill(x, in_n, &seed);
+            test_random_fill(init, solution_n, &seed);
             const float *init_solution = with_init ? init : NULL;
             CHECK_MSG(fpdm_forward(graph_ctx, mg, batch, x, t, y, iters, init_solution, out_g,
                                    sol_g) == FPDM_OK,
@@ -90,7 +81,8 @@ done:
 
 static void compare_sampling(fpdm_context *graph_ctx, fpdm_context *direct_ctx,
                              double tolerance, const char *precision) {
-    fpdm_model *mg = load(graph_ctx, SAMPLE_MODEL), *md = load(direct_ctx, SAMPLE_MODEL);
+    fpdm_model *mg = test_load_model(graph_ctx, SAMPLE_MODEL);
+    fpdm_model *md = test_load_model(direct_ctx, SAMPLE_MODEL);
     if (!mg || !md) goto done;
     static const int iters_per_step[6] = {1, 3, 2, 5, 0, 4};
     int labels[3] = {2, 7, 1};

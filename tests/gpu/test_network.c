@@ -26,21 +26,11 @@ static fpdm_context *open_context(const char *device, fpdm_precision precision) 
     return ctx;
 }
 
-static fpdm_model *load(fpdm_context *ctx, const char *path) {
-    fpdm_model *model = NULL;
-    CHECK_MSG(fpdm_model_load(ctx, path, &model) == FPDM_OK, "%s", fpdm_last_error(ctx));
-    return model;
-}
-
-static void random_fill(float *x, size_t n, unsigned *seed) {
-    for (size_t i = 0; i < n; i++) x[i] = (float)rand_r(seed) / RAND_MAX * 2.0f - 1.0f;
-}
-
 static void compare_forward(const char *name, fpdm_context *cpu, fpdm_context *gpu,
                             double tolerance) {
     char path[256];
     snprintf(path, sizeof path, "tests/golden/forward-%s.model.safetensors", name);
-    fpdm_model *mc = load(cpu, path), *mg = load(gpu, path);
+    fpdm_model *mc = test_load_model(cpu, path), *mg = test_load_model(gpu, path);
     if (!mc || !mg) goto done;
     const fpdm_model_info *info = fpdm_model_get_info(mc);
     int batch = 5, size = info->input_size;
@@ -49,7 +39,7 @@ static void compare_forward(const char *name, fpdm_context *cpu, fpdm_context *g
     unsigned seed = 1234;
     float *x = malloc(in_n * sizeof(float)), *a = malloc(out_n * sizeof(float)),
           *b = malloc(out_n * sizeof(float));
-    random_fill(x, in_n, &seed);
+    test_random_fill(x, in_n, &seed);
     float t[5] = {0, 17, 250.5f, 600, 999};
     int y[5] = {0, 1, 2, 3, info->num_classes};
     for (size_t i = 0; i < out_n; i++) a[i] = b[i] = NAN;
@@ -81,7 +71,7 @@ static void compare_sampling(fpdm_context *cpu, fpdm_context *gpu) {
                             "tests/golden/sample-model-fpdm-v.safetensors"};
     int labels[4] = {3, 1, 4, 1};
     for (int m = 0; m < 3; m++) {
-        fpdm_model *mc = load(cpu, models[m]), *mg = load(gpu, models[m]);
+        fpdm_model *mc = test_load_model(cpu, models[m]), *mg = test_load_model(gpu, models[m]);
         if (!mc || !mg) {
             fpdm_model_free(mc);
             fpdm_model_free(mg);

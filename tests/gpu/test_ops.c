@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "backend.h"
 #include "backend_cuda.h"
@@ -17,15 +16,6 @@
 #include "test_util.h"
 
 static backend *cpu, *gpu;
-static uint64_t rng_state;
-
-static float uniform(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
-}
-
 /* The same tensor in both backends. */
 typedef struct twin {
     float *on_cpu, *on_gpu;
@@ -45,7 +35,7 @@ static twin twin_from(const float *host, size_t n) {
 
 static twin twin_random(size_t n, float amplitude) {
     float *host = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) host[i] = amplitude * uniform();
+    for (size_t i = 0; i < n; i++) host[i] = amplitude * test_uniform();
     twin t = twin_from(host, n);
     free(host);
     return t;
@@ -134,7 +124,7 @@ static void test_layernorm(void) {
     /* An offset row mean makes a one-pass variance lose digits. */
     twin shifted = twin_random(n, 1.0f);
     float *host = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) host[i] = 100.0f + uniform();
+    for (size_t i = 0; i < n; i++) host[i] = 100.0f + test_uniform();
     twin offset = twin_from(host, n);
     free(host);
     twin mod = twin_random((size_t)batch * mod_stride, 1.0f);
@@ -209,8 +199,8 @@ static void test_conditioning(void) {
     float timesteps[37];
     int labels[37];
     for (int b = 0; b < batch; b++) {
-        timesteps[b] = b == 0 ? 999.0f : b == 1 ? 0.0f : 500.0f + 499.0f * uniform();
-        labels[b] = (int)((uniform() + 1.0f) * 500.0f) % 1001;
+        timesteps[b] = b == 0 ? 999.0f : b == 1 ? 0.0f : 500.0f + 499.0f * test_uniform();
+        labels[b] = (int)((test_uniform() + 1.0f) * 500.0f) % 1001;
     }
     twin freqs = twin_nan((size_t)batch * dim);
     cpu->timestep_frequencies(cpu, freqs.on_cpu, timesteps, batch, dim);
@@ -266,17 +256,17 @@ static void test_patches(void) {
 static diffusion_step_coefs random_coefs(int learned, int add_noise) {
     diffusion_step_coefs c;
     memset(&c, 0, sizeof c);
-    c.x0_from_x = 1.5f + 0.1f * uniform();
-    c.x0_from_model = -0.7f + 0.1f * uniform();
-    c.eps_from_x = 0.3f * uniform();
-    c.eps_from_model = 1.0f + 0.1f * uniform();
-    c.next_from_x0 = 0.4f + 0.1f * uniform();
-    c.next_from_eps = 0.2f * uniform();
-    c.next_from_x = 0.8f + 0.1f * uniform();
+    c.x0_from_x = 1.5f + 0.1f * test_uniform();
+    c.x0_from_model = -0.7f + 0.1f * test_uniform();
+    c.eps_from_x = 0.3f * test_uniform();
+    c.eps_from_model = 1.0f + 0.1f * test_uniform();
+    c.next_from_x0 = 0.4f + 0.1f * test_uniform();
+    c.next_from_eps = 0.2f * test_uniform();
+    c.next_from_x = 0.8f + 0.1f * test_uniform();
     c.learned_variance = learned;
-    c.log_variance_min = -6.0f + uniform();
-    c.log_variance_max = -3.0f + uniform();
-    c.noise_std = 0.1f + 0.05f * uniform();
+    c.log_variance_min = -6.0f + test_uniform();
+    c.log_variance_max = -3.0f + test_uniform();
+    c.noise_std = 0.1f + 0.05f * test_uniform();
     c.add_noise = add_noise;
     return c;
 }
@@ -364,11 +354,7 @@ int main(void) {
         fprintf(stderr, "test_ops: no CUDA device, skipped\n");
         return TEST_SKIP;
     }
-    const char *seed_text = getenv("FPDM_TEST_SEED");
-    rng_state = seed_text ? strtoull(seed_text, NULL, 10) : (uint64_t)time(NULL);
-    fprintf(stderr, "test_ops: seed %llu (FPDM_TEST_SEED repeats it)\n",
-            (unsigned long long)rng_state);
-    rng_state = rng_state * 2654435761u + 1;
+    test_seed_random("test_ops");
     char err[256], name[256];
     backend_cuda_device_name(0, name, sizeof name);
     fprintf(stderr, "test_ops: device 0 is %s\n", name);
