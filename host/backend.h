@@ -10,6 +10,17 @@
  *
  * Tensor layouts are row-major. A "linear" applies a PyTorch nn.Linear:
  * out[r, o] = sum_i in[r, i] * weight[o, i] + bias[o].
+ *
+ * Operands. Buffers are float32 except the "operand" buffers: the inputs of
+ * matrix products (linear weights, linear's `in`, attention's qkv) and what
+ * produces them, which hold the backend's operand_type. That is float32 on
+ * the CPU and in the CUDA backend's fp32 mode, and bf16 (or fp16) in its bf16
+ * (fp16) mode, so that products run on 16-bit tensor-core inputs that are
+ * stored, not converted on every use, and the activations they read take half
+ * the memory. Where a signature says `void *` the buffer is an operand buffer;
+ * sizes stay counted in elements. Everything that accumulates across blocks
+ * or steps (the residual stream, the fixed-point state, the sampler's x)
+ * stays float32.
  */
 #ifndef FPDM_BACKEND_H
 #define FPDM_BACKEND_H
@@ -23,12 +34,31 @@ typedef enum backend_activation {
     BACKEND_ACT_SILU = 2,
 } backend_activation;
 
-/* A weight matrix [out_dim, in_dim] whose rows are weight_stride floats apart
- * (so a column block of a wider matrix is a linear of its own), and an
- * optional bias [out_dim]. */
+typedef enum backend_dtype {
+    BACKEND_F32 = 0,
+    BACKEND_BF16 = 1,
+    BACKEND_F16 = 2,
+} backend_dtype;
+
+/* Bytes per element of a dtype. */
+static inline size_t backend_dtype_bytes(backend_dtype type) { return type == BACKEND_F32 ? 4 : 2; }
+
+/* Where linear's result goes: a float32 buffer, or an operand buffer (then
+ * the bias is added in the operand type, as a 16-bit framework would). */
+typedef enum backend_output {
+    BACKEND_OUT_F32 = 0,
+    BACKEND_OUT_OPERAND = 1,
+} backend_output;
+
+/* A weight matrix [out_dim, in_dim] in the operand type whose rows are
+ * weight_stride elements apart (so a column block of a wider matrix is a
+ * linear of its own), and an optional bias [out_dim], in float32 (`bias`)
+ * and in the operand type (`bias_operand`, the same pointer when that is
+ * float32). */
 typedef struct backend_linear {
-    const float *weight;
+    const void *weight;
     const float *bias;
+    const void *bias_operand;
     int out_dim, in_dim, weight_stride;
 } backend_linear;
 
@@ -40,6 +70,7 @@ typedef struct backend backend;
 struct backend {
     const char *name;
     void *impl;
+    backend_dtype operand_type; /* see "Operands" above */
     /* Memory: used at setup only, never inside the sampling loop. */
     float *(*alloc)(backend *be, size_t num_floats);
     void (*release)(backend *be, float *device_ptr);
@@ -49,40 +80,44 @@ struct backend {
     void (*destroy)(backend *be);
 
     /* out[rows, out_dim] = act(in[rows, in_dim] W^T + bias + add), where `add`
-     * is [rows, out_dim] or NULL. in rows are in_dim floats apart. */
-    void (*linear)(backend *be, float *out, const float *in, int rows,
-                   const backend_linear *w, const float *add, backend_activation act);
-    /* out[b, t, :] = LayerNorm(x[b, t, :]) * (1 + scale[b, :]) + shift[b, :],
+     * is [rows, out_dim] of out's type, or NULL. in (operand) rows are in_dim
+     * elements apart; out is float32 or an operand buffer as `output` says. */
+    void (*linear)(backend *be, void *out, backend_output output, const void *in, int rows,
+                   const backend_linear *w, const void *add, backend_activation act);
+    /* out (operand)[b, t, :] = LayerNorm(x[b, t, :]) * (1 + scale[b, :]) + shift[b, :],
      * LayerNorm without affine, eps 1e-6. shift/scale rows are mod_stride apart. */
-    void (*layernorm_modulate)(backend *be, float *out, const float *x, const float *shift,
+    void (*layernorm_modulate)(backend *be, void *out, const float *x, const float *shift,
                                const float *scale, int mod_stride, int batch, int tokens, int dim);
-    /* qkv [batch, tokens, 3 * heads * head_dim] laid out (3, heads, head_dim)
-     * per token; out [batch, tokens, heads * head_dim]; softmax(q k^T / sqrt(head_dim)) v.
-     * scratch holds attention_scratch_floats(...) floats of the caller's arena
-     * (a backend that needs none returns 0 and may get NULL). */
+    /* qkv (operand) [batch, tokens, 3 * heads * head_dim] laid out (3, heads,
+     * head_dim) per token; out (operand) [batch, tokens, heads * head_dim];
+     * softmax(q k^T / sqrt(head_dim)) v. scratch holds
+     * attention_scratch_floats(...) floats of the caller's arena (a backend
+     * that needs none returns 0 and may get NULL). */
     size_t (*attention_scratch_floats)(backend *be, int batch, int tokens, int heads,
                                        int head_dim);
-    void (*attention)(backend *be, float *out, const float *qkv, int batch, int tokens,
+    void (*attention)(backend *be, void *out, const void *qkv, int batch, int tokens,
                       int heads, int head_dim, float *scratch);
+    /* out (operand)[i] = in[i], rounded to the operand type. */
+    void (*to_operand)(backend *be, void *out, const float *in, size_t n);
     /* x[b, t, :] += gate[b, :] * y[b, t, :]; gate rows are gate_stride apart. */
     void (*gated_residual)(backend *be, float *x, const float *y, const float *gate,
                            int gate_stride, int batch, int tokens, int dim);
-    /* out[i] = act(in[i]) */
-    void (*activation)(backend *be, float *out, const float *in, size_t n, backend_activation act);
+    /* out (operand)[i] = act(in[i]) */
+    void (*activation)(backend *be, void *out, const float *in, size_t n, backend_activation act);
     /* out[b, t, :] = a[b, t, :] + b_rows[t, :] (b_rows is [tokens, dim]) when
      * broadcast_rows, else out = a + b elementwise over batch*tokens*dim. */
     void (*add)(backend *be, float *out, const float *a, const float *b, int batch, int tokens,
                 int dim, int broadcast_rows);
     void (*copy)(backend *be, float *device_dst, const float *device_src, size_t n);
-    /* out[b, :] = [cos(t_b * f_k), sin(t_b * f_k)], f_k = exp(-ln(10000) k / half). */
-    void (*timestep_frequencies)(backend *be, float *out, const float *host_timesteps, int batch,
+    /* out (operand)[b, :] = [cos(t_b * f_k), sin(t_b * f_k)], f_k = exp(-ln(10000) k / half). */
+    void (*timestep_frequencies)(backend *be, void *out, const float *host_timesteps, int batch,
                                  int dim);
     /* out[b, :] = table[host_labels[b], :] */
     void (*embedding_rows)(backend *be, float *out, const float *table, const int *host_labels,
                            int batch, int dim);
-    /* x [batch, channels, size, size] -> out [batch, tokens, channels * p * p], each
-     * patch vector in (channel, row, column) order, tokens row-major. */
-    void (*patchify)(backend *be, float *out, const float *x, int batch, int channels, int size,
+    /* x [batch, channels, size, size] -> out (operand) [batch, tokens, channels * p * p],
+     * each patch vector in (channel, row, column) order, tokens row-major. */
+    void (*patchify)(backend *be, void *out, const float *x, int batch, int channels, int size,
                      int patch);
     /* x [batch, tokens, p * p * channels] in (row, column, channel) order ->
      * out [batch, channels, size, size]. */

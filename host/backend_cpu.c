@@ -68,8 +68,13 @@ static float apply_activation(float x, backend_activation act) {
     }
 }
 
-static void cpu_linear(backend *be, float *out, const float *in, int rows, const backend_linear *w,
-                       const float *add, backend_activation act) {
+/* Operands are float32 here, so both outputs are float32 buffers. */
+static void cpu_linear(backend *be, void *out_buffer, backend_output output, const void *in_buffer,
+                       int rows, const backend_linear *w, const void *add_buffer,
+                       backend_activation act) {
+    (void)output;
+    float *out = out_buffer;
+    const float *in = in_buffer, *add = add_buffer, *weight = w->weight;
     int nt = threads_for(be, (size_t)rows * (size_t)w->out_dim);
     size_t n = (size_t)rows * (size_t)w->out_dim;
     float beta = 0.0f;
@@ -78,7 +83,7 @@ static void cpu_linear(backend *be, float *out, const float *in, int rows, const
         beta = 1.0f;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, w->out_dim, w->in_dim, 1.0f, in,
-                w->in_dim, w->weight, w->weight_stride, beta, out, w->out_dim);
+                w->in_dim, weight, w->weight_stride, beta, out, w->out_dim);
     if (!w->bias && act == BACKEND_ACT_NONE) return;
     const float *bias = w->bias;
     int out_dim = w->out_dim;
@@ -92,9 +97,10 @@ static void cpu_linear(backend *be, float *out, const float *in, int rows, const
     }
 }
 
-static void cpu_layernorm_modulate(backend *be, float *out, const float *x, const float *shift,
+static void cpu_layernorm_modulate(backend *be, void *out_buffer, const float *x, const float *shift,
                                    const float *scale, int mod_stride, int batch, int tokens,
                                    int dim) {
+    float *out = out_buffer;
     int nt = threads_for(be, (size_t)batch * tokens * dim);
     long long rows = (long long)batch * tokens;
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -132,8 +138,10 @@ static size_t cpu_attention_scratch_floats(backend *be, int batch, int tokens, i
  * rows, a softmax per row in double, then out = S V. The (image, head) pairs
  * are spread over the threads; the OpenMP build of OpenBLAS runs each product
  * on its calling thread inside a parallel region, so nothing oversubscribes. */
-static void cpu_attention(backend *be, float *out, const float *qkv, int batch, int tokens,
-                          int heads, int head_dim, float *scratch) {
+static void cpu_attention(backend *be, void *out_buffer, const void *qkv_buffer, int batch,
+                          int tokens, int heads, int head_dim, float *scratch) {
+    float *out = out_buffer;
+    const float *qkv = qkv_buffer;
     int pairs = batch * heads;
     int nt = threads_for(be, (size_t)pairs * tokens * tokens);
     int dim = heads * head_dim;
@@ -180,8 +188,9 @@ static void cpu_gated_residual(backend *be, float *x, const float *y, const floa
     }
 }
 
-static void cpu_activation(backend *be, float *out, const float *in, size_t n,
+static void cpu_activation(backend *be, void *out_buffer, const float *in, size_t n,
                            backend_activation act) {
+    float *out = out_buffer;
     int nt = threads_for(be, n);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = apply_activation(in[i], act);
@@ -201,6 +210,10 @@ static void cpu_copy(backend *be, float *device_dst, const float *device_src, si
     if (n && device_dst != device_src) memmove(device_dst, device_src, n * sizeof(float));
 }
 
+static void cpu_to_operand(backend *be, void *out, const float *in, size_t n) {
+    cpu_copy(be, out, in, n);
+}
+
 static int cpu_download(backend *be, float *host_dst, const float *device_src, size_t n) {
     cpu_copy(be, host_dst, device_src, n);
     return 0;
@@ -209,9 +222,10 @@ static int cpu_download(backend *be, float *host_dst, const float *device_src, s
 /* The official frequencies are float32 (torch computes them in float32), so
  * they are rounded the same way here; the phase t * f can reach ~1000 rad,
  * where float32 would lose ~1e-4, so phase, cos and sin are taken in double. */
-static void cpu_timestep_frequencies(backend *be, float *out, const float *host_timesteps,
+static void cpu_timestep_frequencies(backend *be, void *out_buffer, const float *host_timesteps,
                                      int batch, int dim) {
     (void)be;
+    float *out = out_buffer;
     int half = dim / 2;
     for (int b = 0; b < batch; b++) {
         float *row = out + (size_t)b * dim;
@@ -232,8 +246,9 @@ static void cpu_embedding_rows(backend *be, float *out, const float *table, cons
         memcpy(out + (size_t)b * dim, table + (size_t)host_labels[b] * dim, (size_t)dim * sizeof(float));
 }
 
-static void cpu_patchify(backend *be, float *out, const float *x, int batch, int channels, int size,
-                         int patch) {
+static void cpu_patchify(backend *be, void *out_buffer, const float *x, int batch, int channels,
+                         int size, int patch) {
+    float *out = out_buffer;
     int nt = threads_for(be, (size_t)batch * channels * size * size);
     int grid = size / patch;
     int tokens = grid * grid;
@@ -356,6 +371,7 @@ backend *backend_cpu_create(int num_threads) {
     backend *be = &cpu->base;
     be->name = "cpu";
     be->impl = cpu;
+    be->operand_type = BACKEND_F32;
     be->alloc = cpu_alloc;
     be->release = cpu_release;
     be->upload = cpu_upload;
@@ -366,6 +382,7 @@ backend *backend_cpu_create(int num_threads) {
     be->layernorm_modulate = cpu_layernorm_modulate;
     be->attention_scratch_floats = cpu_attention_scratch_floats;
     be->attention = cpu_attention;
+    be->to_operand = cpu_to_operand;
     be->gated_residual = cpu_gated_residual;
     be->activation = cpu_activation;
     be->add = cpu_add;

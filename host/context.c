@@ -203,6 +203,7 @@ fpdm_status fpdm_context_memory(fpdm_context *ctx, fpdm_memory_info *info) {
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "fpdm_context_memory: no device or NULL info");
     memset(info, 0, sizeof *info);
     info->arena_bytes = ctx->arena_floats * sizeof(float);
+    info->operand_bytes = (int)backend_dtype_bytes(ctx->be->operand_type);
     if (ctx->be->memory_info &&
         ctx->be->memory_info(ctx->be, &info->device_used_bytes, &info->device_total_bytes) != 0)
         return context_fail(ctx, FPDM_ERR_DEVICE, "%s: cannot read the memory in use", ctx->device_name);

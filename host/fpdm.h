@@ -104,6 +104,9 @@ typedef struct fpdm_memory_info {
     size_t arena_bytes;
     size_t device_used_bytes;
     size_t device_total_bytes;
+    /* Bytes per element of the activations that feed matrix products
+     * (4: float32; 2: bf16/fp16 precision, where they are stored in 16 bits). */
+    int operand_bytes;
 } fpdm_memory_info;
 
 FPDM_API fpdm_status fpdm_context_memory(fpdm_context *ctx, fpdm_memory_info *info);
@@ -148,6 +151,9 @@ typedef struct fpdm_model_info {
     int num_train_timesteps;
     fpdm_noise_schedule noise_schedule;
     size_t num_parameters;
+    /* Memory the loaded weights take on the context's device: linear weights
+     * are stored in 16 bits in bf16/fp16 precision, the rest in float32. */
+    size_t weight_bytes;
 } fpdm_model_info;
 
 /* Loads and validates a model file; weights go to the context's device. */

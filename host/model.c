@@ -1,28 +1,63 @@
 /* model.c - loading a model file: validate it (safetensors.c, model_config.c),
- * convert every tensor to float32 and place them in one backend allocation. */
+ * convert its tensors and place them in the backend's memory: the linear
+ * weights in the backend's operand type (backend.h), everything else (biases,
+ * embeddings, tables) in float32. With float32 operands that is one
+ * allocation; with 16-bit operands the weights go to a second allocation,
+ * stored in 16 bits only, each padded to 16 bytes for the matrix units, with a
+ * 16-bit copy of each bias beside them. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "context.h"
+#include "float16.h"
 #include "model.h"
 #include "position_embedding.h"
 
+/* Placement runs twice: first with no host buffers, counting what goes
+ * where, then for real into host staging buffers uploaded afterwards. */
 typedef struct weight_layout {
     const safetensors_file *file;
-    float *host;              /* staging copy, float32 */
-    float *device;            /* backend allocation */
-    size_t used;              /* floats placed so far */
+    backend_dtype operand_type;
+    float *host;                  /* float32 staging (NULL while counting) */
+    float *device;                /* its backend allocation */
+    size_t used;                  /* floats placed so far */
+    uint16_t *operand_host;       /* 16-bit staging (NULL while counting) */
+    uint16_t *operand_device;     /* its backend allocation */
+    size_t operand_used;          /* 16-bit elements placed so far */
+    float *converted;             /* one tensor in float32, on its way to 16 bits */
+    size_t largest_operand;       /* elements of the largest 16-bit tensor */
 } weight_layout;
 
-/* Places one validated tensor and returns its backend address. */
+/* 16-bit tensors start 16 bytes apart at least. */
+enum { OPERAND_ALIGN_ELEMENTS = 8 };
+
+/* Places one validated tensor in float32 and returns its backend address. */
 static const float *place(weight_layout *layout, const char *name) {
     const safetensors_tensor *t = safetensors_find(layout->file, name);
-    float *host = layout->host + layout->used;
-    safetensors_to_f32(t, host);
+    if (layout->host) safetensors_to_f32(t, layout->host + layout->used);
     const float *device = layout->device + layout->used;
     layout->used += (size_t)t->num_elements;
+    return device;
+}
+
+/* Places one tensor in the operand type and returns its backend address. */
+static const void *place_operand(weight_layout *layout, const char *name) {
+    if (layout->operand_type == BACKEND_F32) return place(layout, name);
+    const safetensors_tensor *t = safetensors_find(layout->file, name);
+    size_t n = (size_t)t->num_elements;
+    if (layout->operand_host) {
+        uint16_t *dst = layout->operand_host + layout->operand_used;
+        safetensors_to_f32(t, layout->converted);
+        for (size_t i = 0; i < n; i++)
+            dst[i] = layout->operand_type == BACKEND_BF16 ? f32_to_bf16(layout->converted[i])
+                                                          : f32_to_f16(layout->converted[i]);
+    }
+    const uint16_t *device = layout->operand_device + layout->operand_used;
+    layout->operand_used += (n + OPERAND_ALIGN_ELEMENTS - 1) / OPERAND_ALIGN_ELEMENTS *
+                            OPERAND_ALIGN_ELEMENTS;
+    if (n > layout->largest_operand) layout->largest_operand = n;
     return device;
 }
 
@@ -31,9 +66,10 @@ static backend_linear place_linear(weight_layout *layout, const char *prefix, in
     char name[128];
     backend_linear w = {0};
     snprintf(name, sizeof name, "%s.weight", prefix);
-    w.weight = place(layout, name);
+    w.weight = place_operand(layout, name);
     snprintf(name, sizeof name, "%s.bias", prefix);
     w.bias = place(layout, name);
+    w.bias_operand = layout->operand_type == BACKEND_F32 ? w.bias : place_operand(layout, name);
     w.out_dim = out_dim;
     w.in_dim = in_dim;
     w.weight_stride = in_dim;
@@ -105,7 +141,8 @@ static void fill_info(fpdm_model *model) {
     info->latent_space = c->latent_space;
     info->num_train_timesteps = c->num_train_timesteps;
     info->noise_schedule = c->noise_schedule;
-    info->num_parameters = model->num_weight_floats - (size_t)c->num_tokens * c->hidden_size;
+    info->num_parameters = model->num_parameters - (size_t)c->num_tokens * c->hidden_size;
+    info->weight_bytes = model->weight_bytes;
 }
 
 static void place_all(weight_layout *layout, fpdm_model *model) {
@@ -127,8 +164,11 @@ static void place_all(weight_layout *layout, fpdm_model *model) {
     place_blocks(layout, cfg, "blocks_pre", cfg->pre_depth, model->pre_blocks);
     model->pre_projection = place_linear(layout, "block_pre_projection", d, d);
     backend_linear fc1 = place_linear(layout, "block_fixed_point_projection_fc1", 2 * d, 2 * d);
-    model->fc1_state = (backend_linear){fc1.weight, NULL, 2 * d, d, 2 * d};
-    model->fc1_injection = (backend_linear){fc1.weight + d, fc1.bias, 2 * d, d, 2 * d};
+    const char *injection_columns =
+        (const char *)fc1.weight + (size_t)d * backend_dtype_bytes(layout->operand_type);
+    model->fc1_state = (backend_linear){fc1.weight, NULL, NULL, 2 * d, d, 2 * d};
+    model->fc1_injection =
+        (backend_linear){injection_columns, fc1.bias, fc1.bias_operand, 2 * d, d, 2 * d};
     model->fc2 = place_linear(layout, "block_fixed_point_projection_fc2", d, 2 * d);
     place_block(layout, cfg, "block_fixed_point", &model->fixed_point_block);
     place_blocks(layout, cfg, "blocks_post", cfg->post_depth, model->post_blocks);
@@ -160,28 +200,51 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
         goto done;
     }
     const model_config *cfg = &model->config;
-    for (int i = 0; i < file.num_tensors; i++) model->num_weight_floats += (size_t)file.tensors[i].num_elements;
+    backend *be = ctx->be;
+    for (int i = 0; i < file.num_tensors; i++)
+        model->num_parameters += (size_t)file.tensors[i].num_elements;
     int num_blocks = cfg->fixed_point ? cfg->pre_depth + cfg->post_depth : cfg->depth;
     block_weights *blocks = calloc((size_t)(num_blocks ? num_blocks : 1), sizeof(block_weights));
-    float *host = malloc(model->num_weight_floats * sizeof(float));
-    model->be = ctx->be;
-    model->device_index = ctx->device_index;
-    model->weights = ctx->be->alloc(ctx->be, model->num_weight_floats);
-    if (!blocks || !host || !model->weights) {
-        free(blocks);
-        free(host);
-        status = context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu MB of weights",
-                              path, model->num_weight_floats * sizeof(float) >> 20);
-        goto done;
-    }
     model->blocks = blocks;
     model->pre_blocks = blocks;
     model->post_blocks = blocks + cfg->pre_depth;
-    weight_layout layout = {&file, host, model->weights, 0};
+    if (!blocks) {
+        status = context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+        goto done;
+    }
+    model->be = be;
+    model->device_index = ctx->device_index;
+    weight_layout layout = {.file = &file, .operand_type = be->operand_type};
     place_all(&layout, model);
+    /* 16-bit elements travel in pairs, as floats. */
+    size_t operand_floats = (layout.operand_used + 1) / 2;
+    model->weight_bytes = (layout.used + operand_floats) * sizeof(float);
+    float *host = malloc(layout.used * sizeof(float));
+    uint16_t *operand_host = operand_floats ? calloc(operand_floats, 2 * sizeof(uint16_t)) : NULL;
+    float *converted = malloc((layout.largest_operand ? layout.largest_operand : 1) * sizeof(float));
+    model->weights = be->alloc(be, layout.used);
+    model->operand_weights = operand_floats ? be->alloc(be, operand_floats) : NULL;
+    if (!host || !converted || !model->weights || (operand_floats && !operand_host) ||
+        (operand_floats && !model->operand_weights)) {
+        free(host);
+        free(operand_host);
+        free(converted);
+        status = context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu MB of weights",
+                              path, model->weight_bytes >> 20);
+        goto done;
+    }
+    layout = (weight_layout){.file = &file, .operand_type = be->operand_type, .host = host,
+                             .device = model->weights, .operand_host = operand_host,
+                             .operand_device = (uint16_t *)model->operand_weights,
+                             .converted = converted};
+    place_all(&layout, model);
+    free(converted);
     check_position_embedding(ctx, cfg, host + (model->pos_embed - model->weights), path);
-    int upload_failed = ctx->be->upload(ctx->be, model->weights, host, model->num_weight_floats);
+    int upload_failed = be->upload(be, model->weights, host, layout.used) ||
+                        (operand_floats && be->upload(be, model->operand_weights,
+                                                      (const float *)operand_host, operand_floats));
     free(host);
+    free(operand_host);
     if (upload_failed) {
         status = context_fail(ctx, FPDM_ERR_DEVICE, "%s: copying the weights to %s failed", path,
                               ctx->device_name);
@@ -204,6 +267,7 @@ done:
 void fpdm_model_free(fpdm_model *model) {
     if (!model) return;
     if (model->weights) model->be->release(model->be, model->weights);
+    if (model->operand_weights) model->be->release(model->be, model->operand_weights);
     free(model->blocks);
     free(model);
 }

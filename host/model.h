@@ -18,8 +18,10 @@ struct fpdm_model {
     fpdm_model_info info;
     backend *be;              /* the backend the weights live on */
     int device_index;         /* -1: CPU */
-    float *weights;           /* one backend allocation holding every tensor */
-    size_t num_weight_floats;
+    float *weights;           /* backend allocation: the float32 tensors */
+    float *operand_weights;   /* backend allocation: 16-bit linear weights, or NULL */
+    size_t num_parameters;    /* elements of every tensor in the file */
+    size_t weight_bytes;      /* both allocations */
 
     backend_linear patch_embed;   /* x_embedder.proj viewed as [D, C * p * p] */
     const float *pos_embed;       /* [T, D] */

@@ -14,28 +14,39 @@
 
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
-/* Sizes of every buffer for a batch, in the order network_layout carves them. */
+/* Sizes of every buffer for a batch, in floats, in the order network_layout
+ * carves them. */
 typedef struct layout_sizes {
-    size_t image_in, image_out, tokens, injection, qkv, wide, freq, vec, modulation, scratch;
+    size_t image_in, image_out, hidden, state, normed, qkv, injection, wide, freq, operand_vec,
+        vec, modulation, scratch;
 } layout_sizes;
 
 static layout_sizes sizes_for(const fpdm_context *ctx, const model_config *cfg, int batch) {
     size_t b = (size_t)batch, t = (size_t)cfg->num_tokens, d = (size_t)cfg->hidden_size;
     size_t pp = (size_t)cfg->patch_size * cfg->patch_size;
+    size_t operand_bytes = backend_dtype_bytes(ctx->be->operand_type);
+    /* Floats that hold n operand elements. */
+#define OPERAND_FLOATS(n) (((n) * operand_bytes + sizeof(float) - 1) / sizeof(float))
     layout_sizes s;
     s.image_in = b * cfg->in_channels * cfg->input_size * cfg->input_size;
     s.image_out = b * cfg->out_channels * cfg->input_size * cfg->input_size;
-    s.tokens = b * t * d;
-    s.injection = cfg->fixed_point ? b * t * 2 * d : 0;
-    s.qkv = b * t * 3 * d;
-    size_t wide_cols = max_size(max_size((size_t)cfg->mlp_hidden, 2 * d),
-                                max_size(pp * cfg->in_channels, pp * cfg->out_channels));
-    s.wide = b * t * wide_cols;
-    s.freq = b * 256;
+    s.hidden = b * t * d;
+    s.state = cfg->fixed_point ? b * t * d : 0;
+    s.normed = OPERAND_FLOATS(b * t * d);
+    /* qkv, then (once attention has read it) the float32 branch output; in
+     * the solve's set-up, the pre-projection's operand output. */
+    s.qkv = max_size(OPERAND_FLOATS(b * t * 3 * d), b * t * d);
+    s.injection = cfg->fixed_point ? OPERAND_FLOATS(b * t * 2 * d) : 0;
+    size_t wide_operand_cols = max_size(max_size((size_t)cfg->mlp_hidden, 2 * d),
+                                        pp * cfg->in_channels);
+    s.wide = max_size(OPERAND_FLOATS(b * t * wide_operand_cols), b * t * pp * cfg->out_channels);
+    s.freq = OPERAND_FLOATS(b * 256);
+    s.operand_vec = OPERAND_FLOATS(b * d);
     s.vec = b * d;
     s.modulation = b * 6 * d;
     s.scratch = ctx->be->attention_scratch_floats(ctx->be, batch, cfg->num_tokens, cfg->num_heads,
                                                   cfg->head_dim);
+#undef OPERAND_FLOATS
     return s;
 }
 
@@ -44,41 +55,52 @@ static size_t aligned(size_t floats) { return (floats + 15) / 16 * 16; }
 
 size_t network_arena_floats(const fpdm_context *ctx, const model_config *cfg, int batch) {
     layout_sizes s = sizes_for(ctx, cfg, batch);
-    return aligned(s.image_in) + aligned(s.image_out) + 6 * aligned(s.tokens) +
-           aligned(s.injection) + aligned(s.qkv) + aligned(s.wide) + aligned(s.freq) +
-           7 * aligned(s.vec) + 2 * aligned(s.modulation) + aligned(s.scratch);
+    return aligned(s.image_in) + aligned(s.image_out) + aligned(s.hidden) + 2 * aligned(s.state) +
+           aligned(s.normed) + aligned(s.qkv) + aligned(s.injection) + aligned(s.wide) +
+           aligned(s.freq) + 3 * aligned(s.operand_vec) + 4 * aligned(s.vec) +
+           2 * aligned(s.modulation) + aligned(s.scratch);
 }
 
+/* Buffers that share memory: normed holds a LayerNorm output until the
+ * product that reads it, then the attention output; qkv's memory takes the
+ * float32 branch output once attention has read qkv. */
 void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch, float *base,
                     network_state *st) {
     layout_sizes s = sizes_for(ctx, cfg, batch);
     float *p = base;
-#define CARVE(field, n) (st->field = p, p += aligned(n))
+#define CARVE(field, n) (st->field = (n) ? (void *)p : NULL, p += aligned(n))
     st->batch = batch;
     CARVE(x, s.image_in);
     CARVE(out, s.image_out);
-    CARVE(hidden, s.tokens);
-    CARVE(state, s.tokens);
-    CARVE(next, s.tokens);
-    CARVE(normed, s.tokens);
-    CARVE(attn_out, s.tokens);
-    CARVE(branch_out, s.tokens);
-    CARVE(injection, s.injection);
+    CARVE(hidden, s.hidden);
+    CARVE(state, s.state);
+    CARVE(next, s.state);
+    CARVE(normed, s.normed);
     CARVE(qkv, s.qkv);
+    st->branch_out = st->qkv;
+    CARVE(injection, s.injection);
     CARVE(wide, s.wide);
     CARVE(t_freq, s.freq);
-    CARVE(t_hidden, s.vec);
+    CARVE(t_hidden, s.operand_vec);
     CARVE(t_emb, s.vec);
     CARVE(y_emb, s.vec);
     CARVE(cond, s.vec);
     CARVE(cond_pp, s.vec);
-    CARVE(silu_cond, s.vec);
-    CARVE(silu_cond_pp, s.vec);
+    CARVE(silu_cond, s.operand_vec);
+    CARVE(silu_cond_pp, s.operand_vec);
     CARVE(modulation, s.modulation);
     CARVE(fixed_point_modulation, s.modulation);
     CARVE(attn_scratch, s.scratch);
 #undef CARVE
     st->floats = (size_t)(p - base);
+}
+
+/* A float32 buffer as a product's input: itself where operands are float32,
+ * else its conversion into `scratch`. */
+static const void *as_operand(backend *be, const float *values, size_t n, void *scratch) {
+    if (be->operand_type == BACKEND_F32) return values;
+    be->to_operand(be, scratch, values, n);
+    return scratch;
 }
 
 void network_embed(const fpdm_model *model, network_state *st, const float *host_timesteps,
@@ -87,12 +109,15 @@ void network_embed(const fpdm_model *model, network_state *st, const float *host
     backend *be = model->be;
     int b = st->batch, t = cfg->num_tokens, d = cfg->hidden_size;
     be->patchify(be, st->wide, st->x, b, cfg->in_channels, cfg->input_size, cfg->patch_size);
-    be->linear(be, st->hidden, st->wide, b * t, &model->patch_embed, NULL, BACKEND_ACT_NONE);
+    be->linear(be, st->hidden, BACKEND_OUT_F32, st->wide, b * t, &model->patch_embed, NULL,
+               BACKEND_ACT_NONE);
     be->add(be, st->hidden, st->hidden, model->pos_embed, b, t, d, 1);
 
     be->timestep_frequencies(be, st->t_freq, host_timesteps, b, 256);
-    be->linear(be, st->t_hidden, st->t_freq, b, &model->t_mlp0, NULL, BACKEND_ACT_SILU);
-    be->linear(be, st->t_emb, st->t_hidden, b, &model->t_mlp2, NULL, BACKEND_ACT_NONE);
+    be->linear(be, st->t_hidden, BACKEND_OUT_OPERAND, st->t_freq, b, &model->t_mlp0, NULL,
+               BACKEND_ACT_SILU);
+    be->linear(be, st->t_emb, BACKEND_OUT_F32, st->t_hidden, b, &model->t_mlp2, NULL,
+               BACKEND_ACT_NONE);
     be->embedding_rows(be, st->y_emb, model->label_table, host_labels, b, d);
     be->add(be, st->cond, st->t_emb, st->y_emb, b, 1, d, 0);
     be->activation(be, st->silu_cond, st->cond, (size_t)b * d, BACKEND_ACT_SILU);
@@ -110,32 +135,39 @@ void network_block(const fpdm_model *model, network_state *st, const block_weigh
     int stride = 6 * d;
     /* modulation chunks: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp */
     be->layernorm_modulate(be, st->normed, tokens, modulation, modulation + d, stride, b, t, d);
-    be->linear(be, st->qkv, st->normed, rows, &block->qkv, NULL, BACKEND_ACT_NONE);
-    be->attention(be, st->attn_out, st->qkv, b, t, cfg->num_heads, cfg->head_dim, st->attn_scratch);
-    be->linear(be, st->branch_out, st->attn_out, rows, &block->proj, NULL, BACKEND_ACT_NONE);
+    be->linear(be, st->qkv, BACKEND_OUT_OPERAND, st->normed, rows, &block->qkv, NULL,
+               BACKEND_ACT_NONE);
+    void *attn_out = st->normed;
+    be->attention(be, attn_out, st->qkv, b, t, cfg->num_heads, cfg->head_dim, st->attn_scratch);
+    be->linear(be, st->branch_out, BACKEND_OUT_F32, attn_out, rows, &block->proj, NULL,
+               BACKEND_ACT_NONE);
     be->gated_residual(be, tokens, st->branch_out, modulation + 2 * d, stride, b, t, d);
     be->layernorm_modulate(be, st->normed, tokens, modulation + 3 * d, modulation + 4 * d, stride,
                            b, t, d);
-    be->linear(be, st->wide, st->normed, rows, &block->fc1, NULL, BACKEND_ACT_GELU_TANH);
-    be->linear(be, st->branch_out, st->wide, rows, &block->fc2, NULL, BACKEND_ACT_NONE);
+    be->linear(be, st->wide, BACKEND_OUT_OPERAND, st->normed, rows, &block->fc1, NULL,
+               BACKEND_ACT_GELU_TANH);
+    be->linear(be, st->branch_out, BACKEND_OUT_F32, st->wide, rows, &block->fc2, NULL,
+               BACKEND_ACT_NONE);
     be->gated_residual(be, tokens, st->branch_out, modulation + 5 * d, stride, b, t, d);
 }
 
 static void run_block(const fpdm_model *model, network_state *st, const block_weights *block,
-                      float *tokens, const float *silu_cond) {
-    model->be->linear(model->be, st->modulation, silu_cond, st->batch, &block->modulation, NULL,
-                      BACKEND_ACT_NONE);
+                      float *tokens, const void *silu_cond) {
+    model->be->linear(model->be, st->modulation, BACKEND_OUT_F32, silu_cond, st->batch,
+                      &block->modulation, NULL, BACKEND_ACT_NONE);
     network_block(model, st, block, tokens, st->modulation);
 }
 
 static void final_layer(const fpdm_model *model, network_state *st, const float *tokens,
-                        const float *silu_cond) {
+                        const void *silu_cond) {
     const model_config *cfg = &model->config;
     backend *be = model->be;
     int b = st->batch, t = cfg->num_tokens, d = cfg->hidden_size;
-    be->linear(be, st->modulation, silu_cond, b, &model->final_modulation, NULL, BACKEND_ACT_NONE);
+    be->linear(be, st->modulation, BACKEND_OUT_F32, silu_cond, b, &model->final_modulation, NULL,
+               BACKEND_ACT_NONE);
     be->layernorm_modulate(be, st->normed, tokens, st->modulation, st->modulation + d, 2 * d, b, t, d);
-    be->linear(be, st->wide, st->normed, b * t, &model->final_linear, NULL, BACKEND_ACT_NONE);
+    be->linear(be, st->wide, BACKEND_OUT_F32, st->normed, b * t, &model->final_linear, NULL,
+               BACKEND_ACT_NONE);
     be->unpatchify(be, st->out, st->wide, b, cfg->out_channels, cfg->input_size, cfg->patch_size);
 }
 
@@ -157,9 +189,11 @@ static int relative_residual(backend *be, const float *a, const float *b, int ba
 static void fixed_point_iteration(const fpdm_model *model, network_state *st) {
     backend *be = model->be;
     int rows = st->batch * model->config.num_tokens;
-    be->linear(be, st->wide, st->state, rows, &model->fc1_state, st->injection,
+    const void *state = as_operand(be, st->state, (size_t)rows * model->config.hidden_size,
+                                   st->normed);
+    be->linear(be, st->wide, BACKEND_OUT_OPERAND, state, rows, &model->fc1_state, st->injection,
                BACKEND_ACT_GELU_TANH);
-    be->linear(be, st->next, st->wide, rows, &model->fc2, NULL, BACKEND_ACT_NONE);
+    be->linear(be, st->next, BACKEND_OUT_F32, st->wide, rows, &model->fc2, NULL, BACKEND_ACT_NONE);
     network_block(model, st, &model->fixed_point_block, st->next, st->fixed_point_modulation);
 }
 
@@ -167,15 +201,16 @@ static void fixed_point_iteration(const fpdm_model *model, network_state *st) {
  * writes (this iteration's state and next included), every weight and every
  * size, so a recording is only replayed where it computes the same thing. */
 enum {
-    ITERATION_SHAPE_AND_BUFFER_WORDS = 15,
+    ITERATION_SHAPE_AND_BUFFER_WORDS = 14,
     ITERATION_LINEARS = 6,
-    LINEAR_KEY_WORDS = 5,
+    LINEAR_KEY_WORDS = 6,
     ITERATION_KEY_WORDS = ITERATION_SHAPE_AND_BUFFER_WORDS + ITERATION_LINEARS * LINEAR_KEY_WORDS
 };
 
 static uintptr_t *put_linear(uintptr_t *key, const backend_linear *w) {
     *key++ = (uintptr_t)w->weight;
     *key++ = (uintptr_t)w->bias;
+    *key++ = (uintptr_t)w->bias_operand;
     *key++ = (uintptr_t)w->out_dim;
     *key++ = (uintptr_t)w->in_dim;
     *key++ = (uintptr_t)w->weight_stride;
@@ -192,8 +227,8 @@ static void iteration_key(const fpdm_model *model, const network_state *st, uint
         (uintptr_t)st->batch, (uintptr_t)cfg->num_tokens, (uintptr_t)cfg->hidden_size,
         (uintptr_t)cfg->num_heads, (uintptr_t)cfg->head_dim, (uintptr_t)st->state,
         (uintptr_t)st->next, (uintptr_t)st->wide, (uintptr_t)st->injection,
-        (uintptr_t)st->normed, (uintptr_t)st->qkv, (uintptr_t)st->attn_out,
-        (uintptr_t)st->branch_out, (uintptr_t)st->attn_scratch,
+        (uintptr_t)st->normed, (uintptr_t)st->qkv, (uintptr_t)st->branch_out,
+        (uintptr_t)st->attn_scratch,
         (uintptr_t)st->fixed_point_modulation};
     for (int i = 0; i < ITERATION_SHAPE_AND_BUFFER_WORDS; i++) *key++ = fixed[i];
     for (int i = 0; i < ITERATION_LINEARS; i++) key = put_linear(key, linears[i]);
@@ -237,11 +272,15 @@ static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model,
     int b = st->batch, rows = b * cfg->num_tokens;
     size_t per_image = (size_t)cfg->num_tokens * cfg->hidden_size;
 
-    /* st->hidden holds the condition (pre blocks' output). */
-    be->linear(be, st->attn_out, st->hidden, rows, &model->pre_projection, NULL, BACKEND_ACT_NONE);
-    be->linear(be, st->injection, st->attn_out, rows, &model->fc1_injection, NULL, BACKEND_ACT_NONE);
-    be->linear(be, st->fixed_point_modulation, st->silu_cond, b, &model->fixed_point_block.modulation,
-               NULL, BACKEND_ACT_NONE);
+    /* st->hidden holds the condition (pre blocks' output); the projection of
+     * it is an operand parked in qkv's memory, free until the first block. */
+    const void *condition = as_operand(be, st->hidden, (size_t)b * per_image, st->normed);
+    be->linear(be, st->qkv, BACKEND_OUT_OPERAND, condition, rows, &model->pre_projection, NULL,
+               BACKEND_ACT_NONE);
+    be->linear(be, st->injection, BACKEND_OUT_OPERAND, st->qkv, rows, &model->fc1_injection, NULL,
+               BACKEND_ACT_NONE);
+    be->linear(be, st->fixed_point_modulation, BACKEND_OUT_F32, st->silu_cond, b,
+               &model->fixed_point_block.modulation, NULL, BACKEND_ACT_NONE);
     be->copy(be, st->state, solve->init_solution ? solve->init_solution : st->hidden,
              (size_t)b * per_image);
 

@@ -9,18 +9,23 @@
 
 typedef struct network_state {
     int batch;
-    /* Activations (backend memory, inside the arena). */
+    /* Activations (backend memory, inside the arena). Buffers typed void *
+     * hold the backend's operand type (backend.h); the rest float32. Buffers
+     * whose lives do not overlap share memory (see network_layout). */
     float *x;             /* [B, C, H, W] network input */
     float *out;           /* [B, out_C, H, W] network output */
     float *hidden;        /* [B, T, D] the token stream (DiT, pre and post blocks) */
-    float *state, *next;  /* [B, T, D] fixed-point iterate and the one being computed */
-    float *injection;     /* [B, T, 2D] fc1's injection half plus its bias, once per solve */
-    float *normed, *attn_out, *branch_out;  /* [B, T, D] */
-    float *qkv;           /* [B, T, 3D] */
-    float *wide;          /* [B, T, max(M, 2D, C p p, p p out_C)] MLP hidden, fc1 output, patches */
-    float *t_freq;        /* [B, 256] */
-    float *t_hidden, *t_emb, *y_emb, *cond, *cond_pp;  /* [B, D] */
-    float *silu_cond, *silu_cond_pp;                    /* [B, D] */
+    float *state, *next;  /* [B, T, D] FPDM: fixed-point iterate and the one being computed */
+    void *injection;      /* [B, T, 2D] FPDM: fc1's injection half plus its bias, once per solve */
+    void *normed;         /* [B, T, D] LayerNorm outputs, the attention output, the state as operand */
+    void *qkv;            /* [B, T, 3D] */
+    float *branch_out;    /* [B, T, D] proj and fc2 outputs (in qkv's memory) */
+    void *wide;           /* [B, T, max(M, 2D, C p p)] MLP hidden, fc1 output, patches;
+                           * float32 [B, T, p p out_C] from the final layer */
+    void *t_freq;         /* [B, 256] */
+    void *t_hidden;       /* [B, D] */
+    float *t_emb, *y_emb, *cond, *cond_pp;  /* [B, D] */
+    void *silu_cond, *silu_cond_pp;         /* [B, D] */
     float *modulation;    /* [B, 6D] for the block being run */
     float *fixed_point_modulation;  /* [B, 6D] the implicit block's, once per solve */
     float *attn_scratch;

@@ -6,6 +6,7 @@
 
 #include "safetensors.h"
 #include "error_message.h"
+#include "float16.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -479,32 +480,6 @@ int safetensors_open(const char *path, safetensors_file *file, char *err, size_t
 }
 
 /* ---- conversion ------------------------------------------------------------ */
-
-static float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h >> 15) << 31;
-    uint32_t exponent = (h >> 10) & 0x1f;
-    uint32_t mantissa = h & 0x3ff;
-    uint32_t bits;
-    if (exponent == 0x1f) {
-        bits = sign | 0x7f800000u | (mantissa << 13); /* inf, or nan keeping its payload */
-    } else if (exponent != 0) {
-        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-    } else {
-        /* zero or subnormal: mantissa * 2^-24 is exact in float */
-        float magnitude = (float)mantissa * 0x1p-24f;
-        return sign ? -magnitude : magnitude;
-    }
-    float f;
-    memcpy(&f, &bits, sizeof(f));
-    return f;
-}
-
-static float bf16_to_f32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof(f));
-    return f;
-}
 
 /* Little-endian loads from possibly unaligned bytes. */
 static uint64_t load_le(const uint8_t *p, int num_bytes) {

@@ -176,9 +176,9 @@ static int probe_gelu_epilogue(cuda_backend *cb) {
     cuda_check(cb, cudaMemcpyAsync(bias, host_bias, sizeof(host_bias), cudaMemcpyHostToDevice,
                                    cb->stream),
                "probe");
-    backend_linear w = {weight, bias, out_dim, in_dim, in_dim};
+    backend_linear w = {weight, bias, bias, out_dim, in_dim, in_dim};
     cb->gelu_epilogue_is_tanh = 1;
-    cuda_linear(&cb->base, out, in, rows, &w, NULL, BACKEND_ACT_GELU_TANH);
+    cuda_linear(&cb->base, out, BACKEND_OUT_F32, in, rows, &w, NULL, BACKEND_ACT_GELU_TANH);
     int fused = 0;
     for (int i = 0; i < CUDA_LINEAR_PLANS; i++)
         if (cb->plans[i].used && cb->plans[i].epilogue == CUBLASLT_EPILOGUE_GELU_BIAS)
@@ -265,6 +265,8 @@ extern "C" backend *backend_cuda_create(int device_index, fpdm_precision precisi
     backend *be = &cb->base;
     be->name = "cuda";
     be->impl = cb;
+    /* float32 until the GELU probe has run (it passes float32 buffers). */
+    be->operand_type = BACKEND_F32;
     be->alloc = cuda_alloc;
     be->release = cuda_release;
     be->upload = cuda_upload;
@@ -275,6 +277,7 @@ extern "C" backend *backend_cuda_create(int device_index, fpdm_precision precisi
     be->layernorm_modulate = cuda_layernorm_modulate;
     be->attention_scratch_floats = cuda_attention_scratch_floats;
     be->attention = cuda_attention;
+    be->to_operand = cuda_to_operand;
     be->gated_residual = cuda_gated_residual;
     be->activation = cuda_activation;
     be->add = cuda_add;
@@ -320,5 +323,8 @@ extern "C" backend *backend_cuda_create(int device_index, fpdm_precision precisi
                        "cudaEventCreate"))
             return create_failed(cb, err, err_size);
     if (probe_gelu_epilogue(cb)) return create_failed(cb, err, err_size);
+    be->operand_type = precision == FPDM_PRECISION_FP32 ? BACKEND_F32
+                       : precision == FPDM_PRECISION_FP16 ? BACKEND_F16
+                                                          : BACKEND_BF16;
     return be;
 }

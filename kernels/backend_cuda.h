@@ -10,10 +10,14 @@
  * it was. Only synchronize, download, upload and row_norms wait for the GPU.
  *
  * Precision: FPDM_PRECISION_FP32 runs true float32 products (CUBLAS_COMPUTE_32F,
- * no TF32). BF16 (and DEFAULT, which fpdm.h makes bf16 on CUDA) and FP16 keep
- * float32 tensors everywhere and let cuBLAS round the operands of each matrix
- * product to bf16 / fp16 on tensor cores with float32 accumulation
- * (CUBLAS_COMPUTE_32F_FAST_16BF / _16F); all other ops stay float32.
+ * no TF32) on float32 operands. BF16 (and DEFAULT, which fpdm.h makes bf16 on
+ * CUDA) and FP16 make the operand type (backend.h, "Operands") bf16 / fp16:
+ * linear weights and the activations that feed products are stored in 16
+ * bits, products run on tensor cores with float32 accumulation, attention
+ * runs on tensor cores (attention.cu), and the residual stream, the
+ * fixed-point state and the sampler stay float32. The VAE's products
+ * (vae_ops_cuda.cu) keep float32 tensors and let cuBLAS round their inputs
+ * (CUBLAS_COMPUTE_32F_FAST_16BF / _16F).
  *
  * Graphs (backend.h's graph ops, graph.cu): recorded by stream capture and
  * kept, instantiated, in a table of CUDA_GRAPHS entries; any release of

@@ -35,6 +35,7 @@ typedef struct linear_plan {
     /* key */
     int m, n, k, lda, has_add, alignment;
     cublasLtEpilogue_t epilogue;
+    backend_dtype out_type;
     /* value */
     int use_lt; /* 0: no cuBLASLt algorithm; products go through cublasGemmEx */
     cublasLtMatmulDesc_t desc;
@@ -113,27 +114,25 @@ static inline unsigned int cuda_blocks_for(size_t n, int threads) {
 }
 
 /* The ops, one file each (see backend.h for their semantics). */
-void cuda_linear(backend *be, float *out, const float *in, int rows, const backend_linear *w,
-                 const float *add, backend_activation act);
+void cuda_linear(backend *be, void *out, backend_output output, const void *in, int rows,
+                 const backend_linear *w, const void *add, backend_activation act);
 void cuda_linear_plans_destroy(cuda_backend *cb);
-/* In place: out[r, o] = act(out[r, o] + bias[o]) (bias may be NULL). */
-void cuda_bias_activation(cuda_backend *cb, float *out, const float *bias, size_t rows,
-                          int cols, backend_activation act);
-void cuda_layernorm_modulate(backend *be, float *out, const float *x, const float *shift,
+void cuda_layernorm_modulate(backend *be, void *out, const float *x, const float *shift,
                              const float *scale, int mod_stride, int batch, int tokens, int dim);
 size_t cuda_attention_scratch_floats(backend *be, int batch, int tokens, int heads, int head_dim);
-void cuda_attention(backend *be, float *out, const float *qkv, int batch, int tokens, int heads,
+void cuda_attention(backend *be, void *out, const void *qkv, int batch, int tokens, int heads,
                     int head_dim, float *scratch);
+void cuda_to_operand(backend *be, void *out, const float *in, size_t n);
 void cuda_gated_residual(backend *be, float *x, const float *y, const float *gate,
                          int gate_stride, int batch, int tokens, int dim);
-void cuda_activation(backend *be, float *out, const float *in, size_t n, backend_activation act);
+void cuda_activation(backend *be, void *out, const float *in, size_t n, backend_activation act);
 void cuda_add(backend *be, float *out, const float *a, const float *b, int batch, int tokens,
               int dim, int broadcast_rows);
-void cuda_timestep_frequencies(backend *be, float *out, const float *host_timesteps, int batch,
+void cuda_timestep_frequencies(backend *be, void *out, const float *host_timesteps, int batch,
                                int dim);
 void cuda_embedding_rows(backend *be, float *out, const float *table, const int *host_labels,
                          int batch, int dim);
-void cuda_patchify(backend *be, float *out, const float *x, int batch, int channels, int size,
+void cuda_patchify(backend *be, void *out, const float *x, int batch, int channels, int size,
                    int patch);
 void cuda_unpatchify(backend *be, float *out, const float *x, int batch, int channels, int size,
                      int patch);

@@ -1,8 +1,9 @@
 /* elementwise.cu - the pointwise ops of backend.h: gated_residual, add (with
- * row broadcast), cfg_combine and sampler_update (diffusion_apply_step's
- * formula, see diffusion.h). Grid-stride loops over size_t indices, so any
- * size runs with a bounded grid. */
+ * row broadcast), to_operand, cfg_combine and sampler_update
+ * (diffusion_apply_step's formula, see diffusion.h). Grid-stride loops over
+ * size_t indices, so any size runs with a bounded grid. */
 #include "cuda_backend.cuh"
+#include "operand.cuh"
 
 #define GRID_STRIDE_LOOP(i, n)                                                             \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);               \
@@ -40,6 +41,19 @@ void cuda_add(backend *be, float *out, const float *a, const float *b, int batch
     add_kernel<<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(out, a, b,
                                                                broadcast_rows ? per_image : n, n);
     cuda_check_launch(cb, "add_kernel");
+}
+
+template <typename T> __global__ void to_operand_kernel(T *out, const float *in, size_t n) {
+    GRID_STRIDE_LOOP(i, n) out[i] = operand_from_float<T>(in[i]);
+}
+
+void cuda_to_operand(backend *be, void *out, const float *in, size_t n) {
+    cuda_backend *cb = cuda_of(be);
+    if (!n || !cuda_enter(cb)) return;
+    OPERAND_DISPATCH(be->operand_type,
+                     to_operand_kernel<T><<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(
+                         (T *)out, in, n));
+    cuda_check_launch(cb, "to_operand_kernel");
 }
 
 __global__ void cfg_combine_kernel(float *out, int half, size_t image_floats, size_t guided_floats,

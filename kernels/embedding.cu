@@ -6,10 +6,12 @@
 #include <string.h>
 
 #include "cuda_backend.cuh"
+#include "operand.cuh"
 
 /* staged = [timesteps (batch floats), frequencies (half floats)]. The phase can
  * reach ~1000 rad, so it and its cos/sin are taken in double, as on the CPU. */
-__global__ void timestep_frequencies_kernel(float *out, const float *staged, int batch, int dim) {
+template <typename T>
+__global__ void timestep_frequencies_kernel(T *out, const float *staged, int batch, int dim) {
     int half = dim / 2;
     const float *freqs = staged + batch;
     size_t n = (size_t)batch * (size_t)dim;
@@ -21,11 +23,11 @@ __global__ void timestep_frequencies_kernel(float *out, const float *staged, int
             double phase = (double)staged[b] * (double)freqs[k % half];
             value = (float)(k < half ? cos(phase) : sin(phase));
         }
-        out[i] = value;
+        out[i] = operand_from_float<T>(value);
     }
 }
 
-void cuda_timestep_frequencies(backend *be, float *out, const float *host_timesteps, int batch,
+void cuda_timestep_frequencies(backend *be, void *out, const float *host_timesteps, int batch,
                                int dim) {
     cuda_backend *cb = cuda_of(be);
     if (batch <= 0 || dim <= 0 || !cuda_enter(cb)) return;
@@ -43,8 +45,9 @@ void cuda_timestep_frequencies(backend *be, float *out, const float *host_timest
     const float *device_staged = (const float *)cuda_stage_upload(cb, slot, count * sizeof(float));
     if (!device_staged) return;
     size_t n = (size_t)batch * (size_t)dim;
-    timestep_frequencies_kernel<<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(out, device_staged,
-                                                                                batch, dim);
+    OPERAND_DISPATCH(be->operand_type,
+                     timestep_frequencies_kernel<T><<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(
+                         (T *)out, device_staged, batch, dim));
     cuda_check_launch(cb, "timestep_frequencies_kernel");
 }
 

@@ -3,6 +3,7 @@
  * per row; mean and variance are accumulated in double in two passes, like the
  * CPU oracle, and the row is normalised in float. */
 #include "cuda_backend.cuh"
+#include "operand.cuh"
 
 #define LAYERNORM_WARPS 8
 
@@ -11,7 +12,8 @@ __device__ __forceinline__ double warp_sum(double v) {
     return v;
 }
 
-__global__ void layernorm_modulate_kernel(float *out, const float *x, const float *shift,
+template <typename T>
+__global__ void layernorm_modulate_kernel(T *out, const float *x, const float *shift,
                                           const float *scale, int mod_stride, int tokens, int dim,
                                           long long rows) {
     long long row = (long long)blockIdx.x * LAYERNORM_WARPS + threadIdx.x / 32;
@@ -19,7 +21,7 @@ __global__ void layernorm_modulate_kernel(float *out, const float *x, const floa
     /* Whole warps leave together, and the kernel has no block barrier. */
     if (row >= rows) return;
     const float *xr = x + row * dim;
-    float *o = out + row * dim;
+    T *o = out + row * dim;
     const float *sh = shift + (size_t)(row / tokens) * mod_stride;
     const float *sc = scale + (size_t)(row / tokens) * mod_stride;
     double sum = 0;
@@ -33,11 +35,13 @@ __global__ void layernorm_modulate_kernel(float *out, const float *x, const floa
     double var = warp_sum(squares) / dim;
     float inv = (float)(1.0 / sqrt(var + 1e-6));
     float m = (float)mean;
-    /* Each lane reads x[i] before writing out[i], so out may alias x. */
-    for (int i = lane; i < dim; i += 32) o[i] = ((xr[i] - m) * inv) * (1.0f + sc[i]) + sh[i];
+    /* Each lane reads x[i] before writing out[i], so with float32 operands
+     * out may alias x. */
+    for (int i = lane; i < dim; i += 32)
+        o[i] = operand_from_float<T>(((xr[i] - m) * inv) * (1.0f + sc[i]) + sh[i]);
 }
 
-void cuda_layernorm_modulate(backend *be, float *out, const float *x, const float *shift,
+void cuda_layernorm_modulate(backend *be, void *out, const float *x, const float *shift,
                              const float *scale, int mod_stride, int batch, int tokens, int dim) {
     cuda_backend *cb = cuda_of(be);
     long long rows = (long long)batch * tokens;
@@ -47,7 +51,9 @@ void cuda_layernorm_modulate(backend *be, float *out, const float *x, const floa
         cuda_fail(cb, "layernorm_modulate: %lld rows is too many", rows);
         return;
     }
-    layernorm_modulate_kernel<<<(unsigned int)blocks, LAYERNORM_WARPS * 32, 0, cb->stream>>>(
-        out, x, shift, scale, mod_stride, tokens, dim, rows);
+    OPERAND_DISPATCH(be->operand_type,
+                     layernorm_modulate_kernel<T>
+                     <<<(unsigned int)blocks, LAYERNORM_WARPS * 32, 0, cb->stream>>>(
+                         (T *)out, x, shift, scale, mod_stride, tokens, dim, rows));
     cuda_check_launch(cb, "layernorm_modulate_kernel");
 }

@@ -1,14 +1,17 @@
 /* linear.cu - backend.h's `linear` (a PyTorch nn.Linear, plus an optional
  * residual `add` and activation) as one cuBLASLt matrix product: the row-major
  * out[rows, out_dim] is the column-major D[out_dim, rows] = W^T-op * in, with
- * the bias and GELU as the epilogue and `add` as C with beta = 1. Plans (the
- * descriptors and the heuristic's algorithm) are cached per shape; a shape
- * cuBLASLt has no algorithm for goes through cublasGemmEx and a bias/activation
- * kernel instead. */
+ * the bias and GELU as the epilogue and `add` as C with beta = 1. Weights and
+ * inputs are operands (float32, or bf16/fp16 with float32 accumulation); the
+ * output is float32 or an operand, and C and the bias take its type. Plans
+ * (the descriptors and the heuristic's algorithm) are cached per shape; a
+ * shape cuBLASLt has no algorithm for goes through cublasGemmEx and a
+ * bias/activation kernel instead. */
 #include <stdint.h>
 #include <string.h>
 
 #include "cuda_backend.cuh"
+#include "operand.cuh"
 
 __device__ __forceinline__ float gelu_tanh_device(float x) {
     const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
@@ -21,33 +24,40 @@ __device__ __forceinline__ float activate(float x, backend_activation act) {
     return x;
 }
 
-__global__ void bias_activation_kernel(float *out, const float *bias, size_t n, int cols,
+/* out and bias are both of type T (the product's output type). */
+template <typename T>
+__global__ void bias_activation_kernel(T *out, const T *bias, size_t n, int cols,
                                        backend_activation act) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        float v = out[i] + (bias ? bias[i % (size_t)cols] : 0.0f);
-        out[i] = activate(v, act);
+        float v = operand_to_float(out[i]) + (bias ? operand_to_float(bias[i % (size_t)cols]) : 0.0f);
+        out[i] = operand_from_float<T>(activate(v, act));
     }
 }
 
-__global__ void activation_kernel(float *out, const float *in, size_t n, backend_activation act) {
+template <typename T>
+__global__ void activation_kernel(T *out, const float *in, size_t n, backend_activation act) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
-        out[i] = activate(in[i], act);
+        out[i] = operand_from_float<T>(activate(in[i], act));
 }
 
-void cuda_bias_activation(cuda_backend *cb, float *out, const float *bias, size_t rows, int cols,
-                          backend_activation act) {
+static void bias_activation(cuda_backend *cb, void *out, backend_dtype out_type, const void *bias,
+                            size_t rows, int cols, backend_activation act) {
     size_t n = rows * (size_t)cols;
     if (!n || (!bias && act == BACKEND_ACT_NONE)) return;
-    bias_activation_kernel<<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(out, bias, n, cols, act);
+    OPERAND_DISPATCH(out_type, bias_activation_kernel<T><<<cuda_blocks_for(n, 256), 256, 0,
+                                                           cb->stream>>>(
+                                   (T *)out, (const T *)bias, n, cols, act));
     cuda_check_launch(cb, "bias_activation_kernel");
 }
 
-void cuda_activation(backend *be, float *out, const float *in, size_t n, backend_activation act) {
+void cuda_activation(backend *be, void *out, const float *in, size_t n, backend_activation act) {
     cuda_backend *cb = cuda_of(be);
     if (!n || !cuda_enter(cb)) return;
-    activation_kernel<<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(out, in, n, act);
+    OPERAND_DISPATCH(be->operand_type,
+                     activation_kernel<T><<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(
+                         (T *)out, in, n, act));
     cuda_check_launch(cb, "activation_kernel");
 }
 
@@ -55,8 +65,18 @@ void cuda_activation(backend *be, float *out, const float *in, size_t n, backend
 static int alignment_of(const void *ptr) {
     uintptr_t address = (uintptr_t)ptr;
     int alignment = 16;
-    while (alignment > 4 && address % (uintptr_t)alignment) alignment /= 2;
+    while (alignment > 2 && address % (uintptr_t)alignment) alignment /= 2;
     return alignment;
+}
+
+static cudaDataType_t cuda_type_of(backend_dtype type) {
+    return type == BACKEND_BF16 ? CUDA_R_16BF : type == BACKEND_F16 ? CUDA_R_16F : CUDA_R_32F;
+}
+
+/* Products of float32 operands use the backend's compute type (true float32
+ * in fp32 mode); 16-bit operands accumulate in float32. */
+static cublasComputeType_t linear_compute_type(const cuda_backend *cb) {
+    return cb->base.operand_type == BACKEND_F32 ? cb->compute_type : CUBLAS_COMPUTE_32F;
 }
 
 static void plan_release(linear_plan *plan) {
@@ -77,7 +97,9 @@ void cuda_linear_plans_destroy(cuda_backend *cb) {
  * stays 0 when there is none. Returns -1 after recording a cuBLAS failure. */
 static int plan_build(cuda_backend *cb, linear_plan *plan) {
     const cublasOperation_t transpose = CUBLAS_OP_T, no_transpose = CUBLAS_OP_N;
-    if (cublas_check(cb, cublasLtMatmulDescCreate(&plan->desc, cb->compute_type, CUDA_R_32F),
+    const cudaDataType_t operand = cuda_type_of(cb->base.operand_type);
+    const cudaDataType_t output = cuda_type_of(plan->out_type);
+    if (cublas_check(cb, cublasLtMatmulDescCreate(&plan->desc, linear_compute_type(cb), CUDA_R_32F),
                      "cublasLtMatmulDescCreate") ||
         cublas_check(cb, cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA,
                                                         &transpose, sizeof(transpose)),
@@ -89,13 +111,13 @@ static int plan_build(cuda_backend *cb, linear_plan *plan) {
                                                         &plan->epilogue, sizeof(plan->epilogue)),
                      "cuBLASLt EPILOGUE") ||
         /* A is the weight seen column-major: [in_dim, out_dim] with ld = weight_stride. */
-        cublas_check(cb, cublasLtMatrixLayoutCreate(&plan->layout_a, CUDA_R_32F, plan->k, plan->m,
+        cublas_check(cb, cublasLtMatrixLayoutCreate(&plan->layout_a, operand, plan->k, plan->m,
                                                     plan->lda),
                      "cuBLASLt layout A") ||
-        cublas_check(cb, cublasLtMatrixLayoutCreate(&plan->layout_b, CUDA_R_32F, plan->k, plan->n,
+        cublas_check(cb, cublasLtMatrixLayoutCreate(&plan->layout_b, operand, plan->k, plan->n,
                                                     plan->k),
                      "cuBLASLt layout B") ||
-        cublas_check(cb, cublasLtMatrixLayoutCreate(&plan->layout_c, CUDA_R_32F, plan->m, plan->n,
+        cublas_check(cb, cublasLtMatrixLayoutCreate(&plan->layout_c, output, plan->m, plan->n,
                                                     plan->m),
                      "cuBLASLt layout C"))
         return -1;
@@ -136,11 +158,12 @@ static int plan_build(cuda_backend *cb, linear_plan *plan) {
 }
 
 static linear_plan *plan_for(cuda_backend *cb, int m, int n, int k, int lda, int has_add,
-                             int alignment, cublasLtEpilogue_t epilogue) {
+                             int alignment, cublasLtEpilogue_t epilogue, backend_dtype out_type) {
     for (int i = 0; i < CUDA_LINEAR_PLANS; i++) {
         linear_plan *p = &cb->plans[i];
         if (p->used && p->m == m && p->n == n && p->k == k && p->lda == lda &&
-            p->has_add == has_add && p->alignment == alignment && p->epilogue == epilogue)
+            p->has_add == has_add && p->alignment == alignment && p->epilogue == epilogue &&
+            p->out_type == out_type)
             return p;
     }
     linear_plan *plan = NULL;
@@ -159,6 +182,7 @@ static linear_plan *plan_for(cuda_backend *cb, int m, int n, int k, int lda, int
     plan->has_add = has_add;
     plan->alignment = alignment;
     plan->epilogue = epilogue;
+    plan->out_type = out_type;
     if (plan_build(cb, plan)) {
         plan_release(plan);
         return NULL;
@@ -166,34 +190,43 @@ static linear_plan *plan_for(cuda_backend *cb, int m, int n, int k, int lda, int
     return plan;
 }
 
-/* cublasGemmEx with the same compute type, then bias and activation. */
-static void linear_fallback(cuda_backend *cb, float *out, const float *in, int rows,
-                            const backend_linear *w, const float *add, backend_activation act) {
+/* cublasGemmEx with the same types, then bias and activation. */
+static void linear_fallback(cuda_backend *cb, void *out, backend_dtype out_type, const void *in,
+                            int rows, const backend_linear *w, const void *bias, const void *add,
+                            backend_activation act) {
     size_t n = (size_t)rows * (size_t)w->out_dim;
     float one = 1.0f, beta = 0.0f;
     if (add) {
         if (add != out &&
-            cuda_check(cb, cudaMemcpyAsync(out, add, n * sizeof(float), cudaMemcpyDeviceToDevice,
-                                           cb->stream),
+            cuda_check(cb, cudaMemcpyAsync(out, add, n * backend_dtype_bytes(out_type),
+                                           cudaMemcpyDeviceToDevice, cb->stream),
                        "linear add copy"))
             return;
         beta = 1.0f;
     }
+    const cudaDataType_t operand = cuda_type_of(cb->base.operand_type);
     if (cublas_check(cb, cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->out_dim, rows,
-                                      w->in_dim, &one, w->weight, CUDA_R_32F, w->weight_stride, in,
-                                      CUDA_R_32F, w->in_dim, &beta, out, CUDA_R_32F, w->out_dim,
-                                      cb->compute_type, CUBLAS_GEMM_DEFAULT),
+                                      w->in_dim, &one, w->weight, operand, w->weight_stride, in,
+                                      operand, w->in_dim, &beta, out, cuda_type_of(out_type),
+                                      w->out_dim, linear_compute_type(cb), CUBLAS_GEMM_DEFAULT),
                      "cublasGemmEx"))
         return;
-    cuda_bias_activation(cb, out, w->bias, (size_t)rows, w->out_dim, act);
+    bias_activation(cb, out, out_type, bias, (size_t)rows, w->out_dim, act);
 }
 
-void cuda_linear(backend *be, float *out, const float *in, int rows, const backend_linear *w,
-                 const float *add, backend_activation act) {
+void cuda_linear(backend *be, void *out, backend_output output, const void *in, int rows,
+                 const backend_linear *w, const void *add, backend_activation act) {
     cuda_backend *cb = cuda_of(be);
     if (rows <= 0 || w->out_dim <= 0 || !cuda_enter(cb)) return;
     if (w->in_dim <= 0 || w->weight_stride < w->in_dim) {
         cuda_fail(cb, "linear: in_dim %d, weight_stride %d", w->in_dim, w->weight_stride);
+        return;
+    }
+    const backend_dtype out_type = output == BACKEND_OUT_OPERAND ? be->operand_type : BACKEND_F32;
+    /* The bias in the output's type (cuBLASLt's rule for the epilogue). */
+    const void *bias = out_type == BACKEND_F32 ? (const void *)w->bias : w->bias_operand;
+    if (w->bias && !bias) {
+        cuda_fail(cb, "linear: the weight has no bias in the operand type");
         return;
     }
     int alignment = alignment_of(out);
@@ -202,18 +235,18 @@ void cuda_linear(backend *be, float *out, const float *in, int rows, const backe
         if (operands[i] && alignment_of(operands[i]) < alignment) alignment = alignment_of(operands[i]);
     /* Bias alignment is not a heuristic preference, so only a 16-byte aligned
      * bias goes into the epilogue. */
-    const float *epilogue_bias = w->bias && alignment_of(w->bias) == 16 ? w->bias : NULL;
-    const float *late_bias = epilogue_bias ? NULL : w->bias;
+    const void *epilogue_bias = bias && alignment_of(bias) == 16 ? bias : NULL;
+    const void *late_bias = epilogue_bias ? NULL : bias;
     int fuse_gelu = act == BACKEND_ACT_GELU_TANH && cb->gelu_epilogue_is_tanh && !late_bias;
     backend_activation late_act = fuse_gelu ? BACKEND_ACT_NONE : act;
     cublasLtEpilogue_t epilogue =
         fuse_gelu ? (epilogue_bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU)
                   : (epilogue_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
     linear_plan *plan = plan_for(cb, w->out_dim, rows, w->in_dim, w->weight_stride, add != NULL,
-                                 alignment, epilogue);
+                                 alignment, epilogue, out_type);
     if (!plan) return;
     if (!plan->use_lt) {
-        linear_fallback(cb, out, in, rows, w, add, act);
+        linear_fallback(cb, out, out_type, in, rows, w, bias, add, act);
         return;
     }
     if (epilogue_bias &&
@@ -230,9 +263,9 @@ void cuda_linear(backend *be, float *out, const float *in, int rows, const backe
      * this shape to the fallback for good; anything else is a failure. */
     if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) {
         plan->use_lt = 0;
-        linear_fallback(cb, out, in, rows, w, add, act);
+        linear_fallback(cb, out, out_type, in, rows, w, bias, add, act);
         return;
     }
     if (cublas_check(cb, status, "cublasLtMatmul")) return;
-    cuda_bias_activation(cb, out, late_bias, (size_t)rows, w->out_dim, late_act);
+    bias_activation(cb, out, out_type, late_bias, (size_t)rows, w->out_dim, late_act);
 }

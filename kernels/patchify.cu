@@ -3,8 +3,10 @@
  * [B, T, p*p*C] in (row, column, channel) order back to [B, C, S, S]). One
  * thread per output element, so writes are coalesced. */
 #include "cuda_backend.cuh"
+#include "operand.cuh"
 
-__global__ void patchify_kernel(float *out, const float *x, int channels, int size, int patch,
+template <typename T>
+__global__ void patchify_kernel(T *out, const float *x, int channels, int size, int patch,
                                 size_t n) {
     int grid = size / patch;
     size_t tokens = (size_t)grid * grid, patch_dim = (size_t)channels * patch * patch;
@@ -15,11 +17,12 @@ __global__ void patchify_kernel(float *out, const float *x, int channels, int si
         int c = (int)(e / ((size_t)patch * patch));
         int r = (int)(e / patch % patch), col = (int)(e % patch);
         int gy = (int)(token / grid), gx = (int)(token % grid);
-        out[i] = x[((b * channels + c) * size + (size_t)gy * patch + r) * size + (size_t)gx * patch + col];
+        out[i] = operand_from_float<T>(
+            x[((b * channels + c) * size + (size_t)gy * patch + r) * size + (size_t)gx * patch + col]);
     }
 }
 
-void cuda_patchify(backend *be, float *out, const float *x, int batch, int channels, int size,
+void cuda_patchify(backend *be, void *out, const float *x, int batch, int channels, int size,
                    int patch) {
     cuda_backend *cb = cuda_of(be);
     if (batch <= 0 || channels <= 0 || size <= 0 || !cuda_enter(cb)) return;
@@ -28,7 +31,9 @@ void cuda_patchify(backend *be, float *out, const float *x, int batch, int chann
         return;
     }
     size_t n = (size_t)batch * channels * size * size;
-    patchify_kernel<<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(out, x, channels, size, patch, n);
+    OPERAND_DISPATCH(be->operand_type,
+                     patchify_kernel<T><<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(
+                         (T *)out, x, channels, size, patch, n));
     cuda_check_launch(cb, "patchify_kernel");
 }
 

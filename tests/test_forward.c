@@ -62,9 +62,9 @@ static void check_intermediates(fpdm_context *ctx, const fpdm_model *model, cons
     const block_weights *first = cfg->fixed_point ? (cfg->pre_depth ? &model->pre_blocks[0] : NULL)
                                                   : &model->blocks[0];
     if (!first || !safetensors_find(io, "block0_out")) return;
-    const float *silu = cfg->fixed_point ? st.silu_cond_pp : st.silu_cond;
-    model->be->linear(model->be, st.modulation, silu, batch, &first->modulation, NULL,
-                      BACKEND_ACT_NONE);
+    const void *silu = cfg->fixed_point ? st.silu_cond_pp : st.silu_cond;
+    model->be->linear(model->be, st.modulation, BACKEND_OUT_F32, silu, batch, &first->modulation,
+                      NULL, BACKEND_ACT_NONE);
     network_block(model, &st, first, st.hidden, st.modulation);
     check_buffer(case_name, "block0_out", io, st.hidden);
 }

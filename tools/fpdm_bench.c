@@ -259,26 +259,27 @@ static flop_count count_flops(const fpdm_model_info *info)
     return fc;
 }
 
-/* The smallest activation memory one forward of `rows` rows can run in (float32),
+/* The smallest activation memory one forward of `rows` rows can run in,
  * counting the [rows, tokens, *] tensors only (per-row vectors and the images
- * are small beside them): the largest set of buffers live at once.
- *   Inside a block, per token: attention needs the stream x (D), qkv (3D) and
- *   the attention output (D), with fused attention (no T x T scores); the MLP
- *   needs x (D), the normed input (D) and the hidden layer (M):
- *     block = max(5D, 2D + M)                      (6D with M = 4D)
- *   FPDM keeps across the iterations the previous iterate z (D) and the
- *   injection half of fc1 (2D, computed once per solve):
- *     fpdm = block + 3D
- *   bytes = 4 * rows * tokens * (block, or fpdm)
- * The library's arena is larger: it gives each stage its own buffer. */
-static double min_activation_bytes(const fpdm_model_info *info, int rows)
+ * are small beside them): the largest set of buffers live at once. The
+ * residual stream x and FPDM's iterate z stay float32 (4 bytes); the inputs
+ * of matrix products take `operand_bytes` (o: 4, or 2 in bf16/fp16).
+ *   Inside a block, per token: attention needs x, qkv (3D) and the attention
+ *   output (D), with fused attention (no T x T scores); the MLP needs x, the
+ *   normed input (D) and the hidden layer (M):
+ *     block = 4 D + o max(4D, D + M)               (4D + 5oD with M = 4D)
+ *   FPDM keeps across the iterations the previous iterate z (4 D) and the
+ *   injection half of fc1 (2 o D, computed once per solve):
+ *     fpdm = block + 4 D + 2 o D
+ *   bytes = rows * tokens * (block, or fpdm) */
+static double min_activation_bytes(const fpdm_model_info *info, int rows, int operand_bytes)
 {
-    const double d = info->hidden_size, m = MLP_RATIO * d;
+    const double d = info->hidden_size, m = MLP_RATIO * d, o = operand_bytes;
     const double grid = info->input_size / info->patch_size, tokens = grid * grid;
-    double per_token = 5 * d > 2 * d + m ? 5 * d : 2 * d + m;
+    double per_token = 4 * d + o * (4 * d > d + m ? 4 * d : d + m);
     if (info->is_fixed_point)
-        per_token += 3 * d;
-    return 4.0 * rows * tokens * per_token;
+        per_token += 4 * d + 2 * o * d;
+    return rows * tokens * per_token;
 }
 
 /* ---- measuring ------------------------------------------------------------- */
@@ -308,7 +309,7 @@ typedef struct bench {
     int reference_size;
     double reference_seconds;
     double reference_tflops;
-    double weight_bytes;         /* parameters stored in float32 */
+    double weight_bytes;         /* the weights as stored on the device */
 } bench;
 
 static void finish_measurement(measurement *m, const double *seconds, int repeat)
@@ -586,7 +587,7 @@ static int run_measurements(bench *b, const char *model_name)
         rc = EXIT_RUNTIME;
         goto done;
     }
-    b->weight_bytes = 4.0 * (double)b->info->num_parameters;
+    b->weight_bytes = (double)b->info->weight_bytes;
     rc = measure_reference(b);
     if (rc != 0)
         goto done;
@@ -610,7 +611,7 @@ static int run_measurements(bench *b, const char *model_name)
                 break;
             m.gflops = m.gflop / m.seconds_mean;
             m.reference_fraction = m.gflops / (1000.0 * b->reference_tflops);
-            m.min_activation_bytes = min_activation_bytes(b->info, m.rows);
+            m.min_activation_bytes = min_activation_bytes(b->info, m.rows, m.memory.operand_bytes);
             if (json)
                 add_json_row(json, b, &m);
             else

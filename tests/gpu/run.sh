@@ -84,13 +84,34 @@ GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head 
 if [ -z "$ARCH" ]; then ARCH=90; note "nvidia-smi gave no compute capability: building for sm_90"; fi
 note "GPU: ${GPU_NAME:-unknown}, sm_$ARCH, $JOBS cores"
 
+# The device machines have no Debian packages and no network: the CPU
+# backend's libraries (OpenMP OpenBLAS, cJSON, stb) travel as .deb files in
+# .deps/ (git-ignored; fetched here with `apt-get download libcjson-dev
+# libcjson1 libgfortran5 libopenblas-openmp-dev libopenblas0-openmp libstb-dev
+# libstb0` and named in the device call's carry). They are unpacked into the
+# build folder, not into /, and handed to CMake as its cached answers.
+DEP_FLAGS=()
+if ls "$ROOT"/.deps/*.deb > /dev/null 2>&1; then
+  DEP_ROOT=$BUILD/deps-root
+  mkdir -p "$DEP_ROOT"
+  for deb in "$ROOT"/.deps/*.deb; do dpkg -x "$deb" "$DEP_ROOT"; done
+  DEP_LIB=$DEP_ROOT/usr/lib/x86_64-linux-gnu
+  DEP_FLAGS=(-DOPENBLAS_OPENMP_LIBRARY="$DEP_LIB/openblas-openmp/libopenblas.so"
+             -DCBLAS_INCLUDE_DIR="$DEP_ROOT/usr/include/x86_64-linux-gnu/openblas-openmp"
+             -DCJSON_INCLUDE_DIR="$DEP_ROOT/usr/include" -DCJSON_LIBRARY="$DEP_LIB/libcjson.so"
+             -DSTB_INCLUDE_DIR="$DEP_ROOT/usr/include/stb" -DSTB_LIBRARY="$DEP_LIB/libstb.so")
+  export LD_LIBRARY_PATH=$DEP_LIB:$DEP_LIB/openblas-openmp:$LD_LIBRARY_PATH
+  note "CPU-side libraries from .deps/ unpacked into $DEP_ROOT"
+fi
+
 # ---- build -------------------------------------------------------------------
 CMAKE_LIBS=$(IFS=';'; echo "${LIB_DIRS[*]}")
 CMAKE_INCS=$(IFS=';'; echo "${INC_DIRS[*]:-}")
 if ! run_step 90 configure cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_CUDA_COMPILER="$NVCC" -DCUDAToolkit_ROOT="$CUDA_HOME" \
     -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_LIBRARY_PATH="$CMAKE_LIBS" \
-    -DCMAKE_INCLUDE_PATH="$CMAKE_INCS" -DFPDM_WERROR=OFF > "$LOGS/configure.log" 2>&1; then
+    -DCMAKE_INCLUDE_PATH="$CMAKE_INCS" -DFPDM_WERROR=OFF "${DEP_FLAGS[@]}" \
+    > "$LOGS/configure.log" 2>&1; then
   note "configure FAILED (see $LOGS/configure.log)"; tail -30 "$LOGS/configure.log"; exit 1
 fi
 grep -q "CUDA backend ON" "$LOGS/configure.log" || note "warning: configure did not enable the CUDA backend"
@@ -210,6 +231,38 @@ for config in $BENCH_CONFIGS; do
   done
 done
 
+# Where an FPDM-XL/2 bf16 forward spends its time, kernel by kernel (Nsight
+# Compute's per-kernel durations over one forward with 2 iterations; the
+# bench's reference product shows up too). Only with PROFILE=1 and ncu.
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
+if [ "${PROFILE:-0}" = 1 ] && [ -n "$NCU" ] && [ -x "$BENCH" ]; then
+  run_step 120 "profile" "$NCU" --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
+      "$BENCH" --config FPDM-XL/2 --batch-size "$BENCH_BATCH" --cfg on --device cuda \
+      --precision bf16 --iters 2 --repeat 1 --warmup 0 > "$LOGS/profile.txt" 2>&1 ||
+    note "profile failed (see $LOGS/profile.txt)"
+  python3 - "$LOGS/profile.txt" > "$LOGS/profile-top.txt" <<'PY'
+import re, sys
+# ncu's per-kernel summary: a kernel's name line, then its metric rows with
+# columns (metric, unit, minimum, maximum, average) and an invocation count.
+kernels, name, calls = [], None, 0
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"\s+(\S.*?) \(\d+, \d+, \d+\)x\(\d+, \d+, \d+\).*Invocations (\d+)", line)
+    if m:
+        name, calls = m.group(1), int(m.group(2))
+        continue
+    m = re.match(r"\s+gpu__time_duration\.sum\s+(\S+)\s+\S+\s+\S+\s+(\S+)", line)
+    if m and name:
+        scale = {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}.get(m.group(1), 0)
+        average = float(m.group(2).replace(",", "")) * scale
+        kernels.append((average * calls, calls, average, name[:90]))
+        name = None
+kernels.sort(reverse=True)
+print("FPDM-XL/2 bf16, 2 iterations: kernels by total ms (ncu, clocks as found)")
+for total, calls, average, name in kernels[:14]:
+    print(f"{total:9.3f} ms {calls:4d} x {average:8.4f}  {name}")
+PY
+fi
+
 # ---- summary -----------------------------------------------------------------
 {
   echo
@@ -230,9 +283,10 @@ ours, torch_rows = load(sys.argv[1]), load(sys.argv[2])
 MB = 2 ** 20
 print(f"\nforward of {sys.argv[3]} images with CFG ({2 * int(sys.argv[3])} rows) at 256 px, min of 5 (ms);")
 print("ratio = ours / torch; %ref = our rate / an 8192^3 product's in the same precision;")
-print("ours MB = device memory in use after the run (CUDA context, weights, arena); torch MB = peak tensors")
+print("used MB = device memory in use after the run (CUDA context, weights, arena); w+a MB = our")
+print("weights + arena; limit MB = weights + 1.5 x the analytic minimum activations; torch MB = peak tensors")
 print(f"{'config':<10} {'dtype':<5} {'ours':>9} {'torch':>9} {'ratio':>6} {'%ref':>6} {'ref TF/s':>8}"
-      f" {'ours MB':>8} {'arena MB':>8} {'torch MB':>8}")
+      f" {'used MB':>8} {'w+a MB':>8} {'limit MB':>8} {'torch MB':>8}")
 for key in sorted(set(ours) | set(torch_rows)):
     o, t = ours.get(key), torch_rows.get(key)
     def cell(value, fmt):
@@ -242,10 +296,12 @@ for key in sorted(set(ours) | set(torch_rows)):
           f" {cell(o and 100 * o['fraction_of_reference'], '.1f'):>6}"
           f" {cell(o and o['reference_tflops'], '.0f'):>8}"
           f" {cell(o and o['device_used_bytes'] / MB, '.0f'):>8}"
-          f" {cell(o and o['arena_bytes'] / MB, '.0f'):>8}"
+          f" {cell(o and (o['weight_bytes'] + o['arena_bytes']) / MB, '.0f'):>8}"
+          f" {cell(o and (o['weight_bytes'] + 1.5 * o['min_activation_bytes']) / MB, '.0f'):>8}"
           f" {cell(t and t.get('peak_allocated_bytes', 0) / MB, '.0f'):>8}")
 PY
   [ -s "$LOGS/iters.txt" ] && { echo; cat "$LOGS/iters.txt"; }
   [ -s "$LOGS/vae.txt" ] && { echo; cat "$LOGS/vae.txt"; }
+  [ -s "$LOGS/profile-top.txt" ] && { echo; cat "$LOGS/profile-top.txt"; }
 } | tee -a "$SUMMARY"
 exit $CTEST_RC

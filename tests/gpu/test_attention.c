@@ -1,9 +1,12 @@
-/* test_attention.c - the CUDA attention kernel against the CPU backend on
+/* test_attention.c - the CUDA attention kernels against the CPU backend on
  * fresh random qkv, for every head_dim instantiation (12, 16, 32, 64, 72, 96,
- * 128), token counts that are and are not multiples of the tiles (1 to 1024),
- * and the largest launch the samplers make (batch 128 x 1024 tokens x 16
- * heads x 72, compared on its first and last images). Relative L2 <= 1e-5 in
- * fp32; outputs are poisoned with NaN first. Exits 77 (SKIPPED) without a
+ * 100, 128), token counts that are and are not multiples of the tiles (1 to
+ * 1024), and the largest launch the samplers make (batch 128 x 1024 tokens x
+ * 16 heads x 72, compared on its first and last images): the float32 kernel
+ * at relative L2 <= 1e-5, the tensor-core kernel of the bf16 and fp16
+ * backends at <= 1e-2 (its inputs are rounded to 16 bits first and the CPU
+ * gets the rounded values, so only its own rounding of P and of the output
+ * counts). Outputs are poisoned with NaN first. Exits 77 (SKIPPED) without a
  * GPU. Run: ctest -L gpu (FPDM_TEST_SEED=N repeats a run). */
 #include <math.h>
 #include <stdint.h>
@@ -13,7 +16,48 @@
 
 #include "backend.h"
 #include "backend_cuda.h"
+#include "float16.h"
 #include "test_util.h"
+
+static uint16_t to_16bit(float value, backend_dtype type) {
+    return type == BACKEND_BF16 ? f32_to_bf16(value) : f32_to_f16(value);
+}
+
+static float from_16bit(uint16_t bits, backend_dtype type) {
+    return type == BACKEND_BF16 ? bf16_to_f32(bits) : f16_to_f32(bits);
+}
+
+/* Uploads n values in the backend's operand type into a new buffer; with a
+ * 16-bit type the host values are replaced by their rounded selves. */
+static float *upload_operand(backend *gpu, float *host, size_t n) {
+    backend_dtype type = gpu->operand_type;
+    if (type == BACKEND_F32) {
+        float *device = gpu->alloc(gpu, n);
+        CHECK(device && gpu->upload(gpu, device, host, n) == 0);
+        return device;
+    }
+    size_t packed_floats = (n + 1) / 2;
+    uint16_t *packed = calloc(2 * packed_floats, sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) {
+        packed[i] = to_16bit(host[i], type);
+        host[i] = from_16bit(packed[i], type);
+    }
+    float *device = gpu->alloc(gpu, packed_floats);
+    CHECK(device && gpu->upload(gpu, device, (const float *)packed, packed_floats) == 0);
+    free(packed);
+    return device;
+}
+
+static int download_operand(backend *gpu, float *host, const float *device, size_t n) {
+    backend_dtype type = gpu->operand_type;
+    if (type == BACKEND_F32) return gpu->download(gpu, host, device, n);
+    size_t packed_floats = (n + 1) / 2;
+    uint16_t *packed = calloc(2 * packed_floats, sizeof(uint16_t));
+    int status = gpu->download(gpu, (float *)packed, device, packed_floats);
+    for (size_t i = 0; i < n; i++) host[i] = from_16bit(packed[i], type);
+    free(packed);
+    return status;
+}
 
 /* Runs the CPU backend on images [first, first + count) of host_qkv. */
 static float *cpu_attention(backend *cpu, const float *host_qkv, int first, int count, int tokens,
@@ -50,16 +94,17 @@ static void check_case(backend *cpu, backend *gpu, int batch, int tokens, int he
         host_qkv[i] = (is_value ? 1.0f : amplitude) * test_uniform();
     }
     for (size_t i = 0; i < out_floats; i++) host_out[i] = NAN;
-    float *qkv = gpu->alloc(gpu, qkv_floats), *out = gpu->alloc(gpu, out_floats);
-    CHECK(qkv && out);
+    float *qkv = upload_operand(gpu, host_qkv, qkv_floats);
+    float *out = upload_operand(gpu, host_out, out_floats);
     if (!qkv || !out) return;
     size_t scratch_floats = gpu->attention_scratch_floats(gpu, batch, tokens, heads, head_dim);
     float *scratch = scratch_floats ? gpu->alloc(gpu, scratch_floats) : NULL;
-    CHECK(gpu->upload(gpu, qkv, host_qkv, qkv_floats) == 0);
-    CHECK(gpu->upload(gpu, out, host_out, out_floats) == 0);
     gpu->attention(gpu, out, qkv, batch, tokens, heads, head_dim, scratch);
-    int status = gpu->download(gpu, host_out, out, out_floats);
+    int status = download_operand(gpu, host_out, out, out_floats);
     CHECK_MSG(status == 0, "%s", backend_cuda_error(gpu));
+    const char *type_name = gpu->operand_type == BACKEND_BF16 ? " bf16"
+                            : gpu->operand_type == BACKEND_F16 ? " fp16" : "";
+    double tolerance = gpu->operand_type == BACKEND_F32 ? 1e-5 : 1e-2;
 
     char what[128];
     size_t image_floats = (size_t)tokens * dim;
@@ -67,10 +112,11 @@ static void check_case(backend *cpu, backend *gpu, int batch, int tokens, int he
     for (int part = 0; part < (compare_all ? 1 : 2); part++) {
         float *expected = cpu_attention(cpu, host_qkv, firsts[part], counts[part], tokens, heads,
                                         head_dim);
-        snprintf(what, sizeof what, "attention b%d t%d h%d d%d x%.0f%s", batch, tokens, heads,
-                 head_dim, amplitude, compare_all ? "" : part ? " (last image)" : " (first image)");
+        snprintf(what, sizeof what, "attention%s b%d t%d h%d d%d x%.0f%s", type_name, batch,
+                 tokens, heads, head_dim, amplitude,
+                 compare_all ? "" : part ? " (last image)" : " (first image)");
         check_close(what, host_out + (size_t)firsts[part] * image_floats, expected,
-                    (size_t)counts[part] * image_floats, 1e-5);
+                    (size_t)counts[part] * image_floats, tolerance);
         free(expected);
     }
     gpu->release(gpu, qkv);
@@ -88,9 +134,8 @@ int main(void) {
     test_seed_random("test_attention");
     char err[256];
     backend *cpu = backend_cpu_create(0);
-    backend *gpu = backend_cuda_create(0, FPDM_PRECISION_FP32, err, sizeof err);
-    if (!cpu || !gpu) {
-        fprintf(stderr, "test_attention: cannot create the backends: %s\n", gpu ? "cpu" : err);
+    if (!cpu) {
+        fprintf(stderr, "test_attention: cannot create the CPU backend\n");
         return 1;
     }
     /* batch, tokens, heads, head_dim, amplitude */
@@ -100,12 +145,19 @@ int main(void) {
         {2, 64, 2, 72, 8.0f},    {1, 129, 2, 96, 1.0f},  {2, 97, 2, 128, 1.0f},
         {1, 31, 1, 100, 2.0f},   {1, 1024, 2, 72, 1.0f}, {2, 256, 12, 64, 1.0f},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        check_case(cpu, gpu, cases[i].batch, cases[i].tokens, cases[i].heads, cases[i].head_dim,
-                   cases[i].amplitude, 1);
-    /* The largest launch (DiT-XL/2 at 512 px, batch 128): first and last image. */
-    check_case(cpu, gpu, 128, 1024, 16, 72, 1.0f, 0);
-    gpu->destroy(gpu);
+    const fpdm_precision precisions[3] = {FPDM_PRECISION_FP32, FPDM_PRECISION_BF16,
+                                          FPDM_PRECISION_FP16};
+    for (int p = 0; p < 3; p++) {
+        backend *gpu = backend_cuda_create(0, precisions[p], err, sizeof err);
+        CHECK_MSG(gpu != NULL, "%s", err);
+        if (!gpu) continue;
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+            check_case(cpu, gpu, cases[i].batch, cases[i].tokens, cases[i].heads,
+                       cases[i].head_dim, cases[i].amplitude, 1);
+        /* The largest launch (DiT-XL/2 at 512 px, batch 128): first and last image. */
+        check_case(cpu, gpu, 128, 1024, 16, 72, 1.0f, 0);
+        gpu->destroy(gpu);
+    }
     cpu->destroy(cpu);
     return test_finish("test_attention");
 }

@@ -1,7 +1,10 @@
 /* test_ops.c - every CUDA backend op but attention and noise (see
  * test_attention.c, test_noise.c) against the CPU backend, the oracle, on
  * fresh random inputs: outputs are poisoned with NaN first, and each result
- * must be within relative L2 1e-5 in fp32 (1e-2 for bf16 matrix products).
+ * must be within relative L2 1e-5 in fp32. The bf16 and fp16 backends keep
+ * operands in 16 bits: their inputs are drawn, rounded to 16 bits, and the
+ * CPU gets the rounded values, so float32 results must still agree to 1e-4
+ * and 16-bit results to 1e-2 (their own rounding, ~1e-3).
  * Also checks that a failing op is reported by synchronize. Exits 77
  * (SKIPPED) without a GPU. Run: ctest -L gpu (FPDM_TEST_SEED=N repeats a run). */
 #include <math.h>
@@ -13,17 +16,33 @@
 #include "backend.h"
 #include "backend_cuda.h"
 #include "diffusion.h"
+#include "float16.h"
 #include "test_util.h"
 
 static backend *cpu, *gpu;
-/* The same tensor in both backends. */
+/* The same tensor in both backends; on the GPU in `type` (float32, or the
+ * 16-bit operand type), on the CPU always float32. */
 typedef struct twin {
     float *on_cpu, *on_gpu;
     size_t n;
+    backend_dtype type;
 } twin;
 
+static uint16_t to_16bit(float value, backend_dtype type) {
+    return type == BACKEND_BF16 ? f32_to_bf16(value) : f32_to_f16(value);
+}
+
+static float from_16bit(uint16_t bits, backend_dtype type) {
+    return type == BACKEND_BF16 ? bf16_to_f32(bits) : f16_to_f32(bits);
+}
+
+/* Element `offset` of a twin's GPU copy, whatever its type. */
+static void *gpu_at(twin t, size_t offset) {
+    return (char *)t.on_gpu + offset * backend_dtype_bytes(t.type);
+}
+
 static twin twin_from(const float *host, size_t n) {
-    twin t = {cpu->alloc(cpu, n), gpu->alloc(gpu, n), n};
+    twin t = {cpu->alloc(cpu, n), gpu->alloc(gpu, n), n, BACKEND_F32};
     if (!t.on_cpu || !t.on_gpu) {
         fprintf(stderr, "out of memory for %zu floats\n", n);
         exit(1);
@@ -33,21 +52,43 @@ static twin twin_from(const float *host, size_t n) {
     return t;
 }
 
-static twin twin_random(size_t n, float amplitude) {
+/* host values in the GPU's operand type; the CPU gets them rounded alike. */
+static twin twin_operand_from(const float *host, size_t n) {
+    backend_dtype type = gpu->operand_type;
+    if (type == BACKEND_F32) return twin_from(host, n);
+    size_t packed_floats = (n + 1) / 2;
+    uint16_t *packed = calloc(2 * packed_floats + 2, sizeof(uint16_t));
+    float *rounded = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        packed[i] = to_16bit(host[i], type);
+        rounded[i] = from_16bit(packed[i], type);
+    }
+    twin t = {cpu->alloc(cpu, n), gpu->alloc(gpu, packed_floats + 1), n, type};
+    if (!t.on_cpu || !t.on_gpu) {
+        fprintf(stderr, "out of memory for %zu floats\n", n);
+        exit(1);
+    }
+    cpu->upload(cpu, t.on_cpu, rounded, n);
+    CHECK(gpu->upload(gpu, t.on_gpu, (const float *)packed, packed_floats) == 0);
+    free(packed);
+    free(rounded);
+    return t;
+}
+
+/* n values: uniform in [-amplitude, amplitude), or all NaN (poison) when
+ * amplitude is NaN; in the GPU's operand type or in float32. */
+static twin twin_filled(size_t n, float amplitude, int operand) {
     float *host = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) host[i] = amplitude * test_uniform();
-    twin t = twin_from(host, n);
+    for (size_t i = 0; i < n; i++) host[i] = isnan(amplitude) ? NAN : amplitude * test_uniform();
+    twin t = operand ? twin_operand_from(host, n) : twin_from(host, n);
     free(host);
     return t;
 }
 
-static twin twin_nan(size_t n) {
-    float *host = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) host[i] = NAN;
-    twin t = twin_from(host, n);
-    free(host);
-    return t;
-}
+static twin twin_operand_random(size_t n, float amplitude) { return twin_filled(n, amplitude, 1); }
+static twin twin_operand_nan(size_t n) { return twin_filled(n, NAN, 1); }
+static twin twin_random(size_t n, float amplitude) { return twin_filled(n, amplitude, 0); }
+static twin twin_nan(size_t n) { return twin_filled(n, NAN, 0); }
 
 static void twin_free(twin t) {
     cpu->release(cpu, t.on_cpu);
@@ -57,7 +98,15 @@ static void twin_free(twin t) {
 static void twin_check(const char *what, twin t, double tolerance) {
     float *expected = malloc(t.n * sizeof(float)), *actual = malloc(t.n * sizeof(float));
     CHECK(cpu->download(cpu, expected, t.on_cpu, t.n) == 0);
-    int status = gpu->download(gpu, actual, t.on_gpu, t.n);
+    int status;
+    if (t.type == BACKEND_F32) {
+        status = gpu->download(gpu, actual, t.on_gpu, t.n);
+    } else {
+        uint16_t *packed = calloc(t.n + 2, sizeof(uint16_t));
+        status = gpu->download(gpu, (float *)packed, t.on_gpu, (t.n + 1) / 2);
+        for (size_t i = 0; i < t.n; i++) actual[i] = from_16bit(packed[i], t.type);
+        free(packed);
+    }
     CHECK_MSG(status == 0, "%s: %s", what, backend_cuda_error(gpu));
     check_close(what, actual, expected, t.n, tolerance);
     free(expected);
@@ -66,54 +115,142 @@ static void twin_check(const char *what, twin t, double tolerance) {
 
 static void test_linear_case(backend *device, const char *what, int rows, int out_dim, int in_dim,
                              int column_offset, int with_bias, int add_mode,
-                             backend_activation act, double tolerance) {
+                             backend_activation act, backend_output output, double tolerance) {
     backend *saved = gpu;
     gpu = device;
     int stride = in_dim + column_offset + 5 * (column_offset > 0);
-    twin weight = twin_random((size_t)out_dim * stride, 1.0f / sqrtf((float)in_dim));
-    twin bias = twin_random((size_t)out_dim + 1, 0.5f);
-    twin in = twin_random((size_t)rows * in_dim, 1.0f);
-    twin add = twin_random((size_t)rows * out_dim, 1.0f);
-    twin out = add_mode == 2 ? add : twin_nan((size_t)rows * out_dim);
+    twin weight = twin_operand_random((size_t)out_dim * stride, 1.0f / sqrtf((float)in_dim));
+    /* Bias values the operand type holds exactly, so that the float32 and
+     * the operand copies are the same numbers. */
+    size_t bias_n = (size_t)out_dim + 1;
+    float *bias_host = malloc(bias_n * sizeof(float));
+    for (size_t i = 0; i < bias_n; i++) {
+        bias_host[i] = 0.5f * test_uniform();
+        if (device->operand_type != BACKEND_F32)
+            bias_host[i] = from_16bit(to_16bit(bias_host[i], device->operand_type),
+                                      device->operand_type);
+    }
+    twin bias = twin_from(bias_host, bias_n);
+    twin bias_operand = twin_operand_from(bias_host, bias_n);
+    free(bias_host);
+    twin in = twin_operand_random((size_t)rows * in_dim, 1.0f);
+    size_t out_n = (size_t)rows * out_dim;
+    int operand_out = output == BACKEND_OUT_OPERAND;
+    twin add = operand_out ? twin_operand_random(out_n, 1.0f) : twin_random(out_n, 1.0f);
+    twin out = add_mode == 2 ? add : operand_out ? twin_operand_nan(out_n) : twin_nan(out_n);
     /* add_mode: 0 none, 1 a separate matrix, 2 in place (add == out). An odd
-     * bias offset makes the bias pointer 4-byte aligned only. */
-    backend_linear w_cpu = {weight.on_cpu + column_offset, with_bias ? bias.on_cpu + with_bias - 1 : NULL,
-                            out_dim, in_dim, stride};
-    backend_linear w_gpu = {weight.on_gpu + column_offset, with_bias ? bias.on_gpu + with_bias - 1 : NULL,
-                            out_dim, in_dim, stride};
-    cpu->linear(cpu, out.on_cpu, in.on_cpu, rows, &w_cpu, add_mode ? add.on_cpu : NULL, act);
-    gpu->linear(gpu, out.on_gpu, in.on_gpu, rows, &w_gpu, add_mode ? add.on_gpu : NULL, act);
+     * bias offset leaves the bias pointer 4-byte (2-byte) aligned only. */
+    size_t bias_offset = with_bias ? (size_t)with_bias - 1 : 0;
+    backend_linear w_cpu = {weight.on_cpu + column_offset,
+                            with_bias ? bias.on_cpu + bias_offset : NULL,
+                            with_bias ? bias.on_cpu + bias_offset : NULL, out_dim, in_dim, stride};
+    backend_linear w_gpu = {gpu_at(weight, (size_t)column_offset),
+                            with_bias ? bias.on_gpu + bias_offset : NULL,
+                            with_bias ? gpu_at(bias_operand, bias_offset) : NULL, out_dim, in_dim,
+                            stride};
+    cpu->linear(cpu, out.on_cpu, output, in.on_cpu, rows, &w_cpu, add_mode ? add.on_cpu : NULL, act);
+    gpu->linear(gpu, out.on_gpu, output, in.on_gpu, rows, &w_gpu, add_mode ? add.on_gpu : NULL,
+                act);
     twin_check(what, out, tolerance);
     twin_free(weight);
     twin_free(bias);
+    twin_free(bias_operand);
     twin_free(in);
     if (add_mode != 2) twin_free(out);
     twin_free(add);
     gpu = saved;
 }
 
+/* The ops whose output is an operand, on a 16-bit backend: the output's own
+ * rounding is the only difference from the CPU. */
+static void test_operand_outputs(backend *device, const char *type_name) {
+    backend *saved = gpu;
+    gpu = device;
+    char what[96];
+    const int batch = 3, tokens = 17, dim = 1152, mod_stride = 6 * dim;
+    size_t n = (size_t)batch * tokens * dim;
+    twin x = twin_random(n, 2.0f);
+    twin mod = twin_random((size_t)batch * mod_stride, 1.0f);
+    twin out = twin_operand_nan(n);
+    cpu->layernorm_modulate(cpu, out.on_cpu, x.on_cpu, mod.on_cpu, mod.on_cpu + 2 * dim, mod_stride,
+                            batch, tokens, dim);
+    gpu->layernorm_modulate(gpu, out.on_gpu, x.on_gpu, mod.on_gpu, mod.on_gpu + 2 * dim, mod_stride,
+                            batch, tokens, dim);
+    snprintf(what, sizeof what, "layernorm_modulate %s out", type_name);
+    twin_check(what, out, 1e-2);
+    cpu->activation(cpu, out.on_cpu, x.on_cpu, n, BACKEND_ACT_SILU);
+    gpu->activation(gpu, out.on_gpu, x.on_gpu, n, BACKEND_ACT_SILU);
+    snprintf(what, sizeof what, "activation silu %s out", type_name);
+    twin_check(what, out, 1e-2);
+    cpu->to_operand(cpu, out.on_cpu, x.on_cpu, n - 1);
+    gpu->to_operand(gpu, out.on_gpu, x.on_gpu, n - 1);
+    snprintf(what, sizeof what, "to_operand %s", type_name);
+    twin_check(what, out, 4e-3);
+
+    const int channels = 4, size = 32, patch = 2;
+    size_t image_n = (size_t)batch * channels * size * size;
+    twin images = twin_random(image_n, 1.0f), patches = twin_operand_nan(image_n);
+    cpu->patchify(cpu, patches.on_cpu, images.on_cpu, batch, channels, size, patch);
+    gpu->patchify(gpu, patches.on_gpu, images.on_gpu, batch, channels, size, patch);
+    snprintf(what, sizeof what, "patchify %s out", type_name);
+    twin_check(what, patches, 1e-2);
+
+    float timesteps[5] = {999.0f, 0.0f, 1.5f, 500.0f, 250.25f};
+    twin freqs = twin_operand_nan(5 * 256);
+    cpu->timestep_frequencies(cpu, freqs.on_cpu, timesteps, 5, 256);
+    gpu->timestep_frequencies(gpu, freqs.on_gpu, timesteps, 5, 256);
+    snprintf(what, sizeof what, "timestep_frequencies %s out", type_name);
+    twin_check(what, freqs, 1e-2);
+    twin_free(x);
+    twin_free(mod);
+    twin_free(out);
+    twin_free(images);
+    twin_free(patches);
+    twin_free(freqs);
+    gpu = saved;
+}
+
 static void test_linear(void) {
+    const backend_output f32 = BACKEND_OUT_F32, operand = BACKEND_OUT_OPERAND;
     /* rows, out, in, column offset, bias (0 none, 1 aligned, 2 offset by one), add, act */
-    test_linear_case(gpu, "linear bias", 300, 1152, 1152, 0, 1, 0, BACKEND_ACT_NONE, 1e-5);
-    test_linear_case(gpu, "linear bias gelu", 257, 4608, 1152, 0, 1, 0, BACKEND_ACT_GELU_TANH, 1e-5);
-    test_linear_case(gpu, "linear bias silu", 33, 384, 96, 0, 1, 0, BACKEND_ACT_SILU, 1e-5);
-    test_linear_case(gpu, "linear no bias", 64, 200, 72, 0, 0, 0, BACKEND_ACT_NONE, 1e-5);
-    test_linear_case(gpu, "linear add", 100, 1152, 4608, 0, 1, 1, BACKEND_ACT_NONE, 1e-5);
-    test_linear_case(gpu, "linear add in place", 100, 384, 384, 0, 1, 2, BACKEND_ACT_NONE, 1e-5);
-    test_linear_case(gpu, "linear add gelu", 50, 256, 128, 0, 1, 1, BACKEND_ACT_GELU_TANH, 1e-5);
+    test_linear_case(gpu, "linear bias", 300, 1152, 1152, 0, 1, 0, BACKEND_ACT_NONE, f32, 1e-5);
+    test_linear_case(gpu, "linear bias gelu", 257, 4608, 1152, 0, 1, 0, BACKEND_ACT_GELU_TANH, f32,
+                     1e-5);
+    test_linear_case(gpu, "linear bias silu", 33, 384, 96, 0, 1, 0, BACKEND_ACT_SILU, operand, 1e-5);
+    test_linear_case(gpu, "linear no bias", 64, 200, 72, 0, 0, 0, BACKEND_ACT_NONE, f32, 1e-5);
+    test_linear_case(gpu, "linear add", 100, 1152, 4608, 0, 1, 1, BACKEND_ACT_NONE, f32, 1e-5);
+    test_linear_case(gpu, "linear add in place", 100, 384, 384, 0, 1, 2, BACKEND_ACT_NONE, f32, 1e-5);
+    test_linear_case(gpu, "linear add gelu", 50, 256, 128, 0, 1, 1, BACKEND_ACT_GELU_TANH, operand,
+                     1e-5);
     test_linear_case(gpu, "linear column block (unaligned)", 70, 1152, 1152, 1152 + 3, 1, 0,
-                     BACKEND_ACT_NONE, 1e-5);
+                     BACKEND_ACT_NONE, f32, 1e-5);
     test_linear_case(gpu, "linear unaligned bias gelu", 70, 130, 64, 0, 2, 0,
-                     BACKEND_ACT_GELU_TANH, 1e-5);
-    test_linear_case(gpu, "linear odd small", 1, 7, 13, 1, 2, 1, BACKEND_ACT_SILU, 1e-5);
-    char err[256];
-    backend *bf16 = backend_cuda_create(0, FPDM_PRECISION_BF16, err, sizeof err);
-    CHECK_MSG(bf16 != NULL, "%s", err);
-    if (bf16) {
-        test_linear_case(bf16, "linear bf16 bias gelu", 257, 4608, 1152, 0, 1, 0,
-                         BACKEND_ACT_GELU_TANH, 1e-2);
-        test_linear_case(bf16, "linear bf16 add", 100, 1152, 4608, 0, 1, 1, BACKEND_ACT_NONE, 1e-2);
-        bf16->destroy(bf16);
+                     BACKEND_ACT_GELU_TANH, f32, 1e-5);
+    test_linear_case(gpu, "linear odd small", 1, 7, 13, 1, 2, 1, BACKEND_ACT_SILU, f32, 1e-5);
+    const fpdm_precision precisions[2] = {FPDM_PRECISION_BF16, FPDM_PRECISION_FP16};
+    const char *names[2] = {"bf16", "fp16"};
+    for (int p = 0; p < 2; p++) {
+        char err[256], what[96];
+        backend *half = backend_cuda_create(0, precisions[p], err, sizeof err);
+        CHECK_MSG(half != NULL, "%s", err);
+        if (!half) continue;
+#define HALF_CASE(label, rows, out, in, offset, bias, add, act, output, tol)                   \
+    (snprintf(what, sizeof what, "linear %s %s", names[p], label),                             \
+     test_linear_case(half, what, rows, out, in, offset, bias, add, act, output, tol))
+        HALF_CASE("bias gelu -> operand", 257, 4608, 1152, 0, 1, 0, BACKEND_ACT_GELU_TANH, operand,
+                  1e-2);
+        HALF_CASE("bias -> f32", 300, 1152, 4608, 0, 1, 0, BACKEND_ACT_NONE, f32, 1e-4);
+        HALF_CASE("add gelu -> operand", 100, 2304, 1152, 0, 1, 1, BACKEND_ACT_GELU_TANH, operand,
+                  1e-2);
+        HALF_CASE("add in place -> f32", 100, 384, 384, 0, 1, 2, BACKEND_ACT_NONE, f32, 1e-4);
+        HALF_CASE("column block -> operand", 70, 1152, 1152, 1152, 1, 0, BACKEND_ACT_NONE, operand,
+                  1e-2);
+        HALF_CASE("odd column block, unaligned bias", 70, 130, 64, 3, 2, 0, BACKEND_ACT_GELU_TANH,
+                  f32, 1e-4);
+        HALF_CASE("silu -> operand", 33, 384, 256, 0, 1, 0, BACKEND_ACT_SILU, operand, 1e-2);
+#undef HALF_CASE
+        test_operand_outputs(half, names[p]);
+        half->destroy(half);
     }
 }
 
