@@ -13,7 +13,7 @@
  * 72 = 2 x 36, 96 = 2 x 48, 128 = 2 x 64). Shared-memory reads are float4
  * broadcasts: all threads of a row sub-slot read the same key. */
 #include <math.h>
-#include <mma.h>
+#include <stdint.h>
 
 #include "cuda_backend.cuh"
 #include "operand.cuh"
@@ -129,151 +129,220 @@ size_t cuda_attention_scratch_floats(backend *be, int batch, int tokens, int hea
     return 0;
 }
 
-/* 16-bit operands: a block of TC_WARPS warps serves TC_QUERIES queries of one
- * (image, head), 16 per warp, with WMMA 16x16x16 products (bf16 or fp16
- * inputs, float32 accumulators); the head dimension is zero-padded to HD, a
- * multiple of 16. Keys stream through shared memory in tiles of TC_KEYS.
- * Two passes over the keys: the first finds each query's maximum score and
- * softmax sum, the second forms P = exp(s - max) / sum in the operand type
- * (as fused attention kernels do) and accumulates P V. Computing q k^T twice
- * costs half again the products but needs no rescaling of accumulators held
- * in fragments, whose element layout WMMA does not expose. */
+/* 16-bit operands: flash attention on the tensor cores with mma.sync
+ * m16n8k16 (bf16 or fp16 inputs, float32 accumulators), in the manner of
+ * FlashAttention-2. A block of TC_WARPS warps serves TC_QUERIES queries of
+ * one (image, head), 16 per warp; keys and values stream through shared
+ * memory in tiles of TK. Each warp keeps its queries' fragments, the scores
+ * of a tile and the output accumulators in registers, whose layout the PTX
+ * ISA fixes for m16n8k16: lane l holds rows l/4 and l/4 + 8, columns
+ * 2 (l % 4) and 2 (l % 4) + 1 of each 8-column piece. That lets the online
+ * softmax rescale the accumulators in place and reuse the score registers,
+ * rounded to 16 bits, as the A operand of P V. The head dimension is
+ * zero-padded to HD, a multiple of 16. */
 #define TC_WARPS 4
 #define TC_QUERIES (16 * TC_WARPS)
-#define TC_KEYS 32
+
+__device__ __forceinline__ uint32_t shared_address(const void *pointer) {
+    return (uint32_t)__cvta_generic_to_shared(pointer);
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(row)));
+}
+
+__device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const void *row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(shared_address(row)));
+}
+
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void *row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(shared_address(row)));
+}
+
+/* c += a b for one m16n8k16 tile. */
+__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2],
+                                          __nv_bfloat16) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2],
+                                          __half) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* Two floats as a 16-bit pair, the first in the low half. */
+__device__ __forceinline__ uint32_t pack_pair(float low, float high, __nv_bfloat16) {
+    __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
+    return *reinterpret_cast<uint32_t *>(&pair);
+}
+
+__device__ __forceinline__ uint32_t pack_pair(float low, float high, __half) {
+    __half2 pair = __floats2half2_rn(low, high);
+    return *reinterpret_cast<uint32_t *>(&pair);
+}
+
+/* rows x HD of a [tokens, 3 * dim] operand buffer (`first_row` on, from
+ * `source`, which points at this head's column) into a tile with row stride
+ * LD, zero where the row is past `tokens` or the column past head_dim. Rows
+ * move in 16-byte pieces where head_dim allows. */
+template <typename T, int HD, int LD>
+__device__ __forceinline__ void load_tile(T *tile, const T *source, int rows, int first_row,
+                                          int tokens, int head_dim, size_t token_stride,
+                                          bool vector_ok) {
+    constexpr int PIECES = HD / 8;
+    const T zero = operand_from_float<T>(0.0f);
+    for (int idx = threadIdx.x; idx < rows * PIECES; idx += blockDim.x) {
+        int r = idx / PIECES, piece = idx % PIECES, row = first_row + r, d = 8 * piece;
+        T *dst = tile + r * LD + d;
+        const T *src = source + (size_t)(row < tokens ? row : 0) * token_stride + d;
+        if (row < tokens && vector_ok && d + 8 <= head_dim) {
+            *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) dst[e] = row < tokens && d + e < head_dim ? src[e] : zero;
+        }
+    }
+}
 
 template <typename T, int HD>
 __global__ void __launch_bounds__(TC_WARPS * 32)
-attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, float scale) {
-    using namespace nvcuda;
+attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, float scale_log2) {
     static_assert(HD % 16 == 0 && HD <= 128, "unsupported head dimension");
-    /* Row strides padded by 16 bytes against bank conflicts; every fragment
-     * pointer stays 32-byte aligned. */
-    constexpr int LD = HD + 8, S_LD = TC_KEYS + 4, P_LD = TC_KEYS + 8;
-    __shared__ __align__(32) T q_tile[TC_QUERIES * LD];
-    __shared__ __align__(32) T k_tile[TC_KEYS * LD];
-    __shared__ __align__(32) T v_tile[TC_KEYS * LD];
-    __shared__ __align__(32) float s_tile[TC_WARPS][16 * S_LD];
-    __shared__ __align__(32) T p_tile[TC_WARPS][16 * P_LD];
+    /* Keys per tile: 64, or 32 where three tiles of 64 would pass 48 KB. */
+    constexpr int TK = HD <= 96 ? 64 : 32;
+    /* Rows padded by 16 bytes: ldmatrix's eight row reads hit distinct banks. */
+    constexpr int LD = HD + 8;
+    __shared__ __align__(16) T q_tile[TC_QUERIES * LD];
+    __shared__ __align__(16) T k_tile[TK * LD];
+    __shared__ __align__(16) T v_tile[TK * LD];
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int image = blockIdx.x / heads, head = blockIdx.x % heads;
     const int dim = heads * head_dim;
     const size_t token_stride = 3 * (size_t)dim;
-    const T *base = qkv + (size_t)image * tokens * token_stride + (size_t)head * head_dim;
+    const T *q_base = qkv + (size_t)image * tokens * token_stride + (size_t)head * head_dim;
+    const T *k_base = q_base + dim, *v_base = q_base + 2 * dim;
     const int first_query = blockIdx.y * TC_QUERIES;
-    const T zero = operand_from_float<T>(0.0f);
+    const bool vector_ok = head_dim % 8 == 0 && (reinterpret_cast<uintptr_t>(qkv) & 15) == 0;
 
-    for (int idx = threadIdx.x; idx < TC_QUERIES * HD; idx += blockDim.x) {
-        int r = idx / HD, d = idx % HD, query = first_query + r;
-        q_tile[r * LD + d] =
-            query < tokens && d < head_dim ? base[(size_t)query * token_stride + d] : zero;
-    }
-    auto load_keys = [&](int first_key, bool with_values) {
-        for (int idx = threadIdx.x; idx < TC_KEYS * HD; idx += blockDim.x) {
-            int j = idx / HD, d = idx % HD, key = first_key + j;
-            bool real = key < tokens && d < head_dim;
-            const T *k_row = base + (size_t)(real ? key : 0) * token_stride + dim;
-            k_tile[j * LD + d] = real ? k_row[d] : zero;
-            if (with_values) v_tile[j * LD + d] = real ? k_row[dim + d] : zero;
+    load_tile<T, HD, LD>(q_tile, q_base, TC_QUERIES, first_query, tokens, head_dim, token_stride,
+                         vector_ok);
+    __syncthreads();
+    uint32_t q_frag[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++)
+        ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+
+    /* Per lane: rows lane / 4 (index 0) and lane / 4 + 8 (index 1). */
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+    float o[HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+
+    for (int first_key = 0; first_key < tokens; first_key += TK) {
+        __syncthreads(); /* the previous tiles are no longer read */
+        load_tile<T, HD, LD>(k_tile, k_base, TK, first_key, tokens, head_dim, token_stride,
+                             vector_ok);
+        load_tile<T, HD, LD>(v_tile, v_base, TK, first_key, tokens, head_dim, token_stride,
+                             vector_ok);
+        __syncthreads();
+
+        float s[TK / 8][4];
+#pragma unroll
+        for (int n = 0; n < TK / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+#pragma unroll
+            for (int n = 0; n < TK / 8; n++) {
+                uint32_t b[2];
+                ldmatrix_x2(b, k_tile + (n * 8 + lane % 8) * LD + kk * 16 + ((lane / 8) % 2) * 8);
+                mma_16816(s[n], q_frag[kk], b, T());
+            }
         }
-    };
-    /* s_tile[warp] = this warp's 16 queries . the tile's keys (unscaled). */
-    auto scores = [&]() {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[TC_KEYS / 16];
+        /* Scores in log2 units; keys past the end count for nothing. */
+        float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int n = 0; n < TC_KEYS / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
+        for (int n = 0; n < TK / 8; n++) {
 #pragma unroll
-        for (int kk = 0; kk < HD; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-            wmma::load_matrix_sync(a, q_tile + warp * 16 * LD + kk, LD);
+            for (int e = 0; e < 4; e++) {
+                int key = first_key + n * 8 + 2 * (lane % 4) + (e & 1);
+                s[n][e] = key < tokens ? s[n][e] * scale_log2 : -INFINITY;
+                tile_max[e / 2] = fmaxf(tile_max[e / 2], s[n][e]);
+            }
+        }
+        float correction[2];
 #pragma unroll
-            for (int n = 0; n < TC_KEYS / 16; n++) {
-                /* k^T as a column-major operand: element (d, key) at key * LD + d. */
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-                wmma::load_matrix_sync(b, k_tile + n * 16 * LD + kk, LD);
-                wmma::mma_sync(acc[n], a, b, acc[n]);
+        for (int r = 0; r < 2; r++) {
+            /* The four lanes of a row hold its columns. */
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+            /* Every tile starts at a real key, so the new maximum is finite. */
+            float new_max = fmaxf(row_max[r], tile_max[r]);
+            correction[r] = exp2f(row_max[r] - new_max);
+            row_max[r] = new_max;
+            row_sum[r] *= correction[r];
+        }
+#pragma unroll
+        for (int n = 0; n < TK / 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[n][e] = exp2f(s[n][e] - row_max[e / 2]);
+                row_sum[e / 2] += s[n][e];
             }
         }
 #pragma unroll
-        for (int n = 0; n < TC_KEYS / 16; n++)
-            wmma::store_matrix_sync(s_tile[warp] + n * 16, acc[n], S_LD, wmma::mem_row_major);
-        __syncwarp();
-    };
-    /* Each lane owns half a row of the warp's score tile: row lane / 2,
-     * columns (lane % 2) * 16 .. + 15. */
-    const int my_row = lane / 2, my_first_col = (lane % 2) * 16;
-
-    float row_max = -INFINITY, row_sum = 0.0f;
-    for (int first_key = 0; first_key < tokens; first_key += TC_KEYS) {
-        __syncthreads(); /* the previous tile is no longer read */
-        load_keys(first_key, false);
-        __syncthreads();
-        scores();
-        const float *srow = s_tile[warp] + my_row * S_LD + my_first_col;
-        float s[16], tile_max = -INFINITY;
-#pragma unroll
-        for (int c = 0; c < 16; c++) {
-            s[c] = first_key + my_first_col + c < tokens ? srow[c] * scale : -INFINITY;
-            tile_max = fmaxf(tile_max, s[c]);
+        for (int j = 0; j < HD / 8; j++) {
+            o[j][0] *= correction[0];
+            o[j][1] *= correction[0];
+            o[j][2] *= correction[1];
+            o[j][3] *= correction[1];
         }
-        if (tile_max > -INFINITY) { /* this half-row may hold padding only */
-            float new_max = fmaxf(row_max, tile_max);
-            row_sum *= expf(row_max - new_max);
+        /* P V: the score registers of keys 16 kk .. 16 kk + 15 are an A fragment. */
 #pragma unroll
-            for (int c = 0; c < 16; c++) row_sum += expf(s[c] - new_max);
-            row_max = new_max;
-        }
-        __syncwarp(); /* scores are read before the next tile's overwrite them */
-    }
-    /* Join the two halves of each row; every row saw a real key, so m is finite. */
-    float other_max = __shfl_xor_sync(0xffffffffu, row_max, 1);
-    float other_sum = __shfl_xor_sync(0xffffffffu, row_sum, 1);
-    const float m = fmaxf(row_max, other_max);
-    const float inv_sum = 1.0f / (row_sum * expf(row_max - m) + other_sum * expf(other_max - m));
-
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> o[HD / 16];
+        for (int kk = 0; kk < TK / 16; kk++) {
+            uint32_t a[4] = {pack_pair(s[2 * kk][0], s[2 * kk][1], T()),
+                             pack_pair(s[2 * kk][2], s[2 * kk][3], T()),
+                             pack_pair(s[2 * kk + 1][0], s[2 * kk + 1][1], T()),
+                             pack_pair(s[2 * kk + 1][2], s[2 * kk + 1][3], T())};
 #pragma unroll
-    for (int j = 0; j < HD / 16; j++) wmma::fill_fragment(o[j], 0.0f);
-    for (int first_key = 0; first_key < tokens; first_key += TC_KEYS) {
-        __syncthreads();
-        load_keys(first_key, true);
-        __syncthreads();
-        scores();
-        const float *srow = s_tile[warp] + my_row * S_LD + my_first_col;
-        T *prow = p_tile[warp] + my_row * P_LD + my_first_col;
-#pragma unroll
-        for (int c = 0; c < 16; c++) {
-            bool real = first_key + my_first_col + c < tokens;
-            prow[c] = operand_from_float<T>(real ? expf(srow[c] * scale - m) * inv_sum : 0.0f);
-        }
-        __syncwarp();
-#pragma unroll
-        for (int kk = 0; kk < TC_KEYS; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> p;
-            wmma::load_matrix_sync(p, p_tile[warp] + kk, P_LD);
-#pragma unroll
-            for (int j = 0; j < HD / 16; j++) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> v;
-                wmma::load_matrix_sync(v, v_tile + kk * LD + j * 16, LD);
-                wmma::mma_sync(o[j], p, v, o[j]);
+            for (int j = 0; j < HD / 8; j++) {
+                uint32_t b[2];
+                ldmatrix_x2_trans(b, v_tile + (kk * 16 + lane % 16) * LD + j * 8);
+                mma_16816(o[j], a, b, T());
             }
         }
-        __syncwarp();
     }
-    /* Out through the warp's score tile, one 16 x 16 fragment at a time. */
 #pragma unroll
-    for (int j = 0; j < HD / 16; j++) {
-        wmma::store_matrix_sync(s_tile[warp], o[j], S_LD, wmma::mem_row_major);
-        __syncwarp();
-        for (int e = lane; e < 256; e += 32) {
-            int r = e / 16, c = e % 16;
-            int query = first_query + warp * 16 + r, d = j * 16 + c;
-            if (query < tokens && d < head_dim)
-                out[((size_t)image * tokens + query) * dim + (size_t)head * head_dim + d] =
-                    operand_from_float<T>(s_tile[warp][r * S_LD + c]);
+    for (int r = 0; r < 2; r++) {
+        row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
+        row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
+    }
+    const float inv_sum[2] = {1.0f / row_sum[0], 1.0f / row_sum[1]};
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int query = first_query + warp * 16 + lane / 4 + 8 * r;
+        if (query >= tokens) continue;
+        T *out_row = out + ((size_t)image * tokens + query) * dim + (size_t)head * head_dim;
+#pragma unroll
+        for (int j = 0; j < HD / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int d = j * 8 + 2 * (lane % 4) + e;
+                if (d < head_dim) out_row[d] = operand_from_float<T>(o[j][2 * r + e] * inv_sum[r]);
+            }
         }
-        __syncwarp();
     }
 }
 
@@ -296,8 +365,10 @@ static void launch_tc(cuda_backend *cb, void *out, const void *qkv, int batch, i
                       int heads, int head_dim) {
     dim3 grid;
     if (attention_grid(cb, batch, tokens, heads, TC_QUERIES, &grid)) return;
+    /* exp(x) = exp2(x log2 e): scores are scaled into log2 units once. */
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)head_dim);
     attention_tc_kernel<T, HD><<<grid, TC_WARPS * 32, 0, cb->stream>>>(
-        (T *)out, (const T *)qkv, tokens, heads, head_dim, 1.0f / sqrtf((float)head_dim));
+        (T *)out, (const T *)qkv, tokens, heads, head_dim, scale_log2);
     cuda_check_launch(cb, "attention_tc_kernel");
 }
 

@@ -318,8 +318,9 @@ static void test_pointwise(void) {
     twin copy = twin_nan(n);
     cpu->copy(cpu, copy.on_cpu, y.on_cpu, n - 3);
     gpu->copy(gpu, copy.on_gpu, y.on_gpu, n - 3);
-    cpu->copy(cpu, copy.on_cpu + n - 3, x.on_cpu, 3);
-    gpu->copy(gpu, copy.on_gpu + n - 3, x.on_gpu, 3);
+    /* (from gate: x differs by rounding between the backends by now) */
+    cpu->copy(cpu, copy.on_cpu + n - 3, gate.on_cpu, 3);
+    gpu->copy(gpu, copy.on_gpu + n - 3, gate.on_gpu, 3);
     twin_check("copy", copy, 0);
     twin_free(x);
     twin_free(y);
