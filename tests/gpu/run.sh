@@ -252,7 +252,8 @@ for line in open(sys.argv[1], errors="replace"):
         continue
     m = re.match(r"\s+gpu__time_duration\.sum\s+(\S+)\s+\S+\s+\S+\s+(\S+)", line)
     if m and name:
-        scale = {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}.get(m.group(1), 0)
+        scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3, "nsecond": 1e-6, "usecond": 1e-3,
+                 "msecond": 1.0, "second": 1e3}.get(m.group(1), 0)
         average = float(m.group(2).replace(",", "")) * scale
         kernels.append((average * calls, calls, average, name[:90]))
         name = None
