@@ -171,17 +171,20 @@ fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch, 
     if (cfg->fixed_point && iters < 0)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "iters must be >= 0, got %d", iters);
 
-    /* FPDM keeps two more [B, T, D] buffers: the caller's initial solution
-     * and the final one (the post blocks then work on the iterate in place). */
+    /* FPDM keeps a [B, T, D] buffer for the caller's initial solution and
+     * one for the final solution (the post blocks then work on the iterate
+     * in place), each only when asked for. */
     size_t solution_floats = (size_t)batch * cfg->num_tokens * cfg->hidden_size;
     size_t network_floats = network_arena_floats(ctx, cfg, batch);
-    float *arena = context_arena(ctx, network_floats + (cfg->fixed_point ? 2 * solution_floats : 0));
+    size_t init_floats = cfg->fixed_point && init_solution ? solution_floats : 0;
+    size_t out_solution_floats = cfg->fixed_point && solution_out ? solution_floats : 0;
+    float *arena = context_arena(ctx, network_floats + init_floats + out_solution_floats);
     if (!arena) return FPDM_ERR_OUT_OF_MEMORY;
     network_state st;
     network_layout(ctx, cfg, batch, arena, &st);
     backend *be = ctx->be;
-    float *device_init = cfg->fixed_point && init_solution ? arena + network_floats : NULL;
-    float *device_solution = cfg->fixed_point ? arena + network_floats + solution_floats : NULL;
+    float *device_init = init_floats ? arena + network_floats : NULL;
+    float *device_solution = out_solution_floats ? arena + network_floats + init_floats : NULL;
     size_t in_floats = (size_t)batch * cfg->in_channels * cfg->input_size * cfg->input_size;
     if (be->upload(be, st.x, x, in_floats) != 0 ||
         (device_init && be->upload(be, device_init, init_solution, solution_floats) != 0))

@@ -69,6 +69,10 @@ typedef enum fpdm_log_level {
 
 typedef void (*fpdm_log_callback)(fpdm_log_level level, const char *message, void *user_data);
 
+/* bf16 / fp16 (CUDA only): linear weights and the activations that feed
+ * matrix products are stored in 16 bits and multiplied on tensor cores with
+ * float32 accumulation; the residual stream, the fixed-point state and the
+ * sampler stay float32. fp32: true float32 products (no TF32), for checking. */
 typedef enum fpdm_precision {
     FPDM_PRECISION_DEFAULT = 0, /* fp32 on CPU, bf16 on CUDA */
     FPDM_PRECISION_FP32 = 1,

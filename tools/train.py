@@ -233,13 +233,20 @@ def update_ema(ema, net, decay, step):
     few thousand steps a constant decay would leave a large share of the
     (zero-output) initial weights in the export."""
     decay = min(decay, (1.0 + step) / (10.0 + step))
-    for ema_param, param in zip(ema.parameters(), net.parameters()):
-        ema_param.mul_(decay).add_(param, alpha=1.0 - decay)
+    # One launch for all tensors (the same arithmetic as a loop over them):
+    # on a GPU, per-tensor launches would dominate a small model's step.
+    ema_params, params = list(ema.parameters()), list(net.parameters())
+    torch._foreach_mul_(ema_params, decay)
+    torch._foreach_add_(ema_params, params, alpha=1.0 - decay)
 
 
 def save(ema, cfg, path, metadata):
+    """Writes beside `path` and renames, so that a run stopped at any moment
+    (a time limit) leaves the last complete snapshot."""
     exported = copy.deepcopy(ema).cpu()
-    reference.save_model(exported, cfg, path, dtype="f32", extra_metadata=metadata)
+    partial = path + ".partial"
+    reference.save_model(exported, cfg, partial, dtype="f32", extra_metadata=metadata)
+    os.replace(partial, path)
 
 
 def main():
