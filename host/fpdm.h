@@ -227,6 +227,9 @@ typedef struct fpdm_sample_params {
     int reuse;                /* start each solve from the previous step's solution */
     float tol;                /* stop a solve when the relative residual falls under tol; 0: never */
     int carry_over;           /* with tol: unused iterations move to the next step */
+    int measure_residuals;    /* 1: measure each solve's final relative residual for the report
+                                 and progress even without tol (the host waits for the device
+                                 once per step); 0 (default): reported as -1 unless tol is set */
     /* Noise from outside (host float32), or NULL for the built-in generator:
      * init_noise [num_images, C, H, W]; step_noise [num_steps, num_images, C, H, W]. */
     const float *init_noise;

@@ -288,7 +288,7 @@ static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model,
     solve->residual = -1.0f;
     for (int k = 0; k < solve->iters; k++) {
         run_iteration(model, st);
-        int measure = solve->tol > 0 || k == solve->iters - 1;
+        int measure = solve->tol > 0 || (solve->measure_final && k == solve->iters - 1);
         if (measure && relative_residual(be, st->next, st->state, b, per_image, &solve->residual) != 0)
             return context_fail(ctx, FPDM_ERR_DEVICE, "%s: computing the residual failed",
                                 ctx->device_name);

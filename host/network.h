@@ -36,6 +36,8 @@ typedef struct network_state {
 typedef struct network_solve {
     int iters;                   /* maximum iterations */
     float tol;                   /* stop when every row's relative residual < tol; 0: never */
+    int measure_final;           /* without tol, still measure the last iteration's residual
+                                  * (the host then waits for the device once per solve) */
     const float *init_solution;  /* [B, T, D] backend memory, or NULL: start from the pre blocks */
     float *solution_out;         /* [B, T, D] backend memory, or NULL */
     int iters_used;              /* out */

@@ -167,7 +167,7 @@ static fpdm_status sample_batch(run *r, int batch_index, int num_batches, int fi
         be->copy(be, b->net.x, b->latents, (size_t)count * r->image_floats);
         if (rows > count) be->copy(be, b->net.x + (size_t)count * r->image_floats, b->latents,
                                    (size_t)count * r->image_floats);
-        network_solve solve = {r->plan[k] + carried, p->tol,
+        network_solve solve = {r->plan[k] + carried, p->tol, p->measure_residuals,
                                p->reuse && k > 0 ? b->solution : NULL,
                                p->reuse ? b->solution : NULL, 0, -1.0f};
         status = network_forward(r->ctx, r->model, &b->net, r->row_timesteps, r->row_labels, &solve);

@@ -64,6 +64,17 @@ static void test_tolerance(fixture *f) {
     float *zero_tol = sample(f, &p, &zero_report);
     CHECK(memcmp(fixed, zero_tol, f->floats * sizeof(float)) == 0);
     CHECK(zero_report.fixed_point_iterations == (long long)STEPS * 5);
+    /* Without tol a residual is measured (a device wait per step) only when
+     * asked for; asking changes nothing else. */
+    for (int k = 0; k < STEPS; k++) CHECK(zero_report.steps[k].residual == -1.0f);
+    fpdm_sample_report measured_report;
+    p.measure_residuals = 1;
+    float *measured = sample(f, &p, &measured_report);
+    p.measure_residuals = 0;
+    CHECK(memcmp(fixed, measured, f->floats * sizeof(float)) == 0);
+    for (int k = 0; k < STEPS; k++) CHECK(measured_report.steps[k].residual > 0);
+    free(measured);
+    fpdm_sample_report_free(&measured_report);
 
     /* A loose tolerance stops solves early: fewer iterations, a report that
      * says so, and a different (but close) result. */
