@@ -17,8 +17,8 @@ static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 /* Sizes of every buffer for a batch, in floats, in the order network_layout
  * carves them. */
 typedef struct layout_sizes {
-    size_t image_in, image_out, hidden, state, normed, qkv, injection, wide, freq, operand_vec,
-        vec, modulation, scratch;
+    size_t image_in, image_out, hidden, state, normed, work, injection, freq, operand_vec, vec,
+        modulation, scratch;
 } layout_sizes;
 
 static layout_sizes sizes_for(const fpdm_context *ctx, const model_config *cfg, int batch) {
@@ -32,14 +32,15 @@ static layout_sizes sizes_for(const fpdm_context *ctx, const model_config *cfg, 
     s.image_out = b * cfg->out_channels * cfg->input_size * cfg->input_size;
     s.hidden = b * t * d;
     s.state = cfg->fixed_point ? b * t * d : 0;
-    s.normed = OPERAND_FLOATS(b * t * d);
-    /* qkv, then (once attention has read it) the float32 branch output; in
-     * the solve's set-up, the pre-projection's operand output. */
-    s.qkv = max_size(OPERAND_FLOATS(b * t * 3 * d), b * t * d);
+    /* An operand [B, T, D], or fc2's float32 output. */
+    s.normed = max_size(OPERAND_FLOATS(b * t * d), b * t * d);
+    /* qkv, proj's float32 output, the MLP hidden layer, the patches, the
+     * final layer's output, the solve's pre-projection (see network_layout). */
+    size_t work_operand_cols = max_size(max_size(3 * d, (size_t)cfg->mlp_hidden),
+                                        max_size(2 * d, pp * cfg->in_channels));
+    s.work = max_size(OPERAND_FLOATS(b * t * work_operand_cols),
+                      b * t * max_size(d, pp * cfg->out_channels));
     s.injection = cfg->fixed_point ? OPERAND_FLOATS(b * t * 2 * d) : 0;
-    size_t wide_operand_cols = max_size(max_size((size_t)cfg->mlp_hidden, 2 * d),
-                                        pp * cfg->in_channels);
-    s.wide = max_size(OPERAND_FLOATS(b * t * wide_operand_cols), b * t * pp * cfg->out_channels);
     s.freq = OPERAND_FLOATS(b * 256);
     s.operand_vec = OPERAND_FLOATS(b * d);
     s.vec = b * d;
@@ -56,14 +57,19 @@ static size_t aligned(size_t floats) { return (floats + 15) / 16 * 16; }
 size_t network_arena_floats(const fpdm_context *ctx, const model_config *cfg, int batch) {
     layout_sizes s = sizes_for(ctx, cfg, batch);
     return aligned(s.image_in) + aligned(s.image_out) + aligned(s.hidden) + 2 * aligned(s.state) +
-           aligned(s.normed) + aligned(s.qkv) + aligned(s.injection) + aligned(s.wide) +
+           aligned(s.normed) + aligned(s.work) + aligned(s.injection) +
            aligned(s.freq) + 3 * aligned(s.operand_vec) + 4 * aligned(s.vec) +
            2 * aligned(s.modulation) + aligned(s.scratch);
 }
 
-/* Buffers that share memory: normed holds a LayerNorm output until the
- * product that reads it, then the attention output; qkv's memory takes the
- * float32 branch output once attention has read qkv. */
+/* Buffers share memory where their lives do not overlap, which puts the
+ * arena at the analytic minimum for DiT in float32. In a block:
+ *   normed: LN1 output -> (qkv product) -> attention output -> (proj) ->
+ *           LN2 output -> (fc1) -> fc2's float32 output (mlp_out)
+ *   work:   qkv -> (attention) -> proj's float32 output (proj_out) ->
+ *           (gated residual) -> the MLP hidden layer (wide) -> (fc2)
+ * Outside blocks `work` holds the patches, the final layer's output and, in
+ * the solve's set-up, the pre-projection. */
 void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch, float *base,
                     network_state *st) {
     layout_sizes s = sizes_for(ctx, cfg, batch);
@@ -76,10 +82,11 @@ void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch,
     CARVE(state, s.state);
     CARVE(next, s.state);
     CARVE(normed, s.normed);
-    CARVE(qkv, s.qkv);
-    st->branch_out = st->qkv;
+    st->mlp_out = (float *)st->normed;
+    CARVE(qkv, s.work);
+    st->proj_out = (float *)st->qkv;
+    st->wide = st->qkv;
     CARVE(injection, s.injection);
-    CARVE(wide, s.wide);
     CARVE(t_freq, s.freq);
     CARVE(t_hidden, s.operand_vec);
     CARVE(t_emb, s.vec);
@@ -139,16 +146,16 @@ void network_block(const fpdm_model *model, network_state *st, const block_weigh
                BACKEND_ACT_NONE);
     void *attn_out = st->normed;
     be->attention(be, attn_out, st->qkv, b, t, cfg->num_heads, cfg->head_dim, st->attn_scratch);
-    be->linear(be, st->branch_out, BACKEND_OUT_F32, attn_out, rows, &block->proj, NULL,
+    be->linear(be, st->proj_out, BACKEND_OUT_F32, attn_out, rows, &block->proj, NULL,
                BACKEND_ACT_NONE);
-    be->gated_residual(be, tokens, st->branch_out, modulation + 2 * d, stride, b, t, d);
+    be->gated_residual(be, tokens, st->proj_out, modulation + 2 * d, stride, b, t, d);
     be->layernorm_modulate(be, st->normed, tokens, modulation + 3 * d, modulation + 4 * d, stride,
                            b, t, d);
     be->linear(be, st->wide, BACKEND_OUT_OPERAND, st->normed, rows, &block->fc1, NULL,
                BACKEND_ACT_GELU_TANH);
-    be->linear(be, st->branch_out, BACKEND_OUT_F32, st->wide, rows, &block->fc2, NULL,
+    be->linear(be, st->mlp_out, BACKEND_OUT_F32, st->wide, rows, &block->fc2, NULL,
                BACKEND_ACT_NONE);
-    be->gated_residual(be, tokens, st->branch_out, modulation + 5 * d, stride, b, t, d);
+    be->gated_residual(be, tokens, st->mlp_out, modulation + 5 * d, stride, b, t, d);
 }
 
 static void run_block(const fpdm_model *model, network_state *st, const block_weights *block,
@@ -227,7 +234,7 @@ static void iteration_key(const fpdm_model *model, const network_state *st, uint
         (uintptr_t)st->batch, (uintptr_t)cfg->num_tokens, (uintptr_t)cfg->hidden_size,
         (uintptr_t)cfg->num_heads, (uintptr_t)cfg->head_dim, (uintptr_t)st->state,
         (uintptr_t)st->next, (uintptr_t)st->wide, (uintptr_t)st->injection,
-        (uintptr_t)st->normed, (uintptr_t)st->qkv, (uintptr_t)st->branch_out,
+        (uintptr_t)st->normed, (uintptr_t)st->qkv, (uintptr_t)st->proj_out,
         (uintptr_t)st->attn_scratch,
         (uintptr_t)st->fixed_point_modulation};
     for (int i = 0; i < ITERATION_SHAPE_AND_BUFFER_WORDS; i++) *key++ = fixed[i];
@@ -273,7 +280,7 @@ static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model,
     size_t per_image = (size_t)cfg->num_tokens * cfg->hidden_size;
 
     /* st->hidden holds the condition (pre blocks' output); the projection of
-     * it is an operand parked in qkv's memory, free until the first block. */
+     * it is an operand parked in `work`, free until the first block. */
     const void *condition = as_operand(be, st->hidden, (size_t)b * per_image, st->normed);
     be->linear(be, st->qkv, BACKEND_OUT_OPERAND, condition, rows, &model->pre_projection, NULL,
                BACKEND_ACT_NONE);
