@@ -12,7 +12,14 @@
 # whole run stops starting steps after RUN_BUDGET_S (default 470 s). Logs and
 # JSON go to $OUT (or build-gpu/logs).
 #
-#   bash tests/gpu/run.sh            (from the repository root; under 8 minutes)
+#   bash tests/gpu/run.sh            (from the repository root; under 3 minutes on an H100)
+#   PROFILE=1 bash tests/gpu/run.sh  (adds ncu's per-kernel times of one FPDM-XL/2 forward)
+#
+# On a machine without Debian packages (the lent GPU machines), the CPU
+# backend's libraries travel as .deb files in .deps/ (see "CPU-side
+# libraries" below); there, from this machine:
+#   run command: OUT_DIR=$OUT; OUT=/tmp/logs bash tests/gpu/run.sh; tar czf $OUT_DIR/logs.tgz -C /tmp/logs .
+#   carry: .deps
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
