@@ -72,9 +72,17 @@ fpdm_context_params fpdm_context_default_params(void) {
     return p;
 }
 
-/* "cpu" -> -1; "cuda" -> 0; "cuda:N" -> N; anything else -> -2. */
+/* "cpu" -> -1; "cuda" -> 0; "cuda:N" -> N; "auto" -> 0 where this build has
+ * CUDA and a device is visible, else -1; anything else -> -2. */
 static int parse_device(const char *device) {
     if (!device || strcmp(device, "cpu") == 0) return -1;
+    if (strcmp(device, "auto") == 0) {
+#ifdef FPDM_HAVE_CUDA
+        return backend_cuda_device_count() > 0 ? 0 : -1;
+#else
+        return -1;
+#endif
+    }
     if (strcmp(device, "cuda") == 0) return 0;
     if (strncmp(device, "cuda:", 5) != 0 || !device[5]) return -2;
     char *end;
@@ -88,7 +96,7 @@ static fpdm_status open_backend(fpdm_context *ctx) {
     int index = parse_device(p->device);
     if (index == -2)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
-                            "unknown device \"%s\": use cpu, cuda or cuda:N", p->device);
+                            "unknown device \"%s\": use auto, cpu, cuda or cuda:N", p->device);
     if (p->num_threads < 0)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "num_threads must be >= 0, got %d",
                             p->num_threads);

@@ -84,7 +84,8 @@ typedef struct fpdm_context fpdm_context;
 typedef struct fpdm_model fpdm_model;
 
 typedef struct fpdm_context_params {
-    const char *device;          /* "cpu", "cuda" or "cuda:N"; NULL means "cpu" */
+    const char *device;          /* "cpu", "cuda", "cuda:N", or "auto": cuda:0 where the build
+                                    has CUDA and a GPU is visible, else cpu; NULL means "cpu" */
     fpdm_precision precision;
     int num_threads;             /* CPU threads; 0 keeps OpenMP's default */
     fpdm_log_callback log_callback; /* NULL: messages are dropped */

@@ -90,7 +90,8 @@ static void print_help(FILE *out)
 "      --iters LIST         FPDM iterations per forward (default: the model's)\n"
 "      --steps N            sampling steps for --mode sample (default: 10)\n"
 "      --cfg on|off         classifier-free guidance: doubled rows (default: off)\n"
-"      --device DEV         cpu | cuda | cuda:N (default: cpu)\n"
+"      --device DEV         auto | cpu | cuda | cuda:N (default: auto: the first GPU\n"
+"                           when this build has CUDA and one is visible, else cpu)\n"
 "      --precision P        fp32 | bf16 | fp16 (default: the device's)\n"
 "      --threads N          CPU threads (default: OpenMP's choice)\n"
 "      --repeat N           timed runs per measurement (default: 3)\n"
@@ -806,7 +807,7 @@ int main(int argc, char **argv)
     options opt = {
         .image_size = 256,
         .steps = 10,
-        .device = "cpu",
+        .device = "auto",
         .repeat = 3,
         .warmup = 1,
         .vae_batch = 1,

@@ -98,7 +98,8 @@ static void print_help(FILE *out)
 "  -m, --model FILE         model .safetensors (default: " DEFAULT_MODEL ",\n"
 "                           also looked up next to the executable's ../models)\n"
 "      --vae FILE           VAE decoder (diffusers safetensors) for latent-space models\n"
-"      --device DEV         cpu | cuda | cuda:N (default: cpu)\n"
+"      --device DEV         auto | cpu | cuda | cuda:N (default: auto: the first GPU\n"
+"                           when this build has CUDA and one is visible, else cpu)\n"
 "      --precision P        fp32 | bf16 | fp16 (default: fp32 on cpu, bf16 on cuda)\n"
 "      --threads N          CPU threads (default: OpenMP's choice)\n"
 "\n"
@@ -966,7 +967,7 @@ int main(int argc, char **argv)
         .cfg_scale = DEFAULT_CFG_SCALE,
         .iters = -1,
         .out_dir = "samples",
-        .device = "cpu",
+        .device = "auto",
     };
     char model_buffer[PATH_MAX];
     run_state rs = {.opt = &opt};
