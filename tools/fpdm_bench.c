@@ -59,6 +59,7 @@ typedef struct options {
     int steps;
     int cfg;
     const char *device;
+    int device_from_env;      /* the device came from $FPDM_DEVICE */
     int precision;
     int threads;
     int repeat;
@@ -90,8 +91,9 @@ static void print_help(FILE *out)
 "      --iters LIST         FPDM iterations per forward (default: the model's)\n"
 "      --steps N            sampling steps for --mode sample (default: 10)\n"
 "      --cfg on|off         classifier-free guidance: doubled rows (default: off)\n"
-"      --device DEV         auto | cpu | cuda | cuda:N (default: auto: the first GPU\n"
-"                           when this build has CUDA and one is visible, else cpu)\n"
+"      --device DEV         auto | cpu | cuda | cuda:N (default: $FPDM_DEVICE, else auto:\n"
+"                           the first GPU when this build has CUDA and one is visible,\n"
+"                           else cpu)\n"
 "      --precision P        fp32 | bf16 | fp16 (default: the device's)\n"
 "      --threads N          CPU threads (default: OpenMP's choice)\n"
 "      --repeat N           timed runs per measurement (default: 3)\n"
@@ -181,6 +183,7 @@ static int parse_arguments(int argc, char **argv, options *opt)
             rc = cli_parse_choice(flag, value, on_off_names, &opt->cfg, err, sizeof err);
         } else if (strcmp(flag, "--device") == 0) {
             opt->device = value;
+            opt->device_from_env = 0;
         } else if (strcmp(flag, "--precision") == 0) {
             rc = cli_parse_choice(flag, value, precision_names, &index, err, sizeof err);
             opt->precision = (int)precision_values[index];
@@ -807,7 +810,8 @@ int main(int argc, char **argv)
     options opt = {
         .image_size = 256,
         .steps = 10,
-        .device = "auto",
+        .device = getenv("FPDM_DEVICE") ? getenv("FPDM_DEVICE") : "auto",
+        .device_from_env = getenv("FPDM_DEVICE") != NULL,
         .repeat = 3,
         .warmup = 1,
         .vae_batch = 1,
@@ -868,7 +872,8 @@ int main(int argc, char **argv)
     cp.num_threads = opt.threads;
     cp.log_callback = log_to_stderr;
     if (fpdm_context_create(&cp, &b.ctx) != FPDM_OK) {
-        fprintf(stderr, PROGRAM ": --device %s: %s\n", opt.device,
+        fprintf(stderr, PROGRAM ": %s%s: %s\n", opt.device_from_env ? "FPDM_DEVICE=" : "--device ",
+                opt.device,
                 b.ctx ? fpdm_last_error(b.ctx) : "out of memory");
         rc = EXIT_RUNTIME;
         goto done;

@@ -72,6 +72,7 @@ typedef struct options {
     int overwrite;
     const char *report_path;
     const char *device;
+    int device_from_env;      /* the device came from $FPDM_DEVICE */
     int precision;            /* fpdm_precision */
     int threads;
     int verbose;
@@ -98,8 +99,9 @@ static void print_help(FILE *out)
 "  -m, --model FILE         model .safetensors (default: " DEFAULT_MODEL ",\n"
 "                           also looked up next to the executable's ../models)\n"
 "      --vae FILE           VAE decoder (diffusers safetensors) for latent-space models\n"
-"      --device DEV         auto | cpu | cuda | cuda:N (default: auto: the first GPU\n"
-"                           when this build has CUDA and one is visible, else cpu)\n"
+"      --device DEV         auto | cpu | cuda | cuda:N (default: $FPDM_DEVICE, else auto:\n"
+"                           the first GPU when this build has CUDA and one is visible,\n"
+"                           else cpu)\n"
 "      --precision P        fp32 | bf16 | fp16 (default: fp32 on cpu, bf16 on cuda)\n"
 "      --threads N          CPU threads (default: OpenMP's choice)\n"
 "\n"
@@ -285,6 +287,7 @@ static int parse_arguments(int argc, char **argv, options *opt)
         } else if (flag_is(arg, NULL, "--device", &inline_value)) {
             TAKE_VALUE("--device");
             opt->device = value;
+            opt->device_from_env = 0;
         } else if (flag_is(arg, NULL, "--precision", &inline_value)) {
             TAKE_VALUE("--precision");
             int index = 0;
@@ -967,7 +970,8 @@ int main(int argc, char **argv)
         .cfg_scale = DEFAULT_CFG_SCALE,
         .iters = -1,
         .out_dir = "samples",
-        .device = "auto",
+        .device = getenv("FPDM_DEVICE") ? getenv("FPDM_DEVICE") : "auto",
+        .device_from_env = getenv("FPDM_DEVICE") != NULL,
     };
     char model_buffer[PATH_MAX];
     run_state rs = {.opt = &opt};
@@ -997,7 +1001,8 @@ int main(int argc, char **argv)
     cp.log_callback = log_to_stderr;
     cp.log_user_data = &opt.verbose;
     if (fpdm_context_create(&cp, &rs.ctx) != FPDM_OK) {
-        fprintf(stderr, PROGRAM ": --device %s: %s\n", opt.device,
+        fprintf(stderr, PROGRAM ": %s%s: %s\n", opt.device_from_env ? "FPDM_DEVICE=" : "--device ",
+                opt.device,
                 rs.ctx ? fpdm_last_error(rs.ctx) : "out of memory");
         rc = EXIT_RUNTIME;
         goto done;

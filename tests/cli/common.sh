@@ -2,6 +2,9 @@
 # (not a test itself): a temporary folder $tmp removed on exit, pass/fail
 # counters with `check`, the tiny random-weight models, and `finish`.
 tmp=$(mktemp -d)
+# The checks compare outputs bit for bit across batch sizes and runs, which
+# the CPU backend guarantees; on a GPU machine the tools would pick the GPU.
+export FPDM_DEVICE=cpu
 trap 'rm -rf "$tmp"' EXIT
 passed=0
 failed=0

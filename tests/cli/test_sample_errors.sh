@@ -101,6 +101,8 @@ expect "noise not float32"   1 "--init-noise: .*init-f64.npy"                   
 expect "noise file missing"  1 "--init-noise: .*absent.npy"                         -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/absent.npy"
 expect "grid folder missing" 1 "--grid .*: folder .*no-dir does not exist"           -m "$fpdm" --steps 3 --grid "$tmp/no-dir/grid.png"
 expect "report folder missing" 1 "--report .*: folder .*no-dir does not exist"       -m "$fpdm" --steps 3 --report "$tmp/no-dir/r.json"
+expect "unknown device"      1 "--device gpu: unknown device \"gpu\": use auto, cpu, cuda or cuda:N" -m "$fpdm" --steps 3 --device gpu
+FPDM_DEVICE=gpu expect "unknown FPDM_DEVICE" 1 "FPDM_DEVICE=gpu: unknown device"    -m "$fpdm" --steps 3
 if ! command -v nvidia-smi >/dev/null 2>&1; then
     expect "cuda without a gpu" 1 "fpdm-sample: --device cuda: ."                    -m "$fpdm" --steps 3 --device cuda
 fi
