@@ -106,7 +106,7 @@ def model_info(args, path):
     meta = model_metadata(path)
     probe_dir = os.path.join(args.work, "probe")
     command = [args.sampler, "-m", path, "-n", "1", "--steps", "1", "--out", probe_dir, "--overwrite",
-               "--verbose"]
+               "--device", args.device, "--verbose"]
     text = subprocess.run(command, capture_output=True, text=True, check=True).stderr
     match = PARAMETERS_LINE.search(text)
     with open(path, "rb") as source:
@@ -130,7 +130,8 @@ def sampler_command(args, spec, model_path, out_dir, report_path, latents_path):
     command = ["env", OMP_PASSIVE, "nice", "-n", str(args.nice), args.sampler, "-m", model_path,
                "-n", str(args.num_images), "-b", str(args.batch_size), "--class", classes,
                "--seed", str(args.seed), "--steps", str(spec["steps"]), "--cfg-scale", str(args.cfg_scale),
-               "--threads", str(args.threads), "--out", out_dir, "--overwrite", "--quiet",
+               "--device", args.device, "--threads", str(args.threads), "--out", out_dir, "--overwrite",
+               "--quiet",
                "--report", report_path, "--latents-out", latents_path]
     if spec["model"] == "fpdm":
         command += ["--iters", str(spec["iters"]), "--schedule", spec["schedule"]]
@@ -229,7 +230,7 @@ def forward_timings(args, models, iters_list):
         command = ["env", OMP_PASSIVE, "nice", "-n", str(args.nice), args.bench, "--model", info["path"],
                    "--mode", "forward",
                    "--batch-size", str(args.batch_size), "--cfg", "on" if args.cfg_scale > 1 else "off",
-                   "--threads", str(args.threads), "--repeat", "5", "--json"]
+                   "--device", args.device, "--threads", str(args.threads), "--repeat", "5", "--json"]
         if info["architecture"] == "fpdm":
             command += ["--iters", ",".join(str(k) for k in iters_list)]
         result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
@@ -450,6 +451,8 @@ def main():
     parser.add_argument("--cfg-scale", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="fpdm-sample / fpdm-bench device (default: cpu, as the recorded results)")
     parser.add_argument("--nice", type=int, default=5)
     parser.add_argument("--data", default="/work/shared/data/mnist")
     parser.add_argument("--work", default="/tmp/fpdm-experiments", help="scratch folder for PNGs and reports")
