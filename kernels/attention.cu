@@ -2,10 +2,10 @@
  * with no scratch memory: for float32 operands on CUDA cores, for 16-bit
  * operands on tensor cores (attention_tc_kernel, further down).
  *
- * Float32: flash-attention style. A block of 128
- * threads serves ROWS queries of one (image, head); it streams the keys and
- * values through shared memory in tiles of ATTN_KEYS and keeps a running
- * maximum and sum per query (online softmax), so any token count works.
+ * Float32: flash-attention style. A block of 128 threads serves ROWS queries
+ * of one (image, head); it streams the keys and values through shared memory
+ * in tiles of ATTN_KEYS and keeps a running maximum and sum per query (online
+ * softmax), so any token count works.
  *
  * Each query row belongs to TPR threads (1 or 2) that each hold CHUNK of its
  * dimensions in registers (q and the output accumulator); the head dimension is
