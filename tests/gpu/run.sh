@@ -9,8 +9,10 @@
 # and tests/gpu/torch_bench.py on the same shapes. The summary table, printed
 # last, gives our ms, torch's ms, their ratio, our fraction of the reference
 # matrix product's rate and peak memory. Every step has a timeout and the
-# whole run stops starting steps after RUN_BUDGET_S (default 470 s). Logs and
-# JSON go to $OUT (or build-gpu/logs).
+# whole run stops starting steps after RUN_BUDGET_S (default 470 s). Before
+# the benchmarks it samples end to end: fpdm-sample with the shipped model on
+# the GPU (PNGs), and whole sampling loops of the XL models. Logs, JSON and
+# the PNGs go to $OUT (or build-gpu/logs).
 #
 #   bash tests/gpu/run.sh            (from the repository root; under 3 minutes on an H100)
 #   PROFILE=1 bash tests/gpu/run.sh  (adds ncu's per-kernel times of one FPDM-XL/2 forward)
@@ -129,6 +131,7 @@ for test_source in "$ROOT"/tests/gpu/test_*.c; do
   TARGETS+=("gpu_$(basename "$test_source" .c)")
 done
 [ -f "$ROOT/tools/fpdm_bench.c" ] && TARGETS+=(fpdm-bench)
+[ -f "$ROOT/tools/fpdm_sample.c" ] && TARGETS+=(fpdm-sample)
 if ! run_step 240 build cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" > "$LOGS/build.log" 2>&1; then
   note "build FAILED (see $LOGS/build.log)"; grep -E "error|Error" "$LOGS/build.log" | head -30; exit 1
 fi
@@ -143,6 +146,42 @@ TEST_LINES=$(grep -E "^ *[0-9]+/[0-9]+ Test +#[0-9]+: gpu_" "$LOGS/ctest.log" |
   sed -E 's/^ *[0-9]+\/[0-9]+ Test +#[0-9]+: ([^ ]+) [. ]*([A-Za-z*]+[A-Za-z ]*)[^0-9]*([0-9.]+ sec).*/\1 \2 \3/')
 TEST_TOTAL=$(grep -E "tests passed|tests failed" "$LOGS/ctest.log" | tail -1)
 note "tests done ($(( $(date +%s) - RUN_START )) s in)"
+
+# ---- end to end ---------------------------------------------------------------
+# The command line as users run it, on the GPU: the shipped FPDM model (the
+# default model), 16 digits as PNGs and a grid; then whole sampling loops of
+# the XL models with random weights (fpdm-bench --mode sample, 10 steps, 8
+# images with guidance).
+SAMPLE=$BUILD/fpdm-sample
+: > "$LOGS/sampling.txt"
+if [ -x "$SAMPLE" ]; then
+  if run_step 60 "fpdm-sample" "$SAMPLE" --device cuda --steps 20 -n 16 --out "$LOGS/samples" \
+      --grid "$LOGS/grid.png" --report "$LOGS/sample-report.json" > "$LOGS/sample.log" 2>&1; then
+    echo "fpdm-sample --device cuda (shipped FPDM model, 20 steps): $(ls "$LOGS/samples" | grep -c '\.png$') PNGs;" \
+      "$(grep -o '[0-9]* images in .*' "$LOGS/sample.log" | tail -1)" >> "$LOGS/sampling.txt"
+  else
+    note "fpdm-sample on the GPU FAILED (see $LOGS/sample.log)"
+    tail -3 "$LOGS/sample.log"
+  fi
+fi
+if [ -x "$BENCH" ]; then
+  for config in DiT-XL/2 FPDM-XL/2; do
+    tag=$(echo "$config" | tr '/' '_')
+    if run_step 100 "sampling $config" "$BENCH" --config "$config" --mode sample --steps 10 \
+        --batch-size 8 --cfg on --device cuda --precision bf16 --repeat 2 --warmup 1 --json \
+        > "$LOGS/sample-$tag.json" 2> "$LOGS/sample-$tag.err"; then
+      python3 - "$config" "$LOGS/sample-$tag.json" >> "$LOGS/sampling.txt" <<'PY'
+import json, sys
+row = json.load(open(sys.argv[2]))["results"][0]
+print(f"{sys.argv[1]} bf16, 10 steps, 8 images with CFG: {1000 * row['seconds_min']:.1f} ms a run, "
+      f"{row['images_per_second']:.1f} images/s, {row['model_evaluations_per_second']:.0f} evaluations/s")
+PY
+    else
+      note "sampling $config failed (see $LOGS/sample-$tag.err)"
+      tail -3 "$LOGS/sample-$tag.err"
+    fi
+  done
+fi
 
 # ---- benchmarks --------------------------------------------------------------
 # BENCH_BATCH images, doubled by classifier-free guidance into network rows.
@@ -310,6 +349,7 @@ for key in sorted(set(ours) | set(torch_rows)):
 PY
   [ -s "$LOGS/iters.txt" ] && { echo; cat "$LOGS/iters.txt"; }
   [ -s "$LOGS/vae.txt" ] && { echo; cat "$LOGS/vae.txt"; }
+  [ -s "$LOGS/sampling.txt" ] && { echo; cat "$LOGS/sampling.txt"; }
   [ -s "$LOGS/profile-top.txt" ] && { echo; cat "$LOGS/profile-top.txt"; }
 } | tee -a "$SUMMARY"
 exit $CTEST_RC
