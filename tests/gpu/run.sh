@@ -153,6 +153,7 @@ note "tests done ($(( $(date +%s) - RUN_START )) s in)"
 # the XL models with random weights (fpdm-bench --mode sample, 10 steps, 8
 # images with guidance).
 SAMPLE=$BUILD/fpdm-sample
+BENCH=$BUILD/fpdm-bench
 : > "$LOGS/sampling.txt"
 if [ -x "$SAMPLE" ]; then
   if run_step 60 "fpdm-sample" "$SAMPLE" --device cuda --steps 20 -n 16 --out "$LOGS/samples" \
@@ -188,7 +189,6 @@ fi
 BENCH_BATCH=${BENCH_BATCH:-64}
 BENCH_ROWS=$((2 * BENCH_BATCH))
 BENCH_CONFIGS=${BENCH_CONFIGS:-"DiT-XL/2 FPDM-XL/2"}
-BENCH=$BUILD/fpdm-bench
 : > "$LOGS/ours.jsonl"
 : > "$LOGS/torch.jsonl"
 # One summary line per fpdm-bench JSON: the first measurement's numbers.
