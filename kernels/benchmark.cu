@@ -1,18 +1,13 @@
 /* benchmark.cu - backend.h's memory_info (what cudaMemGetInfo reports) and
  * benchmark_matmul: the reference rate benchmarks compare the network
- * against, one cuBLASLt product in the precision the backend computes in.
- * In bf16 (and fp16) mode the operands are stored in bf16 (fp16) with fp32
- * accumulation, as a tuned framework would run them, so the reference is the
- * tensor-core rate the network's own products (fp32 tensors rounded by
- * CUBLAS_COMPUTE_32F_FAST_16BF) can at best approach; in fp32 mode it is a
- * true fp32 product (no TF32), like the network's. */
+ * against, one cuBLASLt product on operands of the backend's operand type
+ * with float32 accumulation, as the network's own products run: bf16 (fp16)
+ * on tensor cores in bf16 (fp16) mode, true fp32 (no TF32) in fp32 mode. */
 #include <stdint.h>
 #include <stdlib.h>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include "cuda_backend.cuh"
+#include "operand.cuh"
 
 #define BENCHMARK_WARMUP_RUNS 2
 
@@ -29,46 +24,23 @@ int cuda_memory_info(backend *be, size_t *used_bytes, size_t *total_bytes) {
 /* Values in [-1, 1) from a hash of the index: zeros would let the tensor
  * cores idle at a lower power draw and flatter the rate. */
 template <typename T>
-__global__ void fill_operand_kernel(T *out, size_t n, uint32_t salt) {
+__global__ void fill_operands_kernel(T *out, size_t n, uint32_t salt) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         uint32_t h = (uint32_t)i * 2654435761u ^ salt;
         h ^= h >> 15;
         h *= 2246822519u;
         h ^= h >> 13;
-        out[i] = (T)((float)(h & 0xffff) / 32768.0f - 1.0f);
+        out[i] = operand_from_float<T>((float)(h & 0xffff) / 32768.0f - 1.0f);
     }
 }
 
-template <typename T>
-static int fill_operand(cuda_backend *cb, void *device, size_t n, uint32_t salt) {
-    fill_operand_kernel<T><<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>((T *)device, n, salt);
+/* n operands of the backend's type. */
+static int fill_operands(cuda_backend *cb, void *device, size_t n, uint32_t salt) {
+    OPERAND_DISPATCH(cb->base.operand_type,
+                     fill_operands_kernel<T><<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(
+                         (T *)device, n, salt));
     return cuda_check(cb, cudaGetLastError(), "benchmark fill");
-}
-
-/* The storage type of the operands and the fill for it. */
-typedef struct operand_type {
-    cudaDataType_t data_type;
-    size_t element_bytes;
-    int (*fill)(cuda_backend *cb, void *device, size_t n, uint32_t salt);
-} operand_type;
-
-static operand_type operand_type_for(fpdm_precision precision) {
-    operand_type t;
-    if (precision == FPDM_PRECISION_FP32) {
-        t.data_type = CUDA_R_32F;
-        t.element_bytes = sizeof(float);
-        t.fill = fill_operand<float>;
-    } else if (precision == FPDM_PRECISION_FP16) {
-        t.data_type = CUDA_R_16F;
-        t.element_bytes = sizeof(__half);
-        t.fill = fill_operand<__half>;
-    } else {
-        t.data_type = CUDA_R_16BF;
-        t.element_bytes = sizeof(__nv_bfloat16);
-        t.fill = fill_operand<__nv_bfloat16>;
-    }
-    return t;
 }
 
 static int compare_doubles(const void *a, const void *b) {
@@ -127,25 +99,25 @@ static int matmul_setup_build(cuda_backend *cb, matmul_setup *s, cudaDataType_t 
 int cuda_benchmark_matmul(backend *be, int m, int n, int k, int repeats, double *seconds) {
     cuda_backend *cb = cuda_of(be);
     if (!cuda_enter(cb) || repeats < 1) return -1;
-    operand_type type = operand_type_for(cb->precision);
+    const size_t element_bytes = backend_dtype_bytes(be->operand_type);
     size_t a_elems = (size_t)m * k, b_elems = (size_t)k * n, c_elems = (size_t)m * n;
     unsigned char *device = NULL;
-    if (cudaMalloc((void **)&device, (a_elems + b_elems + c_elems) * type.element_bytes) !=
+    if (cudaMalloc((void **)&device, (a_elems + b_elems + c_elems) * element_bytes) !=
         cudaSuccess) {
         /* Too big for this device: the caller's to report, not a stream fault. */
         cudaGetLastError();
         return -1;
     }
-    void *a = device, *b = device + a_elems * type.element_bytes;
-    void *c = device + (a_elems + b_elems) * type.element_bytes;
+    void *a = device, *b = device + a_elems * element_bytes;
+    void *c = device + (a_elems + b_elems) * element_bytes;
     double *times = (double *)malloc((size_t)repeats * sizeof(double));
     cudaEvent_t start = NULL, stop = NULL;
     matmul_setup setup = {};
     int rc = -1;
     if (!times || cuda_check(cb, cudaEventCreate(&start), "benchmark event") ||
         cuda_check(cb, cudaEventCreate(&stop), "benchmark event") ||
-        type.fill(cb, a, a_elems, 1u) || type.fill(cb, b, b_elems, 2u) ||
-        matmul_setup_build(cb, &setup, type.data_type, m, n, k))
+        fill_operands(cb, a, a_elems, 1u) || fill_operands(cb, b, b_elems, 2u) ||
+        matmul_setup_build(cb, &setup, cuda_data_type(be->operand_type), m, n, k))
         goto done;
     {
         const float one = 1.0f, zero = 0.0f;

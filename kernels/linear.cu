@@ -69,10 +69,6 @@ static int alignment_of(const void *ptr) {
     return alignment;
 }
 
-static cudaDataType_t cuda_type_of(backend_dtype type) {
-    return type == BACKEND_BF16 ? CUDA_R_16BF : type == BACKEND_F16 ? CUDA_R_16F : CUDA_R_32F;
-}
-
 /* Products of float32 operands use the backend's compute type (true float32
  * in fp32 mode); 16-bit operands accumulate in float32. */
 static cublasComputeType_t linear_compute_type(const cuda_backend *cb) {
@@ -97,8 +93,8 @@ void cuda_linear_plans_destroy(cuda_backend *cb) {
  * stays 0 when there is none. Returns -1 after recording a cuBLAS failure. */
 static int plan_build(cuda_backend *cb, linear_plan *plan) {
     const cublasOperation_t transpose = CUBLAS_OP_T, no_transpose = CUBLAS_OP_N;
-    const cudaDataType_t operand = cuda_type_of(cb->base.operand_type);
-    const cudaDataType_t output = cuda_type_of(plan->out_type);
+    const cudaDataType_t operand = cuda_data_type(cb->base.operand_type);
+    const cudaDataType_t output = cuda_data_type(plan->out_type);
     if (cublas_check(cb, cublasLtMatmulDescCreate(&plan->desc, linear_compute_type(cb), CUDA_R_32F),
                      "cublasLtMatmulDescCreate") ||
         cublas_check(cb, cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA,
@@ -204,10 +200,10 @@ static void linear_fallback(cuda_backend *cb, void *out, backend_dtype out_type,
             return;
         beta = 1.0f;
     }
-    const cudaDataType_t operand = cuda_type_of(cb->base.operand_type);
+    const cudaDataType_t operand = cuda_data_type(cb->base.operand_type);
     if (cublas_check(cb, cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->out_dim, rows,
                                       w->in_dim, &one, w->weight, operand, w->weight_stride, in,
-                                      operand, w->in_dim, &beta, out, cuda_type_of(out_type),
+                                      operand, w->in_dim, &beta, out, cuda_data_type(out_type),
                                       w->out_dim, linear_compute_type(cb), CUBLAS_GEMM_DEFAULT),
                      "cublasGemmEx"))
         return;

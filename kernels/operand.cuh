@@ -1,12 +1,21 @@
 /* operand.cuh - the element types of operand buffers (backend.h, "Operands")
  * on the device: float, __nv_bfloat16 or __half, conversions from and to
- * float, and OPERAND_DISPATCH, which runs a statement with `T` bound to the
- * backend's operand type (kernels are templates over T). */
+ * float, their CUDA library data types, and OPERAND_DISPATCH, which runs a
+ * statement with `T` bound to the backend's operand type (kernels are
+ * templates over T). */
 #ifndef FPDM_OPERAND_CUH
 #define FPDM_OPERAND_CUH
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <library_types.h>
+
+#include "cuda_backend.cuh"
+
+/* The cuBLAS / cuBLASLt data type of a buffer of this type. */
+static inline cudaDataType_t cuda_data_type(backend_dtype type) {
+    return type == BACKEND_BF16 ? CUDA_R_16BF : type == BACKEND_F16 ? CUDA_R_16F : CUDA_R_32F;
+}
 
 template <typename T> __device__ __forceinline__ T operand_from_float(float v);
 template <> __device__ __forceinline__ float operand_from_float<float>(float v) { return v; }
