@@ -58,8 +58,7 @@ typedef struct options {
     int num_iters;
     int steps;
     int cfg;
-    const char *device;
-    int device_from_env;      /* the device came from $FPDM_DEVICE */
+    const char *device;       /* --device, or NULL (see cli_device) */
     int precision;
     int threads;
     int repeat;
@@ -183,7 +182,6 @@ static int parse_arguments(int argc, char **argv, options *opt)
             rc = cli_parse_choice(flag, value, on_off_names, &opt->cfg, err, sizeof err);
         } else if (strcmp(flag, "--device") == 0) {
             opt->device = value;
-            opt->device_from_env = 0;
         } else if (strcmp(flag, "--precision") == 0) {
             rc = cli_parse_choice(flag, value, precision_names, &index, err, sizeof err);
             opt->precision = (int)precision_values[index];
@@ -810,8 +808,6 @@ int main(int argc, char **argv)
     options opt = {
         .image_size = 256,
         .steps = 10,
-        .device = getenv("FPDM_DEVICE") ? getenv("FPDM_DEVICE") : "auto",
-        .device_from_env = getenv("FPDM_DEVICE") != NULL,
         .repeat = 3,
         .warmup = 1,
         .vae_batch = 1,
@@ -867,13 +863,13 @@ int main(int argc, char **argv)
     }
 
     fpdm_context_params cp = fpdm_context_default_params();
-    cp.device = opt.device;
+    const char *device_source;
+    cp.device = cli_device(opt.device, &device_source);
     cp.precision = (fpdm_precision)opt.precision;
     cp.num_threads = opt.threads;
     cp.log_callback = log_to_stderr;
     if (fpdm_context_create(&cp, &b.ctx) != FPDM_OK) {
-        fprintf(stderr, PROGRAM ": %s%s: %s\n", opt.device_from_env ? "FPDM_DEVICE=" : "--device ",
-                opt.device,
+        fprintf(stderr, PROGRAM ": %s%s: %s\n", device_source, cp.device,
                 b.ctx ? fpdm_last_error(b.ctx) : "out of memory");
         rc = EXIT_RUNTIME;
         goto done;

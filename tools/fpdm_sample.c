@@ -71,8 +71,7 @@ typedef struct options {
     const char *grid_path;
     int overwrite;
     const char *report_path;
-    const char *device;
-    int device_from_env;      /* the device came from $FPDM_DEVICE */
+    const char *device;       /* --device, or NULL (see cli_device) */
     int precision;            /* fpdm_precision */
     int threads;
     int verbose;
@@ -287,7 +286,6 @@ static int parse_arguments(int argc, char **argv, options *opt)
         } else if (flag_is(arg, NULL, "--device", &inline_value)) {
             TAKE_VALUE("--device");
             opt->device = value;
-            opt->device_from_env = 0;
         } else if (flag_is(arg, NULL, "--precision", &inline_value)) {
             TAKE_VALUE("--precision");
             int index = 0;
@@ -970,8 +968,6 @@ int main(int argc, char **argv)
         .cfg_scale = DEFAULT_CFG_SCALE,
         .iters = -1,
         .out_dir = "samples",
-        .device = getenv("FPDM_DEVICE") ? getenv("FPDM_DEVICE") : "auto",
-        .device_from_env = getenv("FPDM_DEVICE") != NULL,
     };
     char model_buffer[PATH_MAX];
     run_state rs = {.opt = &opt};
@@ -995,14 +991,14 @@ int main(int argc, char **argv)
         opt.batch_size = opt.num_images;
 
     fpdm_context_params cp = fpdm_context_default_params();
-    cp.device = opt.device;
+    const char *device_source;
+    cp.device = cli_device(opt.device, &device_source);
     cp.precision = (fpdm_precision)opt.precision;
     cp.num_threads = opt.threads;
     cp.log_callback = log_to_stderr;
     cp.log_user_data = &opt.verbose;
     if (fpdm_context_create(&cp, &rs.ctx) != FPDM_OK) {
-        fprintf(stderr, PROGRAM ": %s%s: %s\n", opt.device_from_env ? "FPDM_DEVICE=" : "--device ",
-                opt.device,
+        fprintf(stderr, PROGRAM ": %s%s: %s\n", device_source, cp.device,
                 rs.ctx ? fpdm_last_error(rs.ctx) : "out of memory");
         rc = EXIT_RUNTIME;
         goto done;

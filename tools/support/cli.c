@@ -8,6 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+const char *cli_device(const char *device_flag, const char **source)
+{
+    const char *from_env = getenv("FPDM_DEVICE");
+    *source = device_flag || !from_env ? "--device " : "FPDM_DEVICE=";
+    return device_flag ? device_flag : from_env ? from_env : "auto";
+}
+
 int cli_parse_int(const char *flag, const char *text, long long min, long long max, int *out,
                   char *err, size_t err_size)
 {

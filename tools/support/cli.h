@@ -29,6 +29,11 @@ int cli_parse_int_list(const char *flag, const char *text, long long min, long l
 int cli_parse_choice(const char *flag, const char *text, const char *const *choices, int *index,
                      char *err, size_t err_size);
 
+/* The device a program runs on: the --device value (device_flag, NULL when
+ * not given), else $FPDM_DEVICE, else "auto". *source receives where it came
+ * from, as a message prefix: "--device " or "FPDM_DEVICE=". */
+const char *cli_device(const char *device_flag, const char **source);
+
 /* Splits "--flag=value" style arguments: if arg starts with name followed by
  * '=', returns the text after '='; otherwise NULL. */
 const char *cli_inline_value(const char *arg, const char *name);
