@@ -12,14 +12,9 @@
 #include <string.h>
 
 #include "context.h"
-#include "float16.h"
 #include "model.h"
 #include "safetensors.h"
 #include "test_util.h"
-
-static uint16_t rounded(float value, backend_dtype type) {
-    return type == BACKEND_BF16 ? f32_to_bf16(value) : f32_to_f16(value);
-}
 
 /* Counts the elements of `w` (out_dim x in_dim, rows weight_stride apart)
  * that differ from the file tensor `name` (columns from first_column on)
@@ -39,7 +34,7 @@ static int check_linear(const safetensors_file *file, const char *prefix, const 
     for (int o = 0; o < w->out_dim; o++)
         for (int i = 0; i < w->in_dim; i++)
             wrong += stored[(size_t)o * w->weight_stride + i] !=
-                     rounded(values[(size_t)o * file_columns + first_column + i], type);
+                     test_to_16bit(values[(size_t)o * file_columns + first_column + i], type);
     free(values);
     if (w->bias) {
         snprintf(name, sizeof name, "%s.bias", prefix);
@@ -48,7 +43,7 @@ static int check_linear(const safetensors_file *file, const char *prefix, const 
         safetensors_to_f32(t, bias);
         const uint16_t *bias_operand = w->bias_operand;
         for (int o = 0; o < w->out_dim; o++)
-            wrong += w->bias[o] != bias[o] || bias_operand[o] != rounded(bias[o], type);
+            wrong += w->bias[o] != bias[o] || bias_operand[o] != test_to_16bit(bias[o], type);
         free(bias);
     }
     CHECK_MSG(wrong == 0, "%s: %d elements wrong", prefix, wrong);

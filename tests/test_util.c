@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "float16.h"
 #include "fpdm.h"
 #include "safetensors.h"
 
@@ -73,6 +74,51 @@ fpdm_model *test_load_model(fpdm_context *ctx, const char *path) {
     fpdm_model *model = NULL;
     CHECK_MSG(fpdm_model_load(ctx, path, &model) == FPDM_OK, "%s", fpdm_last_error(ctx));
     return model;
+}
+
+uint16_t test_to_16bit(float value, backend_dtype type) {
+    return type == BACKEND_BF16 ? f32_to_bf16(value) : f32_to_f16(value);
+}
+
+static float from_16bit(uint16_t bits, backend_dtype type) {
+    return type == BACKEND_BF16 ? bf16_to_f32(bits) : f16_to_f32(bits);
+}
+
+float test_operand_value(float value, backend_dtype type) {
+    return type == BACKEND_F32 ? value : from_16bit(test_to_16bit(value, type), type);
+}
+
+/* 16-bit elements travel in pairs, as floats. */
+static size_t packed_floats(size_t n) { return (n + 1) / 2; }
+
+float *test_upload_operand(backend *be, float *values, size_t n) {
+    backend_dtype type = be->operand_type;
+    size_t floats = type == BACKEND_F32 ? n : packed_floats(n);
+    float *device = be->alloc(be, floats ? floats : 1);
+    CHECK_MSG(device != NULL, "cannot allocate %zu operands", n);
+    if (!device) return NULL;
+    if (type == BACKEND_F32) {
+        CHECK(be->upload(be, device, values, n) == 0);
+        return device;
+    }
+    uint16_t *packed = calloc(2 * floats + 2, sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) {
+        packed[i] = test_to_16bit(values[i], type);
+        values[i] = from_16bit(packed[i], type);
+    }
+    CHECK(be->upload(be, device, (const float *)packed, floats) == 0);
+    free(packed);
+    return device;
+}
+
+int test_download_operand(backend *be, float *values, const float *device, size_t n) {
+    backend_dtype type = be->operand_type;
+    if (type == BACKEND_F32) return be->download(be, values, device, n);
+    uint16_t *packed = calloc(2 * packed_floats(n) + 2, sizeof(uint16_t));
+    int status = be->download(be, (float *)packed, device, packed_floats(n));
+    for (size_t i = 0; i < n; i++) values[i] = from_16bit(packed[i], type);
+    free(packed);
+    return status;
 }
 
 int test_finish(const char *name) {

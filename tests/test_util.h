@@ -4,7 +4,10 @@
 #define FPDM_TEST_UTIL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
+
+#include "backend.h"
 
 #define TEST_SKIP 77
 
@@ -52,6 +55,20 @@ void test_random_fill(float *x, size_t n, unsigned *seed);
 typedef struct fpdm_context fpdm_context;
 typedef struct fpdm_model fpdm_model;
 fpdm_model *test_load_model(fpdm_context *ctx, const char *path);
+
+/* Operand buffers (backend.h) from a test's side. A value as a 16-bit
+ * operand type (BACKEND_BF16 or BACKEND_F16) stores it, and that stored value
+ * back as a float (the value itself for BACKEND_F32). */
+uint16_t test_to_16bit(float value, backend_dtype type);
+float test_operand_value(float value, backend_dtype type);
+/* Uploads n values into a new buffer of the backend's operand type; with a
+ * 16-bit type `values` is rounded in place to exactly what was stored, so a
+ * CPU reference can use the same numbers. NULL (and a failed check) when the
+ * backend refuses. */
+float *test_upload_operand(backend *be, float *values, size_t n);
+/* Reads n operands of the backend's operand type back as float32; 0, or the
+ * backend's non-zero status. */
+int test_download_operand(backend *be, float *values, const float *device, size_t n);
 
 /* Prints "N passed, M failed" style summary and returns the exit code. */
 int test_finish(const char *name);

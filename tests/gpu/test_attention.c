@@ -16,48 +16,7 @@
 
 #include "backend.h"
 #include "backend_cuda.h"
-#include "float16.h"
 #include "test_util.h"
-
-static uint16_t to_16bit(float value, backend_dtype type) {
-    return type == BACKEND_BF16 ? f32_to_bf16(value) : f32_to_f16(value);
-}
-
-static float from_16bit(uint16_t bits, backend_dtype type) {
-    return type == BACKEND_BF16 ? bf16_to_f32(bits) : f16_to_f32(bits);
-}
-
-/* Uploads n values in the backend's operand type into a new buffer; with a
- * 16-bit type the host values are replaced by their rounded selves. */
-static float *upload_operand(backend *gpu, float *host, size_t n) {
-    backend_dtype type = gpu->operand_type;
-    if (type == BACKEND_F32) {
-        float *device = gpu->alloc(gpu, n);
-        CHECK(device && gpu->upload(gpu, device, host, n) == 0);
-        return device;
-    }
-    size_t packed_floats = (n + 1) / 2;
-    uint16_t *packed = calloc(2 * packed_floats, sizeof(uint16_t));
-    for (size_t i = 0; i < n; i++) {
-        packed[i] = to_16bit(host[i], type);
-        host[i] = from_16bit(packed[i], type);
-    }
-    float *device = gpu->alloc(gpu, packed_floats);
-    CHECK(device && gpu->upload(gpu, device, (const float *)packed, packed_floats) == 0);
-    free(packed);
-    return device;
-}
-
-static int download_operand(backend *gpu, float *host, const float *device, size_t n) {
-    backend_dtype type = gpu->operand_type;
-    if (type == BACKEND_F32) return gpu->download(gpu, host, device, n);
-    size_t packed_floats = (n + 1) / 2;
-    uint16_t *packed = calloc(2 * packed_floats, sizeof(uint16_t));
-    int status = gpu->download(gpu, (float *)packed, device, packed_floats);
-    for (size_t i = 0; i < n; i++) host[i] = from_16bit(packed[i], type);
-    free(packed);
-    return status;
-}
 
 /* Runs the CPU backend on images [first, first + count) of host_qkv. */
 static float *cpu_attention(backend *cpu, const float *host_qkv, int first, int count, int tokens,
@@ -94,13 +53,13 @@ static void check_case(backend *cpu, backend *gpu, int batch, int tokens, int he
         host_qkv[i] = (is_value ? 1.0f : amplitude) * test_uniform();
     }
     for (size_t i = 0; i < out_floats; i++) host_out[i] = NAN;
-    float *qkv = upload_operand(gpu, host_qkv, qkv_floats);
-    float *out = upload_operand(gpu, host_out, out_floats);
+    float *qkv = test_upload_operand(gpu, host_qkv, qkv_floats);
+    float *out = test_upload_operand(gpu, host_out, out_floats);
     if (!qkv || !out) return;
     size_t scratch_floats = gpu->attention_scratch_floats(gpu, batch, tokens, heads, head_dim);
     float *scratch = scratch_floats ? gpu->alloc(gpu, scratch_floats) : NULL;
     gpu->attention(gpu, out, qkv, batch, tokens, heads, head_dim, scratch);
-    int status = download_operand(gpu, host_out, out, out_floats);
+    int status = test_download_operand(gpu, host_out, out, out_floats);
     CHECK_MSG(status == 0, "%s", backend_cuda_error(gpu));
     const char *type_name = gpu->operand_type == BACKEND_BF16 ? " bf16"
                             : gpu->operand_type == BACKEND_F16 ? " fp16" : "";

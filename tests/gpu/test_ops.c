@@ -16,7 +16,6 @@
 #include "backend.h"
 #include "backend_cuda.h"
 #include "diffusion.h"
-#include "float16.h"
 #include "test_util.h"
 
 static backend *cpu, *gpu;
@@ -27,14 +26,6 @@ typedef struct twin {
     size_t n;
     backend_dtype type;
 } twin;
-
-static uint16_t to_16bit(float value, backend_dtype type) {
-    return type == BACKEND_BF16 ? f32_to_bf16(value) : f32_to_f16(value);
-}
-
-static float from_16bit(uint16_t bits, backend_dtype type) {
-    return type == BACKEND_BF16 ? bf16_to_f32(bits) : f16_to_f32(bits);
-}
 
 /* Element `offset` of a twin's GPU copy, whatever its type. */
 static void *gpu_at(twin t, size_t offset) {
@@ -56,21 +47,14 @@ static twin twin_from(const float *host, size_t n) {
 static twin twin_operand_from(const float *host, size_t n) {
     backend_dtype type = gpu->operand_type;
     if (type == BACKEND_F32) return twin_from(host, n);
-    size_t packed_floats = (n + 1) / 2;
-    uint16_t *packed = calloc(2 * packed_floats + 2, sizeof(uint16_t));
     float *rounded = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) {
-        packed[i] = to_16bit(host[i], type);
-        rounded[i] = from_16bit(packed[i], type);
-    }
-    twin t = {cpu->alloc(cpu, n), gpu->alloc(gpu, packed_floats + 1), n, type};
+    memcpy(rounded, host, n * sizeof(float));
+    twin t = {cpu->alloc(cpu, n), test_upload_operand(gpu, rounded, n), n, type};
     if (!t.on_cpu || !t.on_gpu) {
         fprintf(stderr, "out of memory for %zu floats\n", n);
         exit(1);
     }
     cpu->upload(cpu, t.on_cpu, rounded, n);
-    CHECK(gpu->upload(gpu, t.on_gpu, (const float *)packed, packed_floats) == 0);
-    free(packed);
     free(rounded);
     return t;
 }
@@ -98,15 +82,9 @@ static void twin_free(twin t) {
 static void twin_check(const char *what, twin t, double tolerance) {
     float *expected = malloc(t.n * sizeof(float)), *actual = malloc(t.n * sizeof(float));
     CHECK(cpu->download(cpu, expected, t.on_cpu, t.n) == 0);
-    int status;
-    if (t.type == BACKEND_F32) {
-        status = gpu->download(gpu, actual, t.on_gpu, t.n);
-    } else {
-        uint16_t *packed = calloc(t.n + 2, sizeof(uint16_t));
-        status = gpu->download(gpu, (float *)packed, t.on_gpu, (t.n + 1) / 2);
-        for (size_t i = 0; i < t.n; i++) actual[i] = from_16bit(packed[i], t.type);
-        free(packed);
-    }
+    /* A float32 twin on a 16-bit backend is a plain float32 buffer. */
+    int status = t.type == BACKEND_F32 ? gpu->download(gpu, actual, t.on_gpu, t.n)
+                                       : test_download_operand(gpu, actual, t.on_gpu, t.n);
     CHECK_MSG(status == 0, "%s: %s", what, backend_cuda_error(gpu));
     check_close(what, actual, expected, t.n, tolerance);
     free(expected);
@@ -125,10 +103,7 @@ static void test_linear_case(backend *device, const char *what, int rows, int ou
     size_t bias_n = (size_t)out_dim + 1;
     float *bias_host = malloc(bias_n * sizeof(float));
     for (size_t i = 0; i < bias_n; i++) {
-        bias_host[i] = 0.5f * test_uniform();
-        if (device->operand_type != BACKEND_F32)
-            bias_host[i] = from_16bit(to_16bit(bias_host[i], device->operand_type),
-                                      device->operand_type);
+        bias_host[i] = test_operand_value(0.5f * test_uniform(), device->operand_type);
     }
     twin bias = twin_from(bias_host, bias_n);
     twin bias_operand = twin_operand_from(bias_host, bias_n);
