@@ -303,7 +303,10 @@ FPDM_API const fpdm_vae_info *fpdm_vae_get_info(const fpdm_vae *vae);
 
 /* Decodes sampled latents [batch, latent_channels, size, size] (divided by the
  * scaling factor here, as the official samplers do) into images
- * [batch, image_channels, size * upscale, size * upscale] in about [-1, 1]. */
+ * [batch, image_channels, size * upscale, size * upscale] in about [-1, 1].
+ * The images go through the network together, as many at a time as fit in
+ * 4 GiB of activations on a GPU (256 MiB on the CPU, where batching gains no
+ * speed); the context's arena grows to that once and is reused. */
 FPDM_API fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch,
                                      int latent_size, const float *latents, float *images);
 

@@ -28,6 +28,7 @@
 #include "context.h"
 #include "fpdm.h"
 #include "safetensors.h"
+#include "vae.h"
 #include "vae_ops.h"
 
 #ifdef FPDM_HAVE_CUDNN
@@ -521,95 +522,114 @@ const fpdm_vae_info *fpdm_vae_get_info(const fpdm_vae *vae) { return vae ? &vae-
 
 /* ---- decoding ----------------------------------------------------------- */
 
-/* Where one image's activations live inside the arena. x carries the running
- * activation; a and b are temporaries as big as the largest activation;
- * attn_k / attn_v hold the mid block's keys and values; scratch serves the
- * operations. */
+/* Images decoded together stay within this many bytes of activations: on a
+ * device a batch keeps cuDNN's kernels full (one image at 256 px leaves much
+ * of an H100 idle); on the CPU batching gains nothing, so the bound only
+ * keeps the arena small while still exercising the batched operations. */
+#define VAE_DEVICE_CHUNK_BYTES ((size_t)4 << 30)
+#define VAE_CPU_CHUNK_BYTES ((size_t)256 << 20)
+
+/* Where a chunk of images' activations live inside the arena. x carries the
+ * running activation; a and b are temporaries as big as the largest
+ * activation; attn_k / attn_v hold the mid block's keys and values; scratch
+ * serves the operations. Each holds `batch` images back to back. */
 typedef struct vae_buffers {
     float *x, *a, *b, *attn_k, *attn_v, *scratch;
 } vae_buffers;
 
+/* Floats per buffer for a chunk of `batch` images. */
 typedef struct vae_plan {
     size_t activation, attention_kv, scratch;
 } vae_plan;
 
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
-static size_t conv_scratch(const vae_ops *ops, const vae_conv *conv, int size) {
-    return ops->conv2d_scratch_floats(ops, conv->in_channels, size, size, conv->kernel);
+static size_t conv_scratch(const vae_ops *ops, const vae_conv *conv, int batch, int size) {
+    return ops->conv2d_scratch_floats(ops, batch, conv->in_channels, size, size, conv->kernel);
 }
 
-static vae_plan plan_decode(const fpdm_vae *vae, const vae_ops *ops, int latent_size) {
+static vae_plan plan_decode(const fpdm_vae *vae, const vae_ops *ops, int latent_size, int batch) {
     vae_plan plan = {0, 0, 0};
     int n = vae->num_blocks;
     int per_block = vae->layers_per_block + 1;
     int top = vae->block_out_channels[n - 1];
     size_t pixels = (size_t)latent_size * latent_size;
-    plan.activation = max_size((size_t)vae->info.latent_channels, (size_t)top) * pixels;
-    plan.attention_kv = (size_t)top * pixels;
-    plan.scratch = max_size(conv_scratch(ops, &vae->conv_in, latent_size),
+    size_t activation = max_size((size_t)vae->info.latent_channels, (size_t)top) * pixels;
+    plan.attention_kv = (size_t)batch * top * pixels;
+    plan.scratch = max_size(conv_scratch(ops, &vae->conv_in, batch, latent_size),
                             ops->attention_scratch_floats(ops, top, (int)pixels));
     for (int m = 0; m < 2; m++) {
-        plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->mid_resnets[m].conv1, latent_size));
-        plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->mid_resnets[m].conv2, latent_size));
+        plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->mid_resnets[m].conv1, batch, latent_size));
+        plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->mid_resnets[m].conv2, batch, latent_size));
     }
     int size = latent_size;
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < per_block; j++) {
             const vae_resnet *r = &vae->resnets[i * per_block + j];
             size_t channels = max_size((size_t)r->conv1.in_channels, (size_t)r->conv1.out_channels);
-            plan.activation = max_size(plan.activation, channels * size * size);
-            plan.scratch = max_size(plan.scratch, conv_scratch(ops, &r->conv1, size));
-            plan.scratch = max_size(plan.scratch, conv_scratch(ops, &r->conv2, size));
+            activation = max_size(activation, channels * size * size);
+            plan.scratch = max_size(plan.scratch, conv_scratch(ops, &r->conv1, batch, size));
+            plan.scratch = max_size(plan.scratch, conv_scratch(ops, &r->conv2, batch, size));
         }
         if (i < n - 1) {
             size *= 2;
-            plan.activation = max_size(plan.activation,
-                                       (size_t)vae->upsamplers[i].in_channels * size * size);
-            plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->upsamplers[i], size));
+            activation = max_size(activation, (size_t)vae->upsamplers[i].in_channels * size * size);
+            plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->upsamplers[i], batch, size));
         }
     }
-    plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->conv_out, size));
+    plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->conv_out, batch, size));
+    plan.activation = (size_t)batch * activation;
     return plan;
 }
 
+/* How many of `batch` images to decode at once: as many as fit in
+ * chunk_bytes of activations, at least one. */
+static int chunk_images(const fpdm_vae *vae, const vae_ops *ops, int latent_size, int batch,
+                        size_t chunk_bytes) {
+    vae_plan one = plan_decode(vae, ops, latent_size, 1);
+    size_t per_image = (3 * one.activation + 2 * one.attention_kv) * sizeof(float);
+    size_t fit = chunk_bytes / per_image;
+    if (fit < 1) fit = 1;
+    return fit < (size_t)batch ? (int)fit : batch;
+}
+
 static void run_conv(const vae_ops *ops, const vae_conv *conv, float *out, const float *in,
-                     const float *residual, int size, float *scratch) {
-    ops->conv2d(ops, out, in, conv->weight, conv->bias, residual, conv->in_channels,
+                     const float *residual, int batch, int size, float *scratch) {
+    ops->conv2d(ops, out, in, conv->weight, conv->bias, residual, batch, conv->in_channels,
                 conv->out_channels, size, size, conv->kernel, scratch);
 }
 
 static void run_norm(const vae_ops *ops, const fpdm_vae *vae, const vae_norm *norm, float *out,
-                     const float *in, int size, int silu) {
-    ops->group_norm(ops, out, in, norm->gamma, norm->beta, norm->channels, size * size,
+                     const float *in, int batch, int size, int silu) {
+    ops->group_norm(ops, out, in, norm->gamma, norm->beta, batch, norm->channels, size * size,
                     vae->groups, VAE_NORM_EPS, silu);
 }
 
-/* x [in, size, size] -> x [out, size, size]. */
+/* x [in, size, size] -> x [out, size, size], per image. */
 static void run_resnet(const vae_ops *ops, const fpdm_vae *vae, const vae_resnet *r,
-                       const vae_buffers *buf, int size) {
-    run_norm(ops, vae, &r->norm1, buf->a, buf->x, size, 1);
-    run_conv(ops, &r->conv1, buf->b, buf->a, NULL, size, buf->scratch);
-    run_norm(ops, vae, &r->norm2, buf->a, buf->b, size, 1);
+                       const vae_buffers *buf, int batch, int size) {
+    run_norm(ops, vae, &r->norm1, buf->a, buf->x, batch, size, 1);
+    run_conv(ops, &r->conv1, buf->b, buf->a, NULL, batch, size, buf->scratch);
+    run_norm(ops, vae, &r->norm2, buf->a, buf->b, batch, size, 1);
     const float *residual = buf->x;
     if (r->has_shortcut) {
-        run_conv(ops, &r->shortcut, buf->b, buf->x, NULL, size, buf->scratch);
+        run_conv(ops, &r->shortcut, buf->b, buf->x, NULL, batch, size, buf->scratch);
         residual = buf->b;
     }
-    run_conv(ops, &r->conv2, buf->x, buf->a, residual, size, buf->scratch);
+    run_conv(ops, &r->conv2, buf->x, buf->a, residual, batch, size, buf->scratch);
 }
 
 /* x += out_proj(attention(q, k, v of GroupNorm(x))), rescale_output_factor 1. */
 static void run_attention(const vae_ops *ops, const fpdm_vae *vae, const vae_attention *at,
-                          const vae_buffers *buf, int size) {
+                          const vae_buffers *buf, int batch, int size) {
     int tokens = size * size;
-    run_norm(ops, vae, &at->norm, buf->a, buf->x, size, 0);
-    run_conv(ops, &at->q, buf->b, buf->a, NULL, size, buf->scratch);
-    run_conv(ops, &at->k, buf->attn_k, buf->a, NULL, size, buf->scratch);
-    run_conv(ops, &at->v, buf->attn_v, buf->a, NULL, size, buf->scratch);
-    ops->attention(ops, buf->a, buf->b, buf->attn_k, buf->attn_v, at->norm.channels, tokens,
-                   buf->scratch);
-    run_conv(ops, &at->out, buf->x, buf->a, buf->x, size, buf->scratch);
+    run_norm(ops, vae, &at->norm, buf->a, buf->x, batch, size, 0);
+    run_conv(ops, &at->q, buf->b, buf->a, NULL, batch, size, buf->scratch);
+    run_conv(ops, &at->k, buf->attn_k, buf->a, NULL, batch, size, buf->scratch);
+    run_conv(ops, &at->v, buf->attn_v, buf->a, NULL, batch, size, buf->scratch);
+    ops->attention(ops, buf->a, buf->b, buf->attn_k, buf->attn_v, batch, at->norm.channels,
+                   tokens, buf->scratch);
+    run_conv(ops, &at->out, buf->x, buf->a, buf->x, batch, size, buf->scratch);
 }
 
 /* Lays the buffers out from arena, each starting a multiple of align floats
@@ -628,27 +648,28 @@ static size_t place_buffers(float *arena, const vae_plan *plan, size_t align, va
     return 3 * activation + 2 * attention_kv + round_up(plan->scratch, align);
 }
 
-static void decode_one(const vae_ops *ops, const fpdm_vae *vae, const vae_buffers *buf,
-                       int latent_size, const float *latent, float *image) {
+/* latents [batch, latent_channels, size, size] -> images, batch <= plan's. */
+static void decode_chunk(const vae_ops *ops, const fpdm_vae *vae, const vae_buffers *buf,
+                         int batch, int latent_size, const float *latents, float *images) {
     int size = latent_size;
     int per_block = vae->layers_per_block + 1;
-    run_conv(ops, &vae->post_quant_conv, buf->a, latent, NULL, size, buf->scratch);
-    run_conv(ops, &vae->conv_in, buf->x, buf->a, NULL, size, buf->scratch);
-    run_resnet(ops, vae, &vae->mid_resnets[0], buf, size);
-    run_attention(ops, vae, &vae->mid_attention, buf, size);
-    run_resnet(ops, vae, &vae->mid_resnets[1], buf, size);
+    run_conv(ops, &vae->post_quant_conv, buf->a, latents, NULL, batch, size, buf->scratch);
+    run_conv(ops, &vae->conv_in, buf->x, buf->a, NULL, batch, size, buf->scratch);
+    run_resnet(ops, vae, &vae->mid_resnets[0], buf, batch, size);
+    run_attention(ops, vae, &vae->mid_attention, buf, batch, size);
+    run_resnet(ops, vae, &vae->mid_resnets[1], buf, batch, size);
     for (int i = 0; i < vae->num_blocks; i++) {
         for (int j = 0; j < per_block; j++)
-            run_resnet(ops, vae, &vae->resnets[i * per_block + j], buf, size);
+            run_resnet(ops, vae, &vae->resnets[i * per_block + j], buf, batch, size);
         if (i < vae->num_blocks - 1) {
             const vae_conv *up = &vae->upsamplers[i];
-            ops->upsample_nearest2x(ops, buf->a, buf->x, up->in_channels, size, size);
+            ops->upsample_nearest2x(ops, buf->a, buf->x, batch * up->in_channels, size, size);
             size *= 2;
-            run_conv(ops, up, buf->x, buf->a, NULL, size, buf->scratch);
+            run_conv(ops, up, buf->x, buf->a, NULL, batch, size, buf->scratch);
         }
     }
-    run_norm(ops, vae, &vae->norm_out, buf->a, buf->x, size, 1);
-    run_conv(ops, &vae->conv_out, image, buf->a, NULL, size, buf->scratch);
+    run_norm(ops, vae, &vae->norm_out, buf->a, buf->x, batch, size, 1);
+    run_conv(ops, &vae->conv_out, images, buf->a, NULL, batch, size, buf->scratch);
 }
 
 static fpdm_status device_mismatch(fpdm_context *ctx, const fpdm_vae *vae) {
@@ -669,10 +690,11 @@ static fpdm_status device_mismatch(fpdm_context *ctx, const fpdm_vae *vae) {
 }
 
 #ifdef FPDM_HAVE_CUDNN
-/* Each latent goes up into the arena, is decoded there, and its image comes
- * back down (the download waits for the decode). */
+/* Each chunk of latents goes up into the arena, is decoded there, and its
+ * images come back down (the download waits for the decode). */
 static fpdm_status decode_on_device(fpdm_context *ctx, const fpdm_vae *vae, int batch,
-                                    int latent_size, const float *latents, float *images) {
+                                    int latent_size, const float *latents, float *images,
+                                    size_t chunk_bytes) {
     const vae_ops *ops = &vae->device_ops;
     backend *be = ctx->be;
     char err[512];
@@ -681,23 +703,28 @@ static fpdm_status decode_on_device(fpdm_context *ctx, const fpdm_vae *vae, int 
     size_t latent_floats = (size_t)vae->info.latent_channels * latent_size * latent_size;
     size_t image_size = (size_t)latent_size * vae->info.upscale;
     size_t image_floats = (size_t)vae->info.image_channels * image_size * image_size;
-    vae_plan plan = plan_decode(vae, ops, latent_size);
+    int chunk = chunk_images(vae, ops, latent_size, batch,
+                             chunk_bytes ? chunk_bytes : VAE_DEVICE_CHUNK_BYTES);
+    vae_plan plan = plan_decode(vae, ops, latent_size, chunk);
     size_t buffers = place_buffers(NULL, &plan, VAE_DEVICE_ALIGN_FLOATS, NULL);
-    size_t latent_room = round_up(latent_floats, VAE_DEVICE_ALIGN_FLOATS);
-    float *arena = context_arena(ctx, buffers + latent_room + image_floats);
+    size_t latent_room = round_up((size_t)chunk * latent_floats, VAE_DEVICE_ALIGN_FLOATS);
+    float *arena = context_arena(ctx, buffers + latent_room + (size_t)chunk * image_floats);
     if (!arena) {
         ops->end(ops);
         return FPDM_ERR_OUT_OF_MEMORY;
     }
     vae_buffers buf;
     place_buffers(arena, &plan, VAE_DEVICE_ALIGN_FLOATS, &buf);
-    float *device_latent = arena + buffers, *device_image = device_latent + latent_room;
+    float *device_latents = arena + buffers, *device_images = device_latents + latent_room;
     int failed = 0;
-    for (int b = 0; b < batch && !failed; b++) {
-        failed = be->upload(be, device_latent, latents + b * latent_floats, latent_floats) != 0;
+    for (int first = 0; first < batch && !failed; first += chunk) {
+        int count = batch - first < chunk ? batch - first : chunk;
+        failed = be->upload(be, device_latents, latents + first * latent_floats,
+                            (size_t)count * latent_floats) != 0;
         if (!failed) {
-            decode_one(ops, vae, &buf, latent_size, device_latent, device_image);
-            failed = be->download(be, images + b * image_floats, device_image, image_floats) != 0;
+            decode_chunk(ops, vae, &buf, count, latent_size, device_latents, device_images);
+            failed = be->download(be, images + first * image_floats, device_images,
+                                  (size_t)count * image_floats) != 0;
         }
     }
     ops->end(ops);
@@ -708,8 +735,9 @@ static fpdm_status decode_on_device(fpdm_context *ctx, const fpdm_vae *vae, int 
 }
 #endif
 
-fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch, int latent_size,
-                            const float *latents, float *images) {
+fpdm_status vae_decode_in_chunks(fpdm_context *ctx, const fpdm_vae *vae, int batch,
+                                 int latent_size, const float *latents, float *images,
+                                 size_t chunk_bytes) {
     if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
     if (!vae || !latents || !images)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
@@ -722,12 +750,15 @@ fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch, i
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "the context has no device (its creation failed)");
     if (ctx->device_index != vae->device_index) return device_mismatch(ctx, vae);
 #ifdef FPDM_HAVE_CUDNN
-    if (vae->device_index >= 0) return decode_on_device(ctx, vae, batch, latent_size, latents, images);
+    if (vae->device_index >= 0)
+        return decode_on_device(ctx, vae, batch, latent_size, latents, images, chunk_bytes);
 #endif
 
     vae_ops ops;
     vae_ops_cpu_init(&ops, ctx->params.num_threads);
-    vae_plan plan = plan_decode(vae, &ops, latent_size);
+    int chunk = chunk_images(vae, &ops, latent_size, batch,
+                             chunk_bytes ? chunk_bytes : VAE_CPU_CHUNK_BYTES);
+    vae_plan plan = plan_decode(vae, &ops, latent_size, chunk);
     float *arena = context_arena(ctx, place_buffers(NULL, &plan, 1, NULL));
     if (!arena) return FPDM_ERR_OUT_OF_MEMORY;
     vae_buffers buf;
@@ -736,7 +767,15 @@ fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch, i
     size_t latent_floats = (size_t)vae->info.latent_channels * latent_size * latent_size;
     size_t image_size = (size_t)latent_size * vae->info.upscale;
     size_t image_floats = (size_t)vae->info.image_channels * image_size * image_size;
-    for (int b = 0; b < batch; b++)
-        decode_one(&ops, vae, &buf, latent_size, latents + b * latent_floats, images + b * image_floats);
+    for (int first = 0; first < batch; first += chunk) {
+        int count = batch - first < chunk ? batch - first : chunk;
+        decode_chunk(&ops, vae, &buf, count, latent_size, latents + first * latent_floats,
+                     images + first * image_floats);
+    }
     return FPDM_OK;
+}
+
+fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch, int latent_size,
+                            const float *latents, float *images) {
+    return vae_decode_in_chunks(ctx, vae, batch, latent_size, latents, images, 0);
 }

@@ -3,12 +3,12 @@
  * same table. The CPU implementation (vae_ops_cpu.c, float32, OpenBLAS,
  * OpenMP) is the reference.
  *
- * Activations are one image at a time, channel-major: [channels, height, width]
- * (a [channels, tokens] matrix for attention), in the backend's memory.
- * Weights use PyTorch's layouts. Operations never allocate: an operation that
- * needs room takes a `scratch` pointer of at least the size its *_scratch_floats
- * function reports, so the caller can take all memory from the context arena
- * once per decode size.
+ * Activations are a batch of images, each channel-major: [batch, channels,
+ * height, width] (a [channels, tokens] matrix per image for attention), in the
+ * backend's memory. Weights use PyTorch's layouts. Operations never allocate:
+ * an operation that needs room takes a `scratch` pointer of at least the size
+ * its *_scratch_floats function reports, so the caller can take all memory
+ * from the context arena once per decode size.
  */
 #ifndef FPDM_VAE_OPS_H
 #define FPDM_VAE_OPS_H
@@ -24,33 +24,36 @@ struct vae_ops {
     int num_threads;          /* CPU threads for the parallel loops */
 
     /* Floats of scratch conv2d needs for these sizes. */
-    size_t (*conv2d_scratch_floats)(const vae_ops *ops, int in_channels, int height, int width,
-                                    int kernel);
-    /* out[o, y, x] = bias[o] + residual[o, y, x] + sum_{c, i, j}
+    size_t (*conv2d_scratch_floats)(const vae_ops *ops, int batch, int in_channels, int height,
+                                    int width, int kernel);
+    /* Per image: out[o, y, x] = bias[o] + residual[o, y, x] + sum_{c, i, j}
      *     weight[o, c, i, j] * in[c, y + i - kernel/2, x + j - kernel/2]
      * with zero padding (stride 1, odd kernel, output as big as the input).
      * weight is [out_channels, in_channels, kernel, kernel]; residual may be
      * NULL or equal to out (accumulate in place); in must not overlap out. */
     void (*conv2d)(const vae_ops *ops, float *out, const float *in, const float *weight,
-                   const float *bias, const float *residual, int in_channels, int out_channels,
-                   int height, int width, int kernel, float *scratch);
-    /* out = GroupNorm(in) * gamma[c] + beta[c] over `groups` groups of
-     * channels / groups channels (statistics in double, biased variance),
-     * followed by SiLU when `silu` is set. out may equal in. */
+                   const float *bias, const float *residual, int batch, int in_channels,
+                   int out_channels, int height, int width, int kernel, float *scratch);
+    /* Per image: out = GroupNorm(in) * gamma[c] + beta[c] over `groups`
+     * groups of channels / groups channels (statistics in double, biased
+     * variance), followed by SiLU when `silu` is set. out may equal in. */
     void (*group_norm)(const vae_ops *ops, float *out, const float *in, const float *gamma,
-                       const float *beta, int channels, int pixels, int groups, float eps,
-                       int silu);
-    /* out [channels, 2h, 2w] = nearest-neighbour 2x upsampling of in [channels, h, w]. */
-    void (*upsample_nearest2x)(const vae_ops *ops, float *out, const float *in, int channels,
+                       const float *beta, int batch, int channels, int pixels, int groups,
+                       float eps, int silu);
+    /* out [planes, 2h, 2w] = nearest-neighbour 2x upsampling of in [planes,
+     * h, w] (planes = batch x channels: the images need not be told apart). */
+    void (*upsample_nearest2x)(const vae_ops *ops, float *out, const float *in, int planes,
                                int height, int width);
 
-    /* Floats of scratch attention needs for these sizes. */
+    /* Floats of scratch attention needs for these sizes (one image's worth:
+     * the images of a batch take turns with it). */
     size_t (*attention_scratch_floats)(const vae_ops *ops, int channels, int tokens);
-    /* Single-head attention over tokens: q, k, v, out are [channels, tokens];
+    /* Single-head attention over each image's tokens: q, k, v, out are
+     * [batch, channels, tokens];
      * out[:, i] = sum_j softmax_j(q[:, i] . k[:, j] / sqrt(channels)) v[:, j].
      * out must not overlap q, k or v. */
     void (*attention)(const vae_ops *ops, float *out, const float *q, const float *k,
-                      const float *v, int channels, int tokens, float *scratch);
+                      const float *v, int batch, int channels, int tokens, float *scratch);
 
     /* Optional (NULL on the CPU, whose table is built per decode). A decode
      * runs its operations between begin and end: begin binds the table to

@@ -1,6 +1,8 @@
 /* vae_ops_cpu.c - the VAE decoder's operations on the CPU (see vae_ops.h):
  * float32, convolutions as im2col + OpenBLAS GEMM over bands of rows,
- * elementwise work parallelised with OpenMP. */
+ * elementwise work parallelised with OpenMP. The images of a batch go
+ * through convolutions and attention one after another (sharing one image's
+ * scratch): BLAS is as busy with one image as with several. */
 #include "vae_ops.h"
 
 #include <cblas.h>
@@ -21,9 +23,10 @@ static int conv_band_rows(int in_channels, int height, int width, int kernel) {
     return (int)rows;
 }
 
-static size_t cpu_conv2d_scratch_floats(const vae_ops *ops, int in_channels, int height,
-                                        int width, int kernel) {
+static size_t cpu_conv2d_scratch_floats(const vae_ops *ops, int batch, int in_channels,
+                                        int height, int width, int kernel) {
     (void)ops;
+    (void)batch;
     if (kernel == 1) return 0;
     return (size_t)in_channels * kernel * kernel * width *
            conv_band_rows(in_channels, height, width, kernel);
@@ -79,9 +82,9 @@ static void init_output(float *out, const float *bias, const float *residual, in
     }
 }
 
-static void cpu_conv2d(const vae_ops *ops, float *out, const float *in, const float *weight,
-                       const float *bias, const float *residual, int in_channels,
-                       int out_channels, int height, int width, int kernel, float *scratch) {
+static void conv2d_image(const vae_ops *ops, float *out, const float *in, const float *weight,
+                         const float *bias, const float *residual, int in_channels,
+                         int out_channels, int height, int width, int kernel, float *scratch) {
     size_t plane = (size_t)height * width;
     int nt = ops->num_threads;
     if (kernel == 1) {
@@ -110,15 +113,30 @@ static void cpu_conv2d(const vae_ops *ops, float *out, const float *in, const fl
     }
 }
 
+static void cpu_conv2d(const vae_ops *ops, float *out, const float *in, const float *weight,
+                       const float *bias, const float *residual, int batch, int in_channels,
+                       int out_channels, int height, int width, int kernel, float *scratch) {
+    size_t plane = (size_t)height * width;
+    for (int b = 0; b < batch; b++) {
+        size_t out_offset = (size_t)b * out_channels * plane;
+        conv2d_image(ops, out + out_offset, in + (size_t)b * in_channels * plane, weight, bias,
+                     residual ? residual + out_offset : NULL, in_channels, out_channels, height,
+                     width, kernel, scratch);
+    }
+}
+
+/* The groups of all images are consecutive stretches of the batch, so one
+ * loop runs over batch x groups of them. */
 static void cpu_group_norm(const vae_ops *ops, float *out, const float *in, const float *gamma,
-                           const float *beta, int channels, int pixels, int groups, float eps,
-                           int silu) {
+                           const float *beta, int batch, int channels, int pixels, int groups,
+                           float eps, int silu) {
     int per_group = channels / groups;
     size_t group_floats = (size_t)per_group * pixels;
     int nt = ops->num_threads;
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int g = 0; g < groups; g++) {
-        const float *src = in + (size_t)g * group_floats;
+    for (int bg = 0; bg < batch * groups; bg++) {
+        int g = bg % groups;
+        const float *src = in + (size_t)bg * group_floats;
         double sum = 0.0;
         for (size_t i = 0; i < group_floats; i++) sum += src[i];
         double mean = sum / (double)group_floats;
@@ -134,7 +152,7 @@ static void cpu_group_norm(const vae_ops *ops, float *out, const float *in, cons
             float scale = (float)(rstd * gamma[c]);
             float shift = (float)(beta[c] - mean * rstd * gamma[c]);
             const float *x = src + (size_t)cg * pixels;
-            float *y = out + (size_t)c * pixels;
+            float *y = out + (size_t)bg * group_floats + (size_t)cg * pixels;
             for (int p = 0; p < pixels; p++) {
                 float v = x[p] * scale + shift;
                 y[p] = silu ? v / (1.0f + expf(-v)) : v;
@@ -143,12 +161,12 @@ static void cpu_group_norm(const vae_ops *ops, float *out, const float *in, cons
     }
 }
 
-static void cpu_upsample_nearest2x(const vae_ops *ops, float *out, const float *in, int channels,
+static void cpu_upsample_nearest2x(const vae_ops *ops, float *out, const float *in, int planes,
                                    int height, int width) {
     int nt = ops->num_threads;
     int out_width = 2 * width;
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int cy = 0; cy < channels * height; cy++) {
+    for (long cy = 0; cy < (long)planes * height; cy++) {
         const float *src = in + (size_t)cy * width;
         float *dst = out + (size_t)cy * 2 * out_width;
         for (int x = 0; x < width; x++) dst[2 * x] = dst[2 * x + 1] = src[x];
@@ -162,8 +180,8 @@ static size_t cpu_attention_scratch_floats(const vae_ops *ops, int channels, int
     return (size_t)tokens * tokens;
 }
 
-static void cpu_attention(const vae_ops *ops, float *out, const float *q, const float *k,
-                          const float *v, int channels, int tokens, float *scratch) {
+static void attention_image(const vae_ops *ops, float *out, const float *q, const float *k,
+                            const float *v, int channels, int tokens, float *scratch) {
     float *scores = scratch; /* [tokens (query), tokens (key)] */
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, tokens, tokens, channels,
                 (float)(1.0 / sqrt((double)channels)), q, tokens, k, tokens, 0.0f, scores,
@@ -184,6 +202,14 @@ static void cpu_attention(const vae_ops *ops, float *out, const float *q, const 
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, channels, tokens, tokens, 1.0f, v,
                 tokens, scores, tokens, 0.0f, out, tokens);
+}
+
+static void cpu_attention(const vae_ops *ops, float *out, const float *q, const float *k,
+                          const float *v, int batch, int channels, int tokens, float *scratch) {
+    size_t image = (size_t)channels * tokens;
+    for (int b = 0; b < batch; b++)
+        attention_image(ops, out + b * image, q + b * image, k + b * image, v + b * image,
+                        channels, tokens, scratch);
 }
 
 void vae_ops_cpu_init(vae_ops *ops, int num_threads) {

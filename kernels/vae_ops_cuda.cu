@@ -1,19 +1,23 @@
 /* vae_ops_cuda.cu - the VAE decoder's operations (host/vae_ops.h) on a CUDA
  * backend, with the semantics of host/vae_ops_cpu.c:
- *   conv2d     cuDNN (legacy convolution API, NCHW float32, batch 1). A kernel
+ *   conv2d     cuDNN (legacy convolution API, NCHW float32, the whole batch
+ *              in one call). A kernel
  *              first writes bias + residual into the output, and cuDNN adds
  *              the convolution to it (beta = 1), the same order as the CPU's
  *              GEMM with beta 1; this works for every algorithm, unlike
  *              cudnnConvolutionBiasActivationForward, which serves identity
  *              activations with one algorithm only. The algorithm of each
- *              shape is chosen once by cudnnGetConvolutionForwardAlgorithm_v7
+ *              shape (batch included) is chosen once by
+ *              cudnnGetConvolutionForwardAlgorithm_v7
  *              (fastest first) among those whose workspace fits the scratch
  *              conv2d_scratch_floats promised, and cached.
  *   group_norm three kernels: the group sums, then the sums of squared
  *              deviations from the mean (both accumulated in double, as the
- *              CPU does), then the affine map and SiLU.
+ *              CPU does), then the affine map and SiLU; every group of every
+ *              image is one row of the grid (up to VAE_MAX_GROUPS at a time).
  *   attention  two cuBLAS products around a row softmax kernel, in the
- *              backend's compute type, with tokens x tokens floats of scratch.
+ *              backend's compute type, with tokens x tokens floats of scratch
+ *              that the images of a batch take in turn.
  * Precision comes from the backend a decode binds to (begin): fp32 restricts
  * cuDNN to FMA kernels (CUDNN_FMA_MATH: no TF32) and cuBLAS to
  * CUBLAS_COMPUTE_32F; bf16 and fp16 allow TF32 tensor cores in cuDNN
@@ -42,8 +46,9 @@ extern "C" {
 /* Convolution shapes whose algorithm is remembered (the SD decoder has about
  * twenty per image size). */
 #define VAE_CONV_ALGOS 64
-/* GroupNorm statistics live in a buffer of this many groups (two doubles each). */
-#define VAE_MAX_GROUPS 1024
+/* GroupNorm statistics live in a buffer of this many groups (two doubles
+ * each): 128 images of 32 groups in one pass. */
+#define VAE_MAX_GROUPS 4096
 /* Workspace a convolution may use: its input's size, within these bounds. */
 #define VAE_CONV_WORKSPACE_MIN_FLOATS ((size_t)1 << 20)
 #define VAE_CONV_WORKSPACE_MAX_FLOATS ((size_t)1 << 24)
@@ -52,7 +57,7 @@ extern "C" {
 typedef struct conv_algo {
     int used;
     /* key */
-    int in_channels, out_channels, height, width, kernel, tensor_ops;
+    int batch, in_channels, out_channels, height, width, kernel, tensor_ops;
     /* value */
     cudnnConvolutionFwdAlgo_t algo;
     cudnnMathType_t math;
@@ -91,35 +96,35 @@ static size_t conv_workspace_floats(int in_channels, int height, int width) {
     return floats;
 }
 
-static size_t cuda_vae_conv2d_scratch_floats(const vae_ops *ops, int in_channels, int height,
-                                             int width, int kernel) {
+static size_t cuda_vae_conv2d_scratch_floats(const vae_ops *ops, int batch, int in_channels,
+                                             int height, int width, int kernel) {
     (void)ops;
     (void)kernel;
-    return conv_workspace_floats(in_channels, height, width);
+    return conv_workspace_floats(batch * in_channels, height, width);
 }
 
-/* out[o, p] = bias[o] + residual[o, p]; either may be absent, and residual
- * may be out itself (each element is read before it is written). */
+/* out[b, o, p] = bias[o] + residual[b, o, p]; either may be absent, and
+ * residual may be out itself (each element is read before it is written). */
 __global__ void conv_init_kernel(float *out, const float *bias, const float *residual,
-                                 size_t plane, size_t n) {
+                                 size_t plane, int out_channels, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        float value = bias ? bias[i / plane] : 0.0f;
+        float value = bias ? bias[(i / plane) % out_channels] : 0.0f;
         if (residual) value += residual[i];
         out[i] = value;
     }
 }
 
-static int set_conv_descriptors(vae_cuda *vc, cuda_backend *cb, int in_channels,
+static int set_conv_descriptors(vae_cuda *vc, cuda_backend *cb, int batch, int in_channels,
                                 int out_channels, int height, int width, int kernel) {
     int pad = kernel / 2;
     return cudnn_check(cb, cudnnSetTensor4dDescriptor(vc->in_desc, CUDNN_TENSOR_NCHW,
-                                                      CUDNN_DATA_FLOAT, 1, in_channels, height,
-                                                      width),
+                                                      CUDNN_DATA_FLOAT, batch, in_channels,
+                                                      height, width),
                        "cudnnSetTensor4dDescriptor") ||
            cudnn_check(cb, cudnnSetTensor4dDescriptor(vc->out_desc, CUDNN_TENSOR_NCHW,
-                                                      CUDNN_DATA_FLOAT, 1, out_channels, height,
-                                                      width),
+                                                      CUDNN_DATA_FLOAT, batch, out_channels,
+                                                      height, width),
                        "cudnnSetTensor4dDescriptor") ||
            cudnn_check(cb, cudnnSetFilter4dDescriptor(vc->filter_desc, CUDNN_DATA_FLOAT,
                                                       CUDNN_TENSOR_NCHW, out_channels,
@@ -139,12 +144,13 @@ static int math_allowed(cudnnMathType_t math, int tensor_ops) {
 
 /* The cached algorithm for a shape (descriptors already set), choosing it
  * on first use; NULL after recording a failure. */
-static const conv_algo *conv_algo_for(vae_cuda *vc, cuda_backend *cb, int in_channels,
-                                      int out_channels, int height, int width, int kernel,
-                                      int tensor_ops) {
+static const conv_algo *conv_algo_for(vae_cuda *vc, cuda_backend *cb, int batch,
+                                      int in_channels, int out_channels, int height, int width,
+                                      int kernel, int tensor_ops) {
     for (int i = 0; i < VAE_CONV_ALGOS; i++) {
         const conv_algo *a = &vc->algos[i];
-        if (a->used && a->in_channels == in_channels && a->out_channels == out_channels &&
+        if (a->used && a->batch == batch && a->in_channels == in_channels &&
+            a->out_channels == out_channels &&
             a->height == height && a->width == width && a->kernel == kernel &&
             a->tensor_ops == tensor_ops)
             return a;
@@ -161,7 +167,7 @@ static const conv_algo *conv_algo_for(vae_cuda *vc, cuda_backend *cb, int in_cha
                             CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
                     "cudnnGetConvolutionForwardAlgorithm_v7"))
         return NULL;
-    size_t budget = conv_workspace_floats(in_channels, height, width) * sizeof(float);
+    size_t budget = conv_workspace_floats(batch * in_channels, height, width) * sizeof(float);
     for (int i = 0; i < returned; i++) {
         if (perf[i].status != CUDNN_STATUS_SUCCESS || !math_allowed(perf[i].mathType, tensor_ops))
             continue;
@@ -176,6 +182,7 @@ static const conv_algo *conv_algo_for(vae_cuda *vc, cuda_backend *cb, int in_cha
         conv_algo *a = &vc->algos[vc->next_algo_victim];
         vc->next_algo_victim = (vc->next_algo_victim + 1) % VAE_CONV_ALGOS;
         a->used = 1;
+        a->batch = batch;
         a->in_channels = in_channels;
         a->out_channels = out_channels;
         a->height = height;
@@ -188,31 +195,32 @@ static const conv_algo *conv_algo_for(vae_cuda *vc, cuda_backend *cb, int in_cha
         return a;
     }
     cuda_fail(cb,
-              "cuDNN has no forward convolution%s for %d -> %d channels at %dx%d, kernel %d, "
-              "within %zu MB of workspace",
-              tensor_ops ? "" : " in float32 (FMA)", in_channels, out_channels, height, width, kernel,
-              budget >> 20);
+              "cuDNN has no forward convolution%s for %d images of %d -> %d channels at %dx%d, "
+              "kernel %d, within %zu MB of workspace",
+              tensor_ops ? "" : " in float32 (FMA)", batch, in_channels, out_channels, height,
+              width, kernel, budget >> 20);
     return NULL;
 }
 
 static void cuda_vae_conv2d(const vae_ops *ops, float *out, const float *in, const float *weight,
-                            const float *bias, const float *residual, int in_channels,
+                            const float *bias, const float *residual, int batch, int in_channels,
                             int out_channels, int height, int width, int kernel, float *scratch) {
     vae_cuda *vc = vae_cuda_of(ops);
     cuda_backend *cb = vc->bound;
     if (!cuda_enter(cb)) return;
-    size_t plane = (size_t)height * width, n = (size_t)out_channels * plane;
+    size_t plane = (size_t)height * width, n = (size_t)batch * out_channels * plane;
     /* beta 0: cuDNN does not read out, whatever it holds. */
     float beta = bias || residual ? 1.0f : 0.0f;
     if (bias || (residual && residual != out)) {
         conv_init_kernel<<<cuda_blocks_for(n, VAE_THREADS), VAE_THREADS, 0, cb->stream>>>(
-            out, bias, residual, plane, n);
+            out, bias, residual, plane, out_channels, n);
         cuda_check_launch(cb, "conv_init_kernel");
     }
-    if (set_conv_descriptors(vc, cb, in_channels, out_channels, height, width, kernel)) return;
+    if (set_conv_descriptors(vc, cb, batch, in_channels, out_channels, height, width, kernel))
+        return;
     int tensor_ops = cb->precision != FPDM_PRECISION_FP32;
-    const conv_algo *a = conv_algo_for(vc, cb, in_channels, out_channels, height, width, kernel,
-                                       tensor_ops);
+    const conv_algo *a = conv_algo_for(vc, cb, batch, in_channels, out_channels, height, width,
+                                       kernel, tensor_ops);
     if (!a) return;
     const float one = 1.0f;
     if (cudnn_check(cb, cudnnSetConvolutionMathType(vc->conv_desc, a->math),
@@ -256,13 +264,14 @@ group_reduce_kernel(double *target, const double *sums, const float *in, size_t 
     if (threadIdx.x == 0) atomicAdd(&target[g], total);
 }
 
-/* Block (chunk, c) normalises a share of channel c's plane. */
+/* Block (chunk, plane) normalises a share of one channel plane of the
+ * batch (plane = image * channels + channel). */
 __global__ void __launch_bounds__(VAE_THREADS)
 group_apply_kernel(float *out, const float *in, const double *sums, const double *squares,
-                   const float *gamma, const float *beta, int pixels, int per_group, float eps,
-                   int silu) {
+                   const float *gamma, const float *beta, int channels, int pixels,
+                   int per_group, float eps, int silu) {
     __shared__ float scale_shift[2];
-    int c = blockIdx.y, g = c / per_group;
+    int plane = blockIdx.y, c = plane % channels, g = plane / per_group;
     if (threadIdx.x == 0) {
         double n = (double)per_group * pixels;
         double mean = sums[g] / n;
@@ -272,8 +281,8 @@ group_apply_kernel(float *out, const float *in, const double *sums, const double
     }
     __syncthreads();
     float scale = scale_shift[0], shift = scale_shift[1];
-    const float *x = in + (size_t)c * pixels;
-    float *y = out + (size_t)c * pixels;
+    const float *x = in + (size_t)plane * pixels;
+    float *y = out + (size_t)plane * pixels;
     for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < pixels; p += gridDim.x * blockDim.x) {
         float v = x[p] * scale + shift;
         y[p] = silu ? v / (1.0f + expf(-v)) : v;
@@ -288,8 +297,8 @@ static unsigned int chunks_for(size_t floats) {
 }
 
 static void cuda_vae_group_norm(const vae_ops *ops, float *out, const float *in,
-                                const float *gamma, const float *beta, int channels, int pixels,
-                                int groups, float eps, int silu) {
+                                const float *gamma, const float *beta, int batch, int channels,
+                                int pixels, int groups, float eps, int silu) {
     vae_cuda *vc = vae_cuda_of(ops);
     cuda_backend *cb = vc->bound;
     if (!cuda_enter(cb)) return;
@@ -299,22 +308,29 @@ static void cuda_vae_group_norm(const vae_ops *ops, float *out, const float *in,
         return;
     }
     int per_group = channels / groups;
-    size_t group_floats = (size_t)per_group * pixels;
+    size_t group_floats = (size_t)per_group * pixels, image_floats = (size_t)channels * pixels;
     double *sums = vc->group_stats, *squares = vc->group_stats + VAE_MAX_GROUPS;
-    if (cuda_check(cb, cudaMemsetAsync(vc->group_stats, 0, 2 * VAE_MAX_GROUPS * sizeof(double),
-                                       cb->stream),
-                   "GroupNorm statistics reset"))
-        return;
-    dim3 reduce_grid(chunks_for(group_floats), (unsigned int)groups);
-    group_reduce_kernel<<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(sums, NULL, in, group_floats);
-    cuda_check_launch(cb, "group_reduce_kernel (sums)");
-    group_reduce_kernel<<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(squares, sums, in,
-                                                                      group_floats);
-    cuda_check_launch(cb, "group_reduce_kernel (squares)");
-    dim3 apply_grid(chunks_for((size_t)pixels), (unsigned int)channels);
-    group_apply_kernel<<<apply_grid, VAE_THREADS, 0, cb->stream>>>(
-        out, in, sums, squares, gamma, beta, pixels, per_group, eps, silu);
-    cuda_check_launch(cb, "group_apply_kernel");
+    int images_per_pass = VAE_MAX_GROUPS / groups;
+    for (int first = 0; first < batch; first += images_per_pass) {
+        int images = batch - first < images_per_pass ? batch - first : images_per_pass;
+        const float *src = in + first * image_floats;
+        float *dst = out + first * image_floats;
+        if (cuda_check(cb, cudaMemsetAsync(vc->group_stats, 0,
+                                           2 * VAE_MAX_GROUPS * sizeof(double), cb->stream),
+                       "GroupNorm statistics reset"))
+            return;
+        dim3 reduce_grid(chunks_for(group_floats), (unsigned int)(images * groups));
+        group_reduce_kernel<<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(sums, NULL, src,
+                                                                          group_floats);
+        cuda_check_launch(cb, "group_reduce_kernel (sums)");
+        group_reduce_kernel<<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(squares, sums, src,
+                                                                          group_floats);
+        cuda_check_launch(cb, "group_reduce_kernel (squares)");
+        dim3 apply_grid(chunks_for((size_t)pixels), (unsigned int)(images * channels));
+        group_apply_kernel<<<apply_grid, VAE_THREADS, 0, cb->stream>>>(
+            dst, src, sums, squares, gamma, beta, channels, pixels, per_group, eps, silu);
+        cuda_check_launch(cb, "group_apply_kernel");
+    }
 }
 
 /* ---- upsampling --------------------------------------------------------- */
@@ -333,10 +349,10 @@ __global__ void upsample_nearest2x_kernel(float *out, const float *in, int heigh
 }
 
 static void cuda_vae_upsample_nearest2x(const vae_ops *ops, float *out, const float *in,
-                                        int channels, int height, int width) {
+                                        int planes, int height, int width) {
     cuda_backend *cb = vae_cuda_of(ops)->bound;
     if (!cuda_enter(cb)) return;
-    size_t n = (size_t)channels * 4 * height * width;
+    size_t n = (size_t)planes * 4 * height * width;
     upsample_nearest2x_kernel<<<cuda_blocks_for(n, VAE_THREADS), VAE_THREADS, 0, cb->stream>>>(
         out, in, height, width, n);
     cuda_check_launch(cb, "upsample_nearest2x_kernel");
@@ -385,10 +401,8 @@ __global__ void __launch_bounds__(VAE_THREADS) softmax_rows_kernel(float *scores
  * S[query, key] are key x query:
  *   S^T = K Q^T * scale     (tokens x tokens, reduction over channels)
  *   out = P^T V             (tokens x channels, reduction over keys). */
-static void cuda_vae_attention(const vae_ops *ops, float *out, const float *q, const float *k,
-                               const float *v, int channels, int tokens, float *scratch) {
-    cuda_backend *cb = vae_cuda_of(ops)->bound;
-    if (!cuda_enter(cb)) return;
+static void attention_image(cuda_backend *cb, float *out, const float *q, const float *k,
+                            const float *v, int channels, int tokens, float *scratch) {
     const float scale = (float)(1.0 / sqrt((double)channels)), one = 1.0f, zero = 0.0f;
     if (cublas_check(cb, cublasGemmEx(cb->blas, CUBLAS_OP_N, CUBLAS_OP_T, tokens, tokens,
                                       channels, &scale, k, CUDA_R_32F, tokens, q, CUDA_R_32F,
@@ -402,6 +416,20 @@ static void cuda_vae_attention(const vae_ops *ops, float *out, const float *q, c
                                   &one, scratch, CUDA_R_32F, tokens, v, CUDA_R_32F, tokens, &zero,
                                   out, CUDA_R_32F, tokens, cb->compute_type, CUBLAS_GEMM_DEFAULT),
                  "cublasGemmEx (attention output)");
+}
+
+/* The images take turns with one image's scratch (a batch's scores at
+ * 512 px would take 64 MB each); the launches are few next to the
+ * convolutions'. */
+static void cuda_vae_attention(const vae_ops *ops, float *out, const float *q, const float *k,
+                               const float *v, int batch, int channels, int tokens,
+                               float *scratch) {
+    cuda_backend *cb = vae_cuda_of(ops)->bound;
+    if (!cuda_enter(cb)) return;
+    size_t image = (size_t)channels * tokens;
+    for (int b = 0; b < batch && !cb->failed; b++)
+        attention_image(cb, out + b * image, q + b * image, k + b * image, v + b * image,
+                        channels, tokens, scratch);
 }
 
 /* ---- lifetime ----------------------------------------------------------- */

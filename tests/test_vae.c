@@ -15,6 +15,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@
 #include "fpdm.h"
 #include "safetensors.h"
 #include "test_util.h"
+#include "vae.h"
 
 #define GOLDEN_WEIGHTS "tests/golden/vae-small.safetensors"
 #define GOLDEN_IO "tests/golden/vae-small.io.safetensors"
@@ -209,6 +211,26 @@ static void test_golden(fpdm_context *ctx, const char *dir) {
 
     float *images = decode(ctx, GOLDEN_WEIGHTS, batch, latent_size, latents, image_floats);
     if (images) check_close("decode vs diffusers (float64)", images, expected, image_floats, 1e-5);
+
+    /* The images of a batch decode alike together and in chunks: one image
+     * per chunk (a 1-byte bound) gives the very same floats as the whole
+     * batch at once, the default here. */
+    if (images) {
+        fpdm_vae *vae_again = NULL;
+        float *one_by_one = malloc(image_floats * sizeof(float));
+        CHECK(fpdm_vae_load(ctx, GOLDEN_WEIGHTS, &vae_again) == FPDM_OK);
+        if (vae_again && one_by_one) {
+            for (size_t i = 0; i < image_floats; i++) one_by_one[i] = NAN;
+            CHECK_MSG(vae_decode_in_chunks(ctx, vae_again, batch, latent_size, latents,
+                                           one_by_one, 1) == FPDM_OK,
+                      "decoding in chunks: %s", fpdm_last_error(ctx));
+            CHECK_MSG(memcmp(one_by_one, images, image_floats * sizeof(float)) == 0,
+                      "a batch of %d decoded one image at a time differs from the whole batch",
+                      batch);
+        }
+        free(one_by_one);
+        fpdm_vae_free(vae_again);
+    }
 
     /* The older names, with the linears stored as [C, C, 1, 1] convolutions. */
     out_file old;
