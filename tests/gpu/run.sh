@@ -249,10 +249,13 @@ PY
   fi
   # The decoder runs on the GPU when the build found cuDNN, else on a CPU
   # context (the bench says which on stderr and in vae_settings.device).
-  if run_step 120 "vae decode" "$BENCH" --mode vae --vae-config sd --vae-batch 1 \
-      --vae-latent-sizes 32,64 --device cuda --repeat 2 --warmup 0 --json \
-      > "$LOGS/bench-vae.json" 2> "$LOGS/bench-vae.err"; then
-    python3 - "$LOGS/bench-vae.json" > "$LOGS/vae.txt" <<'PY'
+  # Batch 1 against 8: what decoding a sampler's batch together buys.
+  rm -f "$LOGS/vae.txt"
+  for vae_batch in 1 8; do
+    if run_step 120 "vae decode, batch $vae_batch" "$BENCH" --mode vae --vae-config sd \
+        --vae-batch "$vae_batch" --vae-latent-sizes 32,64 --device cuda --repeat 2 --warmup 0 \
+        --json > "$LOGS/bench-vae-$vae_batch.json" 2> "$LOGS/bench-vae-$vae_batch.err"; then
+      python3 - "$LOGS/bench-vae-$vae_batch.json" >> "$LOGS/vae.txt" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 s = r["vae_settings"]
@@ -262,10 +265,11 @@ for x in r["vae"]:
           f"{1000 * x['seconds_min']:.1f} ms, {x['images_per_second']:.3f} images/s, "
           f"arena {x['arena_bytes'] / 2**20:.0f} MB")
 PY
-  else
-    note "VAE timing failed (see $LOGS/bench-vae.err)"
-    tail -3 "$LOGS/bench-vae.err"
-  fi
+    else
+      note "VAE timing at batch $vae_batch failed (see $LOGS/bench-vae-$vae_batch.err)"
+      tail -3 "$LOGS/bench-vae-$vae_batch.err"
+    fi
+  done
 else
   note "fpdm-bench not built: no timings of ours"
 fi
