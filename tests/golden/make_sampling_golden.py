@@ -38,6 +38,11 @@ MODELS = {
     "fpdm-v": dict(SMALL, architecture="fpdm", pre_depth=1, post_depth=1, equivalent_depth=6,
                    learn_sigma=False, prediction="v", zero_terminal_snr=True,
                    pre_post_timestep_conditioning=False),
+    # What tools/train.py --predict-v trains: learned variance over a
+    # zero-terminal-SNR schedule (log beta of the last step is 0).
+    "fpdm-v-sigma": dict(SMALL, architecture="fpdm", pre_depth=1, post_depth=1, equivalent_depth=6,
+                         learn_sigma=True, prediction="v", zero_terminal_snr=True,
+                         pre_post_timestep_conditioning=True),
 }
 
 # name: model, steps, sampler, eta, cfg_scale, cfg_all_channels, reuse, plan
@@ -65,6 +70,8 @@ CASES = [
          reuse=True, schedule="fixed", iters=3, n=2),
     dict(name="fpdm-v-ztsnr-ddpm", model="fpdm-v", steps=5, sampler="ddpm", cfg_scale=1.0,
          schedule="fixed", iters=3, n=2),
+    dict(name="fpdm-v-ztsnr-sigma-ddpm", model="fpdm-v-sigma", steps=6, sampler="ddpm",
+         cfg_scale=3.0, schedule="fixed", iters=3, n=2),
 ]
 
 SCHEDULE_TABLES = [
