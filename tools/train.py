@@ -15,7 +15,9 @@ class embedding; see models/README.md) with:
         --label-lr-scale 10 --init-from models/dit-mnist.safetensors
 
 Loss: MSE on eps plus the variational-bound term for the learned variance
-(mean frozen), uniform timesteps over a 1000-step linear beta schedule, class
+(mean frozen), uniform timesteps over a 1000-step linear beta schedule
+(`--predict-v`: the official v option instead, the p2-weighted MSE of the
+implied x0 over the schedule rescaled to a zero terminal SNR), class
 dropout 0.1 (null class = 10), AdamW (no weight decay), an EMA of the weights
 (with warm-up) exported. FPDM uses stochastic Jacobian-free backprop: a random number of
 fixed-point iterations without gradient, then a random number with gradient.
@@ -36,6 +38,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mnist  # noqa: E402
 import reference  # noqa: E402
+import reference_sampling  # noqa: E402
 import safetensors_io  # noqa: E402
 
 NULL_CLASS = 10
@@ -65,11 +68,15 @@ TRAINING_DEFAULTS = {"steps": 4000, "batch_size": 64, "lr": 1e-3, "ema_decay": 0
 
 def model_config(architecture, hidden_size=COMMON_CONFIG["hidden_size"],
                  num_heads=COMMON_CONFIG["num_heads"], patch_size=COMMON_CONFIG["patch_size"],
-                 depth=DIT_DEPTH):
+                 depth=DIT_DEPTH, predict_v=False):
     """The shipped models' configuration; the sizes can be raised for longer
-    runs (e.g. on a GPU). depth is the DiT's, and the FPDM's equivalent depth."""
+    runs (e.g. on a GPU). depth is the DiT's, and the FPDM's equivalent depth.
+    predict_v: v prediction over the zero-terminal-SNR schedule (the official
+    train.py's --predict_v --use_zero_terminal_snr)."""
     cfg = dict(COMMON_CONFIG, architecture=architecture, hidden_size=hidden_size,
                num_heads=num_heads, patch_size=patch_size)
+    if predict_v:
+        cfg.update(prediction="v", zero_terminal_snr=True)
     if architecture == "dit":
         cfg["depth"] = depth
     else:
@@ -79,11 +86,6 @@ def model_config(architecture, hidden_size=COMMON_CONFIG["hidden_size"],
 
 
 # ---- the Gaussian diffusion (official semantics, our code) -----------------
-
-def linear_betas(num_timesteps):
-    scale = 1000.0 / num_timesteps
-    return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
-
 
 def approx_standard_normal_cdf(x):
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
@@ -111,10 +113,12 @@ def mean_flat(tensor):
 
 
 class GaussianDiffusion:
-    """The training side of the official GaussianDiffusion: epsilon prediction
-    with the learned-range variance (sampling is tools/reference_sampling.py)."""
+    """The training side of the official GaussianDiffusion: epsilon or v
+    prediction with the learned-range variance (sampling is
+    tools/reference_sampling.py)."""
 
-    def __init__(self, betas):
+    def __init__(self, betas, prediction="eps"):
+        self.prediction = prediction
         self.betas = np.asarray(betas, dtype=np.float64)
         self.num_timesteps = len(self.betas)
         alphas = 1.0 - self.betas
@@ -122,8 +126,12 @@ class GaussianDiffusion:
         self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
-        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
-        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1.0)
+        with np.errstate(divide="ignore"):  # infinite at a zero terminal SNR, used by eps only
+            self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+            self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1.0)
+        # The official v-prediction loss weight ("p2"): SNR x sqrt(1 - alpha_bar).
+        self.v_loss_weight = (self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+                              * self.sqrt_one_minus_alphas_cumprod)
         self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         # The variance at t=0 is 0; the official code clips its log to the t=1 value.
         self.posterior_log_variance_clipped = np.log(
@@ -132,8 +140,13 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
     @classmethod
-    def linear(cls, num_timesteps=1000):
-        return cls(linear_betas(num_timesteps))
+    def for_config(cls, cfg):
+        """The training process of a model configuration: its schedule, zero
+        terminal SNR and prediction."""
+        betas = reference_sampling.base_betas(cfg["noise_schedule"], cfg["num_train_timesteps"])
+        if cfg["zero_terminal_snr"]:
+            betas = reference_sampling.enforce_zero_terminal_snr(betas)
+        return cls(betas, cfg["prediction"])
 
     @staticmethod
     def _take(array, t, like):
@@ -149,32 +162,44 @@ class GaussianDiffusion:
                 + self._take(self.posterior_mean_coef2, t, x_t) * x_t)
         return mean, self._take(self.posterior_log_variance_clipped, t, x_t)
 
+    def predict_x0(self, prediction, x_t, t):
+        if self.prediction == "v":
+            return (self._take(self.sqrt_alphas_cumprod, t, x_t) * x_t
+                    - self._take(self.sqrt_one_minus_alphas_cumprod, t, x_t) * prediction)
+        return (self._take(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                - self._take(self.sqrt_recipm1_alphas_cumprod, t, x_t) * prediction)
+
     def p_mean_log_variance(self, model_output, x_t, t):
         """(mean, log variance, predicted x0) of p(x_{t-1} | x_t) from the
-        network output [eps, v] (v in [-1, 1] interpolates the log variance
-        between the posterior's and beta's)."""
-        eps, var_values = model_output.chunk(2, dim=1)
+        network output [eps or v, var] (var in [-1, 1] interpolates the log
+        variance between the posterior's and beta's)."""
+        prediction, var_values = model_output.chunk(2, dim=1)
         min_log = self._take(self.posterior_log_variance_clipped, t, x_t)
         max_log = self._take(np.log(self.betas), t, x_t)
         fraction = (var_values + 1.0) / 2.0
         log_variance = fraction * max_log + (1.0 - fraction) * min_log
-        pred_x0 = (self._take(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-                   - self._take(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+        pred_x0 = self.predict_x0(prediction, x_t, t)
         mean, _ = self.q_posterior(pred_x0, x_t, t)
         return mean, log_variance, pred_x0
 
     def training_losses(self, model_output, x_start, x_t, t, noise):
-        """Per-example loss: MSE(eps) + the VLB term in bits/dim, the VLB seeing
-        the eps prediction detached so that it trains the variance only."""
-        eps, var_values = model_output.chunk(2, dim=1)
-        frozen = torch.cat([eps.detach(), var_values], dim=1)
+        """Per-example loss: the prediction's MSE + the VLB term in bits/dim,
+        the VLB seeing the prediction detached so that it trains the variance
+        only. eps: MSE against the noise; v: the official p2-weighted MSE of
+        the x0 it implies."""
+        prediction, var_values = model_output.chunk(2, dim=1)
+        frozen = torch.cat([prediction.detach(), var_values], dim=1)
         true_mean, true_log_variance = self.q_posterior(x_start, x_t, t)
         mean, log_variance, _ = self.p_mean_log_variance(frozen, x_t, t)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, mean, log_variance)) / math.log(2.0)
         decoder_nll = -mean_flat(discretized_gaussian_log_likelihood(
             x_start, means=mean, log_scales=0.5 * log_variance)) / math.log(2.0)
         vb = torch.where(t == 0, decoder_nll, kl)
-        mse = mean_flat((noise - eps) ** 2)
+        if self.prediction == "v":
+            weight = self._take(self.v_loss_weight, t, x_start)
+            mse = mean_flat(weight * (x_start - self.predict_x0(prediction, x_t, t)) ** 2)
+        else:
+            mse = mean_flat((noise - prediction) ** 2)
         return mse + vb, mse, vb
 
 
@@ -272,6 +297,9 @@ def main():
     parser.add_argument("--patch-size", type=int, default=COMMON_CONFIG["patch_size"])
     parser.add_argument("--depth", type=int, default=DIT_DEPTH,
                         help="DiT depth; for FPDM the equivalent depth (default iterations = depth - 2)")
+    parser.add_argument("--predict-v", action="store_true",
+                        help="v prediction over a zero-terminal-SNR schedule (the official "
+                        "--predict_v --use_zero_terminal_snr); recorded in the model file")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=250,
                         help="rewrite --out with the current EMA every this many steps")
@@ -291,7 +319,7 @@ def main():
     data = torch.from_numpy(mnist.to_model_space(images)).to(args.device)
     targets = torch.from_numpy(labels).to(args.device)
     cfg = model_config(args.architecture, args.hidden_size, args.num_heads, args.patch_size,
-                       args.depth)
+                       args.depth, args.predict_v)
     if args.init_from:
         net, loaded_cfg = reference.load_model(args.init_from)
         if loaded_cfg != cfg:
@@ -305,7 +333,7 @@ def main():
     for param in ema.parameters():
         param.requires_grad_(False)
     net.train()
-    diffusion = GaussianDiffusion.linear(cfg["num_train_timesteps"])
+    diffusion = GaussianDiffusion.for_config(cfg)
     # Class conditioning is learnt slowly from the eps loss alone (it matters
     # mostly at large t, where that loss is small); a larger step for the
     # label table speeds it up within a short CPU budget.
@@ -329,6 +357,7 @@ def main():
                     ("num-heads", args.num_heads, COMMON_CONFIG["num_heads"]),
                     ("patch-size", args.patch_size, COMMON_CONFIG["patch_size"]),
                     ("depth", args.depth, DIT_DEPTH)) if value != default)
+                + (" --predict-v" if args.predict_v else "")
                 + (f" --device {args.device}" if args.device != "cpu" else ""))
     command = command_for(args.steps)
     metadata = {
