@@ -310,7 +310,15 @@ static void cuda_vae_group_norm(const vae_ops *ops, float *out, const float *in,
     int per_group = channels / groups;
     size_t group_floats = (size_t)per_group * pixels, image_floats = (size_t)channels * pixels;
     double *sums = vc->group_stats, *squares = vc->group_stats + VAE_MAX_GROUPS;
+    /* Bounded by the statistics buffer and by the apply grid's y dimension
+     * (at most 65535 channel planes). */
     int images_per_pass = VAE_MAX_GROUPS / groups;
+    if (images_per_pass > 65535 / channels) images_per_pass = 65535 / channels;
+    if (images_per_pass < 1) {
+        cuda_fail(cb, "GroupNorm over %d channels (the CUDA VAE decoder serves up to 65535)",
+                  channels);
+        return;
+    }
     for (int first = 0; first < batch; first += images_per_pass) {
         int images = batch - first < images_per_pass ? batch - first : images_per_pass;
         const float *src = in + first * image_floats;

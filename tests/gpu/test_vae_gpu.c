@@ -4,7 +4,8 @@
  *     tests/golden/make_vae_golden.py) decode to diffusers' float64 images
  *     within 1e-4 (relative L2) in fp32, and within 1e-4 of the CPU decode;
  *     a second decode (cached cuDNN algorithms), the batch decoded one image
- *     at a time (within 1e-5 of it at once) and a one-pixel latent too;
+ *     at a time (within 1e-5 of it at once; also 1100 images, more than one
+ *     GroupNorm pass serves) and a one-pixel latent too;
  *     in bf16 within 2e-2;
  *   - a VAE loaded on a CUDA context is refused by a CPU context and the
  *     other way round;
@@ -156,6 +157,30 @@ static int test_golden(fpdm_context *cpu, fpdm_context *fp32, fpdm_context *bf16
         if (status == FPDM_OK && images)
             check_close("fp32 one image at a time vs the batch", chunked, images, image_floats, 1e-5);
         free(chunked);
+
+        /* A batch past what one GroupNorm pass serves (1023 images of 64
+         * channels fill the grid's 65535 planes): the default decodes it in
+         * one chunk, GroupNorm in two passes; against one image at a time. */
+        enum { MANY = 1100 };
+        size_t one_latent = latent_floats / batch, one_image = image_floats / batch;
+        float *many_latents = malloc(MANY * one_latent * sizeof(float));
+        float *many_images = nan_filled(MANY * one_image), *many_single = nan_filled(MANY * one_image);
+        if (many_latents && many_images && many_single) {
+            for (size_t i = 0; i < MANY; i++)
+                for (size_t j = 0; j < one_latent; j++)
+                    many_latents[i * one_latent + j] =
+                        latents[(i % batch) * one_latent + j] * (1.0f + 0.001f * (float)i);
+            status = fpdm_vae_decode(fp32, vae, MANY, latent_size, many_latents, many_images);
+            CHECK_MSG(status == FPDM_OK, "fp32 decode of %d images: %s", MANY, fpdm_last_error(fp32));
+            status = vae_decode_in_chunks(fp32, vae, MANY, latent_size, many_latents, many_single, 1);
+            CHECK_MSG(status == FPDM_OK, "fp32 decode of %d images one at a time: %s", MANY,
+                      fpdm_last_error(fp32));
+            check_close("fp32 1100 images at once vs one at a time", many_images, many_single,
+                        MANY * one_image, 1e-5);
+        }
+        free(many_latents);
+        free(many_images);
+        free(many_single);
 
         /* One pixel a side: 3x3 convolutions see nothing but padding around it. */
         float pixel[4];
