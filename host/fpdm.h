@@ -139,6 +139,7 @@ typedef enum fpdm_noise_schedule {
 typedef struct fpdm_model_info {
     int is_fixed_point;       /* 1: FPDM (pre blocks, implicit block, post blocks); 0: DiT */
     int hidden_size;
+    int mlp_hidden;           /* hidden_size * mlp_ratio: the MLP's inner width */
     int depth;                /* DiT blocks; for FPDM pre + 1 + post */
     int num_heads;
     int patch_size;
@@ -165,6 +166,21 @@ typedef struct fpdm_model_info {
 FPDM_API fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **out);
 FPDM_API void fpdm_model_free(fpdm_model *model);
 FPDM_API const fpdm_model_info *fpdm_model_get_info(const fpdm_model *model);
+
+/* The smallest activation memory, in bytes, one forward of `rows` network
+ * rows (images, doubled with guidance) can run in, counting the
+ * [rows, tokens, *] tensors only (per-row vectors and the images are small
+ * beside them): the largest set of buffers live at once, with fused attention
+ * (no tokens x tokens scores). The residual stream x and FPDM's iterate z
+ * stay float32; the inputs of matrix products take operand_bytes (o: 4, or 2
+ * in bf16/fp16; fpdm_memory_info.operand_bytes). Per token, with D the
+ * hidden size and M the MLP width:
+ *   block = 4 D + o max(4 D, D + M)   attention: x, qkv and its output;
+ *                                     MLP: x, the normed input, the hidden layer
+ *   FPDM adds the previous iterate z (4 D) and the injection half of fc1
+ *   (2 o D), both kept across the iterations: block + 4 D + 2 o D.
+ * The arena the library allocates is measured against it (fpdm-bench). */
+FPDM_API double fpdm_min_activation_bytes(const fpdm_model_info *info, int rows, int operand_bytes);
 
 /* ---- one network evaluation ------------------------------------------ */
 

@@ -124,6 +124,7 @@ static void fill_info(fpdm_model *model) {
     fpdm_model_info *info = &model->info;
     info->is_fixed_point = c->fixed_point;
     info->hidden_size = c->hidden_size;
+    info->mlp_hidden = c->mlp_hidden;
     info->depth = c->depth;
     info->num_heads = c->num_heads;
     info->patch_size = c->patch_size;

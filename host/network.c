@@ -62,8 +62,17 @@ size_t network_arena_floats(const fpdm_context *ctx, const model_config *cfg, in
            2 * aligned(s.modulation) + aligned(s.scratch);
 }
 
+double fpdm_min_activation_bytes(const fpdm_model_info *info, int rows, int operand_bytes) {
+    if (!info || rows < 1 || operand_bytes < 1 || info->patch_size < 1) return 0.0;
+    double d = info->hidden_size, m = info->mlp_hidden, o = operand_bytes;
+    double grid = info->input_size / info->patch_size, tokens = grid * grid;
+    double per_token = 4 * d + o * (4 * d > d + m ? 4 * d : d + m);
+    if (info->is_fixed_point) per_token += 4 * d + 2 * o * d;
+    return rows * tokens * per_token;
+}
+
 /* Buffers share memory where their lives do not overlap, which puts the
- * arena at the analytic minimum for DiT in float32. In a block:
+ * arena at the analytic minimum (fpdm_min_activation_bytes) for DiT in float32. In a block:
  *   normed: LN1 output -> (qkv product) -> attention output -> (proj) ->
  *           LN2 output -> (fc1) -> fc2's float32 output (mlp_out)
  *   work:   qkv -> (attention) -> proj's float32 output (proj_out) ->

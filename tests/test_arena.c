@@ -2,8 +2,8 @@
  * backend issue: for DiT-XL/2 and FPDM-XL/2 at 256 px and 128 network rows
  * (64 images with guidance), network_arena_floats with float32 operands and
  * with 16-bit operands stays within 1.5x the analytic minimum activation
- * footprint that fpdm-bench reports (plus 1% for the images and per-row
- * vectors, which the minimum leaves out). Only sizes are computed: the
+ * footprint of fpdm_min_activation_bytes, which fpdm-bench reports (plus 1%
+ * for the images and per-row vectors, which the minimum leaves out). Only sizes are computed: the
  * backend is the CPU's with its operand type and attention scratch replaced,
  * so no GPU and no large allocation are needed. Run: ctest -R test_arena. */
 #include <stdio.h>
@@ -15,13 +15,17 @@
 
 enum { ROWS = 128 };
 
-/* fpdm-bench's min_activation_bytes: the residual stream and FPDM's iterate
- * in float32, the inputs of matrix products in the operand type. */
-static double min_activation_bytes(const model_config *cfg, int rows, double operand_bytes) {
-    double d = cfg->hidden_size, m = cfg->mlp_hidden, o = operand_bytes;
-    double per_token = 4 * d + o * (4 * d > d + m ? 4 * d : d + m);
-    if (cfg->fixed_point) per_token += 4 * d + 2 * o * d;
-    return (double)rows * cfg->num_tokens * per_token;
+/* The library's analytic minimum (fpdm-bench's too) for a configuration,
+ * through the fields of fpdm_model_info it reads. */
+static double min_activation_bytes(const model_config *cfg, int rows, int operand_bytes) {
+    fpdm_model_info info;
+    memset(&info, 0, sizeof info);
+    info.is_fixed_point = cfg->fixed_point;
+    info.hidden_size = cfg->hidden_size;
+    info.mlp_hidden = cfg->mlp_hidden;
+    info.input_size = cfg->input_size;
+    info.patch_size = cfg->patch_size;
+    return fpdm_min_activation_bytes(&info, rows, operand_bytes);
 }
 
 static model_config xl_config(int fixed_point) {
@@ -73,7 +77,7 @@ int main(void) {
         model_config cfg = xl_config(fixed_point);
         for (int o = 0; o < 2; o++) {
             double arena = arena_bytes(ctx, &cfg, operands[o]);
-            double limit = 1.5 * min_activation_bytes(&cfg, ROWS, (double)backend_dtype_bytes(operands[o]));
+            double limit = 1.5 * min_activation_bytes(&cfg, ROWS, (int)backend_dtype_bytes(operands[o]));
             arena_of[fixed_point][o] = arena;
             fprintf(stderr, "  %-9s %s operands: arena %7.1f MB, 1.5 x minimum %7.1f MB (%.3f)\n",
                     names[fixed_point], o ? "bf16" : "fp32", arena / (1 << 20), limit / (1 << 20),
@@ -84,6 +88,13 @@ int main(void) {
         CHECK(arena_of[fixed_point][1] < 0.75 * arena_of[fixed_point][0]);
     }
     CHECK(arena_of[0][0] < arena_of[1][0]);
+    /* The minimum itself, by hand for DiT-XL/2 in float32 (4 D + 4 x 5 D
+     * bytes per token, M = 4 D) and for FPDM's extra 4 D + 2 x 2 D in bf16;
+     * nothing for a missing info. */
+    model_config dit = xl_config(0), fpdm = xl_config(1);
+    CHECK(min_activation_bytes(&dit, 2, 4) == 2.0 * 256 * 24 * 1152);
+    CHECK(min_activation_bytes(&fpdm, 1, 2) == 256.0 * (4 + 10 + 4 + 4) * 1152);
+    CHECK(fpdm_min_activation_bytes(NULL, 2, 4) == 0.0);
     fpdm_context_free(ctx);
     return test_finish("test_arena");
 }

@@ -35,8 +35,6 @@
 #define PROGRAM "fpdm-bench"
 #define DEFAULT_CONFIG "DiT-S/2"
 #define CFG_SCALE 4.0f
-/* fpdm_model_info has no mlp_ratio; every official configuration uses 4. */
-#define MLP_RATIO 4
 #define TIMESTEP_FREQUENCIES 256
 /* The reference product: m = n = k, big enough to reach the device's rate. */
 #define REFERENCE_SIZE_GPU 8192
@@ -238,7 +236,7 @@ static double block_flops(double tokens, double hidden, double mlp_hidden)
 
 static flop_count count_flops(const fpdm_model_info *info)
 {
-    const double d = info->hidden_size, m = MLP_RATIO * d, p = info->patch_size;
+    const double d = info->hidden_size, m = info->mlp_hidden, p = info->patch_size;
     const double grid = info->input_size / info->patch_size;
     const double t = grid * grid;
     const double adaln = 2.0 * d * 6 * d;  /* per block, once per forward */
@@ -259,29 +257,6 @@ static flop_count count_flops(const fpdm_model_info *info)
         fc.base += info->depth * (block_flops(t, d, m) + adaln);
     }
     return fc;
-}
-
-/* The smallest activation memory one forward of `rows` rows can run in,
- * counting the [rows, tokens, *] tensors only (per-row vectors and the images
- * are small beside them): the largest set of buffers live at once. The
- * residual stream x and FPDM's iterate z stay float32 (4 bytes); the inputs
- * of matrix products take `operand_bytes` (o: 4, or 2 in bf16/fp16).
- *   Inside a block, per token: attention needs x, qkv (3D) and the attention
- *   output (D), with fused attention (no T x T scores); the MLP needs x, the
- *   normed input (D) and the hidden layer (M):
- *     block = 4 D + o max(4D, D + M)               (4D + 5oD with M = 4D)
- *   FPDM keeps across the iterations the previous iterate z (4 D) and the
- *   injection half of fc1 (2 o D, computed once per solve):
- *     fpdm = block + 4 D + 2 o D
- *   bytes = rows * tokens * (block, or fpdm) */
-static double min_activation_bytes(const fpdm_model_info *info, int rows, int operand_bytes)
-{
-    const double d = info->hidden_size, m = MLP_RATIO * d, o = operand_bytes;
-    const double grid = info->input_size / info->patch_size, tokens = grid * grid;
-    double per_token = 4 * d + o * (4 * d > d + m ? 4 * d : d + m);
-    if (info->is_fixed_point)
-        per_token += 4 * d + 2 * o * d;
-    return rows * tokens * per_token;
 }
 
 /* ---- measuring ------------------------------------------------------------- */
@@ -613,7 +588,7 @@ static int run_measurements(bench *b, const char *model_name)
                 break;
             m.gflops = m.gflop / m.seconds_mean;
             m.reference_fraction = m.gflops / (1000.0 * b->reference_tflops);
-            m.min_activation_bytes = min_activation_bytes(b->info, m.rows, m.memory.operand_bytes);
+            m.min_activation_bytes = fpdm_min_activation_bytes(b->info, m.rows, m.memory.operand_bytes);
             if (json)
                 add_json_row(json, b, &m);
             else
