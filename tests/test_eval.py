@@ -11,7 +11,6 @@ import os
 import struct
 import sys
 import tempfile
-import traceback
 
 try:
     import numpy as np
@@ -23,13 +22,8 @@ except ImportError:
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 import eval as evaluation  # noqa: E402
 import mnist  # noqa: E402
+from harness import run_tests, test  # noqa: E402
 
-TESTS = []
-
-
-def test(function):
-    TESTS.append(function)
-    return function
 
 
 def idx_bytes(array, type_code):
@@ -195,19 +189,5 @@ def classifier_file_round_trips():
         assert torch.equal(net(x), loaded(x))
 
 
-def main():
-    passed = failed = 0
-    for function in TESTS:
-        try:
-            function()
-            passed += 1
-        except Exception:  # noqa: BLE001 - report every failure, keep going
-            failed += 1
-            print(f"FAIL {function.__name__}")
-            traceback.print_exc()
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tests())

@@ -9,7 +9,6 @@ Exits 77 (skipped) without torch/numpy; prints "N passed, M failed".
 import math
 import os
 import sys
-import traceback
 
 try:
     import numpy as np
@@ -21,13 +20,8 @@ except ImportError:
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 import reference_sampling  # noqa: E402
 import train  # noqa: E402
+from harness import run_tests, test  # noqa: E402
 
-TESTS = []
-
-
-def test(function):
-    TESTS.append(function)
-    return function
 
 
 def diffusion_for(architecture="dit", predict_v=False):
@@ -127,19 +121,5 @@ def x0_matches_the_sampler_reference():
             assert torch.allclose(ours, theirs, rtol=1e-12, atol=1e-12), (predict_v, i)
 
 
-def main():
-    passed = failed = 0
-    for function in TESTS:
-        try:
-            function()
-            passed += 1
-        except Exception:  # noqa: BLE001 - report every failure, keep going
-            failed += 1
-            print(f"FAIL {function.__name__}")
-            traceback.print_exc()
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tests())
