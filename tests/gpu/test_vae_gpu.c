@@ -22,8 +22,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-/* The GPU tests link only the library, not tools/support, so the writer of
- * random-weight decoder files is compiled in here. */
+/* The writer of random-weight decoder files (tools/support, linked in). */
 #include "synthetic_vae.h"
 
 #include <math.h>

@@ -1,14 +1,12 @@
 /* synthetic_model.c - model files with random weights (see synthetic_model.h). */
 #define _POSIX_C_SOURCE 200809L
 #include "synthetic_model.h"
-#include "safetensors_header.h"
+#include "synthetic_tensors.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 enum { TIMESTEP_FREQUENCIES = 256, MLP_RATIO = 4 };
@@ -54,142 +52,95 @@ int synthetic_config_lookup(const char *name, int image_size, synthetic_config *
 
 /* ---- the tensor list ----------------------------------------------------- */
 
-typedef struct tensor_entry {
-    char name[96];
-    int ndim;
-    int64_t shape[4];
-    int kind;                 /* how to fill it, see fill_tensor */
-} tensor_entry;
-
 enum { FILL_WEIGHT, FILL_ZERO, FILL_POS_EMBED };
 
-typedef struct tensor_list {
-    tensor_entry *entries;
-    int count, capacity;
-} tensor_list;
-
-static int add_tensor(tensor_list *list, int kind, int ndim, int64_t d0, int64_t d1, int64_t d2,
-                      int64_t d3, const char *format, ...) __attribute__((format(printf, 8, 9)));
-static int add_tensor(tensor_list *list, int kind, int ndim, int64_t d0, int64_t d1, int64_t d2,
-                      int64_t d3, const char *format, ...)
+static void add_tensor(synthetic_tensor_list *list, int kind, int ndim, int64_t d0, int64_t d1,
+                       int64_t d2, int64_t d3, const char *format, ...)
+    __attribute__((format(printf, 8, 9)));
+static void add_tensor(synthetic_tensor_list *list, int kind, int ndim, int64_t d0, int64_t d1,
+                       int64_t d2, int64_t d3, const char *format, ...)
 {
-    if (list->count == list->capacity) {
-        int capacity = list->capacity ? 2 * list->capacity : 64;
-        tensor_entry *grown = realloc(list->entries, (size_t)capacity * sizeof *grown);
-        if (!grown)
-            return -1;
-        list->entries = grown;
-        list->capacity = capacity;
-    }
-    tensor_entry *t = &list->entries[list->count++];
+    const int64_t shape[4] = {d0, d1, d2, d3};
     va_list args;
     va_start(args, format);
-    vsnprintf(t->name, sizeof t->name, format, args);
+    synthetic_tensor_addv(list, kind, ndim, shape, format, args);
     va_end(args);
-    t->ndim = ndim;
-    t->shape[0] = d0;
-    t->shape[1] = d1;
-    t->shape[2] = d2;
-    t->shape[3] = d3;
-    t->kind = kind;
-    return 0;
 }
 
 /* Weight [out, in] and bias [out] of an nn.Linear called prefix. */
-static int add_linear(tensor_list *list, const char *prefix, int64_t out, int64_t in)
+static void add_linear(synthetic_tensor_list *list, const char *prefix, int64_t out, int64_t in)
 {
-    if (add_tensor(list, FILL_WEIGHT, 2, out, in, 0, 0, "%s.weight", prefix) != 0)
-        return -1;
-    return add_tensor(list, FILL_ZERO, 1, out, 0, 0, 0, "%s.bias", prefix);
+    add_tensor(list, FILL_WEIGHT, 2, out, in, 0, 0, "%s.weight", prefix);
+    add_tensor(list, FILL_ZERO, 1, out, 0, 0, 0, "%s.bias", prefix);
 }
 
-static int add_block(tensor_list *list, const char *prefix, int64_t hidden)
+static void add_block(synthetic_tensor_list *list, const char *prefix, int64_t hidden)
 {
     char name[96];
     const int64_t mlp = hidden * MLP_RATIO;
     snprintf(name, sizeof name, "%s.attn.qkv", prefix);
-    if (add_linear(list, name, 3 * hidden, hidden) != 0)
-        return -1;
+    add_linear(list, name, 3 * hidden, hidden);
     snprintf(name, sizeof name, "%s.attn.proj", prefix);
-    if (add_linear(list, name, hidden, hidden) != 0)
-        return -1;
+    add_linear(list, name, hidden, hidden);
     snprintf(name, sizeof name, "%s.mlp.fc1", prefix);
-    if (add_linear(list, name, mlp, hidden) != 0)
-        return -1;
+    add_linear(list, name, mlp, hidden);
     snprintf(name, sizeof name, "%s.mlp.fc2", prefix);
-    if (add_linear(list, name, hidden, mlp) != 0)
-        return -1;
+    add_linear(list, name, hidden, mlp);
     snprintf(name, sizeof name, "%s.adaLN_modulation.1", prefix);
-    return add_linear(list, name, 6 * hidden, hidden);
+    add_linear(list, name, 6 * hidden, hidden);
 }
 
-static int build_tensor_list(const synthetic_config *c, tensor_list *list)
+/* 0, or -1 when out of memory. */
+static int build_tensor_list(const synthetic_config *c, synthetic_tensor_list *list)
 {
     const int64_t d = c->hidden_size, p = c->patch_size;
     const int64_t grid = c->input_size / c->patch_size;
     const int64_t out_channels = c->learn_sigma ? 2 * c->in_channels : c->in_channels;
     char prefix[64];
-    int rc = 0;
-    rc |= add_tensor(list, FILL_WEIGHT, 4, d, c->in_channels, p, p, "x_embedder.proj.weight");
-    rc |= add_tensor(list, FILL_ZERO, 1, d, 0, 0, 0, "x_embedder.proj.bias");
-    rc |= add_tensor(list, FILL_POS_EMBED, 3, 1, grid * grid, d, 0, "pos_embed");
-    rc |= add_linear(list, "t_embedder.mlp.0", d, TIMESTEP_FREQUENCIES);
-    rc |= add_linear(list, "t_embedder.mlp.2", d, d);
-    rc |= add_tensor(list, FILL_WEIGHT, 2, c->num_classes + 1, d, 0, 0,
-                     "y_embedder.embedding_table.weight");
+    add_tensor(list, FILL_WEIGHT, 4, d, c->in_channels, p, p, "x_embedder.proj.weight");
+    add_tensor(list, FILL_ZERO, 1, d, 0, 0, 0, "x_embedder.proj.bias");
+    add_tensor(list, FILL_POS_EMBED, 3, 1, grid * grid, d, 0, "pos_embed");
+    add_linear(list, "t_embedder.mlp.0", d, TIMESTEP_FREQUENCIES);
+    add_linear(list, "t_embedder.mlp.2", d, d);
+    add_tensor(list, FILL_WEIGHT, 2, c->num_classes + 1, d, 0, 0,
+               "y_embedder.embedding_table.weight");
     if (c->fixed_point) {
         for (int i = 0; i < c->pre_depth; i++) {
             snprintf(prefix, sizeof prefix, "blocks_pre.%d", i);
-            rc |= add_block(list, prefix, d);
+            add_block(list, prefix, d);
         }
-        rc |= add_linear(list, "block_pre_projection", d, d);
-        rc |= add_linear(list, "block_fixed_point_projection_fc1", 2 * d, 2 * d);
-        rc |= add_linear(list, "block_fixed_point_projection_fc2", d, 2 * d);
-        rc |= add_block(list, "block_fixed_point", d);
+        add_linear(list, "block_pre_projection", d, d);
+        add_linear(list, "block_fixed_point_projection_fc1", 2 * d, 2 * d);
+        add_linear(list, "block_fixed_point_projection_fc2", d, 2 * d);
+        add_block(list, "block_fixed_point", d);
         for (int i = 0; i < c->post_depth; i++) {
             snprintf(prefix, sizeof prefix, "blocks_post.%d", i);
-            rc |= add_block(list, prefix, d);
+            add_block(list, prefix, d);
         }
     } else {
         for (int i = 0; i < c->depth; i++) {
             snprintf(prefix, sizeof prefix, "blocks.%d", i);
-            rc |= add_block(list, prefix, d);
+            add_block(list, prefix, d);
         }
     }
-    rc |= add_linear(list, "final_layer.linear", p * p * out_channels, d);
-    rc |= add_linear(list, "final_layer.adaLN_modulation.1", 2 * d, d);
-    return rc ? -1 : 0;
-}
-
-static int64_t num_elements(const tensor_entry *t)
-{
-    int64_t n = 1;
-    for (int i = 0; i < t->ndim; i++)
-        n *= t->shape[i];
-    return n;
+    add_linear(list, "final_layer.linear", p * p * out_channels, d);
+    add_linear(list, "final_layer.adaLN_modulation.1", 2 * d, d);
+    return list->failed ? -1 : 0;
 }
 
 size_t synthetic_model_num_parameters(const synthetic_config *config)
 {
-    tensor_list list = {0};
+    synthetic_tensor_list list = {0};
     size_t total = 0;
     if (build_tensor_list(config, &list) == 0) {
         for (int i = 0; i < list.count; i++)
-            total += (size_t)num_elements(&list.entries[i]);
+            total += (size_t)synthetic_tensor_elements(&list.entries[i]);
     }
-    free(list.entries);
+    synthetic_tensor_list_free(&list);
     return total;
 }
 
 /* ---- values ----------------------------------------------------------------- */
-
-static uint64_t splitmix64(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 /* The fixed 2-D sin-cos table the official model registers as pos_embed:
  * the first half of the channels encodes the column, the second the row
@@ -205,18 +156,17 @@ static float pos_embed_value(int64_t token, int64_t channel, int64_t grid, int64
 
 /* Weights: uniform with standard deviation 0.02 (the official init scale),
  * so activations stay moderate through many blocks and iterations. */
-static void fill_tensor(const tensor_entry *t, const synthetic_config *c, uint64_t *rng,
+static void fill_tensor(const synthetic_tensor *t, const void *context, uint64_t *rng,
                         float *values)
 {
-    const int64_t n = num_elements(t);
+    const synthetic_config *c = context;
+    const int64_t n = synthetic_tensor_elements(t);
     const float amplitude = 0.02f * sqrtf(3.0f);
     for (int64_t i = 0; i < n; i++) {
         switch (t->kind) {
-        case FILL_WEIGHT: {
-            double unit = (double)(splitmix64(rng) >> 11) * 0x1.0p-53;
-            values[i] = amplitude * (float)(2.0 * unit - 1.0);
+        case FILL_WEIGHT:
+            values[i] = synthetic_uniform(rng, amplitude);
             break;
-        }
         case FILL_POS_EMBED:
             values[i] = pos_embed_value(i / c->hidden_size, i % c->hidden_size,
                                         c->input_size / c->patch_size, c->hidden_size);
@@ -225,14 +175,6 @@ static void fill_tensor(const tensor_entry *t, const synthetic_config *c, uint64
             values[i] = 0.0f;
         }
     }
-}
-
-static uint16_t to_bf16(float value)
-{
-    uint32_t bits;
-    memcpy(&bits, &value, sizeof bits);
-    bits += 0x7fffu + ((bits >> 16) & 1u);  /* round to nearest even */
-    return (uint16_t)(bits >> 16);
 }
 
 /* ---- the file ------------------------------------------------------------- */
@@ -244,7 +186,7 @@ static void add_metadata(cJSON *metadata, const char *key, long value)
     cJSON_AddStringToObject(metadata, key, text);
 }
 
-static char *build_header(const synthetic_config *c, const tensor_list *list, int bf16)
+static char *build_header(const synthetic_config *c, const synthetic_tensor_list *list, int bf16)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON *metadata = cJSON_AddObjectToObject(root, "__metadata__");
@@ -266,21 +208,7 @@ static char *build_header(const synthetic_config *c, const tensor_list *list, in
     cJSON_AddStringToObject(metadata, "fpdm.space", c->latent_space ? "latent" : "pixel");
     cJSON_AddStringToObject(metadata, "synthetic", c->name);
 
-    const int64_t element_size = bf16 ? 2 : 4;
-    int64_t offset = 0;
-    for (int i = 0; i < list->count; i++) {
-        const tensor_entry *t = &list->entries[i];
-        cJSON *entry = cJSON_AddObjectToObject(root, t->name);
-        cJSON_AddStringToObject(entry, "dtype", bf16 ? "BF16" : "F32");
-        cJSON *shape = cJSON_AddArrayToObject(entry, "shape");
-        for (int k = 0; k < t->ndim; k++)
-            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[k]));
-        const int64_t end = offset + num_elements(t) * element_size;
-        cJSON *offsets = cJSON_AddArrayToObject(entry, "data_offsets");
-        cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)offset));
-        cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)end));
-        offset = end;
-    }
+    synthetic_header_add_tensors(root, list, bf16);
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return text;
@@ -289,62 +217,13 @@ static char *build_header(const synthetic_config *c, const tensor_list *list, in
 int synthetic_model_write(const synthetic_config *config, const char *path, uint64_t seed,
                           char *err, size_t err_size)
 {
-    tensor_list list = {0};
-    char *header = NULL;
-    float *values = NULL;
-    uint16_t *halves = NULL;
-    FILE *f = NULL;
-    int rc = -1;
-    if (build_tensor_list(config, &list) != 0) {
-        snprintf(err, err_size, "%s: out of memory", path);
-        goto done;
-    }
+    synthetic_tensor_list list = {0};
+    build_tensor_list(config, &list);
     const int bf16 = synthetic_model_num_parameters(config) > BF16_THRESHOLD;
-    header = build_header(config, &list, bf16);
-    int64_t largest = 0;
-    for (int i = 0; i < list.count; i++)
-        largest = num_elements(&list.entries[i]) > largest ? num_elements(&list.entries[i])
-                                                           : largest;
-    values = malloc((size_t)largest * sizeof(float));
-    halves = bf16 ? malloc((size_t)largest * sizeof(uint16_t)) : NULL;
-    if (!header || !values || (bf16 && !halves)) {
-        snprintf(err, err_size, "%s: out of memory", path);
-        goto done;
-    }
-    f = fopen(path, "wb");
-    if (!f) {
-        snprintf(err, err_size, "%s: cannot create: %s", path, strerror(errno));
-        goto done;
-    }
-    /* Tensor data is written in the host's byte order: little-endian, as the
-     * format requires, on every machine fpdm targets. */
-    int ok = write_safetensors_header(f, header) == 0;
-    uint64_t rng = seed;
-    for (int i = 0; ok && i < list.count; i++) {
-        const tensor_entry *t = &list.entries[i];
-        const size_t n = (size_t)num_elements(t);
-        fill_tensor(t, config, &rng, values);
-        if (bf16) {
-            for (size_t k = 0; k < n; k++)
-                halves[k] = to_bf16(values[k]);
-            ok = fwrite(halves, sizeof(uint16_t), n, f) == n;
-        } else {
-            ok = fwrite(values, sizeof(float), n, f) == n;
-        }
-    }
-    if (fclose(f) != 0)
-        ok = 0;
-    f = NULL;
-    if (!ok) {
-        snprintf(err, err_size, "%s: write failed: %s", path, strerror(errno));
-        remove(path);
-        goto done;
-    }
-    rc = 0;
-done:
-    free(list.entries);
+    char *header = list.failed ? NULL : build_header(config, &list, bf16);
+    int rc = synthetic_tensors_write(path, header, &list, bf16, fill_tensor, config, seed, err,
+                                     err_size);
+    synthetic_tensor_list_free(&list);
     cJSON_free(header);
-    free(values);
-    free(halves);
     return rc;
 }

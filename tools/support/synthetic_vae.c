@@ -1,14 +1,11 @@
 /* synthetic_vae.c - VAE decoder files with random weights (see synthetic_vae.h). */
 #define _POSIX_C_SOURCE 200809L
 #include "synthetic_vae.h"
-#include "safetensors_header.h"
+#include "synthetic_tensors.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 static const synthetic_vae_config known_vaes[] = {
@@ -41,70 +38,29 @@ int synthetic_vae_config_lookup(const char *name, synthetic_vae_config *config, 
  * activations keep their scale through the network. */
 enum { FILL_WEIGHT, FILL_ONE, FILL_ZERO };
 
-typedef struct vae_tensor {
-    char name[96];
-    int ndim;
-    int64_t shape[4];
-    int kind;
-} vae_tensor;
-
-typedef struct vae_tensor_list {
-    vae_tensor *entries;
-    int count, capacity;
-    int failed;
-} vae_tensor_list;
-
-static void add(vae_tensor_list *list, int kind, int ndim, const int64_t *shape,
-                const char *format, ...) __attribute__((format(printf, 5, 6)));
-static void add(vae_tensor_list *list, int kind, int ndim, const int64_t *shape,
-                const char *format, ...)
-{
-    if (list->failed)
-        return;
-    if (list->count == list->capacity) {
-        int capacity = list->capacity ? 2 * list->capacity : 128;
-        vae_tensor *grown = realloc(list->entries, (size_t)capacity * sizeof *grown);
-        if (!grown) {
-            list->failed = 1;
-            return;
-        }
-        list->entries = grown;
-        list->capacity = capacity;
-    }
-    vae_tensor *t = &list->entries[list->count++];
-    va_list args;
-    va_start(args, format);
-    vsnprintf(t->name, sizeof t->name, format, args);
-    va_end(args);
-    t->ndim = ndim;
-    for (int d = 0; d < 4; d++)
-        t->shape[d] = d < ndim ? shape[d] : 0;
-    t->kind = kind;
-}
-
-static void add_conv(vae_tensor_list *list, const char *prefix, int64_t in, int64_t out,
+static void add_conv(synthetic_tensor_list *list, const char *prefix, int64_t in, int64_t out,
                      int64_t kernel)
 {
     const int64_t weight[4] = {out, in, kernel, kernel}, bias[1] = {out};
-    add(list, FILL_WEIGHT, 4, weight, "%s.weight", prefix);
-    add(list, FILL_ZERO, 1, bias, "%s.bias", prefix);
+    synthetic_tensor_add(list, FILL_WEIGHT, 4, weight, "%s.weight", prefix);
+    synthetic_tensor_add(list, FILL_ZERO, 1, bias, "%s.bias", prefix);
 }
 
-static void add_linear(vae_tensor_list *list, const char *prefix, int64_t channels)
+static void add_linear(synthetic_tensor_list *list, const char *prefix, int64_t channels)
 {
     const int64_t weight[2] = {channels, channels}, bias[1] = {channels};
-    add(list, FILL_WEIGHT, 2, weight, "%s.weight", prefix);
-    add(list, FILL_ZERO, 1, bias, "%s.bias", prefix);
+    synthetic_tensor_add(list, FILL_WEIGHT, 2, weight, "%s.weight", prefix);
+    synthetic_tensor_add(list, FILL_ZERO, 1, bias, "%s.bias", prefix);
 }
 
-static void add_norm(vae_tensor_list *list, const char *prefix, int64_t channels)
+static void add_norm(synthetic_tensor_list *list, const char *prefix, int64_t channels)
 {
     const int64_t shape[1] = {channels};
-    add(list, FILL_ONE, 1, shape, "%s.weight", prefix);
-    add(list, FILL_ZERO, 1, shape, "%s.bias", prefix);
+    synthetic_tensor_add(list, FILL_ONE, 1, shape, "%s.weight", prefix);
+    synthetic_tensor_add(list, FILL_ZERO, 1, shape, "%s.bias", prefix);
 }
 
-static void add_resnet(vae_tensor_list *list, const char *prefix, int64_t in, int64_t out)
+static void add_resnet(synthetic_tensor_list *list, const char *prefix, int64_t in, int64_t out)
 {
     char name[96];
     snprintf(name, sizeof name, "%s.norm1", prefix);
@@ -122,7 +78,7 @@ static void add_resnet(vae_tensor_list *list, const char *prefix, int64_t in, in
 }
 
 /* The decoder in diffusers' order: up block i works at reversed(channels)[i]. */
-static void build_decoder(const synthetic_vae_config *c, vae_tensor_list *list)
+static void build_decoder(const synthetic_vae_config *c, synthetic_tensor_list *list)
 {
     const int n = c->num_blocks;
     const int64_t top = c->block_out_channels[n - 1], latent = c->latent_channels;
@@ -156,42 +112,25 @@ static void build_decoder(const synthetic_vae_config *c, vae_tensor_list *list)
     add_conv(list, "decoder.conv_out", c->block_out_channels[0], c->image_channels, 3);
 }
 
-static int64_t num_elements(const vae_tensor *t)
-{
-    int64_t n = 1;
-    for (int d = 0; d < t->ndim; d++)
-        n *= t->shape[d];
-    return n;
-}
-
 /* ---- values and the file --------------------------------------------------- */
 
-static uint64_t splitmix64(uint64_t *state)
+static void fill(const synthetic_tensor *t, const void *context, uint64_t *rng, float *values)
 {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static void fill(const vae_tensor *t, uint64_t *rng, float *values)
-{
-    const int64_t n = num_elements(t);
+    (void)context;
+    const int64_t n = synthetic_tensor_elements(t);
     int64_t fan_in = 1;
     for (int d = 1; d < t->ndim; d++)
         fan_in *= t->shape[d];
     const float amplitude = sqrtf(3.0f / (float)fan_in);
     for (int64_t i = 0; i < n; i++) {
-        if (t->kind == FILL_WEIGHT) {
-            double unit = (double)(splitmix64(rng) >> 11) * 0x1.0p-53;
-            values[i] = amplitude * (float)(2.0 * unit - 1.0);
-        } else {
+        if (t->kind == FILL_WEIGHT)
+            values[i] = synthetic_uniform(rng, amplitude);
+        else
             values[i] = t->kind == FILL_ONE ? 1.0f : 0.0f;
-        }
     }
 }
 
-static char *build_header(const synthetic_vae_config *c, const vae_tensor_list *list)
+static char *build_header(const synthetic_vae_config *c, const synthetic_tensor_list *list)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON *metadata = cJSON_AddObjectToObject(root, "__metadata__");
@@ -199,20 +138,7 @@ static char *build_header(const synthetic_vae_config *c, const vae_tensor_list *
     snprintf(groups, sizeof groups, "%d", c->norm_num_groups);
     cJSON_AddStringToObject(metadata, "vae.norm_num_groups", groups);
     cJSON_AddStringToObject(metadata, "synthetic", c->name);
-    int64_t offset = 0;
-    for (int i = 0; i < list->count; i++) {
-        const vae_tensor *t = &list->entries[i];
-        cJSON *entry = cJSON_AddObjectToObject(root, t->name);
-        cJSON_AddStringToObject(entry, "dtype", "F32");
-        cJSON *shape = cJSON_AddArrayToObject(entry, "shape");
-        for (int d = 0; d < t->ndim; d++)
-            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
-        const int64_t end = offset + num_elements(t) * (int64_t)sizeof(float);
-        cJSON *offsets = cJSON_AddArrayToObject(entry, "data_offsets");
-        cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)offset));
-        cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)end));
-        offset = end;
-    }
+    synthetic_header_add_tensors(root, list, 0);
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return text;
@@ -238,49 +164,13 @@ static int check_config(const synthetic_vae_config *c, char *err, size_t err_siz
 int synthetic_vae_write(const synthetic_vae_config *config, const char *path, uint64_t seed,
                         char *err, size_t err_size)
 {
-    vae_tensor_list list = {0};
-    char *header = NULL;
-    float *values = NULL;
-    FILE *f = NULL;
-    int rc = -1;
     if (check_config(config, err, err_size) != 0)
         return -1;
+    synthetic_tensor_list list = {0};
     build_decoder(config, &list);
-    header = list.failed ? NULL : build_header(config, &list);
-    int64_t largest = 0;
-    for (int i = 0; i < list.count; i++)
-        if (num_elements(&list.entries[i]) > largest)
-            largest = num_elements(&list.entries[i]);
-    values = malloc((size_t)(largest ? largest : 1) * sizeof(float));
-    if (!header || !values) {
-        snprintf(err, err_size, "%s: out of memory", path);
-        goto done;
-    }
-    f = fopen(path, "wb");
-    if (!f) {
-        snprintf(err, err_size, "%s: cannot create: %s", path, strerror(errno));
-        goto done;
-    }
-    /* Then the tensors in header order, in the host's byte order
-     * (little-endian on every machine fpdm targets). */
-    int ok = write_safetensors_header(f, header) == 0;
-    uint64_t rng = seed;
-    for (int i = 0; ok && i < list.count; i++) {
-        const size_t n = (size_t)num_elements(&list.entries[i]);
-        fill(&list.entries[i], &rng, values);
-        ok = fwrite(values, sizeof(float), n, f) == n;
-    }
-    if (fclose(f) != 0)
-        ok = 0;
-    if (!ok) {
-        snprintf(err, err_size, "%s: write failed: %s", path, strerror(errno));
-        remove(path);
-        goto done;
-    }
-    rc = 0;
-done:
-    free(list.entries);
+    char *header = list.failed ? NULL : build_header(config, &list);
+    int rc = synthetic_tensors_write(path, header, &list, 0, fill, NULL, seed, err, err_size);
+    synthetic_tensor_list_free(&list);
     cJSON_free(header);
-    free(values);
     return rc;
 }
