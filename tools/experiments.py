@@ -37,6 +37,9 @@ REPO_DIR = os.path.dirname(TOOLS_DIR)
 sys.path.insert(0, TOOLS_DIR)
 
 NUM_CLASSES = 10
+# The low-compute end of the plan: this many DDPM steps, where one step must
+# do more and an unconverged solve should cost quality.
+FEW_STEPS = 5
 # The machine is shared: OpenMP's busy-waiting barriers make these small
 # models several times slower when other work holds the cores (docs/PERFORMANCE.md).
 OMP_PASSIVE = "OMP_WAIT_POLICY=passive"
@@ -54,8 +57,11 @@ def setting(name, group, model, steps, iters=None, reuse=False, schedule="fixed"
 def plan(quick, full):
     """All settings, in the order they run. Group names: sweep (20 steps x
     k iterations, three solver modes), realloc (one budget spread
-    differently), dit (the baseline's step sweep). `full` adds --tol with
-    --reuse and the steps-for-iterations trades with --reuse."""
+    differently), fewsteps (FEW_STEPS steps x k, with and without reuse: the
+    low-compute end, where one step must do more), dit (the baseline's step
+    sweep). `full` adds --tol with --reuse and the steps-for-iterations
+    trades with --reuse."""
+    few_iters = []
     if quick:
         steps, iters_list, tols, cap = 5, [1, 2, 4], [0.3], 4
         budget_splits, dit_steps = [(10, 1)], [3, 5]
@@ -65,9 +71,11 @@ def plan(quick, full):
         steps, iters_list, tols, cap = 20, [1, 2, 3, 4, 6, 8, 12], [0.1, 0.05, 0.02], 12
         # Budget 80 = 20 x 4, redistributed over fewer or more steps.
         budget_splits = [(10, 8), (40, 2), (80, 1)]
+        few_iters = [1, 2, 4, 8]
         # DiT steps whose block evaluations (steps x depth 6) match FPDM's
-        # 20 steps x (pre 1 + k + post 1) for k = 1, 2, 4, 8, 12, plus a low end.
-        dit_steps = [7, 10, 13, 20, 33, 47]
+        # 20 steps x (pre 1 + k + post 1) for k = 1, 2, 4, 8, 12, and its
+        # FEW_STEPS x (2 + k) for k = 1, 2, 4, 8 (3, 4, 5, 8), plus 7.
+        dit_steps = [3, 4, 5, 7, 8, 10, 13, 20, 33, 47]
     default_iters = iters_list[len(iters_list) // 2] if quick else 4
     out = []
     for reuse in (False, True):
@@ -86,6 +94,10 @@ def plan(quick, full):
         for split_steps, split_iters in budget_splits if full or not reuse else []:
             out.append(setting(f"fpdm-{split_steps}x{split_iters}{suffix}", "realloc", "fpdm", split_steps,
                                iters=split_iters, reuse=reuse))
+    for reuse in (False, True):
+        for k in few_iters:
+            out.append(setting(f"fpdm-{FEW_STEPS}x{k}{'-reuse' if reuse else ''}", "fewsteps", "fpdm",
+                               FEW_STEPS, iters=k, reuse=reuse))
     for s in dit_steps:
         out.append(setting(f"dit-{s}", "dit", "dit", s))
     return out, steps, default_iters, budget
@@ -203,18 +215,19 @@ def run_setting(args, spec, models, scorer):
             "nearest_train_l2_ratio": scores["nearest_train_l2_ratio"]}
 
 
-def add_distances_to_converged(args, results, reference_name):
-    """RMS pixel difference (in [-1, 1] units) of each FPDM setting's images
-    to those of the most-iterated setting: every setting starts image i from
-    the same noise, so this measures how far the solver's choices move the
-    samples, which the population scores can hide."""
+def add_distances_to_converged(args, results, reference_name, groups):
+    """RMS pixel difference (in [-1, 1] units) of the images of each FPDM
+    setting in `groups` to those of the most-iterated setting: every setting
+    starts image i from the same noise, so this measures how far the solver's
+    choices move the samples, which the population scores can hide."""
     reference_path = os.path.join(args.work, reference_name + ".npy")
     if not os.path.exists(reference_path):
         return
     reference = np.clip(np.load(reference_path), -1.0, 1.0)
     for name, result in results.items():
         path = os.path.join(args.work, name + ".npy")
-        if result["spec"]["model"] == "fpdm" and os.path.exists(path):
+        if (result["spec"]["model"] == "fpdm" and result["spec"]["group"] in groups
+                and os.path.exists(path)):
             images = np.clip(np.load(path), -1.0, 1.0)
             result["rms_to_converged"] = float(np.sqrt(((images - reference) ** 2).mean()))
             result["converged_reference"] = reference_name
@@ -298,11 +311,12 @@ def tables(results, order, timings, models, config):
                      f"{reference['frechet_distance_train_vs_t10k']:.2f}")
     titles = {"sweep": "Quality against fixed-point iterations (solver modes)",
               "realloc": "Reallocating one iteration budget",
+              "fewsteps": f"Few steps ({FEW_STEPS}): iterations and reuse (RMS to {FEW_STEPS} x 8)",
               "dit": "DiT baseline (steps sweep)"}
-    for group in ("sweep", "realloc", "dit"):
+    for group in ("sweep", "realloc", "fewsteps", "dit"):
         if group in by_group:
             lines += ["", f"### {titles[group]}", "", HEADER] + [row(r, timings) for r in by_group[group]]
-    fpdm_runs = [r for r in by_group.get("sweep", []) if not r["spec"]["tol"]]
+    fpdm_runs = [r for r in by_group.get("sweep", []) + by_group.get("fewsteps", []) if not r["spec"]["tol"]]
     dit_runs = by_group.get("dit", [])
     if fpdm_runs and dit_runs and timings:
         lines += ["", "### FPDM against the nearest DiT setting", "",
@@ -349,6 +363,8 @@ def plot(results, timings, steps, default_iters, budget, path):
 
     fixed = pick(lambda s: s["group"] == "sweep" and not s["tol"] and not s["reuse"])
     reuse = pick(lambda s: s["group"] == "sweep" and not s["tol"] and s["reuse"])
+    few = pick(lambda s: s["group"] == "fewsteps" and not s["reuse"])
+    few_reuse = pick(lambda s: s["group"] == "fewsteps" and s["reuse"])
     tol = pick(lambda s: s["group"] == "sweep" and s["tol"] and not s["reuse"])
     tol_reuse = pick(lambda s: s["group"] == "sweep" and s["tol"] and s["reuse"])
     dit = pick(lambda s: s["model"] == "dit")
@@ -377,7 +393,10 @@ def plot(results, timings, steps, default_iters, budget, path):
         if metric == "rms_to_converged":
             continue
         ax = axes[col, 2]
-        for runs, name, style in [(fixed, "FPDM, no reuse", "o-"), (reuse, "FPDM, --reuse", "s-"),
+        for runs, name, style in [(fixed, f"FPDM {steps} steps, no reuse", "o-"),
+                                  (reuse, f"FPDM {steps} steps, --reuse", "s-"),
+                                  (few, f"FPDM {FEW_STEPS} steps, no reuse", "o:"),
+                                  (few_reuse, f"FPDM {FEW_STEPS} steps, --reuse", "s:"),
                                   (dit, "DiT (steps sweep)", "D-")]:
             if runs:
                 ax.plot([r["block_evaluations_per_image"] for r in runs], [r[metric] for r in runs], style,
@@ -548,7 +567,12 @@ def main():
                            "results": results}, sink, indent=1)
         if len(results) == len(settings):
             sweep = [s for s in settings if s["group"] == "sweep" and not s["tol"] and not s["reuse"]]
-            add_distances_to_converged(args, results, max(sweep, key=lambda s: s["iters"])["name"])
+            add_distances_to_converged(args, results, max(sweep, key=lambda s: s["iters"])["name"],
+                                       ("sweep", "realloc"))
+            few = [s for s in settings if s["group"] == "fewsteps" and not s["reuse"]]
+            if few:
+                add_distances_to_converged(args, results, max(few, key=lambda s: s["iters"])["name"],
+                                           ("fewsteps",))
             sweep_iters = sorted({s["iters"] for s in settings if s["model"] == "fpdm"})
             timings = forward_timings(args, models, sweep_iters)
         machine["load_at_end"] = os.getloadavg()
