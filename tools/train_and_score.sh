@@ -7,7 +7,7 @@
 #
 #   bash tools/train_and_score.sh --seconds 240 --device cuda --data .mnist \
 #       --build build-gpu --out-dir "$OUT" -- --hidden-size 128 --patch-size 2 \
-#       --batch-size 256 --lr 0.001 --ema-decay 0.999 --label-lr-scale 10
+#       --batch-size 256 --lr 0.001 --ema-decay 0.999 --label-lr-scale 10 --predict-v
 #
 # Arguments after -- go to both tools/train.py runs. Each model file is the
 # last snapshot when the time runs out (train.py saves every --save-every
