@@ -705,10 +705,21 @@ static fpdm_status decode_on_device(fpdm_context *ctx, const fpdm_vae *vae, int 
     size_t image_floats = (size_t)vae->info.image_channels * image_size * image_size;
     int chunk = chunk_images(vae, ops, latent_size, batch,
                              chunk_bytes ? chunk_bytes : VAE_DEVICE_CHUNK_BYTES);
-    vae_plan plan = plan_decode(vae, ops, latent_size, chunk);
-    size_t buffers = place_buffers(NULL, &plan, VAE_DEVICE_ALIGN_FLOATS, NULL);
-    size_t latent_room = round_up((size_t)chunk * latent_floats, VAE_DEVICE_ALIGN_FLOATS);
-    float *arena = context_arena(ctx, buffers + latent_room + (size_t)chunk * image_floats);
+    /* A device short of memory (a smaller card, a large sampler arena beside
+     * it) decodes fewer images at a time rather than none. */
+    vae_plan plan;
+    size_t buffers, latent_room;
+    float *arena;
+    for (;;) {
+        plan = plan_decode(vae, ops, latent_size, chunk);
+        buffers = place_buffers(NULL, &plan, VAE_DEVICE_ALIGN_FLOATS, NULL);
+        latent_room = round_up((size_t)chunk * latent_floats, VAE_DEVICE_ALIGN_FLOATS);
+        arena = context_arena(ctx, buffers + latent_room + (size_t)chunk * image_floats);
+        if (arena || chunk == 1) break;
+        chunk = (chunk + 1) / 2;
+        context_log(ctx, FPDM_LOG_WARN, "%s: VAE decoder: retrying %d images at a time",
+                    ctx->device_name, chunk);
+    }
     if (!arena) {
         ops->end(ops);
         return FPDM_ERR_OUT_OF_MEMORY;
