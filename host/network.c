@@ -54,12 +54,11 @@ static layout_sizes sizes_for(const fpdm_context *ctx, const model_config *cfg, 
 /* Rounds every buffer up to 16 floats so each starts on a 64-byte boundary. */
 static size_t aligned(size_t floats) { return (floats + 15) / 16 * 16; }
 
+/* The arena is what network_layout carves, counted by carving from no base. */
 size_t network_arena_floats(const fpdm_context *ctx, const model_config *cfg, int batch) {
-    layout_sizes s = sizes_for(ctx, cfg, batch);
-    return aligned(s.image_in) + aligned(s.image_out) + aligned(s.hidden) + 2 * aligned(s.state) +
-           aligned(s.normed) + aligned(s.work) + aligned(s.injection) +
-           aligned(s.freq) + 3 * aligned(s.operand_vec) + 4 * aligned(s.vec) +
-           2 * aligned(s.modulation) + aligned(s.scratch);
+    network_state st;
+    network_layout(ctx, cfg, batch, NULL, &st);
+    return st.floats;
 }
 
 double fpdm_min_activation_bytes(const fpdm_model_info *info, int rows, int operand_bytes) {
@@ -82,8 +81,8 @@ double fpdm_min_activation_bytes(const fpdm_model_info *info, int rows, int oper
 void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch, float *base,
                     network_state *st) {
     layout_sizes s = sizes_for(ctx, cfg, batch);
-    float *p = base;
-#define CARVE(field, n) (st->field = (n) ? (void *)p : NULL, p += aligned(n))
+    size_t offset = 0;
+#define CARVE(field, n) (st->field = (n) && base ? (void *)(base + offset) : NULL, offset += aligned(n))
     st->batch = batch;
     CARVE(x, s.image_in);
     CARVE(out, s.image_out);
@@ -108,7 +107,7 @@ void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch,
     CARVE(fixed_point_modulation, s.modulation);
     CARVE(attn_scratch, s.scratch);
 #undef CARVE
-    st->floats = (size_t)(p - base);
+    st->floats = offset;
 }
 
 /* A float32 buffer as a product's input: itself where operands are float32,

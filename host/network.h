@@ -45,10 +45,11 @@ typedef struct network_solve {
     float residual;              /* out: the largest relative residual of the last iteration, -1 if none */
 } network_solve;
 
-/* Arena floats a batch needs (beyond `extra_floats` the caller keeps before it). */
+/* Arena floats a batch needs: st->floats of network_layout. */
 size_t network_arena_floats(const fpdm_context *ctx, const model_config *cfg, int batch);
 
-/* Lays the state out at arena + offset_floats. */
+/* Lays the state out from base and sets st->floats to the floats it takes
+ * (base NULL: only counts, every pointer NULL). */
 void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch, float *base,
                     network_state *st);
 
