@@ -1,13 +1,25 @@
-"""harness.py - what the Python tests share: a @test registry and a runner
-that runs every registered test, reports each failure with its traceback
-and prints "N passed, M failed".
+"""harness.py - what the Python tests share: importing it skips the test
+(exit 77, CTest's SKIPPED) where numpy or torch is missing and puts tools/ on
+the import path; a @test registry; and a runner that runs every registered
+test, reports each failure with its traceback and prints "N passed, M failed".
 
-    from harness import test, run_tests
+    from harness import run_tests, test      (before the numpy, torch and tools imports)
     @test
     def something(): assert ...
     if __name__ == "__main__": sys.exit(run_tests())
 """
+import os
+import sys
 import traceback
+
+try:
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+except ImportError:
+    print("torch or numpy missing: skipped")
+    sys.exit(77)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 
 TESTS = []
 
