@@ -689,44 +689,53 @@ static fpdm_status device_mismatch(fpdm_context *ctx, const fpdm_vae *vae) {
                         "device (%s)", vae->device_index, ctx->device_name);
 }
 
+/* The arena for decoding *chunk images at a time: the buffers, then room to
+ * stage that many latents and images on a device (latent_floats and
+ * image_floats per image; 0 where they stay in host memory). A context short
+ * of memory (a smaller card, a large sampler arena beside it) decodes fewer
+ * images at a time rather than none: *chunk halves down to one. NULL when
+ * not even one fits. */
+static float *reserve_arena(fpdm_context *ctx, const fpdm_vae *vae, const vae_ops *ops,
+                            int latent_size, size_t align, size_t latent_floats,
+                            size_t image_floats, int *chunk, vae_plan *plan, size_t *buffers) {
+    for (;;) {
+        *plan = plan_decode(vae, ops, latent_size, *chunk);
+        *buffers = place_buffers(NULL, plan, align, NULL);
+        size_t staging = round_up((size_t)*chunk * latent_floats, align) + (size_t)*chunk * image_floats;
+        float *arena = context_arena(ctx, *buffers + staging);
+        if (arena || *chunk == 1) return arena;
+        *chunk = (*chunk + 1) / 2;
+        context_log(ctx, FPDM_LOG_WARN, "%s: VAE decoder: retrying %d images at a time",
+                    ctx->device_name, *chunk);
+    }
+}
+
 #ifdef FPDM_HAVE_CUDNN
 /* Each chunk of latents goes up into the arena, is decoded there, and its
  * images come back down (the download waits for the decode). */
 static fpdm_status decode_on_device(fpdm_context *ctx, const fpdm_vae *vae, int batch,
                                     int latent_size, const float *latents, float *images,
-                                    size_t chunk_bytes) {
+                                    size_t latent_floats, size_t image_floats, size_t chunk_bytes) {
     const vae_ops *ops = &vae->device_ops;
     backend *be = ctx->be;
     char err[512];
     if (ops->begin(ops, be, err, sizeof err) != 0)
         return context_fail(ctx, FPDM_ERR_DEVICE, "%s: VAE decoder: %s", ctx->device_name, err);
-    size_t latent_floats = (size_t)vae->info.latent_channels * latent_size * latent_size;
-    size_t image_size = (size_t)latent_size * vae->info.upscale;
-    size_t image_floats = (size_t)vae->info.image_channels * image_size * image_size;
     int chunk = chunk_images(vae, ops, latent_size, batch,
                              chunk_bytes ? chunk_bytes : VAE_DEVICE_CHUNK_BYTES);
-    /* A device short of memory (a smaller card, a large sampler arena beside
-     * it) decodes fewer images at a time rather than none. */
     vae_plan plan;
-    size_t buffers, latent_room;
-    float *arena;
-    for (;;) {
-        plan = plan_decode(vae, ops, latent_size, chunk);
-        buffers = place_buffers(NULL, &plan, VAE_DEVICE_ALIGN_FLOATS, NULL);
-        latent_room = round_up((size_t)chunk * latent_floats, VAE_DEVICE_ALIGN_FLOATS);
-        arena = context_arena(ctx, buffers + latent_room + (size_t)chunk * image_floats);
-        if (arena || chunk == 1) break;
-        chunk = (chunk + 1) / 2;
-        context_log(ctx, FPDM_LOG_WARN, "%s: VAE decoder: retrying %d images at a time",
-                    ctx->device_name, chunk);
-    }
+    size_t buffers;
+    float *arena = reserve_arena(ctx, vae, ops, latent_size, VAE_DEVICE_ALIGN_FLOATS,
+                                 latent_floats, image_floats, &chunk, &plan, &buffers);
     if (!arena) {
         ops->end(ops);
         return FPDM_ERR_OUT_OF_MEMORY;
     }
     vae_buffers buf;
     place_buffers(arena, &plan, VAE_DEVICE_ALIGN_FLOATS, &buf);
-    float *device_latents = arena + buffers, *device_images = device_latents + latent_room;
+    float *device_latents = arena + buffers;
+    float *device_images =
+        device_latents + round_up((size_t)chunk * latent_floats, VAE_DEVICE_ALIGN_FLOATS);
     int failed = 0;
     for (int first = 0; first < batch && !failed; first += chunk) {
         int count = batch - first < chunk ? batch - first : chunk;
@@ -760,24 +769,25 @@ fpdm_status vae_decode_in_chunks(fpdm_context *ctx, const fpdm_vae *vae, int bat
     if (!ctx->be)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "the context has no device (its creation failed)");
     if (ctx->device_index != vae->device_index) return device_mismatch(ctx, vae);
+    size_t latent_floats = (size_t)vae->info.latent_channels * latent_size * latent_size;
+    size_t image_size = (size_t)latent_size * vae->info.upscale;
+    size_t image_floats = (size_t)vae->info.image_channels * image_size * image_size;
 #ifdef FPDM_HAVE_CUDNN
     if (vae->device_index >= 0)
-        return decode_on_device(ctx, vae, batch, latent_size, latents, images, chunk_bytes);
+        return decode_on_device(ctx, vae, batch, latent_size, latents, images, latent_floats,
+                                image_floats, chunk_bytes);
 #endif
 
     vae_ops ops;
     vae_ops_cpu_init(&ops, ctx->params.num_threads);
     int chunk = chunk_images(vae, &ops, latent_size, batch,
                              chunk_bytes ? chunk_bytes : VAE_CPU_CHUNK_BYTES);
-    vae_plan plan = plan_decode(vae, &ops, latent_size, chunk);
-    float *arena = context_arena(ctx, place_buffers(NULL, &plan, 1, NULL));
+    vae_plan plan;
+    size_t buffers;
+    float *arena = reserve_arena(ctx, vae, &ops, latent_size, 1, 0, 0, &chunk, &plan, &buffers);
     if (!arena) return FPDM_ERR_OUT_OF_MEMORY;
     vae_buffers buf;
     place_buffers(arena, &plan, 1, &buf);
-
-    size_t latent_floats = (size_t)vae->info.latent_channels * latent_size * latent_size;
-    size_t image_size = (size_t)latent_size * vae->info.upscale;
-    size_t image_floats = (size_t)vae->info.image_channels * image_size * image_size;
     for (int first = 0; first < batch; first += chunk) {
         int count = batch - first < chunk ? batch - first : chunk;
         decode_chunk(&ops, vae, &buf, count, latent_size, latents + first * latent_floats,
