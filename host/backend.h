@@ -43,6 +43,12 @@ typedef enum backend_dtype {
 /* Bytes per element of a dtype. */
 static inline size_t backend_dtype_bytes(backend_dtype type) { return type == BACKEND_F32 ? 4 : 2; }
 
+/* Floats (the unit of alloc, upload and download) that hold n elements of a
+ * dtype: 16-bit elements travel in pairs. */
+static inline size_t backend_dtype_floats(backend_dtype type, size_t n) {
+    return (n * backend_dtype_bytes(type) + sizeof(float) - 1) / sizeof(float);
+}
+
 /* Where linear's result goes: a float32 buffer, or an operand buffer (then
  * the bias is added in the operand type, as a 16-bit framework would). */
 typedef enum backend_output {

@@ -217,8 +217,7 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
     model->device_index = ctx->device_index;
     weight_layout layout = {.file = &file, .operand_type = be->operand_type};
     place_all(&layout, model);
-    /* 16-bit elements travel in pairs, as floats. */
-    size_t operand_floats = (layout.operand_used + 1) / 2;
+    size_t operand_floats = backend_dtype_floats(layout.operand_type, layout.operand_used);
     model->weight_bytes = (layout.used + operand_floats) * sizeof(float);
     float *host = malloc(layout.used * sizeof(float));
     uint16_t *operand_host = operand_floats ? calloc(operand_floats, 2 * sizeof(uint16_t)) : NULL;

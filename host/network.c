@@ -24,30 +24,27 @@ typedef struct layout_sizes {
 static layout_sizes sizes_for(const fpdm_context *ctx, const model_config *cfg, int batch) {
     size_t b = (size_t)batch, t = (size_t)cfg->num_tokens, d = (size_t)cfg->hidden_size;
     size_t pp = (size_t)cfg->patch_size * cfg->patch_size;
-    size_t operand_bytes = backend_dtype_bytes(ctx->be->operand_type);
-    /* Floats that hold n operand elements. */
-#define OPERAND_FLOATS(n) (((n) * operand_bytes + sizeof(float) - 1) / sizeof(float))
+    backend_dtype operand = ctx->be->operand_type;
     layout_sizes s;
     s.image_in = b * cfg->in_channels * cfg->input_size * cfg->input_size;
     s.image_out = b * cfg->out_channels * cfg->input_size * cfg->input_size;
     s.hidden = b * t * d;
     s.state = cfg->fixed_point ? b * t * d : 0;
     /* An operand [B, T, D], or fc2's float32 output. */
-    s.normed = max_size(OPERAND_FLOATS(b * t * d), b * t * d);
+    s.normed = max_size(backend_dtype_floats(operand, b * t * d), b * t * d);
     /* qkv, proj's float32 output, the MLP hidden layer, the patches, the
      * final layer's output, the solve's pre-projection (see network_layout). */
     size_t work_operand_cols = max_size(max_size(3 * d, (size_t)cfg->mlp_hidden),
                                         max_size(2 * d, pp * cfg->in_channels));
-    s.work = max_size(OPERAND_FLOATS(b * t * work_operand_cols),
+    s.work = max_size(backend_dtype_floats(operand, b * t * work_operand_cols),
                       b * t * max_size(d, pp * cfg->out_channels));
-    s.injection = cfg->fixed_point ? OPERAND_FLOATS(b * t * 2 * d) : 0;
-    s.freq = OPERAND_FLOATS(b * 256);
-    s.operand_vec = OPERAND_FLOATS(b * d);
+    s.injection = cfg->fixed_point ? backend_dtype_floats(operand, b * t * 2 * d) : 0;
+    s.freq = backend_dtype_floats(operand, b * 256);
+    s.operand_vec = backend_dtype_floats(operand, b * d);
     s.vec = b * d;
     s.modulation = b * 6 * d;
     s.scratch = ctx->be->attention_scratch_floats(ctx->be, batch, cfg->num_tokens, cfg->num_heads,
                                                   cfg->head_dim);
-#undef OPERAND_FLOATS
     return s;
 }
 

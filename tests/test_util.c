@@ -88,12 +88,9 @@ float test_operand_value(float value, backend_dtype type) {
     return type == BACKEND_F32 ? value : from_16bit(test_to_16bit(value, type), type);
 }
 
-/* 16-bit elements travel in pairs, as floats. */
-static size_t packed_floats(size_t n) { return (n + 1) / 2; }
-
 float *test_upload_operand(backend *be, float *values, size_t n) {
     backend_dtype type = be->operand_type;
-    size_t floats = type == BACKEND_F32 ? n : packed_floats(n);
+    size_t floats = backend_dtype_floats(type, n);
     float *device = be->alloc(be, floats ? floats : 1);
     CHECK_MSG(device != NULL, "cannot allocate %zu operands", n);
     if (!device) return NULL;
@@ -114,8 +111,9 @@ float *test_upload_operand(backend *be, float *values, size_t n) {
 int test_download_operand(backend *be, float *values, const float *device, size_t n) {
     backend_dtype type = be->operand_type;
     if (type == BACKEND_F32) return be->download(be, values, device, n);
-    uint16_t *packed = calloc(2 * packed_floats(n) + 2, sizeof(uint16_t));
-    int status = be->download(be, (float *)packed, device, packed_floats(n));
+    size_t floats = backend_dtype_floats(type, n);
+    uint16_t *packed = calloc(2 * floats + 2, sizeof(uint16_t));
+    int status = be->download(be, (float *)packed, device, floats);
     for (size_t i = 0; i < n; i++) values[i] = from_16bit(packed[i], type);
     free(packed);
     return status;
