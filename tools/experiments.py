@@ -21,7 +21,6 @@ from the same noise everywhere. Outputs: the results JSON
 and the figure (docs/experiments.png).
 """
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -35,6 +34,8 @@ import numpy as np
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(TOOLS_DIR)
 sys.path.insert(0, TOOLS_DIR)
+import mnist  # noqa: E402
+import safetensors_io  # noqa: E402
 
 NUM_CLASSES = 10
 # The low-compute end of the plan: this many DDPM steps, where one step must
@@ -105,25 +106,16 @@ def plan(quick, full):
 
 # ---- running the sampler -------------------------------------------------------
 
-def model_metadata(path):
-    with open(path, "rb") as source:
-        header_size = int.from_bytes(source.read(8), "little")
-        header = json.loads(source.read(header_size))
-    return header.get("__metadata__", {})
-
-
 def model_info(args, path):
     """Architecture, block counts and parameter count (from fpdm-sample
     --verbose) of a model file."""
-    meta = model_metadata(path)
+    meta = safetensors_io.read_metadata(path)
     probe_dir = os.path.join(args.work, "probe")
     command = [args.sampler, "-m", path, "-n", "1", "--steps", "1", "--out", probe_dir, "--overwrite",
                "--device", args.device, "--verbose"]
     text = subprocess.run(command, capture_output=True, text=True, check=True).stderr
     match = PARAMETERS_LINE.search(text)
-    with open(path, "rb") as source:
-        digest = hashlib.sha256(source.read()).hexdigest()
-    info = {"path": path, "sha256": digest, "architecture": meta.get("fpdm.architecture"),
+    info = {"path": path, "sha256": mnist.sha256_file(path), "architecture": meta.get("fpdm.architecture"),
             "parameters": int(match.group(1)) if match else None,
             "training_steps": meta.get("training.steps"),
             "training_command": meta.get("training.command")}
@@ -162,7 +154,6 @@ class Scorer:
     def __init__(self, data_dir):
         import torch
         import eval as evaluation
-        import mnist
         torch.set_num_threads(1)
         self.evaluation = evaluation
         self.classifier, _ = evaluation.load_classifier(evaluation.DEFAULT_CLASSIFIER)

@@ -109,10 +109,19 @@ def read(path):
     return tensors, metadata
 
 
-def read_dtypes(path):
-    """The stored dtype name of each tensor (e.g. to check what a writer chose)."""
+def _read_header(path):
     with open(path, "rb") as source:
         (header_size,) = struct.unpack("<Q", source.read(8))
-        header = json.loads(source.read(header_size).decode("utf-8"))
+        return json.loads(source.read(header_size).decode("utf-8"))
+
+
+def read_metadata(path):
+    """The file's "__metadata__" strings, without reading the tensors."""
+    return _read_header(path).get("__metadata__") or {}
+
+
+def read_dtypes(path):
+    """The stored dtype name of each tensor (e.g. to check what a writer chose)."""
+    header = _read_header(path)
     header.pop("__metadata__", None)
     return {name: info["dtype"] for name, info in header.items()}
