@@ -320,7 +320,7 @@ def main():
         net, loaded_cfg = reference.load_model(args.init_from)
         if loaded_cfg != cfg:
             raise SystemExit(f"{args.init_from}: config {loaded_cfg} is not the {args.architecture} config {cfg}")
-        _, init_metadata = safetensors_io.read(args.init_from)
+        init_metadata = safetensors_io.read_metadata(args.init_from)
     else:
         net = reference.Net(cfg)
         initialize_like_official(net)

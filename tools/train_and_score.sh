@@ -87,7 +87,7 @@ for arch in ("fpdm", "dit"):
     if not os.path.exists(path):
         print(f"{arch:<6} (no model)")
         continue
-    _, meta = safetensors_io.read(path)
+    meta = safetensors_io.read_metadata(path)
     score = json.load(open(score_path)) if os.path.exists(score_path) else {}
     accuracy = score.get("class_accuracy")
     print(f"{arch:<6} {meta.get('training.steps', '-'):>7} {meta.get('training.wall_seconds', '-'):>7}"
