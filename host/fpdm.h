@@ -326,6 +326,16 @@ FPDM_API const fpdm_vae_info *fpdm_vae_get_info(const fpdm_vae *vae);
 FPDM_API fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch,
                                      int latent_size, const float *latents, float *images);
 
+/* Gets ctx ready to decode `batch` latents of latent_size a side with this
+ * VAE: the arena grows now to what that fpdm_vae_decode will use (it never
+ * shrinks, so the larger of this and the sampler's need is kept) and, on a
+ * GPU, the convolution algorithms of its shapes are chosen. A program that
+ * samples and then decodes calls it before sampling, so that a shortage of
+ * memory shows before a long run rather than after it, and nothing is
+ * allocated between batches. Optional: a decode does the same on its own. */
+FPDM_API fpdm_status fpdm_vae_prepare(fpdm_context *ctx, const fpdm_vae *vae, int batch,
+                                      int latent_size);
+
 #ifdef __cplusplus
 }
 #endif

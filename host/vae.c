@@ -672,21 +672,36 @@ static void decode_chunk(const vae_ops *ops, const fpdm_vae *vae, const vae_buff
     run_conv(ops, &vae->conv_out, images, buf->a, NULL, batch, size, buf->scratch);
 }
 
-static fpdm_status device_mismatch(fpdm_context *ctx, const fpdm_vae *vae) {
+static fpdm_status device_mismatch(fpdm_context *ctx, const fpdm_vae *vae, const char *who) {
     if (vae->device_index < 0) {
 #ifdef FPDM_HAVE_CUDNN
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
-                            "fpdm_vae_decode: the VAE was loaded on a CPU context; load it on this "
-                            "context (%s) to decode there", ctx->device_name);
+                            "%s: the VAE was loaded on a CPU context; load it on this context (%s) "
+                            "to decode there", who, ctx->device_name);
 #else
         return context_fail(ctx, FPDM_ERR_UNSUPPORTED,
-                            "fpdm_vae_decode: this build has no cuDNN, so the VAE decoder runs on "
-                            "CPU contexts only (this one is %s)", ctx->device_name);
+                            "%s: this build has no cuDNN, so the VAE decoder runs on CPU contexts "
+                            "only (this one is %s)", who, ctx->device_name);
 #endif
     }
     return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
-                        "fpdm_vae_decode: the VAE was loaded on cuda:%d, not on this context's "
-                        "device (%s)", vae->device_index, ctx->device_name);
+                        "%s: the VAE was loaded on cuda:%d, not on this context's device (%s)",
+                        who, vae->device_index, ctx->device_name);
+}
+
+/* The checks fpdm_vae_decode and fpdm_vae_prepare (`who`) make of a request
+ * to decode `batch` latents of latent_size a side on ctx (not NULL). */
+static fpdm_status check_request(fpdm_context *ctx, const fpdm_vae *vae, int batch,
+                                 int latent_size, const char *who) {
+    if (!vae) return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "%s: vae is required", who);
+    if (batch < 1 || latent_size < 1 || latent_size > VAE_MAX_IMAGE_SIZE / vae->info.upscale)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "%s: batch %d and latent size %d must be >= 1, with images of at most "
+                            "%d pixels a side", who, batch, latent_size, VAE_MAX_IMAGE_SIZE);
+    if (!ctx->be)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "the context has no device (its creation failed)");
+    if (ctx->device_index != vae->device_index) return device_mismatch(ctx, vae, who);
+    return FPDM_OK;
 }
 
 /* The arena for decoding *chunk images at a time: the buffers, then room to
@@ -710,93 +725,177 @@ static float *reserve_arena(fpdm_context *ctx, const fpdm_vae *vae, const vae_op
     }
 }
 
-#ifdef FPDM_HAVE_CUDNN
-/* Each chunk of latents goes up into the arena, is decoded there, and its
- * images come back down (the download waits for the decode). */
-static fpdm_status decode_on_device(fpdm_context *ctx, const fpdm_vae *vae, int batch,
-                                    int latent_size, const float *latents, float *images,
-                                    size_t latent_floats, size_t image_floats, size_t chunk_bytes) {
-    const vae_ops *ops = &vae->device_ops;
-    backend *be = ctx->be;
-    char err[512];
-    if (ops->begin(ops, be, err, sizeof err) != 0)
-        return context_fail(ctx, FPDM_ERR_DEVICE, "%s: VAE decoder: %s", ctx->device_name, err);
-    int chunk = chunk_images(vae, ops, latent_size, batch,
-                             chunk_bytes ? chunk_bytes : VAE_DEVICE_CHUNK_BYTES);
+/* One decode's operations and memory: `chunk` images at a time in buffers
+ * laid out in the context's arena and, on a device, room after them where
+ * latents go up and images come down. */
+typedef struct decode_setup {
+    vae_ops cpu_ops;           /* the CPU's table, built per decode */
+    const vae_ops *ops;        /* cpu_ops, or the VAE's device table, bound until finish_decode */
+    int on_device;
+    int chunk;
+    vae_buffers buf;
+    float *device_latents, *device_images;
+    size_t latent_floats, image_floats; /* per image */
+} decode_setup;
+
+static void finish_decode(const decode_setup *ds) {
+    if (ds->ops->end) ds->ops->end(ds->ops);
+}
+
+/* Binds the operations and reserves the arena for a checked request
+ * (chunk_bytes 0: the device's default bound). On FPDM_OK the caller ends
+ * with finish_decode. */
+static fpdm_status setup_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch,
+                                int latent_size, size_t chunk_bytes, decode_setup *ds) {
+    memset(ds, 0, sizeof *ds);
+    ds->latent_floats = (size_t)vae->info.latent_channels * latent_size * latent_size;
+    size_t image_size = (size_t)latent_size * vae->info.upscale;
+    ds->image_floats = (size_t)vae->info.image_channels * image_size * image_size;
+    ds->on_device = vae->device_index >= 0;
+    size_t align = 1, staged_latent = 0, staged_image = 0;
+    size_t default_chunk_bytes = VAE_CPU_CHUNK_BYTES;
+    if (ds->on_device) {
+        char err[512];
+        ds->ops = &vae->device_ops;
+        if (ds->ops->begin(ds->ops, ctx->be, err, sizeof err) != 0)
+            return context_fail(ctx, FPDM_ERR_DEVICE, "%s: VAE decoder: %s", ctx->device_name, err);
+        align = VAE_DEVICE_ALIGN_FLOATS;
+        staged_latent = ds->latent_floats;
+        staged_image = ds->image_floats;
+        default_chunk_bytes = VAE_DEVICE_CHUNK_BYTES;
+    } else {
+        vae_ops_cpu_init(&ds->cpu_ops, ctx->params.num_threads);
+        ds->ops = &ds->cpu_ops;
+    }
+    ds->chunk = chunk_images(vae, ds->ops, latent_size, batch,
+                             chunk_bytes ? chunk_bytes : default_chunk_bytes);
     vae_plan plan;
     size_t buffers;
-    float *arena = reserve_arena(ctx, vae, ops, latent_size, VAE_DEVICE_ALIGN_FLOATS,
-                                 latent_floats, image_floats, &chunk, &plan, &buffers);
+    float *arena = reserve_arena(ctx, vae, ds->ops, latent_size, align, staged_latent,
+                                 staged_image, &ds->chunk, &plan, &buffers);
     if (!arena) {
-        ops->end(ops);
+        finish_decode(ds);
         return FPDM_ERR_OUT_OF_MEMORY;
     }
-    vae_buffers buf;
-    place_buffers(arena, &plan, VAE_DEVICE_ALIGN_FLOATS, &buf);
-    float *device_latents = arena + buffers;
-    float *device_images =
-        device_latents + round_up((size_t)chunk * latent_floats, VAE_DEVICE_ALIGN_FLOATS);
-    int failed = 0;
-    for (int first = 0; first < batch && !failed; first += chunk) {
-        int count = batch - first < chunk ? batch - first : chunk;
-        failed = be->upload(be, device_latents, latents + first * latent_floats,
-                            (size_t)count * latent_floats) != 0;
-        if (!failed) {
-            decode_chunk(ops, vae, &buf, count, latent_size, device_latents, device_images);
-            failed = be->download(be, images + first * image_floats, device_images,
-                                  (size_t)count * image_floats) != 0;
-        }
-    }
-    ops->end(ops);
-    if (failed)
-        return context_fail(ctx, FPDM_ERR_DEVICE, "%s: VAE decode failed: %s", ctx->device_name,
-                            backend_cuda_error(be));
+    place_buffers(arena, &plan, align, &ds->buf);
+    ds->device_latents = arena + buffers;
+    ds->device_images = ds->device_latents + round_up((size_t)ds->chunk * staged_latent, align);
     return FPDM_OK;
 }
+
+/* Operations that only get ready: convolutions choose their algorithms
+ * (prepare_conv2d), the rest do nothing. decode_chunk run over this table
+ * readies every shape a decode will meet, without touching memory. */
+static void prepare_only_conv2d(const vae_ops *ops, float *out, const float *in,
+                                const float *weight, const float *bias, const float *residual,
+                                int batch, int in_channels, int out_channels, int height,
+                                int width, int kernel, float *scratch) {
+    (void)out, (void)in, (void)weight, (void)bias, (void)residual, (void)scratch;
+    ops->prepare_conv2d(ops, batch, in_channels, out_channels, height, width, kernel);
+}
+
+static void prepare_only_group_norm(const vae_ops *ops, float *out, const float *in,
+                                    const float *gamma, const float *beta, int batch,
+                                    int channels, int pixels, int groups, float eps, int silu) {
+    (void)ops, (void)out, (void)in, (void)gamma, (void)beta, (void)batch, (void)channels;
+    (void)pixels, (void)groups, (void)eps, (void)silu;
+}
+
+static void prepare_only_upsample(const vae_ops *ops, float *out, const float *in, int planes,
+                                  int height, int width) {
+    (void)ops, (void)out, (void)in, (void)planes, (void)height, (void)width;
+}
+
+static void prepare_only_attention(const vae_ops *ops, float *out, const float *q,
+                                   const float *k, const float *v, int batch, int channels,
+                                   int tokens, float *scratch) {
+    (void)ops, (void)out, (void)q, (void)k, (void)v, (void)batch, (void)channels, (void)tokens;
+    (void)scratch;
+}
+
+/* Readies the shapes of a whole decode of `batch` images: a full chunk and
+ * the remainder. */
+static void prepare_shapes(const decode_setup *ds, const fpdm_vae *vae, int batch,
+                           int latent_size) {
+    if (!ds->ops->prepare_conv2d) return;
+    vae_ops preparer = *ds->ops;
+    preparer.conv2d = prepare_only_conv2d;
+    preparer.group_norm = prepare_only_group_norm;
+    preparer.upsample_nearest2x = prepare_only_upsample;
+    preparer.attention = prepare_only_attention;
+    decode_chunk(&preparer, vae, &ds->buf, ds->chunk, latent_size, ds->device_latents,
+                 ds->device_images);
+    if (batch % ds->chunk)
+        decode_chunk(&preparer, vae, &ds->buf, batch % ds->chunk, latent_size,
+                     ds->device_latents, ds->device_images);
+}
+
+/* Decodes on the device: each chunk of latents goes up into the arena, is
+ * decoded there, and its images come back down (the download waits). */
+static int decode_on_device(fpdm_context *ctx, const fpdm_vae *vae, const decode_setup *ds,
+                            int batch, int latent_size, const float *latents, float *images) {
+    backend *be = ctx->be;
+    for (int first = 0; first < batch; first += ds->chunk) {
+        int count = batch - first < ds->chunk ? batch - first : ds->chunk;
+        if (be->upload(be, ds->device_latents, latents + first * ds->latent_floats,
+                       (size_t)count * ds->latent_floats) != 0)
+            return -1;
+        decode_chunk(ds->ops, vae, &ds->buf, count, latent_size, ds->device_latents,
+                     ds->device_images);
+        if (be->download(be, images + first * ds->image_floats, ds->device_images,
+                         (size_t)count * ds->image_floats) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static fpdm_status device_failure(fpdm_context *ctx, const char *what) {
+#ifdef FPDM_HAVE_CUDNN
+    return context_fail(ctx, FPDM_ERR_DEVICE, "%s: %s failed: %s", ctx->device_name, what,
+                        backend_cuda_error(ctx->be));
+#else
+    return context_fail(ctx, FPDM_ERR_DEVICE, "%s: %s failed", ctx->device_name, what);
 #endif
+}
 
 fpdm_status vae_decode_in_chunks(fpdm_context *ctx, const fpdm_vae *vae, int batch,
                                  int latent_size, const float *latents, float *images,
                                  size_t chunk_bytes) {
     if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
-    if (!vae || !latents || !images)
+    if (!latents || !images)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
-                            "fpdm_vae_decode: vae, latents and images are required");
-    if (batch < 1 || latent_size < 1 || latent_size > VAE_MAX_IMAGE_SIZE / vae->info.upscale)
-        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
-                            "fpdm_vae_decode: batch %d and latent size %d must be >= 1, with images "
-                            "of at most %d pixels a side", batch, latent_size, VAE_MAX_IMAGE_SIZE);
-    if (!ctx->be)
-        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "the context has no device (its creation failed)");
-    if (ctx->device_index != vae->device_index) return device_mismatch(ctx, vae);
-    size_t latent_floats = (size_t)vae->info.latent_channels * latent_size * latent_size;
-    size_t image_size = (size_t)latent_size * vae->info.upscale;
-    size_t image_floats = (size_t)vae->info.image_channels * image_size * image_size;
-#ifdef FPDM_HAVE_CUDNN
-    if (vae->device_index >= 0)
-        return decode_on_device(ctx, vae, batch, latent_size, latents, images, latent_floats,
-                                image_floats, chunk_bytes);
-#endif
-
-    vae_ops ops;
-    vae_ops_cpu_init(&ops, ctx->params.num_threads);
-    int chunk = chunk_images(vae, &ops, latent_size, batch,
-                             chunk_bytes ? chunk_bytes : VAE_CPU_CHUNK_BYTES);
-    vae_plan plan;
-    size_t buffers;
-    float *arena = reserve_arena(ctx, vae, &ops, latent_size, 1, 0, 0, &chunk, &plan, &buffers);
-    if (!arena) return FPDM_ERR_OUT_OF_MEMORY;
-    vae_buffers buf;
-    place_buffers(arena, &plan, 1, &buf);
-    for (int first = 0; first < batch; first += chunk) {
-        int count = batch - first < chunk ? batch - first : chunk;
-        decode_chunk(&ops, vae, &buf, count, latent_size, latents + first * latent_floats,
-                     images + first * image_floats);
+                            "fpdm_vae_decode: latents and images are required");
+    fpdm_status status = check_request(ctx, vae, batch, latent_size, "fpdm_vae_decode");
+    decode_setup ds;
+    if (status == FPDM_OK) status = setup_decode(ctx, vae, batch, latent_size, chunk_bytes, &ds);
+    if (status != FPDM_OK) return status;
+    int failed = 0;
+    if (ds.on_device) {
+        failed = decode_on_device(ctx, vae, &ds, batch, latent_size, latents, images);
+    } else {
+        for (int first = 0; first < batch; first += ds.chunk) {
+            int count = batch - first < ds.chunk ? batch - first : ds.chunk;
+            decode_chunk(ds.ops, vae, &ds.buf, count, latent_size,
+                         latents + first * ds.latent_floats, images + first * ds.image_floats);
+        }
     }
-    return FPDM_OK;
+    finish_decode(&ds);
+    return failed ? device_failure(ctx, "VAE decode") : FPDM_OK;
 }
 
 fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch, int latent_size,
                             const float *latents, float *images) {
     return vae_decode_in_chunks(ctx, vae, batch, latent_size, latents, images, 0);
+}
+
+fpdm_status fpdm_vae_prepare(fpdm_context *ctx, const fpdm_vae *vae, int batch, int latent_size) {
+    if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
+    fpdm_status status = check_request(ctx, vae, batch, latent_size, "fpdm_vae_prepare");
+    decode_setup ds;
+    if (status == FPDM_OK) status = setup_decode(ctx, vae, batch, latent_size, 0, &ds);
+    if (status != FPDM_OK) return status;
+    prepare_shapes(&ds, vae, batch, latent_size);
+    int failed = ds.on_device && ctx->be->synchronize(ctx->be) != 0;
+    finish_decode(&ds);
+    return failed ? device_failure(ctx, "VAE preparation") : FPDM_OK;
 }

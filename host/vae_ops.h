@@ -55,6 +55,13 @@ struct vae_ops {
     void (*attention)(const vae_ops *ops, float *out, const float *q, const float *k,
                       const float *v, int batch, int channels, int tokens, float *scratch);
 
+    /* Optional (NULL where conv2d has nothing to choose, as on the CPU):
+     * chooses and keeps what conv2d will use for these sizes (on CUDA, the
+     * cuDNN algorithm) without running anything, so fpdm_vae_prepare can do
+     * it before a decode. Failures are recorded like conv2d's. */
+    void (*prepare_conv2d)(const vae_ops *ops, int batch, int in_channels, int out_channels,
+                           int height, int width, int kernel);
+
     /* Optional (NULL on the CPU, whose table is built per decode). A decode
      * runs its operations between begin and end: begin binds the table to
      * the backend of the decoding context (its stream, where failures are

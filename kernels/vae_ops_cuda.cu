@@ -10,7 +10,8 @@
  *              shape (batch included) is chosen once by
  *              cudnnGetConvolutionForwardAlgorithm_v7
  *              (fastest first) among those whose workspace fits the scratch
- *              conv2d_scratch_floats promised, and cached.
+ *              conv2d_scratch_floats promised, and cached; fpdm_vae_prepare
+ *              chooses them before a decode (prepare_conv2d).
  *   group_norm three kernels: the group sums, then the sums of squared
  *              deviations from the mean (both accumulated in double, as the
  *              CPU does), then the affine map and SiLU; every group of every
@@ -200,6 +201,17 @@ static const conv_algo *conv_algo_for(vae_cuda *vc, cuda_backend *cb, int batch,
               tensor_ops ? "" : " in float32 (FMA)", batch, in_channels, out_channels, height,
               width, kernel, budget >> 20);
     return NULL;
+}
+
+static void cuda_vae_prepare_conv2d(const vae_ops *ops, int batch, int in_channels,
+                                    int out_channels, int height, int width, int kernel) {
+    vae_cuda *vc = vae_cuda_of(ops);
+    cuda_backend *cb = vc->bound;
+    if (!cuda_enter(cb) ||
+        set_conv_descriptors(vc, cb, batch, in_channels, out_channels, height, width, kernel))
+        return;
+    conv_algo_for(vc, cb, batch, in_channels, out_channels, height, width, kernel,
+                  cb->precision != FPDM_PRECISION_FP32);
 }
 
 static void cuda_vae_conv2d(const vae_ops *ops, float *out, const float *in, const float *weight,
@@ -499,6 +511,7 @@ extern "C" int vae_ops_cuda_init(vae_ops *ops, backend *be, char *err, size_t er
     ops->impl = vc;
     ops->conv2d_scratch_floats = cuda_vae_conv2d_scratch_floats;
     ops->conv2d = cuda_vae_conv2d;
+    ops->prepare_conv2d = cuda_vae_prepare_conv2d;
     ops->group_norm = cuda_vae_group_norm;
     ops->upsample_nearest2x = cuda_vae_upsample_nearest2x;
     ops->attention_scratch_floats = cuda_vae_attention_scratch_floats;

@@ -344,6 +344,71 @@ static void test_golden(fpdm_context *ctx, const char *dir) {
     safetensors_close(&io);
 }
 
+static size_t arena_bytes(fpdm_context *ctx) {
+    fpdm_memory_info memory;
+    CHECK(fpdm_context_memory(ctx, &memory) == FPDM_OK);
+    return memory.arena_bytes;
+}
+
+/* fpdm_vae_prepare reserves what the decode of the same size will use, no
+ * less (the decode then allocates nothing) and no more (a context that only
+ * decodes ends with the same arena), never shrinks the arena, and refuses
+ * what fpdm_vae_decode refuses, naming itself. */
+static void test_prepare(void) {
+    fpdm_context_params params = fpdm_context_default_params();
+    fpdm_context *prepared = NULL, *plain = NULL;
+    fpdm_vae *vae = NULL, *plain_vae = NULL;
+    CHECK(fpdm_context_create(&params, &prepared) == FPDM_OK);
+    CHECK(fpdm_context_create(&params, &plain) == FPDM_OK);
+    CHECK(prepared && fpdm_vae_load(prepared, GOLDEN_WEIGHTS, &vae) == FPDM_OK);
+    CHECK(plain && fpdm_vae_load(plain, GOLDEN_WEIGHTS, &plain_vae) == FPDM_OK);
+    if (!vae || !plain_vae) goto done;
+
+    const int batch = 3, latent_size = 8;
+    const size_t latent_floats = (size_t)batch * 4 * latent_size * latent_size;
+    const size_t image_floats = (size_t)batch * 3 * (4 * latent_size) * (4 * latent_size);
+    float *latents = malloc(latent_floats * sizeof(float));
+    float *images = malloc(image_floats * sizeof(float));
+    if (!latents || !images) {
+        CHECK_MSG(0, "out of memory");
+        free(latents);
+        free(images);
+        goto done;
+    }
+    for (size_t i = 0; i < latent_floats; i++) latents[i] = (float)((int)(i % 7) - 3) * 0.25f;
+
+    CHECK(arena_bytes(prepared) == 0);
+    CHECK_MSG(fpdm_vae_prepare(prepared, vae, batch, latent_size) == FPDM_OK, "%s",
+              fpdm_last_error(prepared));
+    size_t reserved = arena_bytes(prepared);
+    CHECK(reserved > 0);
+    CHECK(fpdm_vae_decode(prepared, vae, batch, latent_size, latents, images) == FPDM_OK);
+    CHECK_MSG(arena_bytes(prepared) == reserved, "the decode grew the prepared arena: %zu -> %zu",
+              reserved, arena_bytes(prepared));
+    CHECK(fpdm_vae_decode(plain, plain_vae, batch, latent_size, latents, images) == FPDM_OK);
+    CHECK_MSG(arena_bytes(plain) == reserved, "prepare reserved %zu bytes, a decode uses %zu",
+              reserved, arena_bytes(plain));
+    CHECK(fpdm_vae_prepare(prepared, vae, 1, latent_size) == FPDM_OK);
+    CHECK(arena_bytes(prepared) == reserved);
+    CHECK(fpdm_vae_prepare(prepared, vae, batch, 2 * latent_size) == FPDM_OK);
+    CHECK(arena_bytes(prepared) > reserved);
+
+    CHECK(fpdm_vae_prepare(prepared, NULL, batch, latent_size) == FPDM_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(fpdm_last_error(prepared), "fpdm_vae_prepare") != NULL);
+    CHECK(fpdm_vae_prepare(prepared, vae, 0, latent_size) == FPDM_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(fpdm_last_error(prepared), "batch 0") != NULL);
+    CHECK(fpdm_vae_prepare(prepared, vae, batch, 0) == FPDM_ERR_INVALID_ARGUMENT);
+    CHECK(fpdm_vae_prepare(prepared, vae, batch, 100000) == FPDM_ERR_INVALID_ARGUMENT);
+    CHECK(fpdm_vae_prepare(NULL, vae, batch, latent_size) == FPDM_ERR_INVALID_ARGUMENT);
+    free(latents);
+    free(images);
+done:
+    fpdm_vae_free(vae);
+    fpdm_vae_free(plain_vae);
+    fpdm_context_free(prepared);
+    fpdm_context_free(plain);
+}
+
 int main(void) {
     fpdm_context_params params = fpdm_context_default_params();
     fpdm_context *ctx = NULL;
@@ -359,6 +424,7 @@ int main(void) {
         return 1;
     }
     test_golden(ctx, dir);
+    test_prepare();
     rmdir(dir);
     fpdm_context_free(ctx);
     return test_finish("test_vae");

@@ -562,22 +562,8 @@ static int write_batch_images(run_state *rs, int start, int count, const float *
     const fpdm_model_info *info = rs->info;
     const float *pixels = latents;
     if (rs->vae) {
-        fpdm_status status =
-            fpdm_vae_decode(rs->vae_ctx, rs->vae, count, info->input_size, latents, images);
-        /* A CUDA build without cuDNN keeps the VAE in host memory for CPU
-         * contexts: decode there from now on. */
-        if (status == FPDM_ERR_UNSUPPORTED && rs->vae_ctx == rs->ctx) {
-            fpdm_context_params cp = fpdm_context_default_params();
-            cp.num_threads = rs->opt->threads;
-            if (fpdm_context_create(&cp, &rs->vae_ctx) != FPDM_OK) {
-                fprintf(stderr, PROGRAM ": cannot open a CPU context for the VAE\n");
-                return EXIT_RUNTIME;
-            }
-            if (!rs->opt->quiet)
-                fprintf(stderr, PROGRAM ": note: the VAE decodes on the CPU\n");
-            status = fpdm_vae_decode(rs->vae_ctx, rs->vae, count, info->input_size, latents, images);
-        }
-        if (status != FPDM_OK) {
+        if (fpdm_vae_decode(rs->vae_ctx, rs->vae, count, info->input_size, latents, images) !=
+            FPDM_OK) {
             fprintf(stderr, PROGRAM ": VAE decoding failed: %s\n", fpdm_last_error(rs->vae_ctx));
             return EXIT_RUNTIME;
         }
@@ -764,6 +750,32 @@ static int write_run_outputs(const run_state *rs, const fpdm_sample_params *sp, 
     return 0;
 }
 
+/* Readies the decoder for a whole batch before any sampling, so a device
+ * short of memory for it says so now and not after the first batch. A CUDA
+ * build without cuDNN keeps the VAE in host memory for CPU contexts: it
+ * decodes on one of those. Returns 0 or EXIT_RUNTIME after printing why. */
+static int prepare_vae(run_state *rs)
+{
+    fpdm_status status =
+        fpdm_vae_prepare(rs->vae_ctx, rs->vae, rs->opt->batch_size, rs->info->input_size);
+    if (status == FPDM_ERR_UNSUPPORTED && rs->vae_ctx == rs->ctx) {
+        fpdm_context_params cp = fpdm_context_default_params();
+        cp.num_threads = rs->opt->threads;
+        if (fpdm_context_create(&cp, &rs->vae_ctx) != FPDM_OK) {
+            fprintf(stderr, PROGRAM ": cannot open a CPU context for the VAE\n");
+            return EXIT_RUNTIME;
+        }
+        if (!rs->opt->quiet)
+            fprintf(stderr, PROGRAM ": note: the VAE decodes on the CPU\n");
+        status = fpdm_vae_prepare(rs->vae_ctx, rs->vae, rs->opt->batch_size, rs->info->input_size);
+    }
+    if (status != FPDM_OK) {
+        fprintf(stderr, PROGRAM ": VAE decoder: %s\n", fpdm_last_error(rs->vae_ctx));
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}
+
 /* Checks the options against the loaded model and fills the sampling
  * parameters. Returns 0 or EXIT_USAGE / EXIT_RUNTIME after printing. */
 static int configure(run_state *rs, fpdm_sample_params *sp)
@@ -878,6 +890,9 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
         }
         rs->image_channels = vae_info->image_channels;
         rs->image_size = info->input_size * vae_info->upscale;
+        int rc = prepare_vae(rs);
+        if (rc != 0)
+            return rc;
     }
     if (rs->write_pngs && rs->image_channels != 1 && rs->image_channels != 3) {
         snprintf(err, sizeof err, "%s has %d channels; PNGs need 1 or 3 (use --latents-out "

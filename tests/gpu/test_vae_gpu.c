@@ -203,6 +203,8 @@ static int test_golden(fpdm_context *cpu, fpdm_context *fp32, fpdm_context *bf16
             CHECK(fpdm_vae_decode(fp32, cpu_vae, batch, latent_size, latents, unused) ==
                   FPDM_ERR_INVALID_ARGUMENT);
             fprintf(stderr, "  cuda context, cpu VAE: %s\n", fpdm_last_error(fp32));
+            CHECK(fpdm_vae_prepare(fp32, cpu_vae, batch, latent_size) == FPDM_ERR_INVALID_ARGUMENT);
+            CHECK(strstr(fpdm_last_error(fp32), "fpdm_vae_prepare") != NULL);
             fpdm_vae_free(cpu_vae);
         }
         CHECK_MSG(count_nan(unused, image_floats) == image_floats, "a refused decode wrote images");
@@ -256,6 +258,40 @@ static void test_sd_size(fpdm_context *cpu, fpdm_context *fp32, fpdm_context *bf
         check_close("SD size 256 px, bf16 vs cpu", bf16_images, cpu_images, image_floats, 2e-2);
     if (cpu_images && fp32_images)
         check_close("SD size 256 px, fp32 vs cpu", fp32_images, cpu_images, image_floats, 1e-3);
+
+    /* fpdm_vae_prepare on a fresh context: the decode after it allocates
+     * nothing and, with algorithms chosen beforehand, agrees all the same. */
+    fpdm_context *fresh = open_context("cuda", FPDM_PRECISION_BF16);
+    fpdm_vae *vae = NULL;
+    if (fresh && fpdm_vae_load(fresh, path, &vae) == FPDM_OK) {
+        fpdm_status status = fpdm_vae_prepare(fresh, vae, 2, SD_LATENT_SIZE);
+        CHECK_MSG(status == FPDM_OK, "prepare: %s", fpdm_last_error(fresh));
+        fpdm_memory_info before, after;
+        CHECK(fpdm_context_memory(fresh, &before) == FPDM_OK && before.arena_bytes > 0);
+        float *pair = malloc(2 * latent_floats * sizeof(float));
+        float *pair_images = nan_filled(2 * image_floats);
+        if (pair && pair_images && status == FPDM_OK) {
+            memcpy(pair, latents, latent_floats * sizeof(float));
+            memcpy(pair + latent_floats, latents, latent_floats * sizeof(float));
+            status = fpdm_vae_decode(fresh, vae, 2, SD_LATENT_SIZE, pair, pair_images);
+            CHECK_MSG(status == FPDM_OK, "decode after prepare: %s", fpdm_last_error(fresh));
+            CHECK(fpdm_context_memory(fresh, &after) == FPDM_OK);
+            CHECK_MSG(after.arena_bytes == before.arena_bytes,
+                      "the decode grew the prepared arena: %zu -> %zu", before.arena_bytes,
+                      after.arena_bytes);
+            if (status == FPDM_OK && cpu_images)
+                for (int i = 0; i < 2; i++)
+                    check_close("SD size 256 px, bf16 after prepare vs cpu",
+                                pair_images + i * image_floats, cpu_images, image_floats, 2e-2);
+        }
+        free(pair);
+        free(pair_images);
+    } else {
+        CHECK_MSG(0, "cannot load the SD decoder for prepare: %s",
+                  fresh ? fpdm_last_error(fresh) : "no context");
+    }
+    fpdm_vae_free(vae);
+    fpdm_context_free(fresh);
     free(cpu_images);
     free(bf16_images);
     free(fp32_images);
