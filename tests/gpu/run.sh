@@ -6,7 +6,7 @@
 # batch 64 with classifier-free guidance (128 rows), bf16 and fp32; the
 # FPDM-XL/2 time against --iters 1,2,4,8 (a straight line: the iterations are
 # replayed CUDA graphs); the SD-VAE decoder (random weights) at 256 and 512 px;
-# and tests/gpu/torch_bench.py on the same shapes. The summary table, printed
+# and tests/gpu/torch_bench.py and torch_vae_bench.py on the same shapes. The summary table, printed
 # last, gives our ms, torch's ms, their ratio, our fraction of the reference
 # matrix product's rate and peak memory. Every step has a timeout and the
 # whole run stops starting steps after RUN_BUDGET_S (default 470 s). Before
@@ -250,29 +250,29 @@ PY
   # The decoder runs on the GPU when the build found cuDNN, else on a CPU
   # context (the bench says which on stderr and in vae_settings.device).
   # Batch 1 against 8: what decoding a sampler's batch together buys.
-  rm -f "$LOGS/vae.txt"
   for vae_batch in 1 8; do
-    if run_step 120 "vae decode, batch $vae_batch" "$BENCH" --mode vae --vae-config sd \
-        --vae-batch "$vae_batch" --vae-latent-sizes 32,64 --device cuda --repeat 2 --warmup 0 \
-        --json > "$LOGS/bench-vae-$vae_batch.json" 2> "$LOGS/bench-vae-$vae_batch.err"; then
-      python3 - "$LOGS/bench-vae-$vae_batch.json" >> "$LOGS/vae.txt" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-s = r["vae_settings"]
-print(f"SD-VAE decoder (random weights) on {s['device']}, batch {s['batch_size']}, min of 2")
-for x in r["vae"]:
-    print(f"  {x['image_size']:>4} px ({x['latent_size']}x{x['latent_size']} latents): "
-          f"{1000 * x['seconds_min']:.1f} ms, {x['images_per_second']:.3f} images/s, "
-          f"arena {x['arena_bytes'] / 2**20:.0f} MB")
-PY
-    else
+    run_step 120 "vae decode, batch $vae_batch" "$BENCH" --mode vae --vae-config sd \
+        --vae-batch "$vae_batch" --vae-latent-sizes 32,64 --device cuda --repeat 3 --warmup 1 \
+        --json > "$LOGS/bench-vae-$vae_batch.json" 2> "$LOGS/bench-vae-$vae_batch.err" || {
       note "VAE timing at batch $vae_batch failed (see $LOGS/bench-vae-$vae_batch.err)"
-      tail -3 "$LOGS/bench-vae-$vae_batch.err"
-    fi
+      tail -3 "$LOGS/bench-vae-$vae_batch.err"; }
   done
 else
   note "fpdm-bench not built: no timings of ours"
 fi
+# The PyTorch VAE decoder: first checked against diffusers' golden output
+# with this machine's torch (its fused-attention path), then timed on the
+# same shapes as ours.
+: > "$LOGS/torch_vae.jsonl"
+run_step 60 "reference VAE check" python3 "$ROOT/tests/test_reference_vae.py" "$BUILD" \
+  > "$LOGS/reference-vae.log" 2>&1 || note "tests/test_reference_vae.py FAILED or skipped (see $LOGS/reference-vae.log)"
+for vae_batch in 1 8; do
+  for dtype in bf16 fp32; do
+    run_step 100 "torch_vae_bench $vae_batch $dtype" python3 "$ROOT/tests/gpu/torch_vae_bench.py" \
+      --batch "$vae_batch" --latent-sizes 32,64 --dtype "$dtype" --json "$LOGS/torch_vae.jsonl" \
+      >> "$LOGS/torch.log" 2>&1 || note "torch_vae_bench $vae_batch $dtype did not run (see $LOGS/torch.log)"
+  done
+done
 for config in $BENCH_CONFIGS; do
   for dtype in bf16 fp32; do
     run_step 100 "torch_bench $config $dtype" python3 "$ROOT/tests/gpu/torch_bench.py" \
@@ -352,7 +352,41 @@ for key in sorted(set(ours) | set(torch_rows)):
           f" {cell(t and t.get('peak_allocated_bytes', 0) / MB, '.0f'):>8}")
 PY
   [ -s "$LOGS/iters.txt" ] && { echo; cat "$LOGS/iters.txt"; }
-  [ -s "$LOGS/vae.txt" ] && { echo; cat "$LOGS/vae.txt"; }
+  python3 - "$LOGS" <<'PY'
+import glob, json, os, sys
+logs = sys.argv[1]
+ours = {}
+device = None
+for path in sorted(glob.glob(os.path.join(logs, "bench-vae-*.json"))):
+    try:
+        report = json.load(open(path))
+    except ValueError:
+        continue
+    device = report["vae_settings"]["device"]
+    for row in report["vae"]:
+        ours[(report["vae_settings"]["batch_size"], row["image_size"])] = row
+theirs = {}
+for line in open(os.path.join(logs, "torch_vae.jsonl")):
+    if line.strip():
+        row = json.loads(line)
+        theirs[(row["batch"], row["image_size"], row["dtype"])] = row
+if ours or theirs:
+    print(f"\nSD-VAE decoder (random weights), ours on {device}: ms per call, min of 3;")
+    print("torch = tools/reference_vae.py, channels-last, cuDNN autotuned; fp32 allows TF32 as ours does")
+    print(f"{'batch':>5} {'px':>4} {'ours':>8} {'torch bf16':>10} {'torch fp32':>10} {'/bf16':>6} {'/fp32':>6}"
+          f" {'img/s':>7} {'arena MB':>8} {'torch MB':>8}")
+    for batch, px in sorted(set(ours) | {k[:2] for k in theirs}):
+        o = ours.get((batch, px))
+        b, f = theirs.get((batch, px, "bf16")), theirs.get((batch, px, "fp32"))
+        def cell(value, fmt):
+            return format(value, fmt) if value is not None else "-"
+        ms = o and 1000 * o["seconds_min"]
+        print(f"{batch:>5} {px:>4} {cell(ms, '.1f'):>8} {cell(b and b['ms_min'], '.1f'):>10}"
+              f" {cell(f and f['ms_min'], '.1f'):>10} {cell(ms and b and ms / b['ms_min'], '.2f'):>6}"
+              f" {cell(ms and f and ms / f['ms_min'], '.2f'):>6} {cell(o and o['images_per_second'], '.1f'):>7}"
+              f" {cell(o and o['arena_bytes'] / 2**20, '.0f'):>8}"
+              f" {cell(b and b['peak_allocated_bytes'] / 2**20, '.0f'):>8}")
+PY
   [ -s "$LOGS/sampling.txt" ] && { echo; cat "$LOGS/sampling.txt"; }
   [ -s "$LOGS/profile-top.txt" ] && { echo; cat "$LOGS/profile-top.txt"; }
 } | tee -a "$SUMMARY"

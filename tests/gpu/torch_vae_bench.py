@@ -1,0 +1,78 @@
+"""torch_vae_bench.py - times the plain-PyTorch SD-VAE decoder
+(tools/reference_vae.py, random weights) on the GPU, beside
+fpdm-bench --mode vae --vae-config sd: the same shapes, in the way PyTorch
+users run it (cuDNN autotuning on, channels-last tensors, fused attention).
+
+    python3 tests/gpu/torch_vae_bench.py --batch 8 --latent-sizes 32,64 --dtype bf16 --json out.jsonl
+
+Appends one JSON object per latent size ({"dtype", "batch", "latent_size",
+"image_size", "ms_min", "ms_mean", "images_per_second", "peak_allocated_bytes"})
+to --json and prints it. --dtype fp32 leaves cuDNN's TF32 on (PyTorch's
+default for convolutions), as fpdm's bf16 decoder does. Exits 77 when torch
+or a CUDA device is missing.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--latent-sizes", default="32,64")
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also append the results to this file")
+    args = parser.parse_args()
+
+    try:
+        import torch
+        import reference_vae
+    except ImportError as error:
+        print(f"torch_vae_bench: {error}: skipped", file=sys.stderr)
+        return 77
+    if not torch.cuda.is_available():
+        print("torch_vae_bench: no CUDA device: skipped", file=sys.stderr)
+        return 77
+    torch.backends.cudnn.benchmark = True
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    torch.manual_seed(0)
+    vae = reference_vae.VAEDecoder(**reference_vae.SD_CONFIG).eval()
+    vae = vae.to(device="cuda", dtype=dtype, memory_format=torch.channels_last)
+
+    for latent_size in (int(s) for s in args.latent_sizes.split(",")):
+        latents = torch.randn(args.batch, 4, latent_size, latent_size, device="cuda") * 0.18215
+        latents = latents.to(dtype).contiguous(memory_format=torch.channels_last)
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        with torch.no_grad():
+            for run in range(args.warmup + args.repeat):
+                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                images = vae.decode(latents)
+                stop.record()
+                stop.synchronize()
+                if run >= args.warmup:
+                    times.append(start.elapsed_time(stop))
+        if not torch.isfinite(images.float()).all():
+            print(f"torch_vae_bench: non-finite images at latent size {latent_size}", file=sys.stderr)
+            return 1
+        mean = sum(times) / len(times)
+        result = {"dtype": args.dtype, "batch": args.batch, "latent_size": latent_size,
+                  "image_size": latent_size * vae.upscale, "ms_min": min(times), "ms_mean": mean,
+                  "images_per_second": 1000 * args.batch / mean,
+                  "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
+                  "torch": torch.__version__, "device": torch.cuda.get_device_name()}
+        print(json.dumps(result))
+        if args.json:
+            with open(args.json, "a") as out:
+                out.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
