@@ -13,6 +13,7 @@
 #include "backend.h"
 #include "diffusion.h"
 #include "philox.h"
+#include "vector_math.h"
 
 typedef struct cpu_backend {
     backend base;
@@ -53,18 +54,18 @@ static int cpu_synchronize(backend *be) {
 
 static void cpu_destroy(backend *be) { free(be->impl); }
 
-static float gelu_tanh(float x) {
-    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-}
-
-static float silu(float x) { return x / (1.0f + expf(-x)); }
-
-static float apply_activation(float x, backend_activation act) {
+/* out[i] = act(in[i]) (out may be in): one loop per function, each of
+ * which vectorises (vector_math.h has no library calls). */
+static void apply_activation(float *out, const float *in, size_t n, backend_activation act) {
     switch (act) {
-    case BACKEND_ACT_GELU_TANH: return gelu_tanh(x);
-    case BACKEND_ACT_SILU: return silu(x);
-    default: return x;
+    case BACKEND_ACT_GELU_TANH:
+        for (size_t i = 0; i < n; i++) out[i] = vm_gelu_tanh(in[i]);
+        break;
+    case BACKEND_ACT_SILU:
+        for (size_t i = 0; i < n; i++) out[i] = in[i] / (1.0f + vm_exp(-in[i]));
+        break;
+    default:
+        if (out != in) memcpy(out, in, n * sizeof(float));
     }
 }
 
@@ -90,10 +91,9 @@ static void cpu_linear(backend *be, void *out_buffer, backend_output output, con
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int r = 0; r < rows; r++) {
         float *row = out + (size_t)r * out_dim;
-        for (int o = 0; o < out_dim; o++) {
-            float v = row[o] + (bias ? bias[o] : 0.0f);
-            row[o] = apply_activation(v, act);
-        }
+        if (bias)
+            for (int o = 0; o < out_dim; o++) row[o] += bias[o];
+        apply_activation(row, row, (size_t)out_dim, act);
     }
 }
 
@@ -192,8 +192,14 @@ static void cpu_activation(backend *be, void *out_buffer, const float *in, size_
                            backend_activation act) {
     float *out = out_buffer;
     int nt = threads_for(be, n);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (size_t i = 0; i < n; i++) out[i] = apply_activation(in[i], act);
+    /* Each thread takes one contiguous share. */
+#pragma omp parallel num_threads(nt)
+    {
+        size_t share = (n + (size_t)omp_get_num_threads() - 1) / (size_t)omp_get_num_threads();
+        size_t first = share * (size_t)omp_get_thread_num();
+        if (first < n)
+            apply_activation(out + first, in + first, first + share < n ? share : n - first, act);
+    }
 }
 
 static void cpu_add(backend *be, float *out, const float *a, const float *b, int batch, int tokens,
