@@ -118,7 +118,7 @@ CMAKE_LIBS=$(IFS=';'; echo "${LIB_DIRS[*]}")
 CMAKE_INCS=$(IFS=';'; echo "${INC_DIRS[*]:-}")
 if ! run_step 90 configure cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_CUDA_COMPILER="$NVCC" -DCUDAToolkit_ROOT="$CUDA_HOME" \
-    -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_LIBRARY_PATH="$CMAKE_LIBS" \
+    -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_CUDA_FLAGS="-Xptxas=-v" -DCMAKE_LIBRARY_PATH="$CMAKE_LIBS" \
     -DCMAKE_INCLUDE_PATH="$CMAKE_INCS" -DFPDM_WERROR=OFF "${DEP_FLAGS[@]}" \
     > "$LOGS/configure.log" 2>&1; then
   note "configure FAILED (see $LOGS/configure.log)"; tail -30 "$LOGS/configure.log"; exit 1
@@ -136,6 +136,26 @@ if ! run_step 240 build cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]
   note "build FAILED (see $LOGS/build.log)"; grep -E "error|Error" "$LOGS/build.log" | head -30; exit 1
 fi
 note "built: ${TARGETS[*]} ($(( $(date +%s) - RUN_START )) s in)"
+# Registers and spills of the kernels that matter most (ptxas -v, in the build log).
+python3 - "$LOGS/build.log" > "$LOGS/registers.txt" <<'PY'
+import re, sys
+# ptxas -v: "Compiling entry function 'NAME'", then "N bytes spill stores, M
+# bytes spill loads", then "Used R registers".
+function, spills = None, ""
+for line in open(sys.argv[1], errors="replace"):
+    m = re.search(r"Compiling entry function '(\S+)'", line)
+    if m:
+        function, spills = m.group(1), ""
+    m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+    if m and function:
+        spills = f", spills {m.group(1)}/{m.group(2)} bytes"
+    m = re.search(r"Used (\d+) registers", line)
+    if m and function and "half" not in function and re.search(r"attention_tc|layernorm|gated|residual", function):
+        smem = re.search(r"(\d+) bytes smem", line)
+        print(f"{function[:70]:<70} {m.group(1):>4} registers, {smem.group(1) if smem else 0}"
+              f" bytes smem{spills}")
+        function = None
+PY
 
 # ---- tests -------------------------------------------------------------------
 run_step 150 ctest ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 120 \
@@ -290,6 +310,15 @@ if [ "${PROFILE:-0}" = 1 ] && [ -n "$NCU" ] && [ -x "$BENCH" ]; then
       "$BENCH" --config FPDM-XL/2 --batch-size "$BENCH_BATCH" --cfg on --device cuda \
       --precision bf16 --iters 2 --repeat 1 --warmup 0 > "$LOGS/profile.txt" 2>&1 ||
     note "profile failed (see $LOGS/profile.txt)"
+  # Why the attention kernel runs where it does: occupancy, issue and stall
+  # reasons of one launch (DiT-XL/2 shapes).
+  run_step 90 "attention profile" "$NCU" --kernel-name regex:attention_tc_kernel --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats "$BENCH" --config DiT-XL/2 --batch-size "$BENCH_BATCH" --cfg on \
+      --device cuda --precision bf16 --repeat 1 --warmup 0 > "$LOGS/profile-attention.txt" 2>&1 ||
+    note "attention profile failed (see $LOGS/profile-attention.txt)"
+  grep -E "Duration|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Issued Warp Per Scheduler|No Eligible|Warp Cycles Per Issued|Block Limit|Stall|stall" \
+    "$LOGS/profile-attention.txt" | head -30 > "$LOGS/profile-attention-top.txt"
   python3 - "$LOGS/profile.txt" > "$LOGS/profile-top.txt" <<'PY'
 import re, sys
 # ncu's per-kernel summary: a kernel's name line, then its metric rows with
@@ -389,5 +418,7 @@ if ours or theirs:
 PY
   [ -s "$LOGS/sampling.txt" ] && { echo; cat "$LOGS/sampling.txt"; }
   [ -s "$LOGS/profile-top.txt" ] && { echo; cat "$LOGS/profile-top.txt"; }
+  [ -s "$LOGS/registers.txt" ] && { echo; echo "registers (ptxas -v):"; cat "$LOGS/registers.txt"; }
+  [ -s "$LOGS/profile-attention-top.txt" ] && { echo; echo "attention_tc_kernel (ncu, one launch):"; cat "$LOGS/profile-attention-top.txt"; }
 } | tee -a "$SUMMARY"
 exit $CTEST_RC
