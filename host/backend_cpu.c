@@ -161,11 +161,9 @@ static void cpu_attention(backend *be, void *out_buffer, const void *qkv_buffer,
             float *row = scores + (size_t)i * tokens;
             float max = row[0];
             for (int j = 1; j < tokens; j++) max = row[j] > max ? row[j] : max;
+            for (int j = 0; j < tokens; j++) row[j] = vm_exp(row[j] - max);
             double sum = 0;
-            for (int j = 0; j < tokens; j++) {
-                row[j] = expf(row[j] - max);
-                sum += row[j];
-            }
+            for (int j = 0; j < tokens; j++) sum += row[j];
             float inv = (float)(1.0 / sum);
             for (int j = 0; j < tokens; j++) row[j] *= inv;
         }
