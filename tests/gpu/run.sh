@@ -319,6 +319,35 @@ if [ "${PROFILE:-0}" = 1 ] && [ -n "$NCU" ] && [ -x "$BENCH" ]; then
     note "attention profile failed (see $LOGS/profile-attention.txt)"
   grep -E "Duration|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Issued Warp Per Scheduler|No Eligible|Warp Cycles Per Issued|Block Limit|Stall|stall" \
     "$LOGS/profile-attention.txt" | head -30 > "$LOGS/profile-attention-top.txt"
+  # Kernel time against wall time for whole DiT-XL/2 forwards (nsys, where
+  # the machine has it): a difference is time the GPU sat idle between kernels.
+  NSYS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1 || true)
+  if [ -n "$NSYS" ]; then
+    run_step 120 "timeline" "$NSYS" profile -t cuda --stats=true --force-overwrite true \
+        -o "$LOGS/timeline" "$BENCH" --config DiT-XL/2 --batch-size "$BENCH_BATCH" --cfg on \
+        --device cuda --precision bf16 --repeat 3 --warmup 1 --json > "$LOGS/nsys.txt" 2>&1 ||
+      note "timeline failed (see $LOGS/nsys.txt)"
+    python3 - "$LOGS/nsys.txt" > "$LOGS/nsys-top.txt" <<'PY'
+import re, sys
+# The cuda_gpu_kern_sum table: "Time (%)  Total Time (ns)  Instances ... Name".
+text = open(sys.argv[1], errors="replace").read()
+section = text.split("cuda_gpu_kern_sum", 1)[-1]
+rows = []
+for line in section.splitlines():
+    # Time (%), Total Time, Instances, then Avg, Med, Min, Max, StdDev, Name.
+    m = re.match(r"\s*([\d.]+)\s+([\d,]+)\s+([\d,]+)(?:\s+[\d,.]+){5}\s+(\S.*)$", line)
+    if m:
+        rows.append((int(m.group(2).replace(",", "")), int(m.group(3).replace(",", "")), m.group(4)))
+    elif rows and not line.strip():
+        break
+forwards = 4  # 1 warm-up + 3 timed; the reference product runs too
+total = sum(r[0] for r in rows)
+print(f"DiT-XL/2 bf16 (nsys): kernel time {total / 1e6:.1f} ms over {forwards} forwards and the"
+      f" reference product; per kernel (ms per forward, largest first):")
+for ns, calls, name in sorted(rows, reverse=True)[:12]:
+    print(f"  {ns / 1e6 / forwards:8.2f} ms {calls // forwards:5d} x  {name[:80]}")
+PY
+  fi
   python3 - "$LOGS/profile.txt" > "$LOGS/profile-top.txt" <<'PY'
 import re, sys
 # ncu's per-kernel summary: a kernel's name line, then its metric rows with
@@ -419,6 +448,7 @@ PY
   [ -s "$LOGS/sampling.txt" ] && { echo; cat "$LOGS/sampling.txt"; }
   [ -s "$LOGS/profile-top.txt" ] && { echo; cat "$LOGS/profile-top.txt"; }
   [ -s "$LOGS/registers.txt" ] && { echo; echo "registers (ptxas -v):"; cat "$LOGS/registers.txt"; }
+  [ -s "$LOGS/nsys-top.txt" ] && { echo; cat "$LOGS/nsys-top.txt"; }
   [ -s "$LOGS/profile-attention-top.txt" ] && { echo; echo "attention_tc_kernel (ncu, one launch):"; cat "$LOGS/profile-attention-top.txt"; }
 } | tee -a "$SUMMARY"
 exit $CTEST_RC
