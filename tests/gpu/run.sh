@@ -22,6 +22,9 @@
 # libraries" below); there, from this machine:
 #   run command: OUT_DIR=$OUT; OUT=/tmp/logs bash tests/gpu/run.sh; tar czf $OUT_DIR/logs.tgz -C /tmp/logs .
 #   carry: .deps
+# and, to time a change against the last verified commit on the same card,
+#   mkdir -p .baseline && git archive main | tar -x -C .baseline     (here; carry .baseline too)
+#   BASELINE=.baseline bash tests/gpu/run.sh
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -116,10 +119,11 @@ fi
 # ---- build -------------------------------------------------------------------
 CMAKE_LIBS=$(IFS=';'; echo "${LIB_DIRS[*]}")
 CMAKE_INCS=$(IFS=';'; echo "${INC_DIRS[*]:-}")
-if ! run_step 90 configure cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_CUDA_COMPILER="$NVCC" -DCUDAToolkit_ROOT="$CUDA_HOME" \
-    -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_CUDA_FLAGS="-Xptxas=-v" -DCMAKE_LIBRARY_PATH="$CMAKE_LIBS" \
-    -DCMAKE_INCLUDE_PATH="$CMAKE_INCS" -DFPDM_WERROR=OFF "${DEP_FLAGS[@]}" \
+CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$NVCC" -DCUDAToolkit_ROOT="$CUDA_HOME"
+             -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_CUDA_FLAGS="-Xptxas=-v"
+             -DCMAKE_LIBRARY_PATH="$CMAKE_LIBS" -DCMAKE_INCLUDE_PATH="$CMAKE_INCS" -DFPDM_WERROR=OFF
+             "${DEP_FLAGS[@]}")
+if ! run_step 90 configure cmake -S "$ROOT" -B "$BUILD" "${CMAKE_FLAGS[@]}" \
     > "$LOGS/configure.log" 2>&1; then
   note "configure FAILED (see $LOGS/configure.log)"; tail -30 "$LOGS/configure.log"; exit 1
 fi
@@ -156,6 +160,25 @@ for line in open(sys.argv[1], errors="replace"):
               f" bytes smem{spills}")
         function = None
 PY
+
+# ---- baseline (optional) -------------------------------------------------------
+# BASELINE=DIR names another copy of the project (the last verified commit:
+# `git archive main | tar -x -C .baseline`, carried to the machine), whose
+# fpdm-bench is built here too, so that one run on one card times a change
+# against what it changes (runs on different machines do not compare).
+BASE_BENCH=
+if [ -n "${BASELINE:-}" ]; then
+  if [ -f "$BASELINE/CMakeLists.txt" ] &&
+      run_step 90 "baseline configure" cmake -S "$BASELINE" -B "$BUILD-baseline" "${CMAKE_FLAGS[@]}" \
+        > "$LOGS/baseline-configure.log" 2>&1 &&
+      run_step 200 "baseline build" cmake --build "$BUILD-baseline" -j "$JOBS" --target fpdm-bench \
+        > "$LOGS/baseline-build.log" 2>&1; then
+    BASE_BENCH=$BUILD-baseline/fpdm-bench
+    note "baseline built from $BASELINE ($(( $(date +%s) - RUN_START )) s in)"
+  else
+    note "baseline $BASELINE did not build (see $LOGS/baseline-*.log): no A/B timings"
+  fi
+fi
 
 # ---- tests -------------------------------------------------------------------
 run_step 150 ctest ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 120 \
@@ -212,8 +235,8 @@ BENCH_CONFIGS=${BENCH_CONFIGS:-"DiT-XL/2 FPDM-XL/2"}
 : > "$LOGS/ours.jsonl"
 : > "$LOGS/torch.jsonl"
 # One summary line per fpdm-bench JSON: the first measurement's numbers.
-summarize_ours() {  # CONFIG DTYPE JSON
-  python3 - "$@" >> "$LOGS/ours.jsonl" <<'PY'
+summarize_ours() {  # CONFIG DTYPE JSON [OUTPUT]
+  python3 - "$@" >> "${4:-$LOGS/ours.jsonl}" <<'PY'
 import json, sys
 config, dtype, path = sys.argv[1:4]
 report = json.load(open(path))
@@ -241,6 +264,24 @@ if [ -x "$BENCH" ]; then
       fi
     done
   done
+  # The baseline on the same shapes, bf16 (the precision changes aim at).
+  : > "$LOGS/baseline.jsonl"
+  if [ -n "$BASE_BENCH" ]; then
+    for config in $BENCH_CONFIGS; do
+      tag=$(echo "$config" | tr '/' '_')
+      if run_step 100 "baseline $config" "$BASE_BENCH" --config "$config" \
+          --batch-size "$BENCH_BATCH" --cfg on --device cuda --precision bf16 \
+          --repeat 5 --warmup 2 --json > "$LOGS/baseline-$tag.json" 2> "$LOGS/baseline-$tag.err"; then
+        summarize_ours "$config" bf16 "$LOGS/baseline-$tag.json" "$LOGS/baseline.jsonl"
+      else
+        note "baseline fpdm-bench $config failed (see $LOGS/baseline-$tag.err)"
+      fi
+    done
+    run_step 120 "baseline vae decode" "$BASE_BENCH" --mode vae --vae-config sd --vae-batch 8 \
+        --vae-latent-sizes 32,64 --device cuda --repeat 3 --warmup 1 --json \
+        > "$LOGS/baseline-vae.json" 2> "$LOGS/baseline-vae.err" ||
+      note "baseline VAE timing failed (see $LOGS/baseline-vae.err)"
+  fi
   # Time per forward against the iteration count: with the iterations
   # replayed as CUDA graphs this is a straight line, intercept = the rest of
   # the network, slope = one iteration.
@@ -409,6 +450,40 @@ for key in sorted(set(ours) | set(torch_rows)):
           f" {cell(o and (o['weight_bytes'] + 1.5 * o['min_activation_bytes']) / MB, '.0f'):>8}"
           f" {cell(t and t.get('peak_allocated_bytes', 0) / MB, '.0f'):>8}")
 PY
+  if [ -s "$LOGS/baseline.jsonl" ] || [ -s "$LOGS/baseline-vae.json" ]; then
+    python3 - "$LOGS" <<'PY'
+import json, os, sys
+logs = sys.argv[1]
+def rows(path):
+    out = {}
+    if os.path.exists(path):
+        for line in open(path):
+            if line.strip():
+                r = json.loads(line)
+                out[(r["config"], r["dtype"])] = r
+    return out
+ours, base = rows(os.path.join(logs, "ours.jsonl")), rows(os.path.join(logs, "baseline.jsonl"))
+print("\nA/B on this card (BASELINE): ms, min of 5; ratio = this tree / baseline")
+for key in sorted(base):
+    o, b = ours.get(key), base[key]
+    ratio = f"{o['ms_min'] / b['ms_min']:.3f}" if o else "-"
+    print(f"  {key[0]:<10} {key[1]:<5} this {o['ms_min'] if o else float('nan'):8.2f}"
+          f"  baseline {b['ms_min']:8.2f}  ratio {ratio}")
+def vae(path):
+    try:
+        report = json.load(open(path))
+    except (OSError, ValueError):
+        return {}
+    return {row["image_size"]: row for row in report["vae"]}
+this_vae, base_vae = vae(os.path.join(logs, "bench-vae-8.json")), vae(os.path.join(logs, "baseline-vae.json"))
+for px in sorted(base_vae):
+    o, b = this_vae.get(px), base_vae[px]
+    if o:
+        print(f"  VAE batch 8 {px:>4} px: this {1000 * o['seconds_min']:8.1f} ms, arena"
+              f" {o['arena_bytes'] >> 20} MB; baseline {1000 * b['seconds_min']:8.1f} ms, arena"
+              f" {b['arena_bytes'] >> 20} MB; ratio {o['seconds_min'] / b['seconds_min']:.3f}")
+PY
+  fi
   [ -s "$LOGS/iters.txt" ] && { echo; cat "$LOGS/iters.txt"; }
   python3 - "$LOGS" <<'PY'
 import glob, json, os, sys
