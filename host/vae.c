@@ -830,20 +830,25 @@ static void prepare_shapes(const decode_setup *ds, const fpdm_vae *vae, int batc
                      ds->device_latents, ds->device_images);
 }
 
-/* Decodes on the device: each chunk of latents goes up into the arena, is
- * decoded there, and its images come back down (the download waits). */
-static int decode_on_device(fpdm_context *ctx, const fpdm_vae *vae, const decode_setup *ds,
-                            int batch, int latent_size, const float *latents, float *images) {
+/* Decodes the chunks in turn: on the CPU where they lie; on a device each
+ * chunk of latents goes up into the arena, is decoded there, and its images
+ * come back down (the download waits). 0, or -1 when a transfer failed. */
+static int decode_chunks(fpdm_context *ctx, const fpdm_vae *vae, const decode_setup *ds,
+                         int batch, int latent_size, const float *latents, float *images) {
     backend *be = ctx->be;
     for (int first = 0; first < batch; first += ds->chunk) {
         int count = batch - first < ds->chunk ? batch - first : ds->chunk;
-        if (be->upload(be, ds->device_latents, latents + first * ds->latent_floats,
-                       (size_t)count * ds->latent_floats) != 0)
+        const float *part_latents = latents + (size_t)first * ds->latent_floats;
+        float *part_images = images + (size_t)first * ds->image_floats;
+        if (!ds->on_device) {
+            decode_chunk(ds->ops, vae, &ds->buf, count, latent_size, part_latents, part_images);
+            continue;
+        }
+        if (be->upload(be, ds->device_latents, part_latents, (size_t)count * ds->latent_floats) != 0)
             return -1;
         decode_chunk(ds->ops, vae, &ds->buf, count, latent_size, ds->device_latents,
                      ds->device_images);
-        if (be->download(be, images + first * ds->image_floats, ds->device_images,
-                         (size_t)count * ds->image_floats) != 0)
+        if (be->download(be, part_images, ds->device_images, (size_t)count * ds->image_floats) != 0)
             return -1;
     }
     return 0;
@@ -869,16 +874,7 @@ fpdm_status vae_decode_in_chunks(fpdm_context *ctx, const fpdm_vae *vae, int bat
     decode_setup ds;
     if (status == FPDM_OK) status = setup_decode(ctx, vae, batch, latent_size, chunk_bytes, &ds);
     if (status != FPDM_OK) return status;
-    int failed = 0;
-    if (ds.on_device) {
-        failed = decode_on_device(ctx, vae, &ds, batch, latent_size, latents, images);
-    } else {
-        for (int first = 0; first < batch; first += ds.chunk) {
-            int count = batch - first < ds.chunk ? batch - first : ds.chunk;
-            decode_chunk(ds.ops, vae, &ds.buf, count, latent_size,
-                         latents + first * ds.latent_floats, images + first * ds.image_floats);
-        }
-    }
+    int failed = decode_chunks(ctx, vae, &ds, batch, latent_size, latents, images);
     finish_decode(&ds);
     return failed ? device_failure(ctx, "VAE decode") : FPDM_OK;
 }

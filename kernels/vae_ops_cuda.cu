@@ -203,15 +203,21 @@ static const conv_algo *conv_algo_for(vae_cuda *vc, cuda_backend *cb, int batch,
     return NULL;
 }
 
+/* Sets the descriptors for a shape and returns its algorithm under the
+ * bound backend's precision; NULL after recording a failure. */
+static const conv_algo *conv_ready(vae_cuda *vc, cuda_backend *cb, int batch, int in_channels,
+                                   int out_channels, int height, int width, int kernel) {
+    if (set_conv_descriptors(vc, cb, batch, in_channels, out_channels, height, width, kernel))
+        return NULL;
+    return conv_algo_for(vc, cb, batch, in_channels, out_channels, height, width, kernel,
+                         cb->precision != FPDM_PRECISION_FP32);
+}
+
 static void cuda_vae_prepare_conv2d(const vae_ops *ops, int batch, int in_channels,
                                     int out_channels, int height, int width, int kernel) {
     vae_cuda *vc = vae_cuda_of(ops);
-    cuda_backend *cb = vc->bound;
-    if (!cuda_enter(cb) ||
-        set_conv_descriptors(vc, cb, batch, in_channels, out_channels, height, width, kernel))
-        return;
-    conv_algo_for(vc, cb, batch, in_channels, out_channels, height, width, kernel,
-                  cb->precision != FPDM_PRECISION_FP32);
+    if (cuda_enter(vc->bound))
+        conv_ready(vc, vc->bound, batch, in_channels, out_channels, height, width, kernel);
 }
 
 static void cuda_vae_conv2d(const vae_ops *ops, float *out, const float *in, const float *weight,
@@ -228,11 +234,8 @@ static void cuda_vae_conv2d(const vae_ops *ops, float *out, const float *in, con
             out, bias, residual, plane, out_channels, n);
         cuda_check_launch(cb, "conv_init_kernel");
     }
-    if (set_conv_descriptors(vc, cb, batch, in_channels, out_channels, height, width, kernel))
-        return;
-    int tensor_ops = cb->precision != FPDM_PRECISION_FP32;
-    const conv_algo *a = conv_algo_for(vc, cb, batch, in_channels, out_channels, height, width,
-                                       kernel, tensor_ops);
+    const conv_algo *a =
+        conv_ready(vc, cb, batch, in_channels, out_channels, height, width, kernel);
     if (!a) return;
     const float one = 1.0f;
     if (cudnn_check(cb, cudnnSetConvolutionMathType(vc->conv_desc, a->math),
