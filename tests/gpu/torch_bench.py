@@ -12,11 +12,10 @@ counts network rows (with classifier-free guidance, twice the images). Exits
 import argparse
 import json
 import math
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+import cuda_torch
 
 CONFIGS = {
     "DiT-XL/2": dict(architecture="dit", hidden_size=1152, num_heads=16, depth=28),
@@ -39,16 +38,11 @@ def main():
     parser.add_argument("--json", default=None, help="also append the result to this file")
     args = parser.parse_args()
 
-    try:
-        import torch
-        import torch.nn.functional as F
-        import reference
-    except ImportError as error:
-        print(f"torch_bench: {error}: skipped", file=sys.stderr)
+    torch = cuda_torch.load("torch_bench")
+    if torch is None:
         return 77
-    if not torch.cuda.is_available():
-        print("torch_bench: no CUDA device: skipped", file=sys.stderr)
-        return 77
+    import torch.nn.functional as F
+    import reference
     # fp32 means fp32: no TF32 on either side of the comparison.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -13,10 +13,9 @@ or a CUDA device is missing.
 """
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+import cuda_torch
 
 
 def main():
@@ -29,15 +28,10 @@ def main():
     parser.add_argument("--json", default=None, help="also append the results to this file")
     args = parser.parse_args()
 
-    try:
-        import torch
-        import reference_vae
-    except ImportError as error:
-        print(f"torch_vae_bench: {error}: skipped", file=sys.stderr)
+    torch = cuda_torch.load("torch_vae_bench")
+    if torch is None:
         return 77
-    if not torch.cuda.is_available():
-        print("torch_vae_bench: no CUDA device: skipped", file=sys.stderr)
-        return 77
+    import reference_vae
     torch.backends.cudnn.benchmark = True
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     torch.manual_seed(0)
