@@ -334,6 +334,11 @@ for vae_batch in 1 8; do
       >> "$LOGS/torch.log" 2>&1 || note "torch_vae_bench $vae_batch $dtype did not run (see $LOGS/torch.log)"
   done
 done
+# The same in PyTorch's default NCHW layout: the gap to channels-last says what
+# an NHWC decoder of ours could gain.
+run_step 100 "torch_vae_bench 8 bf16 nchw" python3 "$ROOT/tests/gpu/torch_vae_bench.py" \
+  --batch 8 --latent-sizes 32,64 --dtype bf16 --layout nchw --json "$LOGS/torch_vae.jsonl" \
+  >> "$LOGS/torch.log" 2>&1 || note "torch_vae_bench 8 bf16 nchw did not run (see $LOGS/torch.log)"
 for config in $BENCH_CONFIGS; do
   for dtype in bf16 fp32; do
     run_step 100 "torch_bench $config $dtype" python3 "$ROOT/tests/gpu/torch_bench.py" \
@@ -502,19 +507,21 @@ theirs = {}
 for line in open(os.path.join(logs, "torch_vae.jsonl")):
     if line.strip():
         row = json.loads(line)
-        theirs[(row["batch"], row["image_size"], row["dtype"])] = row
+        theirs[(row["batch"], row["image_size"], row["dtype"], row.get("layout", "nhwc"))] = row
 if ours or theirs:
     print(f"\nSD-VAE decoder (random weights), ours on {device}: ms per call, min of 3;")
-    print("torch = tools/reference_vae.py, channels-last, cuDNN autotuned; fp32 allows TF32 as ours does")
-    print(f"{'batch':>5} {'px':>4} {'ours':>8} {'torch bf16':>10} {'torch fp32':>10} {'/bf16':>6} {'/fp32':>6}"
+    print("torch = tools/reference_vae.py, channels-last (NCHW: contiguous), cuDNN autotuned; fp32 allows TF32")
+    print(f"{'batch':>5} {'px':>4} {'ours':>8} {'torch bf16':>10} {'bf16 NCHW':>9} {'torch fp32':>10} {'/bf16':>6} {'/fp32':>6}"
           f" {'img/s':>7} {'arena MB':>8} {'torch MB':>8}")
     for batch, px in sorted(set(ours) | {k[:2] for k in theirs}):
         o = ours.get((batch, px))
-        b, f = theirs.get((batch, px, "bf16")), theirs.get((batch, px, "fp32"))
+        b, f = theirs.get((batch, px, "bf16", "nhwc")), theirs.get((batch, px, "fp32", "nhwc"))
+        b_nchw = theirs.get((batch, px, "bf16", "nchw"))
         def cell(value, fmt):
             return format(value, fmt) if value is not None else "-"
         ms = o and 1000 * o["seconds_min"]
         print(f"{batch:>5} {px:>4} {cell(ms, '.1f'):>8} {cell(b and b['ms_min'], '.1f'):>10}"
+              f" {cell(b_nchw and b_nchw['ms_min'], '.1f'):>9}"
               f" {cell(f and f['ms_min'], '.1f'):>10} {cell(ms and b and ms / b['ms_min'], '.2f'):>6}"
               f" {cell(ms and f and ms / f['ms_min'], '.2f'):>6} {cell(o and o['images_per_second'], '.1f'):>7}"
               f" {cell(o and o['arena_bytes'] / 2**20, '.0f'):>8}"
