@@ -125,6 +125,36 @@ static void cpu_conv2d(const vae_ops *ops, float *out, const float *in, const fl
     }
 }
 
+/* Sum of n floats, and of their squared distances from `mean`, in double.
+ * Eight independent partial sums: one running sum is a chain of dependent
+ * additions (one every few cycles) the compiler may not reorder, while eight
+ * lanes vectorise: a 128-channel 256x256 GroupNorm's statistics 18 -> 5-10 ms. */
+#define SUM_LANES 8
+static double sum_floats(const float *x, size_t n) {
+    double lanes[SUM_LANES] = {0};
+    size_t i = 0;
+    for (; i + SUM_LANES <= n; i += SUM_LANES)
+        for (int l = 0; l < SUM_LANES; l++) lanes[l] += x[i + l];
+    double sum = 0.0;
+    for (; i < n; i++) sum += x[i];
+    for (int l = 0; l < SUM_LANES; l++) sum += lanes[l];
+    return sum;
+}
+
+static double sum_squared_deviations(const float *x, size_t n, double mean) {
+    double lanes[SUM_LANES] = {0};
+    size_t i = 0;
+    for (; i + SUM_LANES <= n; i += SUM_LANES)
+        for (int l = 0; l < SUM_LANES; l++) {
+            double d = x[i + l] - mean;
+            lanes[l] += d * d;
+        }
+    double sum = 0.0;
+    for (; i < n; i++) sum += (x[i] - mean) * (x[i] - mean);
+    for (int l = 0; l < SUM_LANES; l++) sum += lanes[l];
+    return sum;
+}
+
 /* The groups of all images are consecutive stretches of the batch, so one
  * loop runs over batch x groups of them. */
 static void cpu_group_norm(const vae_ops *ops, float *out, const float *in, const float *gamma,
@@ -137,15 +167,9 @@ static void cpu_group_norm(const vae_ops *ops, float *out, const float *in, cons
     for (int bg = 0; bg < batch * groups; bg++) {
         int g = bg % groups;
         const float *src = in + (size_t)bg * group_floats;
-        double sum = 0.0;
-        for (size_t i = 0; i < group_floats; i++) sum += src[i];
-        double mean = sum / (double)group_floats;
-        double squares = 0.0;
-        for (size_t i = 0; i < group_floats; i++) {
-            double d = src[i] - mean;
-            squares += d * d;
-        }
-        double rstd = 1.0 / sqrt(squares / (double)group_floats + (double)eps);
+        double mean = sum_floats(src, group_floats) / (double)group_floats;
+        double variance = sum_squared_deviations(src, group_floats, mean) / (double)group_floats;
+        double rstd = 1.0 / sqrt(variance + (double)eps);
         for (int cg = 0; cg < per_group; cg++) {
             int c = g * per_group + cg;
             /* y = x * scale + shift folds the mean, rstd and affine into two floats. */
@@ -153,9 +177,16 @@ static void cpu_group_norm(const vae_ops *ops, float *out, const float *in, cons
             float shift = (float)(beta[c] - mean * rstd * gamma[c]);
             const float *x = src + (size_t)cg * pixels;
             float *y = out + (size_t)bg * group_floats + (size_t)cg * pixels;
-            for (int p = 0; p < pixels; p++) {
-                float v = x[p] * scale + shift;
-                y[p] = silu ? v / (1.0f + expf(-v)) : v;
+            if (silu) {
+                /* libm's expf, not vector_math.h's vm_exp: in this portable
+                 * (SSE2) build the vectorised vm_exp loop measured 5.0 ns an
+                 * element against expf's 3.0 (it wins only with AVX2 + FMA). */
+                for (int p = 0; p < pixels; p++) {
+                    float v = x[p] * scale + shift;
+                    y[p] = v / (1.0f + expf(-v));
+                }
+            } else {
+                for (int p = 0; p < pixels; p++) y[p] = x[p] * scale + shift;
             }
         }
     }
@@ -192,12 +223,8 @@ static void attention_image(const vae_ops *ops, float *out, const float *q, cons
         float *row = scores + (size_t)i * tokens;
         float max = row[0];
         for (int j = 1; j < tokens; j++) max = row[j] > max ? row[j] : max;
-        double sum = 0.0;
-        for (int j = 0; j < tokens; j++) {
-            row[j] = expf(row[j] - max);
-            sum += row[j];
-        }
-        float inv = (float)(1.0 / sum);
+        for (int j = 0; j < tokens; j++) row[j] = expf(row[j] - max);
+        float inv = (float)(1.0 / sum_floats(row, (size_t)tokens));
         for (int j = 0; j < tokens; j++) row[j] *= inv;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, channels, tokens, tokens, 1.0f, v,

@@ -9,6 +9,8 @@
  *     same images, and is checked against the shapes;
  *   - a missing, a misshapen and an unknown tensor are refused with messages
  *     naming the file and the tensor.
+ *   - the CPU GroupNorm on sizes that are no multiple of its summing lanes
+ *     (21 values a group) equals a plain double-precision one.
  * The full Stable Diffusion size is tests/test_vae_sd.c.
  *
  * Run from the repository root: build/test_vae (ctest does this).
@@ -27,6 +29,7 @@
 #include "safetensors.h"
 #include "test_util.h"
 #include "vae.h"
+#include "vae_ops.h"
 
 #define GOLDEN_WEIGHTS "tests/golden/vae-small.safetensors"
 #define GOLDEN_IO "tests/golden/vae-small.io.safetensors"
@@ -409,6 +412,43 @@ done:
     fpdm_context_free(plain);
 }
 
+/* GroupNorm's statistics run in eight lanes plus a tail: 6 channels in 2
+ * groups of 7 pixels make groups of 21 values, two lanes' worth and a tail of
+ * 5 (a mean of 4 and a spread of 1: like PyTorch, y = x * scale + shift folds
+ * the mean into a float shift, which loses digits when the mean dwarfs the
+ * spread). Against the textbook formula in double, with and without SiLU. */
+static void test_group_norm_tails(void) {
+    enum { BATCH = 2, CHANNELS = 6, GROUPS = 2, PIXELS = 7 };
+    const int n = BATCH * CHANNELS * PIXELS, per_group = CHANNELS / GROUPS;
+    float in[BATCH * CHANNELS * PIXELS], out[BATCH * CHANNELS * PIXELS],
+        expected[BATCH * CHANNELS * PIXELS], gamma[CHANNELS], beta[CHANNELS];
+    for (int i = 0; i < n; i++) in[i] = 3.0f + (float)((i * 37) % 23) * 0.125f;
+    for (int c = 0; c < CHANNELS; c++) {
+        gamma[c] = 0.5f + 0.25f * (float)c;
+        beta[c] = 0.1f * (float)c - 0.2f;
+    }
+    vae_ops ops;
+    vae_ops_cpu_init(&ops, 2);
+    for (int silu = 0; silu <= 1; silu++) {
+        for (int bg = 0; bg < BATCH * GROUPS; bg++) {
+            const float *x = in + (size_t)bg * per_group * PIXELS;
+            double sum = 0.0, squares = 0.0;
+            for (int i = 0; i < per_group * PIXELS; i++) sum += x[i];
+            double mean = sum / (per_group * PIXELS);
+            for (int i = 0; i < per_group * PIXELS; i++) squares += (x[i] - mean) * (x[i] - mean);
+            double rstd = 1.0 / sqrt(squares / (per_group * PIXELS) + 1e-6);
+            for (int i = 0; i < per_group * PIXELS; i++) {
+                int c = (bg % GROUPS) * per_group + i / PIXELS;
+                double y = (x[i] - mean) * rstd * gamma[c] + beta[c];
+                expected[(size_t)bg * per_group * PIXELS + i] = (float)(silu ? y / (1.0 + exp(-y)) : y);
+            }
+        }
+        ops.group_norm(&ops, out, in, gamma, beta, BATCH, CHANNELS, PIXELS, GROUPS, 1e-6f, silu);
+        check_close(silu ? "group_norm + SiLU, 21-value groups" : "group_norm, 21-value groups",
+                    out, expected, (size_t)n, 1e-6);
+    }
+}
+
 int main(void) {
     fpdm_context_params params = fpdm_context_default_params();
     fpdm_context *ctx = NULL;
@@ -425,6 +465,7 @@ int main(void) {
     }
     test_golden(ctx, dir);
     test_prepare();
+    test_group_norm_tails();
     rmdir(dir);
     fpdm_context_free(ctx);
     return test_finish("test_vae");
