@@ -11,6 +11,16 @@ foreach(test_source ${FPDM_C_TESTS})
   add_test(NAME ${test_name} COMMAND ${test_name} WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(${test_name} PROPERTIES SKIP_RETURN_CODE 77 LABELS cpu)
 endforeach()
+# host/vector_math.h's functions in the portable variant too (test_vector_math
+# runs the one this CPU picks).
+add_executable(test_vector_math_baseline ${PROJECT_SOURCE_DIR}/tests/test_vector_math.c
+               ${PROJECT_SOURCE_DIR}/tests/test_util.c)
+target_compile_definitions(test_vector_math_baseline PRIVATE VM_NO_CLONES)
+target_include_directories(test_vector_math_baseline PRIVATE ${PROJECT_SOURCE_DIR}/host
+                           ${PROJECT_SOURCE_DIR}/tests)
+target_link_libraries(test_vector_math_baseline PRIVATE fpdm_tool_support)
+add_test(NAME test_vector_math_baseline COMMAND test_vector_math_baseline)
+set_tests_properties(test_vector_math_baseline PROPERTIES LABELS cpu)
 
 # Python tests need torch (Debian's python3-torch); they skip without it.
 find_program(FPDM_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)

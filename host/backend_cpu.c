@@ -56,7 +56,8 @@ static void cpu_destroy(backend *be) { free(be->impl); }
 
 /* out[i] = act(in[i]) (out may be in): one loop per function, each of
  * which vectorises (vector_math.h has no library calls). */
-static void apply_activation(float *out, const float *in, size_t n, backend_activation act) {
+VM_CLONES static void apply_activation(float *out, const float *in, size_t n,
+                                       backend_activation act) {
     switch (act) {
     case BACKEND_ACT_GELU_TANH:
         for (size_t i = 0; i < n; i++) out[i] = vm_gelu_tanh(in[i]);
@@ -157,16 +158,7 @@ static void cpu_attention(backend *be, void *out_buffer, const void *qkv_buffer,
         const float *v = base + 2 * dim + h * head_dim;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tokens, tokens, head_dim, scale, q,
                     qkv_stride, k, qkv_stride, 0.0f, scores, tokens);
-        for (int i = 0; i < tokens; i++) {
-            float *row = scores + (size_t)i * tokens;
-            float max = row[0];
-            for (int j = 1; j < tokens; j++) max = row[j] > max ? row[j] : max;
-            for (int j = 0; j < tokens; j++) row[j] = vm_exp(row[j] - max);
-            double sum = 0;
-            for (int j = 0; j < tokens; j++) sum += row[j];
-            float inv = (float)(1.0 / sum);
-            for (int j = 0; j < tokens; j++) row[j] *= inv;
-        }
+        vm_softmax_rows(scores, (size_t)tokens, (size_t)tokens);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tokens, head_dim, tokens, 1.0f,
                     scores, tokens, v, qkv_stride, 0.0f, out + (size_t)b * tokens * dim + h * head_dim,
                     dim);

@@ -1,4 +1,6 @@
 /* test_util.c - see test_util.h. */
+/* for rand_r, which is POSIX */
+#define _POSIX_C_SOURCE 200809L
 #include "test_util.h"
 
 #include <math.h>
