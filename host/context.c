@@ -197,7 +197,7 @@ fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch, 
     if (be->upload(be, st.x, x, in_floats) != 0 ||
         (device_init && be->upload(be, device_init, init_solution, solution_floats) != 0))
         return context_fail(ctx, FPDM_ERR_DEVICE, "%s: upload failed", ctx->device_name);
-    network_solve solve = {iters, 0.0f, 0, device_init, device_solution, 0, -1.0f};
+    network_solve solve = {iters, 0.0f, 0, device_init, device_solution, 0, -1.0f, NULL, NULL};
     status = network_forward(ctx, model, &st, timesteps, labels, &solve);
     if (status != FPDM_OK) return status;
     size_t out_floats = (size_t)batch * cfg->out_channels * cfg->input_size * cfg->input_size;

@@ -242,8 +242,10 @@ typedef struct fpdm_sample_params {
     int budget;               /* total iterations to spread; 0: num_steps * iters */
     const int *iters_per_step; /* explicit list of num_steps entries (sampling order), or NULL */
     int reuse;                /* start each solve from the previous step's solution */
-    float tol;                /* stop a solve when the relative residual falls under tol; 0: never */
-    int carry_over;           /* with tol: unused iterations move to the next step */
+    float tol;                /* stop an image's solve when its relative residual falls under
+                                 tol; 0: never. Each image (each row of a guided pair) stops on
+                                 its own residual, so batching does not change its result */
+    int carry_over;           /* with tol: an image's unused iterations move to its next step */
     int measure_residuals;    /* 1: measure each solve's final relative residual for the report
                                  and progress even without tol (the host waits for the device
                                  once per step); 0 (default): reported as -1 unless tol is set */
@@ -261,7 +263,8 @@ FPDM_API fpdm_sample_params fpdm_sample_default_params(const fpdm_model *model);
 typedef struct fpdm_step_report {
     int timestep;
     int iters_planned;
-    int iters_used;           /* summed over batches */
+    int iters_used;           /* iterations the network ran (a batch runs until its last
+                                 image stops), summed over batches */
     float residual;           /* largest final relative residual over batches, -1 if not measured */
 } fpdm_step_report;
 

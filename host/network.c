@@ -183,18 +183,29 @@ static void final_layer(const fpdm_model *model, network_state *st, const float 
     be->unpatchify(be, st->out, st->wide, b, cfg->out_channels, cfg->input_size, cfg->patch_size);
 }
 
-/* Largest relative residual ||a - b|| / ||b|| over the batch's images. */
-static int relative_residual(backend *be, const float *a, const float *b, int batch, size_t cols,
-                             float *residual) {
-    double diff_sq[batch], norm_sq[batch];
-    if (be->row_norms(be, a, b, batch, cols, diff_sq, norm_sq) != 0) return -1;
-    double worst = 0;
-    for (int i = 0; i < batch; i++) {
-        double r = norm_sq[i] > 0 ? sqrt(diff_sq[i] / norm_sq[i]) : sqrt(diff_sq[i]);
-        worst = r > worst ? r : worst;
-    }
-    *residual = (float)worst;
+/* Each row's relative residual ||a - b|| / ||b|| (||a - b|| where b is 0). */
+static int row_residuals(backend *be, const float *a, const float *b, int rows, size_t cols,
+                         float *residual) {
+    double diff_sq[rows], norm_sq[rows];
+    if (be->row_norms(be, a, b, rows, cols, diff_sq, norm_sq) != 0) return -1;
+    for (int i = 0; i < rows; i++)
+        residual[i] = (float)(norm_sq[i] > 0 ? sqrt(diff_sq[i] / norm_sq[i]) : sqrt(diff_sq[i]));
     return 0;
+}
+
+/* dst = src on the rows marked stopped, one copy per run of adjacent rows. */
+static void copy_stopped_rows(backend *be, float *dst, const float *src, const unsigned char *stopped,
+                              int rows, size_t per_row) {
+    for (int first = 0; first < rows;) {
+        if (!stopped[first]) {
+            first++;
+            continue;
+        }
+        int end = first;
+        while (end < rows && stopped[end]) end++;
+        be->copy(be, dst + first * per_row, src + first * per_row, (size_t)(end - first) * per_row);
+        first = end;
+    }
 }
 
 /* One fixed-point iteration: st->next = block(fc2(gelu(W_z st->state + injection))). */
@@ -296,19 +307,50 @@ static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model,
     be->copy(be, st->state, solve->init_solution ? solve->init_solution : st->hidden,
              (size_t)b * per_image);
 
+    /* Rows that have stopped keep their state: after each iteration their
+     * new values are overwritten with the old before the swap. */
+    int limit[b], used[b];
+    unsigned char stopped[b];
+    float residual[b], last_residual[b];
+    int most_iters = 0, running = 0;
+    for (int r = 0; r < b; r++) {
+        limit[r] = solve->row_iters ? solve->row_iters[r] : solve->iters;
+        most_iters = limit[r] > most_iters ? limit[r] : most_iters;
+        used[r] = 0;
+        stopped[r] = limit[r] <= 0;
+        running += !stopped[r];
+        last_residual[r] = -1.0f;
+    }
+    int any_stopped = running < b;
     solve->iters_used = 0;
-    solve->residual = -1.0f;
-    for (int k = 0; k < solve->iters; k++) {
+    for (int k = 0; k < most_iters && running > 0; k++) {
         run_iteration(model, st);
-        int measure = solve->tol > 0 || (solve->measure_final && k == solve->iters - 1);
-        if (measure && relative_residual(be, st->next, st->state, b, per_image, &solve->residual) != 0)
+        if (any_stopped) copy_stopped_rows(be, st->next, st->state, stopped, b, per_image);
+        int ends_a_row = 0;
+        for (int r = 0; r < b; r++) ends_a_row |= !stopped[r] && limit[r] == k + 1;
+        int measure = solve->tol > 0 || (solve->measure_final && ends_a_row);
+        if (measure && row_residuals(be, st->next, st->state, b, per_image, residual) != 0)
             return context_fail(ctx, FPDM_ERR_DEVICE, "%s: computing the residual failed",
                                 ctx->device_name);
         float *done = st->next;
         st->next = st->state;
         st->state = done;
         solve->iters_used = k + 1;
-        if (solve->tol > 0 && solve->residual < solve->tol) break;
+        for (int r = 0; r < b; r++) {
+            if (stopped[r]) continue;
+            used[r] = k + 1;
+            if (measure) last_residual[r] = residual[r];
+            if (used[r] >= limit[r] || (solve->tol > 0 && residual[r] < solve->tol)) {
+                stopped[r] = 1;
+                any_stopped = 1;
+                running--;
+            }
+        }
+    }
+    solve->residual = -1.0f;
+    for (int r = 0; r < b; r++) {
+        if (last_residual[r] > solve->residual) solve->residual = last_residual[r];
+        if (solve->row_iters_used) solve->row_iters_used[r] = used[r];
     }
     if (solve->solution_out) be->copy(be, solve->solution_out, st->state, (size_t)b * per_image);
     return FPDM_OK;

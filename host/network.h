@@ -33,16 +33,23 @@ typedef struct network_state {
     size_t floats;        /* arena floats used */
 } network_state;
 
-/* How the fixed-point solve of one forward runs and what it did. */
+/* How the fixed-point solve of one forward runs and what it did. Each row
+ * (image) is its own solve: it stops at its own iteration limit or when its
+ * own relative residual falls under tol, and from then on the iterations
+ * the rest of the batch still runs leave it as it was, so a row's result
+ * does not depend on the other rows in the batch. */
 typedef struct network_solve {
-    int iters;                   /* maximum iterations */
-    float tol;                   /* stop when every row's relative residual < tol; 0: never */
+    int iters;                   /* maximum iterations of every row (without row_iters) */
+    float tol;                   /* a row stops when its relative residual < tol; 0: never */
     int measure_final;           /* without tol, still measure the last iteration's residual
                                   * (the host then waits for the device once per solve) */
     const float *init_solution;  /* [B, T, D] backend memory, or NULL: start from the pre blocks */
     float *solution_out;         /* [B, T, D] backend memory, or NULL */
-    int iters_used;              /* out */
-    float residual;              /* out: the largest relative residual of the last iteration, -1 if none */
+    int iters_used;              /* out: iterations the batch ran (its longest row's) */
+    float residual;              /* out: the largest over rows of each row's last relative
+                                  * residual, -1 if none was measured */
+    const int *row_iters;        /* optional [B]: each row's own maximum, instead of iters */
+    int *row_iters_used;         /* optional [B], out: each row's iterations */
 } network_solve;
 
 /* Arena floats a batch needs: st->floats of network_layout. */

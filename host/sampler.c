@@ -128,6 +128,10 @@ typedef struct run {
     sample_buffers buf;
     int *row_labels;
     float *row_timesteps;
+    /* Carry-over, per row: the iterations a row left unused, its limit for
+     * this step and what it used (each row carries its own, so its result
+     * does not depend on the rows batched with it). */
+    int *row_carried, *row_limits, *row_used;
     fpdm_sample_report *report;
 } run;
 
@@ -160,19 +164,23 @@ static fpdm_status sample_batch(run *r, int batch_index, int num_batches, int fi
     if (status != FPDM_OK) return status;
     for (int i = 0; i < rows; i++) r->row_labels[i] = i < count ? labels[first + i] : cfg->num_classes;
 
-    int carried = 0;
+    int carry_over = cfg->fixed_point && p->carry_over && p->tol > 0;
+    for (int i = 0; i < rows; i++) r->row_carried[i] = 0;
     for (int k = 0; k < p->num_steps; k++) {
         int step_index = p->num_steps - 1 - k; /* respaced index, noisiest first */
         for (int i = 0; i < rows; i++) r->row_timesteps[i] = (float)r->schedule.timesteps[step_index];
         be->copy(be, b->net.x, b->latents, (size_t)count * r->image_floats);
         if (rows > count) be->copy(be, b->net.x + (size_t)count * r->image_floats, b->latents,
                                    (size_t)count * r->image_floats);
-        network_solve solve = {r->plan[k] + carried, p->tol, p->measure_residuals,
+        for (int i = 0; i < rows; i++) r->row_limits[i] = r->plan[k] + r->row_carried[i];
+        network_solve solve = {r->plan[k], p->tol, p->measure_residuals,
                                p->reuse && k > 0 ? b->solution : NULL,
-                               p->reuse ? b->solution : NULL, 0, -1.0f};
+                               p->reuse ? b->solution : NULL, 0, -1.0f,
+                               carry_over ? r->row_limits : NULL, carry_over ? r->row_used : NULL};
         status = network_forward(r->ctx, r->model, &b->net, r->row_timesteps, r->row_labels, &solve);
         if (status != FPDM_OK) return status;
-        if (cfg->fixed_point && p->carry_over && p->tol > 0) carried = solve.iters - solve.iters_used;
+        if (carry_over)
+            for (int i = 0; i < rows; i++) r->row_carried[i] = r->row_limits[i] - r->row_used[i];
         if (rows > count)
             be->cfg_combine(be, b->net.out, count, cfg->out_channels, (int)hw, r->guided, p->cfg_scale);
 
@@ -245,7 +253,10 @@ static fpdm_status prepare(run *r) {
     r->buf.solution = solution_floats ? r->buf.noise + latent_floats : NULL;
     r->row_labels = malloc((size_t)r->rows * sizeof(int));
     r->row_timesteps = malloc((size_t)r->rows * sizeof(float));
-    if (!r->row_labels || !r->row_timesteps)
+    r->row_carried = malloc((size_t)r->rows * sizeof(int));
+    r->row_limits = malloc((size_t)r->rows * sizeof(int));
+    r->row_used = malloc((size_t)r->rows * sizeof(int));
+    if (!r->row_labels || !r->row_timesteps || !r->row_carried || !r->row_limits || !r->row_used)
         return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "out of memory");
     if (r->report) {
         memset(r->report, 0, sizeof *r->report);
@@ -296,5 +307,8 @@ fpdm_status fpdm_sample(fpdm_context *ctx, const fpdm_model *model, const fpdm_s
     free(r.plan);
     free(r.row_labels);
     free(r.row_timesteps);
+    free(r.row_carried);
+    free(r.row_limits);
+    free(r.row_used);
     return status;
 }

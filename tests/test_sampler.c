@@ -125,7 +125,20 @@ static void test_batch_independence(fixture *f) {
     CHECK(fpdm_sample(f->ctx, f->model, &p, 1, &LABELS[NUM_IMAGES - 1], shard, NULL) == FPDM_OK);
     check_close("shard of the last image", shard, together + (NUM_IMAGES - 1) * per_image,
                 per_image, 1e-6);
-    free(together), free(one_by_one), free(shard);
+
+    /* With tol and carry-over each image stops (and carries) on its own
+     * residual: the images of a batch stop after different counts here, and
+     * each equals its run alone. */
+    p.first_image_index = 0;
+    p.tol = 0.2f;
+    p.carry_over = 1;
+    p.batch_size = 0;
+    float *early_together = sample(f, &p, NULL);
+    p.batch_size = 1;
+    float *early_one_by_one = sample(f, &p, NULL);
+    check_close("tol + carry-over, batch 3 vs batch 1", early_one_by_one, early_together, f->floats,
+                1e-6);
+    free(together), free(one_by_one), free(shard), free(early_together), free(early_one_by_one);
 }
 
 static int cancel_at_three(const fpdm_progress *progress, void *user) {
