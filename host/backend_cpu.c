@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "blas_threads.h"
 #include "diffusion.h"
 #include "philox.h"
 #include "vector_math.h"
@@ -84,8 +85,10 @@ static void cpu_linear(backend *be, void *out_buffer, backend_output output, con
         if (add != out) memcpy(out, add, n * sizeof(float));
         beta = 1.0f;
     }
+    int saved_threads = blas_threads_begin(threads_of(be));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, w->out_dim, w->in_dim, 1.0f, in,
                 w->in_dim, weight, w->weight_stride, beta, out, w->out_dim);
+    blas_threads_end(saved_threads);
     if (!w->bias && act == BACKEND_ACT_NONE) return;
     const float *bias = w->bias;
     int out_dim = w->out_dim;
