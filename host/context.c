@@ -1,5 +1,6 @@
 /* context.c - contexts (device, arena, last error), status names, and the
  * public single forward pass. */
+#include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,6 +148,16 @@ const char *fpdm_last_error(const fpdm_context *ctx) { return ctx ? ctx->error :
 
 const char *fpdm_context_device_name(const fpdm_context *ctx) {
     return ctx ? ctx->device_name : "";
+}
+
+fpdm_precision fpdm_context_precision(const fpdm_context *ctx) {
+    if (!ctx || ctx->device_index < 0) return FPDM_PRECISION_FP32;
+    return ctx->params.precision == FPDM_PRECISION_DEFAULT ? FPDM_PRECISION_BF16
+                                                           : ctx->params.precision;
+}
+
+int fpdm_context_num_threads(const fpdm_context *ctx) {
+    return ctx && ctx->params.num_threads > 0 ? ctx->params.num_threads : omp_get_max_threads();
 }
 
 /* Checks that a context can run a model (it has a backend, and the model's

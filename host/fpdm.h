@@ -102,6 +102,10 @@ FPDM_API void fpdm_context_free(fpdm_context *ctx);
 FPDM_API const char *fpdm_last_error(const fpdm_context *ctx);
 /* "cpu" or "cuda:N (device name)". */
 FPDM_API const char *fpdm_context_device_name(const fpdm_context *ctx);
+/* What the context's defaults resolved to: the precision it computes in
+ * (never FPDM_PRECISION_DEFAULT) and the CPU threads its CPU work runs on. */
+FPDM_API fpdm_precision fpdm_context_precision(const fpdm_context *ctx);
+FPDM_API int fpdm_context_num_threads(const fpdm_context *ctx);
 
 /* Memory of a context: its activation arena, the weights loaded through it
  * on its device, and what the device reports (0 where it reports nothing). */

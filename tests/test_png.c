@@ -122,6 +122,15 @@ static void test_rejections(void) {
     CHECK(png_write_grid(path, pixel, 0, 1, 1, 1, 1, 0, err, sizeof err) == -1);
     CHECK(png_write_grid(path, pixel, 1, 1, 1, 1, 0, 0, err, sizeof err) == -1);
     CHECK(access(path, F_OK) != 0);
+    /* The size rule, checkable before there are images: 16 RGB images of
+     * 256 px make a 1 MB canvas; 5400 of them pass the 1 GiB cap (each side
+     *  stays under 32768); 200 x 200 one-pixel images stay within both, but
+     * 130 x 1 with a padding of 300 makes a side past 32768. */
+    CHECK(png_check_grid(path, 16, 3, 256, 256, 4, 2, err, sizeof err) == 0);
+    CHECK(png_check_grid(path, 5400, 3, 256, 256, 74, 2, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "5400 images") && strstr(err, "too large"), "%s", err);
+    CHECK(png_check_grid(path, 40000, 1, 1, 1, 200, 0, err, sizeof err) == 0);
+    CHECK(png_check_grid(path, 130, 1, 1, 1, 130, 300, err, sizeof err) == -1);
     snprintf(path, sizeof path, "%s/no/such/dir.png", dir);
     CHECK(png_write_image(path, pixel, 1, 2, 2, err, sizeof err) == -1);
     CHECK_MSG(strstr(err, "no/such/dir.png") != NULL, "%s", err);

@@ -363,26 +363,46 @@ static const char *find_default_model(char *buffer, size_t size)
     return DEFAULT_MODEL;
 }
 
-/* The folder a file will be written into must exist already, or be the
- * --out folder this run creates (pending_dir, NULL if none). */
-static int check_parent_dir(const char *flag, const char *path, const char *pending_dir)
+/* path without a leading "./" and trailing slashes, into out. */
+static void plain_path(char *out, size_t size, const char *path)
 {
+    while (path[0] == '.' && path[1] == '/')
+        path += 2;
+    snprintf(out, size, "%s", path);
+    size_t len = strlen(out);
+    while (len > 1 && out[len - 1] == '/')
+        out[--len] = '\0';
+}
+
+/* A file this run writes at the end: not a folder, and its folder exists
+ * and is writable already, or is the --out folder this run creates
+ * (pending_dir, NULL if none). Checked before sampling, so a typo does not
+ * cost the run. */
+static int check_output_file(const char *flag, const char *path, const char *pending_dir)
+{
+    if (is_dir(path)) {
+        fprintf(stderr, PROGRAM ": %s %s: is a folder (allowed: a file name)\n", flag, path);
+        return -1;
+    }
     char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
+    plain_path(dir, sizeof dir, path);
     char *slash = strrchr(dir, '/');
     if (!slash)
-        return 0;
-    if (slash == dir)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
         slash[1] = '\0';
     else
         *slash = '\0';
-    if (is_dir(dir))
-        return 0;
+    if (is_dir(dir)) {
+        if (access(dir, W_OK) == 0)
+            return 0;
+        fprintf(stderr, PROGRAM ": %s %s: folder %s is not writable\n", flag, path, dir);
+        return -1;
+    }
     if (pending_dir) {
-        size_t len = strlen(pending_dir);
-        while (len > 1 && pending_dir[len - 1] == '/')
-            len--;
-        if (strlen(dir) == len && strncmp(dir, pending_dir, len) == 0)
+        char pending[PATH_MAX];
+        plain_path(pending, sizeof pending, pending_dir);
+        if (strcmp(dir, pending) == 0)
             return 0;
     }
     fprintf(stderr, PROGRAM ": %s %s: folder %s does not exist\n", flag, path, dir);
@@ -685,7 +705,7 @@ static void fill_report(report *r, const run_state *rs, const fpdm_sample_params
     report_set_number(r, "settings", "eta", opt->eta);
     report_set_number(r, "settings", "cfg_scale", opt->cfg_scale);
     report_set_string(r, "settings", "cfg_channels", cfg_channel_names[opt->cfg_all_channels]);
-    report_set_number(r, "settings", "seed", (double)opt->seed);
+    report_set_uint64(r, "settings", "seed", opt->seed);
     report_set_int_array(r, "settings", "classes", rs->labels, opt->num_images);
     if (rs->info->is_fixed_point) {
         report_set_number(r, "settings", "iters",
@@ -698,8 +718,8 @@ static void fill_report(report *r, const run_state *rs, const fpdm_sample_params
         report_set_bool(r, "settings", "carry_over", opt->carry_over);
     }
     report_set_string(r, "settings", "precision",
-                      opt->precision ? precision_names[opt->precision - 1] : "default");
-    report_set_number(r, "settings", "threads", opt->threads);
+                      precision_names[fpdm_context_precision(rs->ctx) - FPDM_PRECISION_FP32]);
+    report_set_number(r, "settings", "threads", fpdm_context_num_threads(rs->ctx));
     fpdm_sample_report totals = {
         .num_steps = opt->steps,
         .steps = rs->steps,
@@ -711,15 +731,20 @@ static void fill_report(report *r, const run_state *rs, const fpdm_sample_params
     report_set_number(r, "totals", "images_skipped", rs->images_skipped);
 }
 
+/* The grid is as near square as the image count allows. */
+static int grid_columns(const options *opt)
+{
+    return (int)ceil(sqrt((double)opt->num_images));
+}
+
 /* Writes --grid, --latents-out and --report after the batches. */
 static int write_run_outputs(const run_state *rs, const fpdm_sample_params *sp, double seconds)
 {
     const options *opt = rs->opt;
     char err[512];
     if (opt->grid_path) {
-        int columns = (int)ceil(sqrt((double)opt->num_images));
         if (png_write_grid(opt->grid_path, rs->all_images, opt->num_images, rs->image_channels,
-                           rs->image_size, rs->image_size, columns, GRID_PADDING, err,
+                           rs->image_size, rs->image_size, grid_columns(opt), GRID_PADDING, err,
                            sizeof err) != 0) {
             fprintf(stderr, PROGRAM ": %s\n", err);
             return EXIT_RUNTIME;
@@ -816,11 +841,20 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
                  schedule_names[opt->schedule]);
         return usage_error(err);
     }
-    if (info->latent_space && !opt->vae_path && (opt->grid_path || !opt->latents_out)) {
+    if (info->latent_space && !opt->vae_path && opt->grid_path && opt->latents_out) {
+        snprintf(err, sizeof err, "--grid needs --vae FILE: %s samples VAE latents, which "
+                 "--latents-out saves without one", opt->model_path);
+        return usage_error(err);
+    }
+    if (info->latent_space && !opt->vae_path && !opt->latents_out) {
         snprintf(err, sizeof err, "%s samples VAE latents: give --vae FILE to decode them into "
                  "PNGs, or --latents-out FILE.npy to save the latents only", opt->model_path);
         return usage_error(err);
     }
+    if (opt->eta > 0 && opt->sampler != FPDM_SAMPLER_DDIM)
+        return usage_error("--eta applies to --sampler ddim only");
+    if (opt->iters >= 0 && opt->iters_per_step)
+        return usage_error("--iters and --iters-per-step both set the iterations: give one");
 
     *sp = fpdm_sample_default_params(rs->model);
     sp->num_steps = opt->steps;
@@ -895,9 +929,15 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
             return rc;
     }
     if (rs->write_pngs && rs->image_channels != 1 && rs->image_channels != 3) {
-        snprintf(err, sizeof err, "%s has %d channels; PNGs need 1 or 3 (use --latents-out "
-                 "FILE.npy instead)", opt->model_path, rs->image_channels);
-        return usage_error(err);
+        /* Such samples can still be saved as an array. */
+        if (opt->latents_out && !opt->grid_path && !opt->vae_path) {
+            rs->write_pngs = 0;
+        } else {
+            snprintf(err, sizeof err, "%s has %d channels; PNGs need 1 or 3 (save the samples "
+                     "with --latents-out FILE.npy and no --grid instead)", opt->model_path,
+                     rs->image_channels);
+            return usage_error(err);
+        }
     }
     rs->image_floats = (size_t)rs->image_channels * rs->image_size * rs->image_size;
 
@@ -949,12 +989,19 @@ static int check_outputs(const run_state *rs)
 {
     const options *opt = rs->opt;
     const char *pending = rs->write_pngs ? opt->out_dir : NULL;
-    if (opt->grid_path && check_parent_dir("--grid", opt->grid_path, pending) != 0)
+    if (opt->grid_path && check_output_file("--grid", opt->grid_path, pending) != 0)
         return EXIT_RUNTIME;
-    if (opt->latents_out && check_parent_dir("--latents-out", opt->latents_out, pending) != 0)
+    if (opt->latents_out && check_output_file("--latents-out", opt->latents_out, pending) != 0)
         return EXIT_RUNTIME;
-    if (opt->report_path && check_parent_dir("--report", opt->report_path, pending) != 0)
+    if (opt->report_path && check_output_file("--report", opt->report_path, pending) != 0)
         return EXIT_RUNTIME;
+    char err[512];
+    if (opt->grid_path && png_check_grid(opt->grid_path, opt->num_images, rs->image_channels,
+                                         rs->image_size, rs->image_size, grid_columns(opt),
+                                         GRID_PADDING, err, sizeof err) != 0) {
+        fprintf(stderr, PROGRAM ": --grid %s\n", err);
+        return EXIT_RUNTIME;
+    }
     if (rs->write_pngs && prepare_out_dir(opt->out_dir) != 0)
         return EXIT_RUNTIME;
     return 0;
@@ -1052,8 +1099,12 @@ int main(int argc, char **argv)
     const double seconds = progress_now() - start;
     progress_end(&rp.bar);
     if (rc == EXIT_INTERRUPTED) {
-        fprintf(stderr, PROGRAM ": interrupted; %d finished images kept in %s\n",
-                rs.images_sampled, opt.out_dir);
+        if (rs.write_pngs)
+            fprintf(stderr, PROGRAM ": interrupted; %d finished images kept in %s\n",
+                    rs.images_sampled, opt.out_dir);
+        else
+            fprintf(stderr, PROGRAM ": interrupted; nothing written (--latents-out is written "
+                    "when the whole run is done)\n");
         goto done;
     }
     if (rc != 0)

@@ -83,6 +83,8 @@ expect "budget below steps (decreasing)" 2 "--budget 2 is less than --steps 4" -
 expect "carry-over without tol" 2 "--carry-over needs --tol"              -m "$fpdm" --carry-over
 expect "fpdm flag on a dit"  2 "--iters applies to fixed-point \(FPDM\) models only" -m "$dit" --steps 3 --iters 2
 expect "verbose and quiet"   2 "--verbose and --quiet exclude each other" -m "$fpdm" --verbose
+expect "eta with ddpm"       2 "--eta applies to --sampler ddim only"     -m "$fpdm" --steps 3 --eta 0.5
+expect "iters and a list"    2 "--iters and --iters-per-step both"        -m "$fpdm" --steps 2 --iters 3 --iters-per-step 1,2
 expect "init noise shape"    2 "--init-noise .*shape \[2, 1, 8, 8\] does not match the run \(allowed: \[4, 1, 8, 8\]\)" \
     -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/init-bad.npy"
 expect "step noise shape"    2 "--step-noise .*shape \[3, 4, 1, 8, 4\] does not match the run \(allowed: \[3, 4, 1, 8, 8\]\)" \
@@ -90,7 +92,7 @@ expect "step noise shape"    2 "--step-noise .*shape \[3, 4, 1, 8, 4\] does not 
 if [ -f tests/golden/forward-fpdm.model.safetensors ]; then
     expect "latent model without vae" 2 "samples VAE latents: give --vae FILE .* or --latents-out FILE.npy" \
         -m tests/golden/forward-fpdm.model.safetensors --steps 3
-    expect "latent grid without vae" 2 "give --vae FILE" \
+    expect "latent grid without vae" 2 "--grid needs --vae FILE" \
         -m tests/golden/forward-fpdm.model.safetensors --steps 3 --latents-out "$tmp/l.npy" --grid "$tmp/g.png"
 fi
 
@@ -101,6 +103,17 @@ expect "noise not float32"   1 "--init-noise: .*init-f64.npy"                   
 expect "noise file missing"  1 "--init-noise: .*absent.npy"                         -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/absent.npy"
 expect "grid folder missing" 1 "--grid .*: folder .*no-dir does not exist"           -m "$fpdm" --steps 3 --grid "$tmp/no-dir/grid.png"
 expect "report folder missing" 1 "--report .*: folder .*no-dir does not exist"       -m "$fpdm" --steps 3 --report "$tmp/no-dir/r.json"
+# Checked before sampling: a folder as the file, a folder that is not writable
+# (root may write anywhere: that case is skipped). (A grid too large to write
+# is refused before sampling too; tests/test_png.c checks the size rule.)
+mkdir -p "$tmp/a-folder" "$tmp/read-only"
+chmod 555 "$tmp/read-only"
+expect "report is a folder"  1 "--report .*a-folder: is a folder"                    -m "$fpdm" --steps 3 --report "$tmp/a-folder"
+expect "latents is a folder" 1 "--latents-out .*a-folder: is a folder"               -m "$fpdm" --steps 3 --latents-out "$tmp/a-folder"
+if ! touch "$tmp/read-only/probe" 2>/dev/null; then
+    expect "grid folder read-only" 1 "--grid .*: folder .*read-only is not writable"  -m "$fpdm" --steps 3 --grid "$tmp/read-only/g.png"
+fi
+rm -f "$tmp/read-only/probe"
 expect "unknown device"      1 "--device gpu: unknown device \"gpu\": use auto, cpu, cuda or cuda:N" -m "$fpdm" --steps 3 --device gpu
 FPDM_DEVICE=gpu expect "unknown FPDM_DEVICE" 1 "FPDM_DEVICE=gpu: unknown device"    -m "$fpdm" --steps 3
 if ! command -v nvidia-smi >/dev/null 2>&1; then

@@ -52,7 +52,13 @@ assert totals["model_evaluations"] > 0 and totals["seconds"] > 0, totals
 assert settings["steps"] == 6 and settings["seed"] == 3 and settings["cfg_scale"] == 2, settings
 assert settings["classes"] == [0, 1, 2, 0, 1], settings["classes"]
 assert settings["iteration_plan"] == [4] * 6, settings
+# What ran, not what was asked: the context's precision and thread count.
+assert settings["precision"] == "fp32" and settings["threads"] >= 1, settings
 PY
+# A seed past 2^53 is recorded digit for digit (a JSON double would round it).
+check "report seed" run bigseed -m "$fpdm" -n 1 --steps 1 --seed 18446744073709551615 \
+    --out "$tmp/bigseed" --report "$tmp/bigseed.json"
+check "report seed digits" grep -q '"seed":[[:space:]]*18446744073709551615[,}[:space:]]' "$tmp/bigseed.json"
 
 # 2. A second run skips every batch whose files all exist: the files keep
 #    an old timestamp set here, which any rewrite would replace.

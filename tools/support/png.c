@@ -75,24 +75,44 @@ int png_write_image(const char *path, const float *chw, int channels, int height
     return png_write_grid(path, chw, 1, channels, height, width, 1, 0, err, err_size);
 }
 
+/* The canvas of a grid, or -1 with a message in err. */
+static int grid_canvas(const char *path, int n, int channels, int height, int width, int *columns,
+                       int padding, long long *canvas_height, long long *canvas_width, char *err,
+                       size_t err_size) {
+    if (check_image_shape(path, channels, height, width, err, err_size) != 0) return -1;
+    if (n < 1 || *columns < 1 || padding < 0 || padding > PNG_MAX_SIDE) {
+        support_set_error(err, err_size, "%s: grid of %d images, %d columns, padding %d (allowed: n >= "
+                  "1, columns >= 1, padding 0..%d)", path, n, *columns, padding, PNG_MAX_SIDE);
+        return -1;
+    }
+    if (*columns > n) *columns = n;
+    int rows = (n + *columns - 1) / *columns;
+    *canvas_width = (long long)*columns * (width + padding) + padding;
+    *canvas_height = (long long)rows * (height + padding) + padding;
+    if (*canvas_width > PNG_MAX_SIDE || *canvas_height > PNG_MAX_SIDE ||
+        (size_t)(*canvas_width * *canvas_height * channels) > PNG_MAX_BYTES) {
+        support_set_error(err, err_size,
+                          "%s: a grid of %d images is %lldx%lld pixels, too large (allowed: at "
+                          "most %d per side and %zu MiB)",
+                          path, n, *canvas_height, *canvas_width, PNG_MAX_SIDE, PNG_MAX_BYTES >> 20);
+        return -1;
+    }
+    return 0;
+}
+
+int png_check_grid(const char *path, int n, int channels, int height, int width, int columns,
+                   int padding, char *err, size_t err_size) {
+    long long canvas_height, canvas_width;
+    return grid_canvas(path, n, channels, height, width, &columns, padding, &canvas_height,
+                       &canvas_width, err, err_size);
+}
+
 int png_write_grid(const char *path, const float *images, int n, int channels, int height,
                    int width, int columns, int padding, char *err, size_t err_size) {
-    if (check_image_shape(path, channels, height, width, err, err_size) != 0) return -1;
-    if (n < 1 || columns < 1 || padding < 0 || padding > PNG_MAX_SIDE) {
-        support_set_error(err, err_size, "%s: grid of %d images, %d columns, padding %d (allowed: n >= "
-                  "1, columns >= 1, padding 0..%d)", path, n, columns, padding, PNG_MAX_SIDE);
+    long long canvas_height, canvas_width;
+    if (grid_canvas(path, n, channels, height, width, &columns, padding, &canvas_height,
+                    &canvas_width, err, err_size) != 0)
         return -1;
-    }
-    if (columns > n) columns = n;
-    int rows = (n + columns - 1) / columns;
-    long long canvas_width = (long long)columns * (width + padding) + padding;
-    long long canvas_height = (long long)rows * (height + padding) + padding;
-    if (canvas_width > PNG_MAX_SIDE || canvas_height > PNG_MAX_SIDE ||
-        (size_t)(canvas_width * canvas_height * channels) > PNG_MAX_BYTES) {
-        support_set_error(err, err_size, "%s: grid of %lldx%lld pixels is too large (at most %d per side)",
-                  path, canvas_height, canvas_width, PNG_MAX_SIDE);
-        return -1;
-    }
     uint8_t *canvas = calloc((size_t)(canvas_width * canvas_height * channels), 1);
     if (!canvas) {
         support_set_error(err, err_size, "%s: out of memory", path);

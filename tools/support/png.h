@@ -23,4 +23,9 @@ int png_write_image(const char *path, const float *chw, int channels, int height
 int png_write_grid(const char *path, const float *images, int n, int channels, int height,
                    int width, int columns, int padding, char *err, size_t err_size);
 
+/* What png_write_grid checks before it writes, so a program can refuse a
+ * grid too large to write before it computes the images. */
+int png_check_grid(const char *path, int n, int channels, int height, int width, int columns,
+                   int padding, char *err, size_t err_size);
+
 #endif

@@ -70,6 +70,13 @@ void report_set_number(report *r, const char *section, const char *key, double v
     set_item(r, section, key, cJSON_CreateNumber(value));
 }
 
+void report_set_uint64(report *r, const char *section, const char *key, uint64_t value)
+{
+    char digits[24];
+    snprintf(digits, sizeof digits, "%llu", (unsigned long long)value);
+    set_item(r, section, key, cJSON_CreateRaw(digits));
+}
+
 void report_set_bool(report *r, const char *section, const char *key, int value)
 {
     set_item(r, section, key, cJSON_CreateBool(value));

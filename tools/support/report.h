@@ -8,6 +8,7 @@
 #define FPDM_REPORT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "fpdm.h"
 
@@ -19,6 +20,8 @@ void report_free(report *r);
 
 void report_set_string(report *r, const char *section, const char *key, const char *value);
 void report_set_number(report *r, const char *section, const char *key, double value);
+/* An integer written digit for digit (a double holds only 53 bits: seeds). */
+void report_set_uint64(report *r, const char *section, const char *key, uint64_t value);
 void report_set_bool(report *r, const char *section, const char *key, int value);
 void report_set_int_array(report *r, const char *section, const char *key, const int *values,
                           int count);
