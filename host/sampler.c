@@ -272,6 +272,16 @@ static fpdm_status prepare(run *r) {
     return FPDM_OK;
 }
 
+/* NaN or infinite noise would sample NaN images without a word. */
+static fpdm_status check_finite(fpdm_context *ctx, const char *what, const float *values, size_t n) {
+    if (!values) return FPDM_OK;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(values[i]))
+            return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "%s[%zu] is %g (allowed: finite numbers)",
+                                what, i, (double)values[i]);
+    return FPDM_OK;
+}
+
 fpdm_status fpdm_sample(fpdm_context *ctx, const fpdm_model *model, const fpdm_sample_params *params,
                         int num_images, const int *labels, float *latents_out,
                         fpdm_sample_report *report) {
@@ -286,6 +296,13 @@ fpdm_status fpdm_sample(fpdm_context *ctx, const fpdm_model *model, const fpdm_s
         if (labels[i] < 0 || labels[i] >= model->config.num_classes)
             return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "class %d of image %d is outside 0..%d",
                                 labels[i], i, model->config.num_classes - 1);
+    size_t image_floats = (size_t)model->config.in_channels * model->config.input_size *
+                          model->config.input_size;
+    if ((status = check_finite(ctx, "init_noise", params->init_noise,
+                               (size_t)num_images * image_floats)) != FPDM_OK ||
+        (status = check_finite(ctx, "step_noise", params->step_noise,
+                               (size_t)params->num_steps * num_images * image_floats)) != FPDM_OK)
+        return status;
 
     double start = seconds_now();
     run r;

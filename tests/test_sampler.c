@@ -203,6 +203,18 @@ static void test_invalid_arguments(fixture *f) {
     p = base_params(f);
     int bad_labels[NUM_IMAGES] = {1, 10, 2};
     expect_invalid(f, &p, bad_labels, "class 10");
+    /* Noise from outside must be finite, in every value. */
+    size_t step_floats = (size_t)STEPS * f->floats;
+    float *noise = calloc(step_floats, sizeof(float));
+    noise[f->floats - 1] = NAN;
+    p.init_noise = noise;
+    expect_invalid(f, &p, LABELS, "init_noise[");
+    noise[f->floats - 1] = 0.0f;
+    noise[step_floats - 1] = INFINITY;
+    p.init_noise = NULL;
+    p.step_noise = noise;
+    expect_invalid(f, &p, LABELS, "step_noise[");
+    free(noise);
 }
 
 static void test_dit_ignores_solver(void) {

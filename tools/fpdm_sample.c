@@ -466,10 +466,24 @@ static int read_noise(const char *flag, const char *path, int ndim, const int64_
         return EXIT_RUNTIME;
     }
     int same = file_ndim == ndim;
-    for (int i = 0; same && i < ndim; i++)
+    size_t count = 1;
+    for (int i = 0; same && i < ndim; i++) {
         same = file_shape[i] == shape[i];
-    if (same)
+        count *= (size_t)shape[i];
+    }
+    if (same) {
+        /* NaN or infinite noise would sample black images without a word. */
+        for (size_t i = 0; i < count; i++) {
+            if (!isfinite((*data)[i])) {
+                fprintf(stderr, PROGRAM ": %s %s: value %zu is %g (allowed: finite numbers)\n",
+                        flag, path, i, (double)(*data)[i]);
+                free(*data);
+                *data = NULL;
+                return EXIT_USAGE;
+            }
+        }
         return 0;
+    }
     char expected[128] = "", found[128] = "";
     size_t used = 0;
     for (int i = 0; i < ndim; i++)

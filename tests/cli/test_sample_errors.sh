@@ -50,6 +50,9 @@ d = sys.argv[1]
 np.save(d + "/init-bad.npy", np.zeros((2, 1, 8, 8), np.float32))
 np.save(d + "/step-bad.npy", np.zeros((3, 4, 1, 8, 4), np.float32))
 np.save(d + "/init-f64.npy", np.zeros((4, 1, 8, 8), np.float64))
+nan = np.zeros((4, 1, 8, 8), np.float32)
+nan[3, 0, 7, 7] = np.nan
+np.save(d + "/init-nan.npy", nan)
 PY
 echo "not a safetensors file" >"$tmp/malformed.safetensors"
 echo "a file" >"$tmp/a-file"
@@ -87,6 +90,8 @@ expect "eta with ddpm"       2 "--eta applies to --sampler ddim only"     -m "$f
 expect "iters and a list"    2 "--iters and --iters-per-step both"        -m "$fpdm" --steps 2 --iters 3 --iters-per-step 1,2
 expect "init noise shape"    2 "--init-noise .*shape \[2, 1, 8, 8\] does not match the run \(allowed: \[4, 1, 8, 8\]\)" \
     -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/init-bad.npy"
+expect "init noise NaN"      2 "--init-noise .*init-nan.npy: value 255 is nan \(allowed: finite numbers\)" \
+    -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/init-nan.npy"
 expect "step noise shape"    2 "--step-noise .*shape \[3, 4, 1, 8, 4\] does not match the run \(allowed: \[3, 4, 1, 8, 8\]\)" \
     -m "$fpdm" -n 4 --steps 3 --step-noise "$tmp/step-bad.npy"
 if [ -f tests/golden/forward-fpdm.model.safetensors ]; then
