@@ -12,13 +12,16 @@
  * Resuming: image i is written as {i:05d}-{class}.png, and both its class and
  * its noise depend only on (--seed, i), never on the batch it falls in, so a
  * rerun skips every batch whose files all exist and draws the remaining ones
- * exactly as an uninterrupted run would have. */
-#define _POSIX_C_SOURCE 200809L
+ * exactly as an uninterrupted run would have. The folder keeps the settings
+ * the images depend on (.fpdm-sample-settings), and a rerun with others is
+ * refused rather than mixing two runs' images (--overwrite redraws). */
+#define _XOPEN_SOURCE 700 /* POSIX 2008 and realpath */
 
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -997,6 +1000,112 @@ static void print_model_and_plan(const run_state *rs)
     fprintf(stderr, " (total %lld)\n", total);
 }
 
+/* ---- the settings an output folder's images were drawn with --------------- */
+
+/* A hidden file in --out: a rerun into a folder drawn with other settings
+ * would otherwise skip the files it finds and mix two runs' images. */
+#define SETTINGS_FILE ".fpdm-sample-settings"
+
+static void append_line(char *text, size_t size, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+static void append_line(char *text, size_t size, const char *format, ...)
+{
+    size_t used = strlen(text);
+    if (used >= size)
+        return;
+    va_list args;
+    va_start(args, format);
+    vsnprintf(text + used, size - used, format, args);
+    va_end(args);
+}
+
+/* A file by its full path, size and modification time. */
+static void append_file_line(char *text, size_t size, const char *name, const char *path)
+{
+    char full[PATH_MAX];
+    struct stat st;
+    if (!path || !realpath(path, full) || stat(full, &st) != 0) {
+        append_line(text, size, "%s %s\n", name, path ? path : "none");
+        return;
+    }
+    append_line(text, size, "%s %s %lld bytes, modified %lld\n", name, full, (long long)st.st_size,
+                (long long)st.st_mtime);
+}
+
+/* What an image's pixels depend on, a "name value" line each: not the image
+ * count, batch size, first index or device, which leave an image as it is
+ * (shards of one run share a folder). */
+static void describe_settings(const run_state *rs, char *text, size_t size)
+{
+    const options *opt = rs->opt;
+    text[0] = '\0';
+    append_file_line(text, size, "model", opt->model_path);
+    append_file_line(text, size, "vae", opt->vae_path);
+    append_line(text, size, "steps %d\nsampler %s\neta %.9g\ncfg_scale %.9g\ncfg_channels %s\n"
+                "seed %llu\nprecision %s\n", opt->steps, sampler_names[opt->sampler],
+                (double)opt->eta, (double)opt->cfg_scale, cfg_channel_names[opt->cfg_all_channels],
+                (unsigned long long)opt->seed,
+                precision_names[fpdm_context_precision(rs->ctx) - FPDM_PRECISION_FP32]);
+    append_line(text, size, "classes");
+    for (int i = 0; i < opt->num_classes_given; i++)
+        append_line(text, size, "%s%d", i ? "," : " ", opt->classes[i]);
+    append_line(text, size, "%s\niterations", opt->num_classes_given ? "" : " by seed");
+    for (int s = 0; s < opt->steps; s++)
+        append_line(text, size, "%s%d", s ? "," : " ", rs->plan[s]);
+    append_line(text, size, "\nreuse %d\ntol %.9g\ncarry_over %d\n", opt->reuse, (double)opt->tol,
+                opt->carry_over);
+    append_file_line(text, size, "init_noise", opt->init_noise_path);
+    append_file_line(text, size, "step_noise", opt->step_noise_path);
+}
+
+/* The first line where two descriptions differ, into line. */
+static void first_difference(const char *a, const char *b, char *line, size_t size)
+{
+    while (*a && *a == *b) {
+        const char *a_end = strchr(a, '\n'), *b_end = strchr(b, '\n');
+        if (!a_end || !b_end || a_end - a != b_end - b || strncmp(a, b, (size_t)(a_end - a)) != 0)
+            break;
+        a = a_end + 1;
+        b = b_end + 1;
+    }
+    const char *end = strchr(a, '\n');
+    int length = end ? (int)(end - a) : (int)strlen(a);
+    snprintf(line, size, "%.*s", length, a);
+}
+
+/* Records this run's settings in --out, or refuses a folder whose images
+ * were drawn with others (unless --overwrite draws them again). */
+static int check_settings_file(const run_state *rs)
+{
+    const options *opt = rs->opt;
+    char path[PATH_MAX], now[8192], before[8192] = "";
+    snprintf(path, sizeof path, "%s/%s", opt->out_dir, SETTINGS_FILE);
+    describe_settings(rs, now, sizeof now);
+    FILE *file = fopen(path, "r");
+    if (file) {
+        size_t got = fread(before, 1, sizeof before - 1, file);
+        before[got] = '\0';
+        fclose(file);
+        if (strcmp(before, now) == 0)
+            return 0;
+        if (!opt->overwrite) {
+            char there[1024], here[1024];
+            first_difference(before, now, there, sizeof there);
+            first_difference(now, before, here, sizeof here);
+            fprintf(stderr, PROGRAM ": --out %s holds images drawn with other settings (there: "
+                    "\"%s\"; now: \"%s\"): give another --out, or --overwrite to draw them "
+                    "again\n", opt->out_dir, there, here);
+            return EXIT_USAGE;
+        }
+    }
+    file = fopen(path, "w");
+    if (!file || fputs(now, file) == EOF || fclose(file) != 0) {
+        fprintf(stderr, PROGRAM ": %s: cannot write: %s\n", path, strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}
+
 /* Everything that could refuse the run is checked before the first file or
  * folder is created: the output folder comes last. */
 static int check_outputs(const run_state *rs)
@@ -1018,7 +1127,7 @@ static int check_outputs(const run_state *rs)
     }
     if (rs->write_pngs && prepare_out_dir(opt->out_dir) != 0)
         return EXIT_RUNTIME;
-    return 0;
+    return rs->write_pngs ? check_settings_file(rs) : 0;
 }
 
 static void free_run(run_state *rs)

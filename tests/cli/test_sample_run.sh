@@ -74,7 +74,19 @@ check "partial resume redraws one batch" grep -q "2 images in .*3 images already
 check "partial resume keeps the rest" [ "$(old_files)" = 3 ]
 check "partial resume redraws the missing file" [ -f "$tmp/a/00002-2.png" ]
 
-# 3. --overwrite rewrites every file.
+# A rerun with other settings is refused (it would skip these files and mix
+# two runs' images), naming the setting; a shard of the same run is not.
+if "$sample" -m "$fpdm" -n 5 --steps 7 --seed 3 --class 0,1,2 --cfg-scale 2 -b 2 --out "$tmp/a" >/dev/null 2>"$tmp/other.err"; then
+    check "other settings refused" false
+else
+    check "other settings refused" [ $? = 2 ]
+fi
+check "other settings named" grep -q 'holds images drawn with other settings (there: "steps 6"; now: "steps 7")' "$tmp/other.err"
+check "other settings leave the files" [ "$(old_files)" = 3 ]
+check "a shard of the same run" run shard -m "$fpdm" -n 2 --first-index 5 --steps 6 --seed 3 \
+    --class 0,1,2 --cfg-scale 2 --out "$tmp/a"
+
+# 3. --overwrite rewrites every file (and takes other settings).
 check "overwrite run" run overwrite "${common[@]}" -b 2 --out "$tmp/a" --overwrite
 check "overwrite rewrites" [ "$(old_files)" = 0 ]
 
@@ -133,7 +145,8 @@ check "vae image size" /usr/bin/python3 - "$tmp/v/new" <<'PY'
 import os, struct, sys
 folder = sys.argv[1]
 names = sorted(os.listdir(folder))
-assert len(names) == 4 and "grid.png" in names, names
+assert len(names) == 5 and "grid.png" in names and ".fpdm-sample-settings" in names, names
+names.remove(".fpdm-sample-settings")
 for name in names:
     with open(os.path.join(folder, name), "rb") as f:
         head = f.read(26)
@@ -157,7 +170,7 @@ if [ $rc = 0 ]; then
 else
     check "interrupt exit code" [ $rc = 130 ]
     check "interrupt message" grep -q "fpdm-sample: interrupted; [0-9]* finished images kept" "$tmp/int.err"
-    check "no temporary files" [ -z "$(ls -A "$tmp/k" | grep -v '^[0-9]\{5\}-[0-9]*\.png$')" ]
+    check "no temporary files" [ -z "$(ls -A "$tmp/k" | grep -v -e '^[0-9]\{5\}-[0-9]*\.png$' -e '^\.fpdm-sample-settings$')" ]
 fi
 
 finish
