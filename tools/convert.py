@@ -16,6 +16,7 @@ with a message and exit code 1. Settings recorded in a train.py checkpoint's
 args are used unless given on the command line.
 """
 import argparse
+import math
 import os
 import re
 import sys
@@ -116,6 +117,17 @@ def _count_blocks(arrays, prefix):
     return len(indices)
 
 
+def mlp_ratio_for(hidden, mlp_hidden):
+    """A ratio that the official int(hidden * ratio) turns back into mlp_hidden:
+    mlp_hidden / hidden, unless that quotient is rounded down so far that the
+    product falls just short (44 * (15 / 44) gives 14.999...); the next double
+    up then gives mlp_hidden exactly."""
+    ratio = mlp_hidden / hidden
+    if int(hidden * ratio) < mlp_hidden:
+        ratio = math.nextafter(ratio, math.inf)
+    return ratio
+
+
 def infer_config(arrays, num_heads):
     """The architecture implied by the tensor shapes (without training settings)."""
     weight = _shape(arrays, "x_embedder.proj.weight")
@@ -154,7 +166,7 @@ def infer_config(arrays, num_heads):
         "architecture": "fpdm" if fixed_point else "dit",
         "hidden_size": hidden, "num_heads": num_heads, "patch_size": patch,
         "input_size": grid * patch, "in_channels": in_channels, "num_classes": table[0] - 1,
-        "learn_sigma": learn_sigma, "mlp_ratio": fc1[0] / hidden,
+        "learn_sigma": learn_sigma, "mlp_ratio": mlp_ratio_for(hidden, fc1[0]),
     }
     if fixed_point:
         cfg["pre_depth"] = _count_blocks(arrays, "blocks_pre")
@@ -163,8 +175,6 @@ def infer_config(arrays, num_heads):
         cfg["depth"] = _count_blocks(arrays, "blocks")
         if cfg["depth"] == 0:
             raise ConversionError("no transformer blocks (blocks.N.*) found")
-    if int(hidden * cfg["mlp_ratio"]) != fc1[0]:
-        raise ConversionError(f"mlp hidden size {fc1[0]} is not reproducible from a ratio of {hidden}")
     return cfg
 
 
