@@ -217,7 +217,7 @@ def test_refusals(tmp):
         if os.path.exists(out):
             os.unlink(out)
         code, text = run_convert(path, out, *(extra or ("--heads", "2")))
-        ok = code != 0 and expect_in_message in text and not os.path.exists(out)
+        ok = code == 1 and expect_in_message in text and not os.path.exists(out)
         if not check(ok, f"refused: {what}"):
             print(f"  exit {code}: {text.strip()}")
 
@@ -238,6 +238,17 @@ def test_refusals(tmp):
     refused(odd_sigma, "final layer size fits neither sigma setting", "final_layer.linear.weight")
     code, text = run_convert(os.path.join(tmp, "bad.pt"), os.path.join(tmp, "x.safetensors"))
     check(code != 0 and "heads" in text, "refused: no heads given and none in the checkpoint")
+
+    # Files fpdm-sample would refuse, or settings a DiT file has no place for.
+    refused(good, "zero terminal SNR with eps prediction", "--predict-v", "--heads", "2", "--zero-terminal-snr")
+    args = {"use_zero_terminal_snr": True, "predict_v": False}
+    refused(train_checkpoint(good, good, args), "zero terminal SNR with eps prediction in args", "--predict-v")
+    dit_cfg = dict(architecture="dit", hidden_size=24, num_heads=2, patch_size=2, input_size=8,
+                   in_channels=4, num_classes=10, depth=1)
+    _, dit = official_state_dict(dit_cfg, 7)
+    refused(dit, "--equivalent-depth for a DiT", "--equivalent-depth", "--heads", "2", "--equivalent-depth", "7")
+    refused(dit, "--no-pre-post-timestep-conditioning for a DiT", "pre-post-timestep-conditioning",
+            "--heads", "2", "--no-pre-post-timestep-conditioning")
 
 
 def main():

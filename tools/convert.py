@@ -226,12 +226,21 @@ def convert(checkpoint_path, out_path, options, log=print):
         raise ConversionError(f"model {model_name} has patch size {patch_from_name}, "
                               f"the checkpoint has {cfg['patch_size']}")
 
+    if cfg["architecture"] == "dit":
+        # A DiT file has no place for these, so they would be dropped unseen.
+        for given, flag in ((options.equivalent_depth, "--equivalent-depth"),
+                            (options.pre_post_timestep_conditioning, "--[no-]pre-post-timestep-conditioning")):
+            if given is not None:
+                raise ConversionError(f"{flag} applies to FPDM checkpoints; this one is a DiT")
     if options.pre_post_timestep_conditioning is not None:
         settings["pre_post_timestep_conditioning"] = options.pre_post_timestep_conditioning
     if options.predict_v:
         settings["prediction"] = "v"
     if options.zero_terminal_snr:
         settings["zero_terminal_snr"] = True
+    if settings.get("zero_terminal_snr") and settings.get("prediction") != "v":
+        raise ConversionError("zero terminal SNR without v prediction: fpdm-sample cannot sample such a model "
+                              "(its first step has alpha_cumprod 0); give --predict-v if the model predicts v")
     if cfg["architecture"] == "fpdm" and "pre_post_timestep_conditioning" not in settings:
         log("warning: the checkpoint does not record fixed_point_pre_post_timestep_conditioning; "
             "assuming it was on (override with --no-pre-post-timestep-conditioning)", file=sys.stderr)
@@ -299,7 +308,7 @@ def parse_args(argv):
     parser.add_argument("--zero-terminal-snr", action="store_true")
     parser.add_argument("--space", choices=("latent", "pixel"), default="latent")
     parser.add_argument("--equivalent-depth", type=int, default=None,
-                        help="depth of the DiT an FPDM replaces (default 28; not stored for a DiT)")
+                        help="depth of the DiT an FPDM replaces (default 28; FPDM checkpoints only)")
     parser.add_argument("--dtype", choices=("f32", "bf16", "f16"), default="f32")
     options = parser.parse_args(argv)
     if options.heads is not None and options.model is not None:
