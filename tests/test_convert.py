@@ -8,10 +8,12 @@ official code saves them (a plain state dict, and a train.py checkpoint
 {'model', 'ema' with 'module.' prefixes, 'opt', 'args'}), converted, and the
 converted file is checked: metadata, tensor values and dtypes, and the C
 forward pass (BUILD_DIR/test_forward MODEL IO against the reference's float64
-outputs). Broken checkpoints must be refused with a message.
+outputs). Broken checkpoints and unusable paths must be refused with a
+one-line message and exit code 1.
 """
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -42,8 +44,8 @@ def check(condition, what):
     return condition
 
 
-def run_convert(*args):
-    result = subprocess.run([sys.executable, CONVERT, *args], capture_output=True, text=True)
+def run_convert(*args, **run_options):
+    result = subprocess.run([sys.executable, CONVERT, *args], capture_output=True, text=True, **run_options)
     return result.returncode, result.stdout + result.stderr
 
 
@@ -251,6 +253,46 @@ def test_refusals(tmp):
             "--heads", "2", "--no-pre-post-timestep-conditioning")
 
 
+def test_file_errors(tmp):
+    """Unusable paths: one line naming the path once, exit 1, no traceback,
+    nothing left behind."""
+    cfg = dict(architecture="dit", hidden_size=24, num_heads=2, patch_size=2, input_size=8,
+               in_channels=4, num_classes=3, depth=1)
+    _, sd = official_state_dict(cfg, 9)
+    checkpoint = os.path.join(tmp, "paths.pt")
+    torch.save(sd, checkpoint)
+
+    def refused(what, checkpoint_path, out, expect_in_message, **run_options):
+        code, text = run_convert(checkpoint_path, out, "--heads", "2", **run_options)
+        leftovers = [name for name in os.listdir(tmp) if name.startswith(".convert-")]
+        ok = (code == 1 and expect_in_message in text and "Traceback" not in text and len(text.splitlines()) == 1
+              and not leftovers and not os.path.isfile(out))
+        if not check(ok, f"refused: {what}"):
+            print(f"  exit {code}, left {leftovers}: {text.strip()}")
+
+    missing_folder = os.path.join(tmp, "missing")
+    refused("output in a missing folder", checkpoint, os.path.join(missing_folder, "x.safetensors"),
+            f"folder {missing_folder} does not exist")
+    refused("output is a folder", checkpoint, tmp, f"{tmp}: is a folder")
+    refused("output checked before the checkpoint is read", os.path.join(tmp, "missing.pt"),
+            os.path.join(missing_folder, "x.safetensors"), "does not exist")
+    # As a full disk would: writes past 4 KiB fail (Python ignores SIGXFSZ).
+    refused("write fails", checkpoint, os.path.join(tmp, "big.safetensors"), "big.safetensors: cannot be written",
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)))
+    if os.geteuid() == 0:
+        print("note output in a read-only folder: root writes anyway; not run (not counted)")
+    else:
+        read_only = os.path.join(tmp, "read-only")
+        os.mkdir(read_only, 0o555)
+        refused("output in a read-only folder", checkpoint, os.path.join(read_only, "x.safetensors"),
+                "is not writable")
+
+    missing = os.path.join(tmp, "missing.pt")
+    code, text = run_convert(missing, os.path.join(tmp, "x.safetensors"), "--heads", "2")
+    check(code == 1 and text.count(missing) == 1 and "cannot be read" in text,
+          f"unreadable checkpoint named once ({text.strip()})")
+
+
 def main():
     if len(sys.argv) != 2:
         print("usage: test_convert.py BUILD_DIR")
@@ -263,6 +305,7 @@ def main():
         test_mlp_ratio_round_trip(tmp, build_dir)
         test_pos_embed_mismatch_warns(tmp)
         test_refusals(tmp)
+        test_file_errors(tmp)
     print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
     return 1 if RESULTS["failed"] else 0
 

@@ -12,7 +12,8 @@ CHECKPOINT is a plain state dict (the released DiT checkpoints) or a train.py
 checkpoint {'model', 'ema', 'opt', 'args', ...} (the EMA weights are taken);
 'module.' and '_orig_mod.' key prefixes are removed. The architecture is
 inferred from the tensor shapes; anything that does not add up is refused
-with a message and exit code 1. Settings recorded in a train.py checkpoint's
+with a message and exit code 1, and so is an output that cannot be written
+(before the checkpoint is read). Settings recorded in a train.py checkpoint's
 args are used unless given on the command line.
 """
 import argparse
@@ -34,7 +35,11 @@ PREFIXES = ("module.", "_orig_mod.")
 
 
 class ConversionError(Exception):
-    pass
+    """A refusal; main prints it after the file it concerns: path, else the checkpoint."""
+
+    def __init__(self, message, path=None):
+        super().__init__(message)
+        self.path = path
 
 
 def heads_from_model_name(name):
@@ -76,10 +81,12 @@ def load_checkpoint(path):
     extra = {"weights_only": False} if "weights_only" in inspect.signature(torch.load).parameters else {}
     try:
         checkpoint = torch.load(path, map_location="cpu", **extra)
-    except Exception as error:  # torch raises many types for unreadable files
-        raise ConversionError(f"{path}: cannot be read by torch.load: {error}")
+    except OSError as error:
+        raise ConversionError(f"cannot be read: {error.strerror or error}")
+    except Exception as error:  # torch raises many types for files it cannot parse
+        raise ConversionError(f"cannot be read by torch.load: {error}")
     if not isinstance(checkpoint, dict):
-        raise ConversionError(f"{path}: expected a state dict or a checkpoint dict, found {type(checkpoint).__name__}")
+        raise ConversionError(f"expected a state dict or a checkpoint dict, found {type(checkpoint).__name__}")
     train_args = {}
     source = "state_dict"
     if "ema" in checkpoint or "model" in checkpoint:
@@ -87,18 +94,18 @@ def load_checkpoint(path):
         source = "ema" if "ema" in checkpoint else "model"
         state = checkpoint[source]
         if not isinstance(state, dict):
-            raise ConversionError(f"{path}: the checkpoint's weights are not a state dict")
+            raise ConversionError("the checkpoint's weights are not a state dict")
     else:
         state = checkpoint
     arrays = {}
     for key, value in state.items():
         if not isinstance(key, str) or not torch.is_tensor(value):
-            raise ConversionError(f"{path}: entry {key!r} is not a named tensor")
+            raise ConversionError(f"entry {key!r} is not a named tensor")
         name = strip_prefixes(key)
         if name in arrays:
-            raise ConversionError(f"{path}: tensor {name} appears twice (with and without a prefix)")
+            raise ConversionError(f"tensor {name} appears twice (with and without a prefix)")
         if not value.is_floating_point():
-            raise ConversionError(f"{path}: tensor {name} has non-float dtype {value.dtype}")
+            raise ConversionError(f"tensor {name} has non-float dtype {value.dtype}")
         arrays[name] = value.detach().float().cpu().numpy()
     return arrays, train_args, source
 
@@ -209,7 +216,38 @@ def settings_from_train_args(train_args):
     return settings
 
 
+def check_output_path(out_path):
+    """Refuses an output that cannot be written before the checkpoint is read,
+    which takes a while for the large models."""
+    if os.path.isdir(out_path):
+        raise ConversionError("is a folder; give the name of the file to write", out_path)
+    folder = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(folder):
+        raise ConversionError(f"folder {folder} does not exist", out_path)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConversionError(f"folder {folder} is not writable", out_path)
+
+
+def write_model_file(out_path, tensors, metadata):
+    """Writes a temporary file beside out_path and renames it into place (the
+    rename stays on one file system), so a failed write leaves no partial
+    output; the temporary file is removed whatever happens."""
+    temp_path = None
+    try:
+        handle, temp_path = tempfile.mkstemp(prefix=".convert-", suffix=".tmp",
+                                             dir=os.path.dirname(os.path.abspath(out_path)))
+        os.close(handle)
+        safetensors_io.write(temp_path, tensors, metadata)
+        os.replace(temp_path, out_path)
+    except OSError as error:
+        raise ConversionError(f"cannot be written: {error.strerror or error}", out_path)
+    finally:
+        if temp_path and os.path.exists(temp_path):
+            os.unlink(temp_path)
+
+
 def convert(checkpoint_path, out_path, options, log=print):
+    check_output_path(out_path)
     arrays, train_args, source = load_checkpoint(checkpoint_path)
     settings = settings_from_train_args(train_args)
 
@@ -278,16 +316,7 @@ def convert(checkpoint_path, out_path, options, log=print):
     metadata["source"] = os.path.basename(checkpoint_path)
     metadata["source_weights"] = source
 
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    handle, temp_path = tempfile.mkstemp(prefix=".convert-", suffix=".tmp", dir=out_dir)
-    os.close(handle)
-    try:
-        safetensors_io.write(temp_path, tensors, metadata)
-        os.replace(temp_path, out_path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.unlink(temp_path)
-        raise
+    write_model_file(out_path, tensors, metadata)
     log(f"wrote {out_path}: {cfg['architecture']} hidden {cfg['hidden_size']} heads {cfg['num_heads']} "
         f"patch {cfg['patch_size']} input {cfg['input_size']} classes {cfg['num_classes']}")
     return cfg
@@ -321,7 +350,7 @@ def main(argv=None):
     try:
         convert(options.checkpoint, options.output, options)
     except ConversionError as error:
-        print(f"convert.py: {options.checkpoint}: {error}", file=sys.stderr)
+        print(f"convert.py: {error.path or options.checkpoint}: {error}", file=sys.stderr)
         return 1
     return 0
 
