@@ -9,7 +9,8 @@
  *   fpdm.pre_depth, fpdm.post_depth                                (required for fpdm)
  *   fpdm.learn_sigma         "true" | "false"                      (default true)
  *   fpdm.mlp_ratio           default "4"; a plain decimal ("4", "2.5"),
- *                            at most 15 digits, no sign or exponent
+ *                            at most 17 significant digits and 27 after
+ *                            the point, no sign or exponent
  *   fpdm.pre_post_timestep_conditioning  "true" | "false"          (default true)
  *   fpdm.equivalent_depth    depth of the DiT an FPDM replaces     (default 28)
  *   fpdm.prediction          "eps" | "v" | "x0"                    (default eps)

@@ -8,10 +8,12 @@ official code saves them (a plain state dict, and a train.py checkpoint
 {'model', 'ema' with 'module.' prefixes, 'opt', 'args'}), converted, and the
 converted file is checked: metadata, tensor values and dtypes, and the C
 forward pass (BUILD_DIR/test_forward MODEL IO against the reference's float64
-outputs). Broken checkpoints must be refused with a message.
+outputs). Broken checkpoints and unusable paths must be refused with a
+one-line message and exit code 1.
 """
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -42,8 +44,8 @@ def check(condition, what):
     return condition
 
 
-def run_convert(*args):
-    result = subprocess.run([sys.executable, CONVERT, *args], capture_output=True, text=True)
+def run_convert(*args, **run_options):
+    result = subprocess.run([sys.executable, CONVERT, *args], capture_output=True, text=True, **run_options)
     return result.returncode, result.stdout + result.stderr
 
 
@@ -164,6 +166,32 @@ def test_model_name_and_compiled_prefix(tmp, build_dir):
     check_c_forward(build_dir, out, loaded, "FPDM f16 patch 4", iters=2)
 
 
+def test_mlp_ratio_round_trip(tmp, build_dir):
+    """The C loader must rebuild the checkpoint's MLP width from the ratio
+    written: 1/3 takes 16 digits, and 15/44 is rounded so that
+    int(44 * 15 / 44) is 14 (the official code needs the next double up)."""
+    for hidden, ratio, mlp_hidden in ((48, 1 / 3, 16), (44, 0.34090909090909094, 15)):
+        cfg = dict(architecture="dit", hidden_size=hidden, num_heads=4, patch_size=2, input_size=8,
+                   in_channels=4, num_classes=3, depth=1, mlp_ratio=ratio)
+        net, sd = official_state_dict(cfg, 8)
+        label = f"hidden {hidden}, MLP {mlp_hidden}"
+        if not check(sd["blocks.0.mlp.fc1.weight"].shape[0] == mlp_hidden, f"{label}: network built as meant"):
+            continue
+        checkpoint = os.path.join(tmp, "ratio.pt")
+        torch.save(sd, checkpoint)
+        out = os.path.join(tmp, f"ratio-{hidden}.safetensors")
+        code, text = run_convert(checkpoint, out, "--heads", "4")
+        if not check(code == 0, f"{label}: converts (exit {code})"):
+            print(text)
+            continue
+        check_c_forward(build_dir, out, net, label)
+    # Too wide a network to convert here; test_model_config loads this value.
+    tiny = reference.config_to_metadata(dict(architecture="dit", hidden_size=16380, num_heads=4, patch_size=2,
+                                             input_size=8, in_channels=4, num_classes=3, depth=1,
+                                             mlp_ratio=1 / 16380))["fpdm.mlp_ratio"]
+    check(tiny == "0.00006105006105006105", f"a ratio below 1e-4 is written without an exponent ({tiny})")
+
+
 def test_pos_embed_mismatch_warns(tmp):
     cfg = dict(architecture="dit", hidden_size=24, num_heads=2, patch_size=2, input_size=8,
                in_channels=4, num_classes=3, depth=1)
@@ -191,7 +219,7 @@ def test_refusals(tmp):
         if os.path.exists(out):
             os.unlink(out)
         code, text = run_convert(path, out, *(extra or ("--heads", "2")))
-        ok = code != 0 and expect_in_message in text and not os.path.exists(out)
+        ok = code == 1 and expect_in_message in text and not os.path.exists(out)
         if not check(ok, f"refused: {what}"):
             print(f"  exit {code}: {text.strip()}")
 
@@ -213,6 +241,57 @@ def test_refusals(tmp):
     code, text = run_convert(os.path.join(tmp, "bad.pt"), os.path.join(tmp, "x.safetensors"))
     check(code != 0 and "heads" in text, "refused: no heads given and none in the checkpoint")
 
+    # Files fpdm-sample would refuse, or settings a DiT file has no place for.
+    refused(good, "zero terminal SNR with eps prediction", "--predict-v", "--heads", "2", "--zero-terminal-snr")
+    args = {"use_zero_terminal_snr": True, "predict_v": False}
+    refused(train_checkpoint(good, good, args), "zero terminal SNR with eps prediction in args", "--predict-v")
+    dit_cfg = dict(architecture="dit", hidden_size=24, num_heads=2, patch_size=2, input_size=8,
+                   in_channels=4, num_classes=10, depth=1)
+    _, dit = official_state_dict(dit_cfg, 7)
+    refused(dit, "--equivalent-depth for a DiT", "--equivalent-depth", "--heads", "2", "--equivalent-depth", "7")
+    refused(dit, "--no-pre-post-timestep-conditioning for a DiT", "pre-post-timestep-conditioning",
+            "--heads", "2", "--no-pre-post-timestep-conditioning")
+
+
+def test_file_errors(tmp):
+    """Unusable paths: one line naming the path once, exit 1, no traceback,
+    nothing left behind."""
+    cfg = dict(architecture="dit", hidden_size=24, num_heads=2, patch_size=2, input_size=8,
+               in_channels=4, num_classes=3, depth=1)
+    _, sd = official_state_dict(cfg, 9)
+    checkpoint = os.path.join(tmp, "paths.pt")
+    torch.save(sd, checkpoint)
+
+    def refused(what, checkpoint_path, out, expect_in_message, **run_options):
+        code, text = run_convert(checkpoint_path, out, "--heads", "2", **run_options)
+        leftovers = [name for name in os.listdir(tmp) if name.startswith(".convert-")]
+        ok = (code == 1 and expect_in_message in text and "Traceback" not in text and len(text.splitlines()) == 1
+              and not leftovers and not os.path.isfile(out))
+        if not check(ok, f"refused: {what}"):
+            print(f"  exit {code}, left {leftovers}: {text.strip()}")
+
+    missing_folder = os.path.join(tmp, "missing")
+    refused("output in a missing folder", checkpoint, os.path.join(missing_folder, "x.safetensors"),
+            f"folder {missing_folder} does not exist")
+    refused("output is a folder", checkpoint, tmp, f"{tmp}: is a folder")
+    refused("output checked before the checkpoint is read", os.path.join(tmp, "missing.pt"),
+            os.path.join(missing_folder, "x.safetensors"), "does not exist")
+    # As a full disk would: writes past 4 KiB fail (Python ignores SIGXFSZ).
+    refused("write fails", checkpoint, os.path.join(tmp, "big.safetensors"), "big.safetensors: cannot be written",
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)))
+    if os.geteuid() == 0:
+        print("note output in a read-only folder: root writes anyway; not run (not counted)")
+    else:
+        read_only = os.path.join(tmp, "read-only")
+        os.mkdir(read_only, 0o555)
+        refused("output in a read-only folder", checkpoint, os.path.join(read_only, "x.safetensors"),
+                "is not writable")
+
+    missing = os.path.join(tmp, "missing.pt")
+    code, text = run_convert(missing, os.path.join(tmp, "x.safetensors"), "--heads", "2")
+    check(code == 1 and text.count(missing) == 1 and "cannot be read" in text,
+          f"unreadable checkpoint named once ({text.strip()})")
+
 
 def main():
     if len(sys.argv) != 2:
@@ -223,8 +302,10 @@ def main():
         test_dit_plain_state_dict(tmp, build_dir)
         test_fpdm_train_checkpoint(tmp, build_dir)
         test_model_name_and_compiled_prefix(tmp, build_dir)
+        test_mlp_ratio_round_trip(tmp, build_dir)
         test_pos_embed_mismatch_warns(tmp)
         test_refusals(tmp)
+        test_file_errors(tmp)
     print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
     return 1 if RESULTS["failed"] else 0
 

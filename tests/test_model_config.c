@@ -305,6 +305,33 @@ static void test_fpdm(void) {
     free(tensors);
 }
 
+/* Ratios as Python writes them (shortest round trip, up to 17 significant
+ * digits, here in positional form) must give the reference's
+ * int(hidden_size * ratio): 15 digits of 1/3 give 15, not 16, and dividing the
+ * second's digits (past 2^53) by 10^17 in doubles gives 16, not 17. */
+static void test_mlp_ratio(void) {
+    static const struct {
+        const char *hidden_size, *ratio;
+        int mlp_hidden;
+    } cases[] = {
+        {"48", "0.3333333333333333", 16},
+        {"44", "0.38636363636363635", 17},
+        {"16380", "0.00006105006105006105", 1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        write_model(with_value(with_value(dit_metadata, "fpdm.hidden_size", cases[i].hidden_size),
+                               "fpdm.mlp_ratio", cases[i].ratio),
+                    NULL, 0);
+        model_config c;
+        safetensors_file file;
+        char err[512];
+        CHECK_MSG(load_config(&c, &file, err, sizeof(err)) == 0, "%s", err);
+        safetensors_close(&file);
+        CHECK_MSG(c.mlp_hidden == cases[i].mlp_hidden, "hidden %s * ratio %s gave %d, expected %d",
+                  cases[i].hidden_size, cases[i].ratio, c.mlp_hidden, cases[i].mlp_hidden);
+    }
+}
+
 static void test_config_failures(void) {
     expect_config_failure("no architecture", with_value(dit_metadata, "fpdm.architecture", NULL),
                           "missing metadata key fpdm.architecture");
@@ -343,6 +370,12 @@ static void test_config_failures(void) {
                           "fpdm.equivalent_depth");
     expect_config_failure("mlp_ratio text", with_value(dit_metadata, "fpdm.mlp_ratio", "abc"), "fpdm.mlp_ratio");
     expect_config_failure("mlp_ratio exponent", with_value(dit_metadata, "fpdm.mlp_ratio", "4e0"), "fpdm.mlp_ratio");
+    expect_config_failure("mlp_ratio 18 digits",
+                          with_value(dit_metadata, "fpdm.mlp_ratio", "0.333333333333333333"),
+                          "fpdm.mlp_ratio");
+    expect_config_failure("mlp_ratio 28 places",
+                          with_value(dit_metadata, "fpdm.mlp_ratio", "0.0000000000000000000000000001"),
+                          "fpdm.mlp_ratio");
     expect_config_failure("mlp_ratio zero", with_value(dit_metadata, "fpdm.mlp_ratio", "0.01"), "mlp_ratio");
     expect_config_failure("prediction", with_value(dit_metadata, "fpdm.prediction", "epsilon"), "fpdm.prediction");
     expect_config_failure("space", with_value(dit_metadata, "fpdm.space", "pixels"), "fpdm.space");
@@ -432,6 +465,7 @@ int main(void) {
     snprintf(model_path, sizeof(model_path), "%s/model.safetensors", temp_dir);
     test_dit();
     test_fpdm();
+    test_mlp_ratio();
     test_config_failures();
     test_tensor_failures();
     unlink(model_path);

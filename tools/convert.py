@@ -12,10 +12,12 @@ CHECKPOINT is a plain state dict (the released DiT checkpoints) or a train.py
 checkpoint {'model', 'ema', 'opt', 'args', ...} (the EMA weights are taken);
 'module.' and '_orig_mod.' key prefixes are removed. The architecture is
 inferred from the tensor shapes; anything that does not add up is refused
-with a message and exit code 1. Settings recorded in a train.py checkpoint's
+with a message and exit code 1, and so is an output that cannot be written
+(before the checkpoint is read). Settings recorded in a train.py checkpoint's
 args are used unless given on the command line.
 """
 import argparse
+import math
 import os
 import re
 import sys
@@ -33,7 +35,11 @@ PREFIXES = ("module.", "_orig_mod.")
 
 
 class ConversionError(Exception):
-    pass
+    """A refusal; main prints it after the file it concerns: path, else the checkpoint."""
+
+    def __init__(self, message, path=None):
+        super().__init__(message)
+        self.path = path
 
 
 def heads_from_model_name(name):
@@ -75,10 +81,12 @@ def load_checkpoint(path):
     extra = {"weights_only": False} if "weights_only" in inspect.signature(torch.load).parameters else {}
     try:
         checkpoint = torch.load(path, map_location="cpu", **extra)
-    except Exception as error:  # torch raises many types for unreadable files
-        raise ConversionError(f"{path}: cannot be read by torch.load: {error}")
+    except OSError as error:
+        raise ConversionError(f"cannot be read: {error.strerror or error}")
+    except Exception as error:  # torch raises many types for files it cannot parse
+        raise ConversionError(f"cannot be read by torch.load: {error}")
     if not isinstance(checkpoint, dict):
-        raise ConversionError(f"{path}: expected a state dict or a checkpoint dict, found {type(checkpoint).__name__}")
+        raise ConversionError(f"expected a state dict or a checkpoint dict, found {type(checkpoint).__name__}")
     train_args = {}
     source = "state_dict"
     if "ema" in checkpoint or "model" in checkpoint:
@@ -86,18 +94,18 @@ def load_checkpoint(path):
         source = "ema" if "ema" in checkpoint else "model"
         state = checkpoint[source]
         if not isinstance(state, dict):
-            raise ConversionError(f"{path}: the checkpoint's weights are not a state dict")
+            raise ConversionError("the checkpoint's weights are not a state dict")
     else:
         state = checkpoint
     arrays = {}
     for key, value in state.items():
         if not isinstance(key, str) or not torch.is_tensor(value):
-            raise ConversionError(f"{path}: entry {key!r} is not a named tensor")
+            raise ConversionError(f"entry {key!r} is not a named tensor")
         name = strip_prefixes(key)
         if name in arrays:
-            raise ConversionError(f"{path}: tensor {name} appears twice (with and without a prefix)")
+            raise ConversionError(f"tensor {name} appears twice (with and without a prefix)")
         if not value.is_floating_point():
-            raise ConversionError(f"{path}: tensor {name} has non-float dtype {value.dtype}")
+            raise ConversionError(f"tensor {name} has non-float dtype {value.dtype}")
         arrays[name] = value.detach().float().cpu().numpy()
     return arrays, train_args, source
 
@@ -114,6 +122,17 @@ def _count_blocks(arrays, prefix):
     if indices and indices != set(range(len(indices))):
         raise ConversionError(f"{prefix}: block indices {sorted(indices)} are not 0..{len(indices) - 1}")
     return len(indices)
+
+
+def mlp_ratio_for(hidden, mlp_hidden):
+    """A ratio that the official int(hidden * ratio) turns back into mlp_hidden:
+    mlp_hidden / hidden, unless that quotient is rounded down so far that the
+    product falls just short (44 * (15 / 44) gives 14.999...); the next double
+    up then gives mlp_hidden exactly."""
+    ratio = mlp_hidden / hidden
+    if int(hidden * ratio) < mlp_hidden:
+        ratio = math.nextafter(ratio, math.inf)
+    return ratio
 
 
 def infer_config(arrays, num_heads):
@@ -154,7 +173,7 @@ def infer_config(arrays, num_heads):
         "architecture": "fpdm" if fixed_point else "dit",
         "hidden_size": hidden, "num_heads": num_heads, "patch_size": patch,
         "input_size": grid * patch, "in_channels": in_channels, "num_classes": table[0] - 1,
-        "learn_sigma": learn_sigma, "mlp_ratio": fc1[0] / hidden,
+        "learn_sigma": learn_sigma, "mlp_ratio": mlp_ratio_for(hidden, fc1[0]),
     }
     if fixed_point:
         cfg["pre_depth"] = _count_blocks(arrays, "blocks_pre")
@@ -163,8 +182,6 @@ def infer_config(arrays, num_heads):
         cfg["depth"] = _count_blocks(arrays, "blocks")
         if cfg["depth"] == 0:
             raise ConversionError("no transformer blocks (blocks.N.*) found")
-    if int(hidden * cfg["mlp_ratio"]) != fc1[0]:
-        raise ConversionError(f"mlp hidden size {fc1[0]} is not reproducible from a ratio of {hidden}")
     return cfg
 
 
@@ -199,7 +216,38 @@ def settings_from_train_args(train_args):
     return settings
 
 
+def check_output_path(out_path):
+    """Refuses an output that cannot be written before the checkpoint is read,
+    which takes a while for the large models."""
+    if os.path.isdir(out_path):
+        raise ConversionError("is a folder; give the name of the file to write", out_path)
+    folder = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(folder):
+        raise ConversionError(f"folder {folder} does not exist", out_path)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConversionError(f"folder {folder} is not writable", out_path)
+
+
+def write_model_file(out_path, tensors, metadata):
+    """Writes a temporary file beside out_path and renames it into place (the
+    rename stays on one file system), so a failed write leaves no partial
+    output; the temporary file is removed whatever happens."""
+    temp_path = None
+    try:
+        handle, temp_path = tempfile.mkstemp(prefix=".convert-", suffix=".tmp",
+                                             dir=os.path.dirname(os.path.abspath(out_path)))
+        os.close(handle)
+        safetensors_io.write(temp_path, tensors, metadata)
+        os.replace(temp_path, out_path)
+    except OSError as error:
+        raise ConversionError(f"cannot be written: {error.strerror or error}", out_path)
+    finally:
+        if temp_path and os.path.exists(temp_path):
+            os.unlink(temp_path)
+
+
 def convert(checkpoint_path, out_path, options, log=print):
+    check_output_path(out_path)
     arrays, train_args, source = load_checkpoint(checkpoint_path)
     settings = settings_from_train_args(train_args)
 
@@ -216,12 +264,21 @@ def convert(checkpoint_path, out_path, options, log=print):
         raise ConversionError(f"model {model_name} has patch size {patch_from_name}, "
                               f"the checkpoint has {cfg['patch_size']}")
 
+    if cfg["architecture"] == "dit":
+        # A DiT file has no place for these, so they would be dropped unseen.
+        for given, flag in ((options.equivalent_depth, "--equivalent-depth"),
+                            (options.pre_post_timestep_conditioning, "--[no-]pre-post-timestep-conditioning")):
+            if given is not None:
+                raise ConversionError(f"{flag} applies to FPDM checkpoints; this one is a DiT")
     if options.pre_post_timestep_conditioning is not None:
         settings["pre_post_timestep_conditioning"] = options.pre_post_timestep_conditioning
     if options.predict_v:
         settings["prediction"] = "v"
     if options.zero_terminal_snr:
         settings["zero_terminal_snr"] = True
+    if settings.get("zero_terminal_snr") and settings.get("prediction") != "v":
+        raise ConversionError("zero terminal SNR without v prediction: fpdm-sample cannot sample such a model "
+                              "(its first step has alpha_cumprod 0); give --predict-v if the model predicts v")
     if cfg["architecture"] == "fpdm" and "pre_post_timestep_conditioning" not in settings:
         log("warning: the checkpoint does not record fixed_point_pre_post_timestep_conditioning; "
             "assuming it was on (override with --no-pre-post-timestep-conditioning)", file=sys.stderr)
@@ -259,16 +316,7 @@ def convert(checkpoint_path, out_path, options, log=print):
     metadata["source"] = os.path.basename(checkpoint_path)
     metadata["source_weights"] = source
 
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    handle, temp_path = tempfile.mkstemp(prefix=".convert-", suffix=".tmp", dir=out_dir)
-    os.close(handle)
-    try:
-        safetensors_io.write(temp_path, tensors, metadata)
-        os.replace(temp_path, out_path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.unlink(temp_path)
-        raise
+    write_model_file(out_path, tensors, metadata)
     log(f"wrote {out_path}: {cfg['architecture']} hidden {cfg['hidden_size']} heads {cfg['num_heads']} "
         f"patch {cfg['patch_size']} input {cfg['input_size']} classes {cfg['num_classes']}")
     return cfg
@@ -289,7 +337,7 @@ def parse_args(argv):
     parser.add_argument("--zero-terminal-snr", action="store_true")
     parser.add_argument("--space", choices=("latent", "pixel"), default="latent")
     parser.add_argument("--equivalent-depth", type=int, default=None,
-                        help="depth of the DiT an FPDM replaces (default 28; not stored for a DiT)")
+                        help="depth of the DiT an FPDM replaces (default 28; FPDM checkpoints only)")
     parser.add_argument("--dtype", choices=("f32", "bf16", "f16"), default="f32")
     options = parser.parse_args(argv)
     if options.heads is not None and options.model is not None:
@@ -302,7 +350,7 @@ def main(argv=None):
     try:
         convert(options.checkpoint, options.output, options)
     except ConversionError as error:
-        print(f"convert.py: {options.checkpoint}: {error}", file=sys.stderr)
+        print(f"convert.py: {error.path or options.checkpoint}: {error}", file=sys.stderr)
         return 1
     return 0
 

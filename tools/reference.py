@@ -11,6 +11,7 @@ with exactly the official state-dict names, so official checkpoints load as is.
 Used by the golden generators, the converter, the sampling reference and the
 trainer. Works in float32 and, after net.double(), in float64.
 """
+import decimal
 import math
 import os
 import sys
@@ -89,7 +90,11 @@ def _format_metadata_value(value):
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
+        if value.is_integer():
+            return str(int(value))
+        # repr's shortest round-trip digits, but never its exponent form (below
+        # 1e-4): the C reader takes plain decimals only.
+        return format(decimal.Decimal(repr(value)), "f")
     return str(value)
 
 
