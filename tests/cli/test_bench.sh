@@ -15,6 +15,7 @@ bench=$build/fpdm-bench
 check "fpdm forward json" "$bench" --config tiny-fpdm --batch-size 1,3 --iters 1,5 --cfg on --repeat 2 --warmup 1 --json >"$tmp/fpdm.json"
 check "dit forward json" "$bench" --config tiny-dit --batch-size 2 --repeat 2 --warmup 0 --json >"$tmp/dit.json"
 check "fpdm sample json" "$bench" --config tiny-fpdm --mode sample --steps 3 --iters 2 --batch-size 2 --repeat 1 --warmup 0 --json >"$tmp/sample.json"
+check "fpdm sample json, 0 iterations" "$bench" --config tiny-fpdm --mode sample --steps 2 --iters 0 --repeat 1 --warmup 0 --json >"$tmp/sample0.json"
 check "vae json" "$bench" --mode vae --vae-config tiny --vae-latent-sizes 4,8 --vae-batch 2 --repeat 2 --warmup 0 --json >"$tmp/vae.json"
 check "vae file json" "$bench" --mode vae --vae tests/golden/vae-small.safetensors --vae-latent-sizes 4 --repeat 1 --warmup 0 --json >"$tmp/vae-file.json"
 check "dit with vae json" "$bench" --config tiny-dit --vae-config tiny --vae-latent-sizes 4 --repeat 1 --warmup 0 --json >"$tmp/dit-vae.json"
@@ -99,6 +100,11 @@ assert close(x["gflop"], 3 * 2 * flops(True, 2) / 1e9), (x["gflop"], 3 * 2 * flo
 assert close(x["images_per_second"], 2 / x["seconds_mean"]), x
 assert close(x["model_evaluations_per_second"] * x["seconds_mean"], 6), x
 check_reference_and_memory(r, True)
+r = json.load(open(d + "/sample0.json"))
+(x,) = r["results"]
+# 2 steps of 1 row without fixed-point iterations.
+assert x["iters"] == 0 and x["fixed_point_iterations_per_second"] == 0, x
+assert close(x["gflop"], 2 * flops(True, 0) / 1e9), (x["gflop"], 2 * flops(True, 0) / 1e9)
 
 # The VAE decoder: the tiny one upsamples 2x (two blocks), the arena holds at
 # least the input and output of one image, and --mode vae times nothing else.
