@@ -625,11 +625,24 @@ static int load_vae(const options *opt, const synthetic_vae_config *config, fpdm
         }
     }
     if (rc == 0 && fpdm_vae_load(ctx, opt->vae_path ? opt->vae_path : path, vae) != FPDM_OK) {
-        fprintf(stderr, PROGRAM ": %s\n", fpdm_last_error(ctx));
+        fprintf(stderr, PROGRAM ": cannot load the VAE decoder: %s\n", fpdm_last_error(ctx));
         rc = EXIT_RUNTIME;
     }
     if (!opt->vae_path)
         unlink(path);
+    return rc;
+}
+
+/* Loads --vae and frees it again: a bad file then fails before the model's
+ * measurements (minutes for the large models on a CPU) rather than after
+ * them. It is loaded again for its own timing so that meanwhile its weights
+ * neither take device memory from the model's runs nor count in their
+ * memory columns. */
+static int check_vae_file(const options *opt, fpdm_context *ctx)
+{
+    fpdm_vae *vae = NULL;
+    int rc = load_vae(opt, NULL, ctx, &vae);
+    fpdm_vae_free(vae);
     return rc;
 }
 
@@ -852,6 +865,8 @@ int main(int argc, char **argv)
     }
     if (opt.mode == MODE_VAE)
         goto vae;
+    if (opt.vae_path && (rc = check_vae_file(&opt, b.ctx)) != 0)
+        goto done;
     if (opt.model_path) {
         if (fpdm_model_load(b.ctx, opt.model_path, &b.model) != FPDM_OK) {
             fprintf(stderr, PROGRAM ": %s\n", fpdm_last_error(b.ctx));

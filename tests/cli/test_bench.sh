@@ -3,7 +3,8 @@
 # JSON fields, their consistency, the FLOP count and the minimum activation
 # footprint against independent counts written out below, the reference
 # product and memory fields, the table, --mode sample, the VAE decoder timing
-# (a tiny random decoder and the golden one) and usage errors.
+# (a tiny random decoder and the golden one), a VAE file that does not load
+# (refused before any timing) and usage errors.
 #   bash tests/cli/test_bench.sh BUILD_DIR   (from the repository root)
 set -u
 build=${1:?usage: test_bench.sh BUILD_DIR}
@@ -146,19 +147,36 @@ check "vae table" grep -qE "^ +4 +8 +1 +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+$" "$t
 check "write model" "$bench" --config tiny-fpdm --write-model "$tmp/m.safetensors"
 check "bench a model file (json)" bash -c "'$bench' --model '$tmp/m.safetensors' --iters 3 --repeat 1 --warmup 0 --json | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin); assert r[\"results\"][0][\"iters\"] == 3 and r[\"settings\"][\"parameters\"] > 0'"
 
-# Usage errors: exit 2 with a message naming what is allowed.
-usage() {  # usage NAME PATTERN ARGS...
-    local name=$1 pattern=$2
-    shift 2
-    "$bench" "$@" >/dev/null 2>"$tmp/err"
+# fails NAME STATUS PATTERN ARGS...: fpdm-bench exits with STATUS, nothing on
+# stdout (where a run is timed the table's header comes first), and a message
+# matching PATTERN on stderr.
+fails() {
+    local name=$1 status=$2 pattern=$3
+    shift 3
+    "$bench" "$@" >"$tmp/out" 2>"$tmp/err"
     local rc=$?
-    if [ $rc = 2 ] && grep -qE -- "$pattern" "$tmp/err"; then
+    if [ $rc = "$status" ] && [ ! -s "$tmp/out" ] && grep -qE -- "$pattern" "$tmp/err"; then
         passed=$((passed + 1))
     else
         failed=$((failed + 1))
         echo "FAIL $name: exit $rc"
+        sed 's/^/    stdout: /' "$tmp/out"
         sed 's/^/    stderr: /' "$tmp/err"
     fi
+}
+
+# A VAE file that cannot be loaded fails (exit 1) before the model is timed.
+echo "not a safetensors file" >"$tmp/bad-vae.safetensors"
+fails "missing vae file" 1 "cannot load the VAE decoder: $tmp/missing.safetensors: cannot open" \
+    --config tiny-dit --repeat 1 --warmup 0 --vae "$tmp/missing.safetensors"
+fails "bad vae file (json)" 1 "cannot load the VAE decoder: $tmp/bad-vae.safetensors" \
+    --config tiny-fpdm --mode sample --repeat 1 --warmup 0 --vae "$tmp/bad-vae.safetensors" --json
+
+# Usage errors: exit 2 with a message naming what is allowed.
+usage() {  # usage NAME PATTERN ARGS...
+    local name=$1
+    shift
+    fails "$name" 2 "$@"
 }
 usage "unknown config" "unknown configuration 'DiT-Q/2' \(allowed: DiT-XL/2, .*tiny-fpdm\)" --config DiT-Q/2
 usage "bad image size" "image size 300 is not supported \(allowed: 256, 512\)" --config DiT-S/2 --image-size 300
