@@ -34,6 +34,9 @@
 
 #define PROGRAM "fpdm-bench"
 #define DEFAULT_CONFIG "DiT-S/2"
+#define DEFAULT_IMAGE_SIZE 256
+#define DEFAULT_STEPS 10
+#define DEFAULT_VAE_BATCH 1
 #define CFG_SCALE 4.0f
 #define TIMESTEP_FREQUENCIES 256
 /* The reference product: m = n = k, big enough to reach the device's rate. */
@@ -49,12 +52,12 @@ enum { MODE_FORWARD, MODE_SAMPLE, MODE_VAE };
 typedef struct options {
     const char *model_path;
     const char *config_name;
-    int image_size;
+    int image_size;           /* 0: DEFAULT_IMAGE_SIZE */
     int *batch_sizes;
     int num_batch_sizes;
     int *iters;               /* NULL: the model's default */
     int num_iters;
-    int steps;
+    int steps;                /* 0: DEFAULT_STEPS */
     int cfg;
     const char *device;       /* --device, or NULL (see cli_device) */
     int precision;
@@ -67,7 +70,7 @@ typedef struct options {
     uint64_t seed;
     const char *vae_path;
     const char *vae_config_name;
-    int vae_batch;
+    int vae_batch;            /* 0: DEFAULT_VAE_BATCH */
     int *vae_latent_sizes;
     int num_vae_latent_sizes;
 } options;
@@ -116,6 +119,41 @@ static const char *const on_off_names[] = {"off", "on", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", "fp16", NULL};
 static const fpdm_precision precision_values[] = {FPDM_PRECISION_FP32, FPDM_PRECISION_BF16,
                                                   FPDM_PRECISION_FP16};
+
+/* Options that the chosen mode would silently ignore are usage errors, so that
+ * a run never looks like it measured what it did not. 0 or EXIT_USAGE. */
+static int refuse_unused_options(const options *opt)
+{
+    char err[512];
+    if (opt->steps && opt->mode != MODE_SAMPLE) {
+        snprintf(err, sizeof err, "--steps applies to --mode sample only; --mode %s runs no "
+                 "sampling steps", mode_names[opt->mode]);
+        return usage_error(err);
+    }
+    if (opt->mode == MODE_VAE) {
+        const char *model_flag = opt->model_path ? "--model"
+                                 : opt->config_name ? "--config"
+                                 : opt->image_size ? "--image-size"
+                                 : opt->batch_sizes ? "--batch-size"
+                                 : opt->iters ? "--iters"
+                                                    : NULL;
+        if (model_flag) {
+            snprintf(err, sizeof err, "%s has no effect with --mode vae, which times the VAE "
+                     "decoder only (without --mode vae the model and the decoder are timed)",
+                     model_flag);
+            return usage_error(err);
+        }
+    }
+    if (opt->image_size && opt->model_path)
+        return usage_error("--image-size applies to --config; a --model file has its own size");
+    if ((opt->vae_batch || opt->vae_latent_sizes) && !opt->vae_path && !opt->vae_config_name) {
+        snprintf(err, sizeof err, "%s applies to the VAE decoder: give --vae FILE or "
+                 "--vae-config NAME to time one",
+                 opt->vae_batch ? "--vae-batch" : "--vae-latent-sizes");
+        return usage_error(err);
+    }
+    return 0;
+}
 
 /* Returns 0, EXIT_USAGE after printing, or -1 after --help. */
 static int parse_arguments(int argc, char **argv, options *opt)
@@ -214,7 +252,7 @@ static int parse_arguments(int argc, char **argv, options *opt)
         return usage_error("give --vae FILE or --vae-config NAME, not both");
     if (opt->mode == MODE_VAE && !opt->vae_path && !opt->vae_config_name)
         return usage_error("--mode vae needs --vae FILE or --vae-config NAME");
-    return 0;
+    return refuse_unused_options(opt);
 }
 
 /* ---- the FLOP count ------------------------------------------------------- */
@@ -790,11 +828,8 @@ static int run_vae(bench *b, const synthetic_vae_config *config)
 int main(int argc, char **argv)
 {
     options opt = {
-        .image_size = 256,
-        .steps = 10,
         .repeat = 3,
         .warmup = 1,
-        .vae_batch = 1,
     };
     static const int default_vae_latent_sizes[] = {32, 64};
     bench b = {.opt = &opt};
@@ -802,6 +837,10 @@ int main(int argc, char **argv)
     int rc = parse_arguments(argc, argv, &opt);
     if (rc != 0)
         goto done;
+    if (!opt.steps)
+        opt.steps = DEFAULT_STEPS;
+    if (!opt.vae_batch)
+        opt.vae_batch = DEFAULT_VAE_BATCH;
     if (!opt.batch_sizes) {
         opt.batch_sizes = malloc(sizeof(int));
         if (!opt.batch_sizes) {
@@ -831,10 +870,18 @@ int main(int argc, char **argv)
     synthetic_config config;
     if (!opt.model_path) {
         const char *name = opt.config_name ? opt.config_name : DEFAULT_CONFIG;
-        if (synthetic_config_lookup(name, opt.image_size, &config, err, sizeof err) != 0) {
+        const int image_size = opt.image_size ? opt.image_size : DEFAULT_IMAGE_SIZE;
+        if (synthetic_config_lookup(name, image_size, &config, err, sizeof err) != 0) {
             char message[600];
             snprintf(message, sizeof message, "--config: %s", err);
             rc = usage_error(message);
+            goto done;
+        }
+        if (opt.image_size && !config.latent_space) {
+            snprintf(err, sizeof err, "--image-size applies to the latent configurations; %s is "
+                     "a pixel-space model of %dx%d", config.name, config.input_size,
+                     config.input_size);
+            rc = usage_error(err);
             goto done;
         }
     }

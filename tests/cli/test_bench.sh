@@ -190,5 +190,18 @@ usage "unknown vae config" "unknown VAE configuration 'xl' \(allowed: sd, tiny\)
 usage "vae mode without a vae" "--mode vae needs --vae FILE or --vae-config NAME" --mode vae
 usage "vae and vae config" "give --vae FILE or --vae-config NAME, not both" --vae x --vae-config tiny
 usage "zero vae batch" "--vae-batch: 0 is out of range" --vae-batch 0
+# Options the run would ignore.
+usage "steps in forward mode" "--steps applies to --mode sample only; --mode forward runs no sampling steps" --config tiny-fpdm --steps 5
+usage "steps in vae mode" "--steps applies to --mode sample only; --mode vae" --mode vae --vae-config tiny --steps 5
+usage "image size of a pixel config" "--image-size applies to the latent configurations; tiny-dit is a pixel-space model of 8x8" --config tiny-dit --image-size 512
+usage "image size of a pixel config (write)" "--image-size applies to the latent configurations; tiny-fpdm" --config tiny-fpdm --image-size 256 --write-model "$tmp/unused.safetensors"
+check "a refused --write-model writes nothing" [ ! -e "$tmp/unused.safetensors" ]
+usage "image size of a model file" "--image-size applies to --config; a --model file has its own size" --model "$tmp/m.safetensors" --image-size 512
+usage "config in vae mode" "--config has no effect with --mode vae, which times the VAE decoder only" --mode vae --vae-config tiny --config tiny-dit
+usage "model in vae mode" "--model has no effect with --mode vae" --mode vae --vae-config tiny --model "$tmp/m.safetensors"
+usage "batch size in vae mode" "--batch-size has no effect with --mode vae" --mode vae --vae-config tiny --batch-size 2
+usage "iters in vae mode" "--iters has no effect with --mode vae" --mode vae --vae-config tiny --iters 2
+usage "vae batch without a vae" "--vae-batch applies to the VAE decoder: give --vae FILE or --vae-config NAME" --config tiny-dit --vae-batch 2
+usage "vae sizes without a vae" "--vae-latent-sizes applies to the VAE decoder" --config tiny-dit --vae-latent-sizes 4
 
 finish
