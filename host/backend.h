@@ -148,9 +148,10 @@ struct backend {
     /* Optional (NULL where a backend has nothing to say): memory the device
      * reports in use and in total, in bytes. */
     int (*memory_info)(backend *be, size_t *used_bytes, size_t *total_bytes);
-    /* The median seconds of one product C[m, n] = A[m, k] B[k, n] over
-     * `repeats` runs, in the backend's compute precision, on operands it
-     * allocates and frees itself (a benchmark, never called while sampling). */
+    /* The fewest seconds of one product C[m, n] = A[m, k] B[k, n] over
+     * `repeats` runs after warm-up, in the backend's compute precision, on
+     * operands it allocates and frees itself (a benchmark, never called
+     * while sampling). */
     int (*benchmark_matmul)(backend *be, int m, int n, int k, int repeats, double *seconds);
     /* Waits, then host_diff_sq[r] = sum_i (a[r,i] - b[r,i])^2 and
      * host_norm_sq[r] = sum_i b[r,i]^2 over rows of `cols` floats. */

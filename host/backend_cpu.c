@@ -333,18 +333,12 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int compare_doubles(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static int cpu_benchmark_matmul(backend *be, int m, int n, int k, int repeats, double *seconds) {
     (void)be;
     size_t a_n = (size_t)m * k, b_n = (size_t)k * n, c_n = (size_t)m * n;
     float *a = malloc(a_n * sizeof(float)), *b = malloc(b_n * sizeof(float)),
           *c = malloc(c_n * sizeof(float));
-    double *times = malloc((size_t)(repeats > 0 ? repeats : 1) * sizeof(double));
-    int failed = !a || !b || !c || !times || repeats <= 0;
+    int failed = !a || !b || !c || repeats <= 0;
     if (!failed) {
         for (size_t i = 0; i < a_n; i++) a[i] = (float)(i % 7) * 0.1f;
         for (size_t i = 0; i < b_n; i++) b[i] = (float)(i % 5) * 0.1f;
@@ -354,12 +348,11 @@ static int cpu_benchmark_matmul(backend *be, int m, int n, int k, int repeats, d
             double start = now_seconds();
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f,
                         c, n);
-            times[r] = now_seconds() - start;
+            double elapsed = now_seconds() - start;
+            if (r == 0 || elapsed < *seconds) *seconds = elapsed;
         }
-        qsort(times, (size_t)repeats, sizeof(double), compare_doubles);
-        *seconds = times[repeats / 2];
     }
-    free(a), free(b), free(c), free(times);
+    free(a), free(b), free(c);
     return failed ? -1 : 0;
 }
 

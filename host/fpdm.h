@@ -122,7 +122,9 @@ FPDM_API fpdm_status fpdm_context_memory(fpdm_context *ctx, fpdm_memory_info *in
 
 /* The reference rate benchmarks compare a network against: the seconds one
  * m x k by k x n matrix product takes on the context's device in its
- * precision (median of `repeats`). Allocates its own operands: not for use
+ * precision, the fastest of `repeats` after untimed warm-up products (other
+ * work on the machine only ever slows a product down, so the fastest is the
+ * closest to the device's own rate). Allocates its own operands: not for use
  * while sampling. */
 FPDM_API fpdm_status fpdm_benchmark_matmul(fpdm_context *ctx, int m, int n, int k, int repeats,
                                            double *seconds);

@@ -30,12 +30,23 @@ int iteration_plan(fpdm_iteration_schedule schedule, int num_steps, int budget, 
         set_error(err, err_size, "iteration plan: %d steps, expected 1..100000", n);
         return -1;
     }
-    if (budget < n || budget > 100000000) {
+    if (schedule != FPDM_ITERS_FIXED && schedule != FPDM_ITERS_INCREASING &&
+        schedule != FPDM_ITERS_DECREASING) {
         set_error(err, err_size,
-                  "iteration plan: budget %d for %d steps, expected %d..100000000 (at least one "
-                  "iteration per step)",
-                  budget, n, n);
+                  "iteration plan: schedule %d, expected fixed, increasing or decreasing",
+                  (int)schedule);
         return -1;
+    }
+    if (budget < 0 || budget > 100000000) {
+        set_error(err, err_size, "iteration plan: budget %d, expected 0..100000000", budget);
+        return -1;
+    }
+    /* A budget of 0 is a model whose equivalent depth is its pre and post
+     * blocks (or --iters 0): every schedule honours it with no iteration at
+     * any step, which the network supports. */
+    if (budget == 0) {
+        for (int k = 0; k < n; k++) iters_out[k] = 0;
+        return 0;
     }
     if (schedule == FPDM_ITERS_FIXED) {
         if (budget % n != 0) {
@@ -48,10 +59,15 @@ int iteration_plan(fpdm_iteration_schedule schedule, int num_steps, int budget, 
         for (int k = 0; k < n; k++) iters_out[k] = budget / n;
         return 0;
     }
-    if (schedule != FPDM_ITERS_INCREASING && schedule != FPDM_ITERS_DECREASING) {
+    /* Below one iteration per step the controller's entries drop under one
+     * (under zero for budgets below a third of the steps): the official rule
+     * has no answer there, and choosing which steps go without would be a
+     * rule of our own, so such budgets are refused. */
+    if (budget < n) {
         set_error(err, err_size,
-                  "iteration plan: schedule %d, expected fixed, increasing or decreasing",
-                  (int)schedule);
+                  "iteration plan: budget %d for %d steps, expected 0 or %d..100000000 (the %s "
+                  "schedule gives every step at least one iteration)",
+                  budget, n, n, schedule == FPDM_ITERS_INCREASING ? "increasing" : "decreasing");
         return -1;
     }
     int increasing = schedule == FPDM_ITERS_INCREASING;

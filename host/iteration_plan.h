@@ -22,8 +22,10 @@
  * is the intended meaning and what is implemented.)
  * f_i is evaluated exactly (it is a rational number); the official float32
  * code can land one iteration off where f_i is an exact integer.
- * Returns 0, or -1 with a message (budget < num_steps, a fixed budget that is
- * not a multiple of num_steps, an unknown schedule). */
+ * A budget of 0 gives every step 0 iterations, whatever the schedule.
+ * Returns 0, or -1 with a message (0 < budget < num_steps for increasing or
+ * decreasing, a fixed budget that is not a multiple of num_steps, an unknown
+ * schedule). */
 int iteration_plan(fpdm_iteration_schedule schedule, int num_steps, int budget, int *iters_out,
                    char *err, size_t err_size);
 

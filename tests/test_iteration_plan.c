@@ -1,6 +1,6 @@
 /* test_iteration_plan.c - the LinearController plans against
  * tests/golden/diffusion.safetensors (tools/reference_sampling.py), their
- * totals, and rejected budgets.
+ * totals, zero budgets, and rejected budgets.
  * Run: ctest -R test_iteration_plan (from the build folder's ctest). */
 #include <stdint.h>
 #include <stdio.h>
@@ -86,16 +86,45 @@ static void test_small_plans(void) {
     CHECK(iters[0] == 1 && iters[3] == 1);
 }
 
+/* A zero budget (--iters 0, or a model with no implicit depth beyond its pre
+ * and post blocks) plans zero iterations at every step, for every schedule. */
+static void test_zero_budget(void) {
+    const fpdm_iteration_schedule schedules[] = {FPDM_ITERS_FIXED, FPDM_ITERS_INCREASING,
+                                                 FPDM_ITERS_DECREASING};
+    const int step_counts[] = {1, 2, 5};
+    char err[256];
+    for (int s = 0; s < 3; s++) {
+        for (int c = 0; c < 3; c++) {
+            int iters[5] = {-7, -7, -7, -7, -7};
+            int n = step_counts[c];
+            CHECK_MSG(iteration_plan(schedules[s], n, 0, iters, err, sizeof err) == 0,
+                      "schedule %d, %d steps: %s", (int)schedules[s], n, err);
+            int nonzero = 0;
+            for (int k = 0; k < n; k++) nonzero += iters[k] != 0;
+            CHECK_MSG(nonzero == 0, "schedule %d, %d steps: %d entries not 0", (int)schedules[s], n,
+                      nonzero);
+        }
+    }
+}
+
 static void test_rejections(void) {
     int iters[8];
     char err[256] = "";
     CHECK(iteration_plan(FPDM_ITERS_INCREASING, 8, 7, iters, err, sizeof err) == -1);
     CHECK_MSG(strstr(err, "budget 7") != NULL, "%s", err);
+    /* Between 0 and one iteration per step only the fixed schedule's
+     * multiples (none) could be honoured. */
+    CHECK(iteration_plan(FPDM_ITERS_DECREASING, 4, 1, iters, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "expected 0 or 4..") != NULL, "%s", err);
+    CHECK(iteration_plan(FPDM_ITERS_FIXED, 4, 2, iters, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "multiple") != NULL, "%s", err);
     CHECK(iteration_plan(FPDM_ITERS_FIXED, 4, 10, iters, err, sizeof err) == -1);
     CHECK_MSG(strstr(err, "multiple") != NULL, "%s", err);
     CHECK(iteration_plan(FPDM_ITERS_DECREASING, 0, 10, iters, err, sizeof err) == -1);
     CHECK_MSG(strstr(err, "0 steps") != NULL, "%s", err);
     CHECK(iteration_plan(FPDM_ITERS_INCREASING, 4, -3, iters, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "budget -3") != NULL, "%s", err);
+    CHECK(iteration_plan((fpdm_iteration_schedule)9, 4, 0, iters, err, sizeof err) == -1);
     CHECK(iteration_plan((fpdm_iteration_schedule)9, 4, 8, iters, err, sizeof err) == -1);
     CHECK_MSG(strstr(err, "schedule 9") != NULL, "%s", err);
 }
@@ -103,6 +132,7 @@ static void test_rejections(void) {
 int main(void) {
     test_golden_plans();
     test_small_plans();
+    test_zero_budget();
     test_rejections();
     return test_finish("test_iteration_plan");
 }

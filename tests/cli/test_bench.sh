@@ -3,7 +3,8 @@
 # JSON fields, their consistency, the FLOP count and the minimum activation
 # footprint against independent counts written out below, the reference
 # product and memory fields, the table, --mode sample, the VAE decoder timing
-# (a tiny random decoder and the golden one) and usage errors.
+# (a tiny random decoder and the golden one), a VAE file that does not load
+# (refused before any timing) and usage errors.
 #   bash tests/cli/test_bench.sh BUILD_DIR   (from the repository root)
 set -u
 build=${1:?usage: test_bench.sh BUILD_DIR}
@@ -15,6 +16,7 @@ bench=$build/fpdm-bench
 check "fpdm forward json" "$bench" --config tiny-fpdm --batch-size 1,3 --iters 1,5 --cfg on --repeat 2 --warmup 1 --json >"$tmp/fpdm.json"
 check "dit forward json" "$bench" --config tiny-dit --batch-size 2 --repeat 2 --warmup 0 --json >"$tmp/dit.json"
 check "fpdm sample json" "$bench" --config tiny-fpdm --mode sample --steps 3 --iters 2 --batch-size 2 --repeat 1 --warmup 0 --json >"$tmp/sample.json"
+check "fpdm sample json, 0 iterations" "$bench" --config tiny-fpdm --mode sample --steps 2 --iters 0 --repeat 1 --warmup 0 --json >"$tmp/sample0.json"
 check "vae json" "$bench" --mode vae --vae-config tiny --vae-latent-sizes 4,8 --vae-batch 2 --repeat 2 --warmup 0 --json >"$tmp/vae.json"
 check "vae file json" "$bench" --mode vae --vae tests/golden/vae-small.safetensors --vae-latent-sizes 4 --repeat 1 --warmup 0 --json >"$tmp/vae-file.json"
 check "dit with vae json" "$bench" --config tiny-dit --vae-config tiny --vae-latent-sizes 4 --repeat 1 --warmup 0 --json >"$tmp/dit-vae.json"
@@ -50,10 +52,12 @@ def min_activation_bytes(fpdm, rows, D=32, P=2, size=8):
     per_token = max(5 * D, 2 * D + 4 * D) + (3 * D if fpdm else 0)
     return 4 * rows * T * per_token
 
-# The reference product (1024^3 on the CPU) and the memory fields of a run.
+# The reference product (1024^3 on the CPU: its fastest of several timed
+# runs) and the memory fields of a run.
 def check_reference_and_memory(r, fpdm):
     ref = r["reference"]
     assert ref["matmul_size"] == 1024 and ref["seconds"] > 0, ref
+    assert isinstance(ref["runs"], int) and ref["runs"] > 1, ref
     assert close(ref["tflops"], 2 * 1024 ** 3 / ref["seconds"] / 1e12), ref
     # float32 on the CPU: the parameters and the stored position table (T x D).
     assert r["settings"]["weight_bytes"] == 4 * (r["settings"]["parameters"] + 16 * 32), r["settings"]
@@ -99,6 +103,11 @@ assert close(x["gflop"], 3 * 2 * flops(True, 2) / 1e9), (x["gflop"], 3 * 2 * flo
 assert close(x["images_per_second"], 2 / x["seconds_mean"]), x
 assert close(x["model_evaluations_per_second"] * x["seconds_mean"], 6), x
 check_reference_and_memory(r, True)
+r = json.load(open(d + "/sample0.json"))
+(x,) = r["results"]
+# 2 steps of 1 row without fixed-point iterations.
+assert x["iters"] == 0 and x["fixed_point_iterations_per_second"] == 0, x
+assert close(x["gflop"], 2 * flops(True, 0) / 1e9), (x["gflop"], 2 * flops(True, 0) / 1e9)
 
 # The VAE decoder: the tiny one upsamples 2x (two blocks), the arena holds at
 # least the input and output of one image, and --mode vae times nothing else.
@@ -132,7 +141,7 @@ check "table run" "$bench" --config tiny-dit --batch-size 1,2 --repeat 1 --warmu
 check "table header" grep -q "batch  *iters  *rows  *mean s  *min s  *images/s  *evals/s  *fp-iters/s  *GFLOP  *GFLOP/s" "$tmp/table.txt"
 check "table rows" [ "$(grep -cE '^ +[12] +- +[12] ' "$tmp/table.txt")" = 2 ]
 check "table memory columns" grep -q "GFLOP/s  *%ref  *arena MB  *used MB  *min MB" "$tmp/table.txt"
-check "table reference line" grep -qE "^reference: 1024\^3 product [0-9.]+ s = [0-9.]+ TFLOP/s; weights [0-9.]+ MB" "$tmp/table.txt"
+check "table reference line" grep -qE "^reference: 1024\^3 product [0-9.]+ s = [0-9.]+ TFLOP/s \(fastest of [0-9]+\); weights [0-9.]+ MB" "$tmp/table.txt"
 check "vae table run" "$bench" --mode vae --vae-config tiny --vae-latent-sizes 4 --repeat 1 --warmup 0 >"$tmp/vae.txt"
 check "vae table" grep -qE "^ +4 +8 +1 +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+$" "$tmp/vae.txt"
 
@@ -140,19 +149,36 @@ check "vae table" grep -qE "^ +4 +8 +1 +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+$" "$t
 check "write model" "$bench" --config tiny-fpdm --write-model "$tmp/m.safetensors"
 check "bench a model file (json)" bash -c "'$bench' --model '$tmp/m.safetensors' --iters 3 --repeat 1 --warmup 0 --json | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin); assert r[\"results\"][0][\"iters\"] == 3 and r[\"settings\"][\"parameters\"] > 0'"
 
-# Usage errors: exit 2 with a message naming what is allowed.
-usage() {  # usage NAME PATTERN ARGS...
-    local name=$1 pattern=$2
-    shift 2
-    "$bench" "$@" >/dev/null 2>"$tmp/err"
+# fails NAME STATUS PATTERN ARGS...: fpdm-bench exits with STATUS, nothing on
+# stdout (where a run is timed the table's header comes first), and a message
+# matching PATTERN on stderr.
+fails() {
+    local name=$1 status=$2 pattern=$3
+    shift 3
+    "$bench" "$@" >"$tmp/out" 2>"$tmp/err"
     local rc=$?
-    if [ $rc = 2 ] && grep -qE -- "$pattern" "$tmp/err"; then
+    if [ $rc = "$status" ] && [ ! -s "$tmp/out" ] && grep -qE -- "$pattern" "$tmp/err"; then
         passed=$((passed + 1))
     else
         failed=$((failed + 1))
         echo "FAIL $name: exit $rc"
+        sed 's/^/    stdout: /' "$tmp/out"
         sed 's/^/    stderr: /' "$tmp/err"
     fi
+}
+
+# A VAE file that cannot be loaded fails (exit 1) before the model is timed.
+echo "not a safetensors file" >"$tmp/bad-vae.safetensors"
+fails "missing vae file" 1 "cannot load the VAE decoder: $tmp/missing.safetensors: cannot open" \
+    --config tiny-dit --repeat 1 --warmup 0 --vae "$tmp/missing.safetensors"
+fails "bad vae file (json)" 1 "cannot load the VAE decoder: $tmp/bad-vae.safetensors" \
+    --config tiny-fpdm --mode sample --repeat 1 --warmup 0 --vae "$tmp/bad-vae.safetensors" --json
+
+# Usage errors: exit 2 with a message naming what is allowed.
+usage() {  # usage NAME PATTERN ARGS...
+    local name=$1
+    shift
+    fails "$name" 2 "$@"
 }
 usage "unknown config" "unknown configuration 'DiT-Q/2' \(allowed: DiT-XL/2, .*tiny-fpdm\)" --config DiT-Q/2
 usage "bad image size" "image size 300 is not supported \(allowed: 256, 512\)" --config DiT-S/2 --image-size 300
@@ -166,5 +192,18 @@ usage "unknown vae config" "unknown VAE configuration 'xl' \(allowed: sd, tiny\)
 usage "vae mode without a vae" "--mode vae needs --vae FILE or --vae-config NAME" --mode vae
 usage "vae and vae config" "give --vae FILE or --vae-config NAME, not both" --vae x --vae-config tiny
 usage "zero vae batch" "--vae-batch: 0 is out of range" --vae-batch 0
+# Options the run would ignore.
+usage "steps in forward mode" "--steps applies to --mode sample only; --mode forward runs no sampling steps" --config tiny-fpdm --steps 5
+usage "steps in vae mode" "--steps applies to --mode sample only; --mode vae" --mode vae --vae-config tiny --steps 5
+usage "image size of a pixel config" "--image-size applies to the latent configurations; tiny-dit is a pixel-space model of 8x8" --config tiny-dit --image-size 512
+usage "image size of a pixel config (write)" "--image-size applies to the latent configurations; tiny-fpdm" --config tiny-fpdm --image-size 256 --write-model "$tmp/unused.safetensors"
+check "a refused --write-model writes nothing" [ ! -e "$tmp/unused.safetensors" ]
+usage "image size of a model file" "--image-size applies to --config; a --model file has its own size" --model "$tmp/m.safetensors" --image-size 512
+usage "config in vae mode" "--config has no effect with --mode vae, which times the VAE decoder only" --mode vae --vae-config tiny --config tiny-dit
+usage "model in vae mode" "--model has no effect with --mode vae" --mode vae --vae-config tiny --model "$tmp/m.safetensors"
+usage "batch size in vae mode" "--batch-size has no effect with --mode vae" --mode vae --vae-config tiny --batch-size 2
+usage "iters in vae mode" "--iters has no effect with --mode vae" --mode vae --vae-config tiny --iters 2
+usage "vae batch without a vae" "--vae-batch applies to the VAE decoder: give --vae FILE or --vae-config NAME" --config tiny-dit --vae-batch 2
+usage "vae sizes without a vae" "--vae-latent-sizes applies to the VAE decoder" --config tiny-dit --vae-latent-sizes 4
 
 finish

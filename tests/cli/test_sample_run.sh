@@ -137,7 +137,36 @@ check "verbose prints the plan" grep -qE "iteration plan \(sampling order\): [0-
 check "quiet run is silent" run quiet -m "$fpdm" -n 1 --steps 2 --quiet --out "$tmp/j"
 check "quiet stderr empty" [ ! -s "$tmp/quiet.err" ]
 
-# 8. A latent model decoded by --vae: RGB PNGs of the VAE's size, with the
+# 8. Zero fixed-point iterations: --iters 0, and a model whose equivalent
+#    depth is its pre and post blocks (the default of 0 iterations), sampled
+#    with its defaults and with a schedule that spreads the (zero) budget.
+/usr/bin/python3 - "$fpdm" "$tmp/fpdm-depth2.safetensors" <<'PY'
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+size = struct.unpack("<Q", data[:8])[0]
+header = json.loads(data[8:8 + size])
+header["__metadata__"]["fpdm.equivalent_depth"] = "2"   # pre 1 + post 1
+text = json.dumps(header).encode()
+text += b" " * (-len(text) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(text)) + text + data[8 + size:])
+PY
+zero_plan() {  # zero_plan REPORT: 4 steps planned and run with no iteration
+    /usr/bin/python3 -c "
+import json, sys; r = json.load(open(sys.argv[1]))
+assert r['settings']['iteration_plan'] == [0] * 4, r['settings']
+assert r['totals']['fixed_point_iterations'] == 0 and r['totals']['model_evaluations'] > 0, r['totals']
+" "$1"
+}
+zero=(-n 1 --steps 4 --class 3)
+check "iters 0 run" run iters0 -m "$fpdm" "${zero[@]}" --iters 0 --out "$tmp/z0" --report "$tmp/iters0.json"
+check "iters 0 plans zeros" zero_plan "$tmp/iters0.json"
+check "zero default iters run" run depth2 -m "$tmp/fpdm-depth2.safetensors" "${zero[@]}" --out "$tmp/z1" --report "$tmp/depth2.json"
+check "zero default iters plans zeros" zero_plan "$tmp/depth2.json"
+check "zero default iters, increasing" run depth2inc -m "$tmp/fpdm-depth2.safetensors" "${zero[@]}" --schedule increasing --out "$tmp/z2" --report "$tmp/depth2inc.json"
+check "zero default iters, increasing plans zeros" zero_plan "$tmp/depth2inc.json"
+check "--iters 0 = a default of 0 iterations" cmp -s "$tmp/z0/00000-3.png" "$tmp/z1/00000-3.png"
+
+# 9. A latent model decoded by --vae: RGB PNGs of the VAE's size, with the
 #    grid inside the --out folder this run creates.
 check "vae run" run vae -m tests/golden/forward-fpdm.model.safetensors \
     --vae tests/golden/vae-small.safetensors -n 3 --steps 4 --out "$tmp/v/new" --grid "$tmp/v/new/grid.png"
@@ -157,7 +186,7 @@ for name in names:
         assert (width, height) == (32, 32), (name, width, height)
 PY
 
-# 9. Ctrl-C: exit 130, finished images kept, no temporary files left. Only
+# 10. Ctrl-C: exit 130, finished images kept, no temporary files left. Only
 #    checked when the run is still going when the signal arrives.
 "$sample" -m "$fpdm" -n 400 -b 1 --steps 1000 --out "$tmp/k" >/dev/null 2>"$tmp/int.err" &
 pid=$!
