@@ -74,6 +74,8 @@ expect "cfg below one"       2 "--cfg-scale: 0.5 is out of range \(allowed: 1\.\
 expect "cfg not a number"    2 "--cfg-scale: 'x' is not a number"         -m "$fpdm" --cfg-scale x
 expect "negative tol"        2 "--tol: -1 is out of range \(allowed: 0\.\." -m "$fpdm" --tol -1
 expect "negative eta"        2 "--eta: -0.5 is out of range"              -m "$fpdm" --eta -0.5
+expect "tol rounds to 0"     2 "--tol: 1e-50 is too close to 0 for a float" -m "$fpdm" --tol 1e-50
+expect "eta overflows"       2 "--eta: 1e400 is out of range"             -m "$fpdm" --sampler ddim --eta 1e400
 expect "negative seed"       2 "--seed: '-1' is not a non-negative integer" -m "$fpdm" --seed -1
 expect "bad sampler"         2 "--sampler: 'euler' is not one of ddpm\|ddim" -m "$fpdm" --sampler euler
 expect "bad schedule"        2 "--schedule: 'cosine' is not one of fixed\|increasing\|decreasing" -m "$fpdm" --schedule cosine
@@ -106,6 +108,7 @@ expect "missing model"       1 "cannot load the model: .*no-such-model.safetenso
 expect "malformed model"     1 "cannot load the model: .*malformed.safetensors"     -m "$tmp/malformed.safetensors"
 expect "noise not float32"   1 "--init-noise: .*init-f64.npy"                       -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/init-f64.npy"
 expect "noise file missing"  1 "--init-noise: .*absent.npy"                         -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/absent.npy"
+expect "noise is a folder"   1 "--init-noise: .*: is a folder"                       -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp"
 expect "grid folder missing" 1 "--grid .*: folder .*no-dir does not exist"           -m "$fpdm" --steps 3 --grid "$tmp/no-dir/grid.png"
 expect "report folder missing" 1 "--report .*: folder .*no-dir does not exist"       -m "$fpdm" --steps 3 --report "$tmp/no-dir/r.json"
 # Checked before sampling: a folder as the file, a folder that is not writable

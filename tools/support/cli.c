@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,13 +67,21 @@ int cli_parse_float(const char *flag, const char *text, double min, double max, 
     char *end = NULL;
     errno = 0;
     double value = strtod(text, &end);
-    if (text[0] == '\0' || *end != '\0' || end == text || !isfinite(value)) {
+    int underflow = errno == ERANGE && !isinf(value);
+    if (text[0] == '\0' || *end != '\0' || end == text || isnan(value)) {
         snprintf(err, err_size, "%s: '%s' is not a number (allowed: %g..%g)", flag, text, min,
                  max);
         return -1;
     }
-    if (errno == ERANGE || value < min || value > max) {
+    if (isinf(value) || value < min || value > max) {
         snprintf(err, err_size, "%s: %s is out of range (allowed: %g..%g)", flag, text, min, max);
+        return -1;
+    }
+    /* A value a float rounds to 0 would change meaning silently (--tol 1e-50
+     * would turn early stopping off). */
+    if (underflow || (value != 0.0 && (float)value == 0.0f)) {
+        snprintf(err, err_size, "%s: %s is too close to 0 for a float (allowed: 0, or a "
+                 "magnitude of at least %g)", flag, text, (double)FLT_TRUE_MIN);
         return -1;
     }
     *out = (float)value;

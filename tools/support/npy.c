@@ -166,6 +166,10 @@ int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MA
     float *values = NULL;
     unsigned char prefix[12];
     size_t got = fread(prefix, 1, 10, f);
+    if (got < 10 && ferror(f) && errno == EISDIR) {
+        support_set_error(err, err_size, "%s: is a folder (allowed: a .npy file)", path);
+        goto fail;
+    }
     if (got < 10 || memcmp(prefix, "\x93NUMPY", 6) != 0) {
         support_set_error(err, err_size, "%s: not a .npy file (%s)", path,
                   got < 10 ? "shorter than the 10-byte preamble" : "no \\x93NUMPY magic");
