@@ -527,7 +527,9 @@ static int on_progress(const fpdm_progress *p, void *user_data)
     run_progress *run = user_data;
     char label[64];
     snprintf(label, sizeof label, "step %d/%d", p->step, p->num_steps);
-    progress_update(&run->bar, run->steps_before + p->step, run->images_before, label);
+    /* fpdm-sample samples a batch per call: its images are drawn at its last step. */
+    int images_done = run->images_before + (p->step == p->num_steps ? p->num_images : 0);
+    progress_update(&run->bar, run->steps_before + p->step, images_done, label);
     return interrupted ? 1 : 0;
 }
 

@@ -29,7 +29,7 @@ check "first run" run first "${common[@]}" -b 2 --out "$tmp/a" --grid "$tmp/grid
 check "file names" [ "$(cd "$tmp/a" 2>/dev/null && ls | tr '\n' ' ')" = "$names " ]
 check "PNG signature" cmp -s -n 8 "$tmp/a/00000-0.png" <(printf '\x89PNG\r\n\x1a\n')
 check "grid written" cmp -s -n 8 "$tmp/grid.png" <(printf '\x89PNG\r\n\x1a\n')
-check "progress lines when not a terminal" grep -q "100% step 6/6, images" "$tmp/first.err"
+check "progress lines when not a terminal" grep -q "100% step 6/6, images 5/5" "$tmp/first.err"
 check "summary line" grep -qE "fpdm-sample: 5 images in [0-9.]+ s \([0-9.]+ images/s\), [0-9]+ model evaluations, [0-9]+ fixed-point iterations" "$tmp/first.err"
 check "report contents" /usr/bin/python3 - "$tmp/report.json" <<'PY'
 import json, sys
