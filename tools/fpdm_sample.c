@@ -1080,7 +1080,10 @@ static void first_difference(const char *a, const char *b, char *line, size_t si
 static int check_settings_file(const run_state *rs)
 {
     const options *opt = rs->opt;
-    char path[PATH_MAX], now[8192], before[8192] = "";
+    /* Room for a 1000-step plan and a long class list. */
+    static char now[1 << 16], before[1 << 16];
+    char path[PATH_MAX];
+    before[0] = '\0';
     snprintf(path, sizeof path, "%s/%s", opt->out_dir, SETTINGS_FILE);
     describe_settings(rs, now, sizeof now);
     FILE *file = fopen(path, "r");
