@@ -5,7 +5,9 @@
 
 #include <stddef.h>
 
-/* printf into err (always NUL-terminated; nothing when err is NULL or empty). */
+/* printf into err (always NUL-terminated; nothing when err is NULL or empty).
+ * Control characters become '?': messages quote names read from files, and a
+ * damaged file's bytes should not reach the user's terminal as escapes. */
 void set_error(char *err, size_t err_size, const char *format, ...)
     __attribute__((format(printf, 3, 4)));
 

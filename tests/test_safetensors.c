@@ -280,6 +280,9 @@ static void test_header_failures(void) {
     expect_header_failure("text after object", "{}  x", "after the JSON");
     expect_header_failure("two objects", "{}{}", "after the JSON");
     expect_header_failure("entry not object", "{\"a\": 5}", "tensor a: entry is not an object");
+    /* A name with an escape sequence and a bell reaches the message as '?'s. */
+    expect_header_failure("control characters in a name", "{\"a\\u001b[2J\\u0007\": 5}",
+                          "tensor a?[2J?: entry is not an object");
 
     expect_header_failure("unknown dtype", "{\"a\":" T("U8", "[4]", "[0,4]") "}", "\"U8\"");
     expect_header_failure("dtype not string", "{\"a\":{\"dtype\":4,\"shape\":[1],\"data_offsets\":[0,4]}}",
