@@ -142,6 +142,16 @@ def test_fpdm_train_checkpoint(tmp, build_dir):
     loaded, _ = reference.load_model(out)
     check_c_forward(build_dir, out, loaded, "FPDM bf16, no pre/post timestep conditioning", iters=3)
 
+    # A plain state dict records no setting: taken as off, the official
+    # train.py's and sample.py's default, with a warning saying so.
+    plain = os.path.join(tmp, "fpdm-plain.pt")
+    torch.save(ema_sd, plain)
+    plain_out = os.path.join(tmp, "fpdm-plain.safetensors")
+    code, text = run_convert(plain, plain_out, "--heads", "4")
+    _, md = safetensors_io.read(plain_out) if code == 0 else (None, {})
+    check(md.get("fpdm.pre_post_timestep_conditioning") == "false" and "assuming it was off" in text,
+          "unrecorded pre/post timestep conditioning: off, with a warning")
+
 
 def test_model_name_and_compiled_prefix(tmp, build_dir):
     cfg = dict(architecture="fpdm", hidden_size=24, num_heads=6, patch_size=4, input_size=16,

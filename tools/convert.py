@@ -14,7 +14,9 @@ checkpoint {'model', 'ema', 'opt', 'args', ...} (the EMA weights are taken);
 inferred from the tensor shapes; anything that does not add up is refused
 with a message and exit code 1, and so is an output that cannot be written
 (before the checkpoint is read). Settings recorded in a train.py checkpoint's
-args are used unless given on the command line.
+args are used unless given on the command line; where neither says,
+pre/post timestep conditioning is taken as off, the default of the official
+train.py and sample.py.
 """
 import argparse
 import math
@@ -280,8 +282,12 @@ def convert(checkpoint_path, out_path, options, log=print):
         raise ConversionError("zero terminal SNR without v prediction: fpdm-sample cannot sample such a model "
                               "(its first step has alpha_cumprod 0); give --predict-v if the model predicts v")
     if cfg["architecture"] == "fpdm" and "pre_post_timestep_conditioning" not in settings:
+        # The official train.py and sample.py both default it to False (only
+        # models.py's constructor defaults to True, and they always pass it).
         log("warning: the checkpoint does not record fixed_point_pre_post_timestep_conditioning; "
-            "assuming it was on (override with --no-pre-post-timestep-conditioning)", file=sys.stderr)
+            "assuming it was off, the official train.py's default (override with "
+            "--pre-post-timestep-conditioning)", file=sys.stderr)
+        settings["pre_post_timestep_conditioning"] = False
     cfg.update(settings)
     cfg["space"] = options.space
     if options.equivalent_depth is not None:
