@@ -10,7 +10,10 @@
  *   - a missing, a misshapen and an unknown tensor are refused with messages
  *     naming the file and the tensor.
  *   - the CPU GroupNorm on sizes that are no multiple of its summing lanes
- *     (21 values a group) equals a plain double-precision one.
+ *     (21 values a group) equals a plain double-precision one;
+ *   - the same random decoder written in float16 and in float32 (the
+ *     synthetic writer of tools/support, which test_vae_sd uses in float16)
+ *     decodes to the same images up to float16's rounding.
  * The full Stable Diffusion size is tests/test_vae_sd.c.
  *
  * Run from the repository root: build/test_vae (ctest does this).
@@ -27,6 +30,7 @@
 
 #include "fpdm.h"
 #include "safetensors.h"
+#include "synthetic_vae.h"
 #include "test_util.h"
 #include "vae.h"
 #include "vae_ops.h"
@@ -449,6 +453,33 @@ static void test_group_norm_tails(void) {
     }
 }
 
+/* The tiny synthetic decoder stored in float16 against float32. */
+static void test_f16_storage(fpdm_context *ctx, const char *dir) {
+    synthetic_vae_config config;
+    char err[256], f32_path[512], f16_path[512];
+    snprintf(f32_path, sizeof f32_path, "%s/synthetic-f32.safetensors", dir);
+    snprintf(f16_path, sizeof f16_path, "%s/synthetic-f16.safetensors", dir);
+    const synthetic_vae_format f32 = {SYNTHETIC_F32, 1}, f16 = {SYNTHETIC_F16, 1};
+    int written = synthetic_vae_config_lookup("tiny", &config, err, sizeof err) == 0 &&
+                  synthetic_vae_write(&config, f32, f32_path, 5, err, sizeof err) == 0 &&
+                  synthetic_vae_write(&config, f16, f16_path, 5, err, sizeof err) == 0;
+    CHECK_MSG(written, "%s", err);
+    enum { LATENT = 4 };
+    float latents[4 * LATENT * LATENT];
+    for (int i = 0; i < 4 * LATENT * LATENT; i++) latents[i] = (float)((i * 7) % 11) * 0.2f - 1.0f;
+    /* Two blocks: one upsampler, images twice the latents' size. */
+    size_t image_floats = (size_t)3 * (LATENT * 2) * (LATENT * 2);
+    float *from_f32 = written ? decode(ctx, f32_path, 1, LATENT, latents, image_floats) : NULL;
+    float *from_f16 = written ? decode(ctx, f16_path, 1, LATENT, latents, image_floats) : NULL;
+    if (from_f32 && from_f16)
+        check_close("synthetic decoder, float16 file vs float32", from_f16, from_f32, image_floats,
+                    2e-3);
+    free(from_f32);
+    free(from_f16);
+    unlink(f32_path);
+    unlink(f16_path);
+}
+
 int main(void) {
     fpdm_context_params params = fpdm_context_default_params();
     fpdm_context *ctx = NULL;
@@ -466,6 +497,7 @@ int main(void) {
     test_golden(ctx, dir);
     test_prepare();
     test_group_norm_tails();
+    test_f16_storage(ctx, dir);
     rmdir(dir);
     fpdm_context_free(ctx);
     return test_finish("test_vae");

@@ -683,7 +683,8 @@ static int load_vae(const options *opt, const synthetic_vae_config *config, fpdm
     if (!opt->vae_path) {
         if (create_temporary_file("fpdm-bench-vae", path) != 0)
             return EXIT_RUNTIME;
-        if (synthetic_vae_write(config, path, opt->seed, err, sizeof err) != 0) {
+        const synthetic_vae_format f32_with_groups = {SYNTHETIC_F32, 1};
+        if (synthetic_vae_write(config, f32_with_groups, path, opt->seed, err, sizeof err) != 0) {
             fprintf(stderr, PROGRAM ": %s\n", err);
             rc = EXIT_RUNTIME;
         }

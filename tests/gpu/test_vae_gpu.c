@@ -237,7 +237,8 @@ static void test_sd_size(fpdm_context *cpu, fpdm_context *fp32, fpdm_context *bf
         return;
     }
     snprintf(path, sizeof path, "%s/vae-sd.safetensors", dir);
-    if (synthetic_vae_write(&config, path, 7, err, sizeof err) != 0) {
+    const synthetic_vae_format f32_with_groups = {SYNTHETIC_F32, 1};
+    if (synthetic_vae_write(&config, f32_with_groups, path, 7, err, sizeof err) != 0) {
         CHECK_MSG(0, "%s", err);
         rmdir(dir);
         return;

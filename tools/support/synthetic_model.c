@@ -186,7 +186,8 @@ static void add_metadata(cJSON *metadata, const char *key, long value)
     cJSON_AddStringToObject(metadata, key, text);
 }
 
-static char *build_header(const synthetic_config *c, const synthetic_tensor_list *list, int bf16)
+static char *build_header(const synthetic_config *c, const synthetic_tensor_list *list,
+                          synthetic_storage storage)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON *metadata = cJSON_AddObjectToObject(root, "__metadata__");
@@ -208,7 +209,7 @@ static char *build_header(const synthetic_config *c, const synthetic_tensor_list
     cJSON_AddStringToObject(metadata, "fpdm.space", c->latent_space ? "latent" : "pixel");
     cJSON_AddStringToObject(metadata, "synthetic", c->name);
 
-    synthetic_header_add_tensors(root, list, bf16);
+    synthetic_header_add_tensors(root, list, storage);
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return text;
@@ -219,9 +220,10 @@ int synthetic_model_write(const synthetic_config *config, const char *path, uint
 {
     synthetic_tensor_list list = {0};
     build_tensor_list(config, &list);
-    const int bf16 = synthetic_model_num_parameters(config) > BF16_THRESHOLD;
-    char *header = list.failed ? NULL : build_header(config, &list, bf16);
-    int rc = synthetic_tensors_write(path, header, &list, bf16, fill_tensor, config, seed, err,
+    const synthetic_storage storage =
+        synthetic_model_num_parameters(config) > BF16_THRESHOLD ? SYNTHETIC_BF16 : SYNTHETIC_F32;
+    char *header = list.failed ? NULL : build_header(config, &list, storage);
+    int rc = synthetic_tensors_write(path, header, &list, storage, fill_tensor, config, seed, err,
                                      err_size);
     synthetic_tensor_list_free(&list);
     cJSON_free(header);

@@ -68,14 +68,17 @@ float synthetic_uniform(uint64_t *rng, float amplitude)
     return amplitude * (float)(2.0 * unit - 1.0);
 }
 
-void synthetic_header_add_tensors(cJSON *root, const synthetic_tensor_list *list, int bf16)
+static const char *const storage_dtypes[] = {"F32", "BF16", "F16"};
+
+void synthetic_header_add_tensors(cJSON *root, const synthetic_tensor_list *list,
+                                  synthetic_storage storage)
 {
-    const int64_t element_size = bf16 ? 2 : 4;
+    const int64_t element_size = storage == SYNTHETIC_F32 ? 4 : 2;
     int64_t offset = 0;
     for (int i = 0; i < list->count; i++) {
         const synthetic_tensor *t = &list->entries[i];
         cJSON *entry = cJSON_AddObjectToObject(root, t->name);
-        cJSON_AddStringToObject(entry, "dtype", bf16 ? "BF16" : "F32");
+        cJSON_AddStringToObject(entry, "dtype", storage_dtypes[storage]);
         cJSON *shape = cJSON_AddArrayToObject(entry, "shape");
         for (int d = 0; d < t->ndim; d++)
             cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
@@ -95,19 +98,40 @@ static uint16_t to_bf16(float value)
     return (uint16_t)(bits >> 16);
 }
 
-int synthetic_tensors_write(const char *path, const char *json_header,
-                            const synthetic_tensor_list *list, int bf16, synthetic_fill_fn fill,
-                            const void *context, uint64_t seed, char *err, size_t err_size)
+static uint16_t to_f16(float value)
 {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    const uint16_t sign = (uint16_t)((bits >> 16) & 0x8000u);
+    const int exponent = (int)((bits >> 23) & 0xffu) - 127 + 15;
+    if (exponent <= 0)
+        return sign;
+    if (exponent >= 31)
+        return (uint16_t)(sign | 0x7c00u);
+    /* The 13 dropped mantissa bits, rounded to nearest even; a carry moves
+     * into the exponent, and past the largest half to infinity. */
+    uint32_t half = ((uint32_t)exponent << 10) | ((bits & 0x7fffffu) >> 13);
+    const uint32_t dropped = bits & 0x1fffu;
+    if (dropped > 0x1000u || (dropped == 0x1000u && (half & 1u)))
+        half++;
+    return (uint16_t)(sign | (half > 0x7c00u ? 0x7c00u : half));
+}
+
+int synthetic_tensors_write(const char *path, const char *json_header,
+                            const synthetic_tensor_list *list, synthetic_storage storage,
+                            synthetic_fill_fn fill, const void *context, uint64_t seed, char *err,
+                            size_t err_size)
+{
+    const int halves_stored = storage != SYNTHETIC_F32;
     int64_t largest = 1;
     for (int i = 0; i < list->count; i++)
         if (synthetic_tensor_elements(&list->entries[i]) > largest)
             largest = synthetic_tensor_elements(&list->entries[i]);
     float *values = malloc((size_t)largest * sizeof(float));
-    uint16_t *halves = bf16 ? malloc((size_t)largest * sizeof(uint16_t)) : NULL;
+    uint16_t *halves = halves_stored ? malloc((size_t)largest * sizeof(uint16_t)) : NULL;
     FILE *f = NULL;
     int rc = -1;
-    if (list->failed || !json_header || !values || (bf16 && !halves)) {
+    if (list->failed || !json_header || !values || (halves_stored && !halves)) {
         snprintf(err, err_size, "%s: out of memory", path);
         goto done;
     }
@@ -124,9 +148,9 @@ int synthetic_tensors_write(const char *path, const char *json_header,
         const synthetic_tensor *t = &list->entries[i];
         const size_t n = (size_t)synthetic_tensor_elements(t);
         fill(t, context, &rng, values);
-        if (bf16) {
+        if (halves_stored) {
             for (size_t k = 0; k < n; k++)
-                halves[k] = to_bf16(values[k]);
+                halves[k] = storage == SYNTHETIC_BF16 ? to_bf16(values[k]) : to_f16(values[k]);
             ok = fwrite(halves, sizeof(uint16_t), n, f) == n;
         } else {
             ok = fwrite(values, sizeof(float), n, f) == n;

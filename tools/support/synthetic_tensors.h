@@ -1,8 +1,8 @@
 /* synthetic_tensors.h - what the random-weight file writers share
  * (synthetic_model.c, synthetic_vae.c): a list of named tensors, each with a
  * fill kind that its writer interprets, written as one .safetensors file in
- * float32 or bfloat16, the values drawn from one seeded splitmix64 stream in
- * list order. */
+ * float32, bfloat16 or float16, the values drawn from one seeded splitmix64
+ * stream in list order. */
 #ifndef FPDM_SYNTHETIC_TENSORS_H
 #define FPDM_SYNTHETIC_TENSORS_H
 
@@ -10,6 +10,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* How the values are stored (each rounded to nearest, ties to even; float16
+ * flushes values below its normal range to 0). */
+typedef enum synthetic_storage { SYNTHETIC_F32, SYNTHETIC_BF16, SYNTHETIC_F16 } synthetic_storage;
 
 typedef struct synthetic_tensor {
     char name[96];
@@ -39,17 +43,19 @@ float synthetic_uniform(uint64_t *rng, float amplitude);
 
 /* Adds each tensor's entry (dtype, shape, data offsets, back to back in list
  * order) to the header object root. */
-void synthetic_header_add_tensors(cJSON *root, const synthetic_tensor_list *list, int bf16);
+void synthetic_header_add_tensors(cJSON *root, const synthetic_tensor_list *list,
+                                  synthetic_storage storage);
 
 /* Fills values (synthetic_tensor_elements(t) floats) for tensor t. */
 typedef void (*synthetic_fill_fn)(const synthetic_tensor *t, const void *context, uint64_t *rng,
                                   float *values);
 
 /* Writes the file: json_header (with the entries above), then every tensor
- * as fill makes it, rounded to bfloat16 when bf16, from the stream seeded
- * with seed. A failed write removes the file. 0, or -1 with a message. */
+ * as fill makes it, stored as storage says, from the stream seeded with
+ * seed. A failed write removes the file. 0, or -1 with a message. */
 int synthetic_tensors_write(const char *path, const char *json_header,
-                            const synthetic_tensor_list *list, int bf16, synthetic_fill_fn fill,
-                            const void *context, uint64_t seed, char *err, size_t err_size);
+                            const synthetic_tensor_list *list, synthetic_storage storage,
+                            synthetic_fill_fn fill, const void *context, uint64_t seed, char *err,
+                            size_t err_size);
 
 #endif

@@ -130,15 +130,18 @@ static void fill(const synthetic_tensor *t, const void *context, uint64_t *rng, 
     }
 }
 
-static char *build_header(const synthetic_vae_config *c, const synthetic_tensor_list *list)
+static char *build_header(const synthetic_vae_config *c, synthetic_vae_format format,
+                          const synthetic_tensor_list *list)
 {
     cJSON *root = cJSON_CreateObject();
-    cJSON *metadata = cJSON_AddObjectToObject(root, "__metadata__");
-    char groups[16];
-    snprintf(groups, sizeof groups, "%d", c->norm_num_groups);
-    cJSON_AddStringToObject(metadata, "vae.norm_num_groups", groups);
-    cJSON_AddStringToObject(metadata, "synthetic", c->name);
-    synthetic_header_add_tensors(root, list, 0);
+    if (format.with_metadata) {
+        cJSON *metadata = cJSON_AddObjectToObject(root, "__metadata__");
+        char groups[16];
+        snprintf(groups, sizeof groups, "%d", c->norm_num_groups);
+        cJSON_AddStringToObject(metadata, "vae.norm_num_groups", groups);
+        cJSON_AddStringToObject(metadata, "synthetic", c->name);
+    }
+    synthetic_header_add_tensors(root, list, format.storage);
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return text;
@@ -161,15 +164,21 @@ static int check_config(const synthetic_vae_config *c, char *err, size_t err_siz
     return 0;
 }
 
-int synthetic_vae_write(const synthetic_vae_config *config, const char *path, uint64_t seed,
-                        char *err, size_t err_size)
+int synthetic_vae_write(const synthetic_vae_config *config, synthetic_vae_format format,
+                        const char *path, uint64_t seed, char *err, size_t err_size)
 {
     if (check_config(config, err, err_size) != 0)
         return -1;
+    if (!format.with_metadata && config->norm_num_groups != 32) {
+        snprintf(err, err_size, "VAE configuration '%s': %d groups need the metadata (the "
+                 "loader takes 32 without it)", config->name, config->norm_num_groups);
+        return -1;
+    }
     synthetic_tensor_list list = {0};
     build_decoder(config, &list);
-    char *header = list.failed ? NULL : build_header(config, &list);
-    int rc = synthetic_tensors_write(path, header, &list, 0, fill, NULL, seed, err, err_size);
+    char *header = list.failed ? NULL : build_header(config, format, &list);
+    int rc = synthetic_tensors_write(path, header, &list, format.storage, fill, NULL, seed, err,
+                                     err_size);
     synthetic_tensor_list_free(&list);
     cJSON_free(header);
     return rc;

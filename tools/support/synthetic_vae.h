@@ -3,14 +3,17 @@
  *
  * The file is a .safetensors with the tensor names and shapes of a diffusers
  * AutoencoderKL's decoder (post_quant_conv.*, decoder.*; no encoder), the
- * layout host/vae.c loads, plus the metadata key vae.norm_num_groups (the one
- * setting the shapes cannot tell). Weights are deterministic in the seed;
+ * layout host/vae.c loads, with or without the metadata key
+ * vae.norm_num_groups (the one setting the shapes cannot tell), in float32,
+ * bfloat16 or float16. Weights are deterministic in the seed;
  * their values mean nothing, only their shapes and cost do. */
 #ifndef FPDM_SYNTHETIC_VAE_H
 #define FPDM_SYNTHETIC_VAE_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "synthetic_tensors.h"
 
 #define SYNTHETIC_VAE_MAX_BLOCKS 8
 
@@ -34,8 +37,16 @@ const char *synthetic_vae_config_names(void);
 int synthetic_vae_config_lookup(const char *name, synthetic_vae_config *config, char *err,
                                 size_t err_size);
 
-/* Writes the decoder file (float32). 0, or -1 with a message. */
-int synthetic_vae_write(const synthetic_vae_config *config, const char *path, uint64_t seed,
-                        char *err, size_t err_size);
+/* How the file is written: its weights' storage, and whether its metadata
+ * names the group count (without it, as in diffusers' own files, the loader
+ * infers the configuration from the shapes and takes 32 groups). */
+typedef struct synthetic_vae_format {
+    synthetic_storage storage;
+    int with_metadata;
+} synthetic_vae_format;
+
+/* Writes the decoder file. 0, or -1 with a message. */
+int synthetic_vae_write(const synthetic_vae_config *config, synthetic_vae_format format,
+                        const char *path, uint64_t seed, char *err, size_t err_size);
 
 #endif
