@@ -11,7 +11,6 @@
 #include <time.h>
 
 #include "backend.h"
-#include "blas_threads.h"
 #include "diffusion.h"
 #include "philox.h"
 #include "vector_math.h"
@@ -85,10 +84,8 @@ static void cpu_linear(backend *be, void *out_buffer, backend_output output, con
         if (add != out) memcpy(out, add, n * sizeof(float));
         beta = 1.0f;
     }
-    int saved_threads = blas_threads_begin(threads_of(be));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, w->out_dim, w->in_dim, 1.0f, in,
                 w->in_dim, weight, w->weight_stride, beta, out, w->out_dim);
-    blas_threads_end(saved_threads);
     if (!w->bias && act == BACKEND_ACT_NONE) return;
     const float *bias = w->bias;
     int out_dim = w->out_dim;
@@ -334,6 +331,7 @@ static double now_seconds(void) {
 }
 
 static int cpu_benchmark_matmul(backend *be, int m, int n, int k, int repeats, double *seconds) {
+    (void)be;
     size_t a_n = (size_t)m * k, b_n = (size_t)k * n, c_n = (size_t)m * n;
     float *a = malloc(a_n * sizeof(float)), *b = malloc(b_n * sizeof(float)),
           *c = malloc(c_n * sizeof(float));
@@ -341,9 +339,7 @@ static int cpu_benchmark_matmul(backend *be, int m, int n, int k, int repeats, d
     if (!failed) {
         for (size_t i = 0; i < a_n; i++) a[i] = (float)(i % 7) * 0.1f;
         for (size_t i = 0; i < b_n; i++) b[i] = (float)(i % 5) * 0.1f;
-        /* On the threads the network's products get, so the two compare.
-         * One untimed product warms the caches and OpenBLAS's threads. */
-        int saved_threads = blas_threads_begin(threads_of(be));
+        /* One untimed product warms the caches and OpenBLAS's threads. */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n);
         for (int r = 0; r < repeats; r++) {
             double start = now_seconds();
@@ -352,7 +348,6 @@ static int cpu_benchmark_matmul(backend *be, int m, int n, int k, int repeats, d
             double elapsed = now_seconds() - start;
             if (r == 0 || elapsed < *seconds) *seconds = elapsed;
         }
-        blas_threads_end(saved_threads);
     }
     free(a), free(b), free(c);
     return failed ? -1 : 0;

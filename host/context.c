@@ -102,6 +102,7 @@ static fpdm_status open_backend(fpdm_context *ctx) {
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "num_threads must be >= 0, got %d",
                             p->num_threads);
     ctx->device_index = index;
+    ctx->num_threads = p->num_threads > 0 ? p->num_threads : omp_get_max_threads();
     if (index < 0) {
         if (p->precision != FPDM_PRECISION_DEFAULT && p->precision != FPDM_PRECISION_FP32)
             return context_fail(ctx, FPDM_ERR_UNSUPPORTED,
@@ -156,9 +157,7 @@ fpdm_precision fpdm_context_precision(const fpdm_context *ctx) {
                                                            : ctx->params.precision;
 }
 
-int fpdm_context_num_threads(const fpdm_context *ctx) {
-    return ctx && ctx->params.num_threads > 0 ? ctx->params.num_threads : omp_get_max_threads();
-}
+int fpdm_context_num_threads(const fpdm_context *ctx) { return ctx ? ctx->num_threads : 0; }
 
 /* Checks that a context can run a model (it has a backend, and the model's
  * weights live on the same device). */

@@ -10,6 +10,7 @@ struct fpdm_context {
     fpdm_context_params params;
     backend *be;
     int device_index;         /* -1 for the CPU */
+    int num_threads;          /* params.num_threads, or OpenMP's default it stood for */
     char device_name[160];
     char error[1024];
     /* One block of backend memory for all activations. It grows only when a

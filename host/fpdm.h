@@ -87,7 +87,10 @@ typedef struct fpdm_context_params {
     const char *device;          /* "cpu", "cuda", "cuda:N", or "auto": cuda:0 where the build
                                     has CUDA and a GPU is visible, else cpu; NULL means "cpu" */
     fpdm_precision precision;
-    int num_threads;             /* CPU threads; 0 keeps OpenMP's default */
+    int num_threads;             /* CPU threads of the library's own loops; 0 keeps OpenMP's
+                                    default. OpenBLAS's products follow the calling thread's
+                                    OpenMP setting (omp_set_num_threads, OMP_NUM_THREADS),
+                                    which the library leaves to the program */
     fpdm_log_callback log_callback; /* NULL: messages are dropped */
     void *log_user_data;
 } fpdm_context_params;

@@ -4,7 +4,6 @@
  * through convolutions and attention one after another (sharing one image's
  * scratch): BLAS is as busy with one image as with several. */
 #include "vae_ops.h"
-#include "blas_threads.h"
 #include "vector_math.h"
 
 #include <cblas.h>
@@ -119,14 +118,12 @@ static void cpu_conv2d(const vae_ops *ops, float *out, const float *in, const fl
                        const float *bias, const float *residual, int batch, int in_channels,
                        int out_channels, int height, int width, int kernel, float *scratch) {
     size_t plane = (size_t)height * width;
-    int saved_threads = blas_threads_begin(ops->num_threads);
     for (int b = 0; b < batch; b++) {
         size_t out_offset = (size_t)b * out_channels * plane;
         conv2d_image(ops, out + out_offset, in + (size_t)b * in_channels * plane, weight, bias,
                      residual ? residual + out_offset : NULL, in_channels, out_channels, height,
                      width, kernel, scratch);
     }
-    blas_threads_end(saved_threads);
 }
 
 /* The groups of all images are consecutive stretches of the batch, so one
@@ -200,11 +197,9 @@ static void attention_image(const vae_ops *ops, float *out, const float *q, cons
 static void cpu_attention(const vae_ops *ops, float *out, const float *q, const float *k,
                           const float *v, int batch, int channels, int tokens, float *scratch) {
     size_t image = (size_t)channels * tokens;
-    int saved_threads = blas_threads_begin(ops->num_threads);
     for (int b = 0; b < batch; b++)
         attention_image(ops, out + b * image, q + b * image, k + b * image, v + b * image,
                         channels, tokens, scratch);
-    blas_threads_end(saved_threads);
 }
 
 void vae_ops_cpu_init(vae_ops *ops, int num_threads) {

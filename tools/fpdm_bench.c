@@ -920,6 +920,7 @@ int main(int argc, char **argv)
         goto done;
     }
 
+    cli_use_threads(opt.threads);
     fpdm_context_params cp = fpdm_context_default_params();
     const char *device_source;
     cp.device = cli_device(opt.device, &device_source);

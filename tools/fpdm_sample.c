@@ -1180,6 +1180,7 @@ int main(int argc, char **argv)
     if (opt.batch_size > opt.num_images)
         opt.batch_size = opt.num_images;
 
+    cli_use_threads(opt.threads);
     fpdm_context_params cp = fpdm_context_default_params();
     const char *device_source;
     cp.device = cli_device(opt.device, &device_source);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <float.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,4 +152,10 @@ const char *cli_inline_value(const char *arg, const char *name)
     if (strncmp(arg, name, len) == 0 && arg[len] == '=')
         return arg + len + 1;
     return NULL;
+}
+
+void cli_use_threads(int threads)
+{
+    if (threads > 0)
+        omp_set_num_threads(threads);
 }

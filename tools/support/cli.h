@@ -34,6 +34,13 @@ int cli_parse_choice(const char *flag, const char *text, const char *const *choi
  * from, as a message prefix: "--device " or "FPDM_DEVICE=". */
 const char *cli_device(const char *device_flag, const char **source);
 
+/* --threads N for the whole program (nothing when N is 0): the library's own
+ * loops take the context's num_threads, but OpenBLAS's matrix products take
+ * the calling thread's OpenMP setting, which belongs to the program (the
+ * library changing it per call raced between contexts). Call before any
+ * OpenMP or BLAS work. */
+void cli_use_threads(int threads);
+
 /* Splits "--flag=value" style arguments: if arg starts with name followed by
  * '=', returns the text after '='; otherwise NULL. */
 const char *cli_inline_value(const char *arg, const char *name);
