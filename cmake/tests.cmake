@@ -12,9 +12,10 @@ foreach(test_source ${FPDM_C_TESTS})
   set_tests_properties(${test_name} PROPERTIES SKIP_RETURN_CODE 77 LABELS cpu)
 endforeach()
 # host/vector_math.h's functions in the portable variant too (test_vector_math
-# runs the one this CPU picks).
+# runs the one this CPU picks): the test and host/vector_math.c's reductions
+# built with VM_NO_CLONES (their symbols then come from here, not libfpdm).
 add_executable(test_vector_math_baseline ${PROJECT_SOURCE_DIR}/tests/test_vector_math.c
-               ${PROJECT_SOURCE_DIR}/tests/test_util.c)
+               ${PROJECT_SOURCE_DIR}/host/vector_math.c ${PROJECT_SOURCE_DIR}/tests/test_util.c)
 target_compile_definitions(test_vector_math_baseline PRIVATE VM_NO_CLONES)
 target_include_directories(test_vector_math_baseline PRIVATE ${PROJECT_SOURCE_DIR}/host
                            ${PROJECT_SOURCE_DIR}/tests)

@@ -23,25 +23,22 @@
 #ifndef FPDM_VECTOR_MATH_H
 #define FPDM_VECTOR_MATH_H
 
-/* For a function whose loops call these: GCC compiles it twice on x86-64,
- * for the portable baseline (SSE2) and for AVX2, and the loader picks the one
- * the CPU runs. Both give the same bits (ISO C mode contracts nothing into
- * FMAs); on an EPYC the GELU takes 3.1 ns an element in SSE2 and 1.25 in
- * AVX2. VM_NO_CLONES keeps the baseline only (tests/test_vector_math.c is
- * built both ways). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(VM_NO_CLONES)
-#define VM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define VM_CLONES
-double vm_sum(const float *x, size_t n);
-double vm_sum_squared_deviations(const float *x, size_t n, double mean);
-void vm_softmax_rows(float *rows, size_t count, size_t cols);
-
-#endif
-
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+/* For a function whose loops call these: GCC compiles it twice on x86-64,
+ * for the portable baseline (SSE2) and for AVX2, and the loader picks the one
+ * the CPU runs (an ifunc: glibc's). Both give the same bits, since nothing is
+ * contracted into FMAs (-ffp-contract=off, CMakeLists.txt); on an EPYC the
+ * GELU takes 3.1 ns an element in SSE2 and 1.25 in AVX2. VM_NO_CLONES keeps
+ * the baseline only (tests/test_vector_math.c is built both ways). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) && \
+    !defined(VM_NO_CLONES)
+#define VM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define VM_CLONES
+#endif
 
 static inline float vm_exp(float x) {
     /* x = n ln2 + r, |r| <= ln2 / 2; e^x = 2^n e^r. */

@@ -7,8 +7,9 @@
  * 8 lanes with the largest value placed in each lane and in the tail.
  *
  * The sweeps are compiled as the library's loops are (VM_CLONES: on x86-64
- * the AVX2 + FMA variant where the CPU has it); test_vector_math_baseline is
- * this file built with VM_NO_CLONES, for the portable variant.
+ * the AVX2 variant where the CPU has it); test_vector_math_baseline is this
+ * file and host/vector_math.c built with VM_NO_CLONES, for the portable
+ * variant.
  *
  *   ./build/test_vector_math      (prints the largest errors found)
  */
