@@ -3,6 +3,8 @@
  * oracle the CUDA backend is tested against, so every op is written for
  * clarity first; accumulations that decide accuracy (LayerNorm statistics,
  * softmax sums, norms) are done in double. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
+
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>

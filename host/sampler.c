@@ -8,6 +8,8 @@
  * feeds cat([half, half])), so only the conditional rows carry state and draw
  * noise. Reused fixed-point solutions are kept per row, null rows included.
  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
