@@ -69,7 +69,7 @@ float test_uniform(void) {
 }
 
 void test_random_fill(float *x, size_t n, unsigned *seed) {
-    for (size_t i = 0; i < n; i++) x[i] = (float)rand_r(seed) / RAND_MAX * 2.0f - 1.0f;
+    for (size_t i = 0; i < n; i++) x[i] = (float)((double)rand_r(seed) / RAND_MAX * 2.0 - 1.0);
 }
 
 fpdm_model *test_load_model(fpdm_context *ctx, const char *path) {

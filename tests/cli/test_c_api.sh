@@ -45,9 +45,15 @@ check "README has the block" [ -n "$snippet" ]
     echo '}'
 } >"$tmp/readme_example.c"
 
+# The build's compiler and flags (fpdm.pc's OpenMP flag is the compiler's;
+# a sanitizer build's objects need its runtime).
+cached() { sed -n "s/^$1:[A-Z]*=//p" "$build/CMakeCache.txt"; }
+compiler=$(cached CMAKE_C_COMPILER)
+build_flags="$(cached CMAKE_C_FLAGS) $(cached CMAKE_EXE_LINKER_FLAGS)"
 flags=$(PKG_CONFIG_PATH=$pc_dir pkg-config --cflags --libs fpdm)
 check "compiles against the installed library" \
-    cc -std=c11 -Wall -Wextra -Werror "$tmp/readme_example.c" -o "$tmp/readme_example" $flags
+    "${compiler:-cc}" -std=c11 -Wall -Wextra -Werror $build_flags "$tmp/readme_example.c" \
+    -o "$tmp/readme_example" $flags
 check "runs on the shipped model" "$tmp/readme_example"
 
 finish
