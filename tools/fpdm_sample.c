@@ -17,6 +17,7 @@
  * refused rather than mixing two runs' images (--overwrite redraws). */
 #define _XOPEN_SOURCE 700 /* POSIX 2008 and realpath */
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -566,6 +567,7 @@ typedef struct run_state {
     fpdm_step_report *steps;  /* summed over batches */
     long long model_evaluations, fixed_point_iterations;
     int images_sampled, images_skipped;
+    int settings_pending;     /* --overwrite: the settings file is written when the run completes */
 } run_state;
 
 static int batch_files_exist(const run_state *rs, int start, int count)
@@ -1005,7 +1007,9 @@ static void print_model_and_plan(const run_state *rs)
 /* ---- the settings an output folder's images were drawn with --------------- */
 
 /* A hidden file in --out: a rerun into a folder drawn with other settings
- * would otherwise skip the files it finds and mix two runs' images. */
+ * would otherwise skip the files it finds and mix two runs' images. It
+ * names files by content, not by path or time, so shards on machines that
+ * share the folder agree. */
 #define SETTINGS_FILE ".fpdm-sample-settings"
 
 static void append_line(char *text, size_t size, const char *format, ...)
@@ -1021,17 +1025,55 @@ static void append_line(char *text, size_t size, const char *format, ...)
     va_end(args);
 }
 
-/* A file by its full path, size and modification time. */
+static uint64_t fnv1a(uint64_t hash, const unsigned char *bytes, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        hash = (hash ^ bytes[i]) * 0x100000001b3ull;
+    return hash;
+}
+
+#define FNV_OFFSET 0xcbf29ce484222325ull
+
+/* A file by its size and a hash of its first and last MiB (the header and
+ * some weights: enough to tell two models or noise files apart cheaply). */
 static void append_file_line(char *text, size_t size, const char *name, const char *path)
 {
-    char full[PATH_MAX];
-    struct stat st;
-    if (!path || !realpath(path, full) || stat(full, &st) != 0) {
-        append_line(text, size, "%s %s\n", name, path ? path : "none");
+    enum { PIECE = 1 << 20 };
+    static unsigned char piece[PIECE];
+    if (!path) {
+        append_line(text, size, "%s none\n", name);
         return;
     }
-    append_line(text, size, "%s %s %lld bytes, modified %lld\n", name, full, (long long)st.st_size,
-                (long long)st.st_mtime);
+    FILE *file = fopen(path, "rb");
+    struct stat st;
+    if (!file || fstat(fileno(file), &st) != 0) {
+        append_line(text, size, "%s unreadable\n", name);
+        if (file)
+            fclose(file);
+        return;
+    }
+    uint64_t hash = fnv1a(FNV_OFFSET, piece, fread(piece, 1, PIECE, file));
+    if (st.st_size > PIECE && fseeko(file, st.st_size - PIECE, SEEK_SET) == 0)
+        hash = fnv1a(hash, piece, fread(piece, 1, PIECE, file));
+    fclose(file);
+    append_line(text, size, "%s %lld bytes, %016llx\n", name, (long long)st.st_size,
+                (unsigned long long)hash);
+}
+
+/* A list of integers, or past 64 of them its length and hash. */
+static void append_list_line(char *text, size_t size, const char *name, const int *values,
+                             int count)
+{
+    if (count > 64) {
+        append_line(text, size, "%s %d entries, %016llx\n", name, count,
+                     (unsigned long long)fnv1a(FNV_OFFSET, (const unsigned char *)values,
+                                              (size_t)count * sizeof *values));
+        return;
+    }
+    append_line(text, size, "%s", name);
+    for (int i = 0; i < count; i++)
+        append_line(text, size, "%s%d", i ? "," : " ", values[i]);
+    append_line(text, size, "\n");
 }
 
 /* What an image's pixels depend on, a "name value" line each: not the image
@@ -1048,13 +1090,12 @@ static void describe_settings(const run_state *rs, char *text, size_t size)
                 (double)opt->eta, (double)opt->cfg_scale, cfg_channel_names[opt->cfg_all_channels],
                 (unsigned long long)opt->seed,
                 precision_names[fpdm_context_precision(rs->ctx) - FPDM_PRECISION_FP32]);
-    append_line(text, size, "classes");
-    for (int i = 0; i < opt->num_classes_given; i++)
-        append_line(text, size, "%s%d", i ? "," : " ", opt->classes[i]);
-    append_line(text, size, "%s\niterations", opt->num_classes_given ? "" : " by seed");
-    for (int s = 0; s < opt->steps; s++)
-        append_line(text, size, "%s%d", s ? "," : " ", rs->plan[s]);
-    append_line(text, size, "\nreuse %d\ntol %.9g\ncarry_over %d\n", opt->reuse, (double)opt->tol,
+    if (opt->num_classes_given)
+        append_list_line(text, size, "classes", opt->classes, opt->num_classes_given);
+    else
+        append_line(text, size, "classes by seed\n");
+    append_list_line(text, size, "iterations", rs->plan, opt->steps);
+    append_line(text, size, "reuse %d\ntol %.9g\ncarry_over %d\n", opt->reuse, (double)opt->tol,
                 opt->carry_over);
     append_file_line(text, size, "init_noise", opt->init_noise_path);
     append_file_line(text, size, "step_noise", opt->step_noise_path);
@@ -1075,45 +1116,98 @@ static void first_difference(const char *a, const char *b, char *line, size_t si
     snprintf(line, size, "%.*s", length, a);
 }
 
-/* Records this run's settings in --out, or refuses a folder whose images
- * were drawn with others (unless --overwrite draws them again). */
-static int check_settings_file(const run_state *rs)
+/* Whether dir holds a file named as this program names images. */
+static int has_images(const char *dir)
+{
+    DIR *folder = opendir(dir);
+    if (!folder)
+        return 0;
+    int found = 0;
+    for (struct dirent *entry; !found && (entry = readdir(folder));) {
+        int index = 0, label = 0, consumed = 0;
+        found = sscanf(entry->d_name, "%d-%d.png%n", &index, &label, &consumed) == 2 &&
+                consumed > 0 && entry->d_name[consumed] == '\0';
+    }
+    closedir(folder);
+    return found;
+}
+
+/* Written whole under a temporary name and renamed into place, so a shard
+ * starting beside this one reads either nothing or all of it. */
+static int write_settings_file(const run_state *rs)
 {
     const options *opt = rs->opt;
-    /* Room for a 1000-step plan and a long class list. */
+    static char text[1 << 16];
+    char path[PATH_MAX], temporary[PATH_MAX + 8];
+    describe_settings(rs, text, sizeof text);
+    snprintf(path, sizeof path, "%s/%s", opt->out_dir, SETTINGS_FILE);
+    snprintf(temporary, sizeof temporary, "%s.XXXXXX", path);
+    int fd = mkstemp(temporary);
+    FILE *file = fd >= 0 ? fdopen(fd, "w") : NULL;
+    int ok = file && fputs(text, file) != EOF;
+    if (file)
+        ok = fclose(file) == 0 && ok;
+    else if (fd >= 0)
+        close(fd);
+    if (ok && rename(temporary, path) == 0)
+        return 0;
+    fprintf(stderr, PROGRAM ": %s: cannot write: %s\n", path, strerror(errno));
+    if (fd >= 0)
+        unlink(temporary);
+    return EXIT_RUNTIME;
+}
+
+/* Before sampling: a folder drawn with these settings (or empty) gets them
+ * recorded; one drawn with others, or holding images with no record, is
+ * refused, unless --overwrite, in which case the record goes and the new one
+ * is written only when the run completes (settings_pending), so an
+ * interrupted --overwrite cannot leave a record that vouches for the old
+ * images still there. */
+static int check_settings_file(run_state *rs)
+{
+    const options *opt = rs->opt;
     static char now[1 << 16], before[1 << 16];
     char path[PATH_MAX];
-    before[0] = '\0';
     snprintf(path, sizeof path, "%s/%s", opt->out_dir, SETTINGS_FILE);
     describe_settings(rs, now, sizeof now);
     FILE *file = fopen(path, "r");
-    if (file) {
-        size_t got = fread(before, 1, sizeof before - 1, file);
-        before[got] = '\0';
-        fclose(file);
-        if (strcmp(before, now) == 0)
-            return 0;
+    if (!file) {
+        if (!has_images(opt->out_dir))
+            return write_settings_file(rs);
         if (!opt->overwrite) {
-            char there[1024], here[1024];
-            first_difference(before, now, there, sizeof there);
-            first_difference(now, before, here, sizeof here);
-            fprintf(stderr, PROGRAM ": --out %s holds images drawn with other settings (there: "
-                    "\"%s\"; now: \"%s\"): give another --out, or --overwrite to draw them "
-                    "again\n", opt->out_dir, there, here);
+            fprintf(stderr, PROGRAM ": --out %s holds images but no record of the settings they "
+                    "were drawn with (an interrupted --overwrite, or an older fpdm-sample): give "
+                    "another --out, or --overwrite to draw them again\n", opt->out_dir);
             return EXIT_USAGE;
         }
+        rs->settings_pending = 1;
+        return 0;
     }
-    file = fopen(path, "w");
-    if (!file || fputs(now, file) == EOF || fclose(file) != 0) {
-        fprintf(stderr, PROGRAM ": %s: cannot write: %s\n", path, strerror(errno));
+    size_t got = fread(before, 1, sizeof before - 1, file);
+    before[got] = '\0';
+    fclose(file);
+    if (strcmp(before, now) == 0)
+        return 0;
+    if (!opt->overwrite) {
+        char there[1024], here[1024];
+        first_difference(before, now, there, sizeof there);
+        first_difference(now, before, here, sizeof here);
+        fprintf(stderr, PROGRAM ": --out %s holds images drawn with other settings (there: "
+                "\"%s\"; now: \"%s\"): give another --out, or --overwrite to draw them "
+                "again\n", opt->out_dir, there, here);
+        return EXIT_USAGE;
+    }
+    if (unlink(path) != 0) {
+        fprintf(stderr, PROGRAM ": %s: cannot remove: %s\n", path, strerror(errno));
         return EXIT_RUNTIME;
     }
+    rs->settings_pending = 1;
     return 0;
 }
 
 /* Everything that could refuse the run is checked before the first file or
  * folder is created: the output folder comes last. */
-static int check_outputs(const run_state *rs)
+static int check_outputs(run_state *rs)
 {
     const options *opt = rs->opt;
     const char *pending = rs->write_pngs ? opt->out_dir : NULL;
@@ -1239,6 +1333,8 @@ int main(int argc, char **argv)
     if (rc != 0)
         goto done;
     rc = write_run_outputs(&rs, &sp, seconds);
+    if (rc == 0 && rs.settings_pending)
+        rc = write_settings_file(&rs);
     if (rc == 0 && !opt.quiet)
         fprintf(stderr, PROGRAM ": %d images in %.2f s (%.2f images/s), %lld model evaluations, "
                 "%lld fixed-point iterations, %d images already on disk\n", rs.images_sampled,

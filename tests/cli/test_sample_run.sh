@@ -202,4 +202,26 @@ else
     check "no temporary files" [ -z "$(ls -A "$tmp/k" | grep -v -e '^[0-9]\{5\}-[0-9]*\.png$' -e '^\.fpdm-sample-settings$')" ]
 fi
 
+# 11. --overwrite with other settings records them only when the run
+#     completes: interrupted, the folder holds images of both settings and
+#     no record, so a plain rerun is refused rather than trusting them.
+check "images of one run" run first-settings -m "$fpdm" -n 3 -b 1 --steps 2 --out "$tmp/m"
+"$sample" -m "$fpdm" -n 400 -b 1 --steps 1000 --overwrite --out "$tmp/m" >/dev/null 2>"$tmp/int2.err" &
+pid=$!
+sleep 1
+kill -INT $pid
+wait $pid
+if [ $? = 0 ]; then
+    echo "note: the interrupted --overwrite run finished before Ctrl-C; not checked"
+else
+    check "interrupted overwrite leaves no record" [ ! -e "$tmp/m/.fpdm-sample-settings" ]
+    "$sample" -m "$fpdm" -n 400 -b 1 --steps 1000 --out "$tmp/m" >/dev/null 2>"$tmp/rerun.err"
+    check "a rerun after it is refused" [ $? = 2 ]
+    check "the refusal says why" grep -q "holds images but no record of the settings" "$tmp/rerun.err"
+fi
+# A completed --overwrite records its settings.
+check "overwrite to the end" run overwrite-end -m "$fpdm" -n 3 -b 1 --steps 3 --overwrite --out "$tmp/m"
+check "then records them" grep -q "^steps 3$" "$tmp/m/.fpdm-sample-settings"
+check "a rerun with them is accepted" run after-overwrite -m "$fpdm" -n 3 -b 1 --steps 3 --out "$tmp/m"
+
 finish
