@@ -44,5 +44,9 @@ if(FPDM_HAVE_CUDA)
   string(APPEND FPDM_PC_LIBS " -lstdc++")
 endif()
 string(APPEND FPDM_PC_LIBS " -lm")
+# From the pkgconfig folder up to the prefix: ../.. under lib/, ../../.. under
+# lib/x86_64-linux-gnu/ (Debian's libdir when the prefix is /usr).
+file(RELATIVE_PATH FPDM_PC_TO_PREFIX "/prefix/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/prefix")
+string(REGEX REPLACE "/$" "" FPDM_PC_TO_PREFIX "${FPDM_PC_TO_PREFIX}")
 configure_file(${PROJECT_SOURCE_DIR}/cmake/fpdm.pc.in ${PROJECT_BINARY_DIR}/fpdm.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/fpdm.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
