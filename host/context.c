@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "context.h"
+#include "error_message.h"
 #include "model.h"
 #include "network.h"
 
@@ -37,6 +38,7 @@ fpdm_status context_fail(fpdm_context *ctx, fpdm_status status, const char *form
     va_start(args, format);
     vsnprintf(ctx->error, sizeof ctx->error, format, args);
     va_end(args);
+    make_printable(ctx->error);
     emit(ctx, FPDM_LOG_ERROR, ctx->error);
     return status;
 }
@@ -48,6 +50,7 @@ void context_log(fpdm_context *ctx, fpdm_log_level level, const char *format, ..
     va_start(args, format);
     vsnprintf(message, sizeof message, format, args);
     va_end(args);
+    make_printable(message);
     emit(ctx, level, message);
 }
 

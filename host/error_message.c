@@ -10,6 +10,10 @@ void set_error(char *err, size_t err_size, const char *format, ...) {
     va_start(args, format);
     vsnprintf(err, err_size, format, args);
     va_end(args);
-    for (char *c = err; *c; c++)
+    make_printable(err);
+}
+
+void make_printable(char *text) {
+    for (char *c = text; *c; c++)
         if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
 }

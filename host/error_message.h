@@ -5,10 +5,14 @@
 
 #include <stddef.h>
 
-/* printf into err (always NUL-terminated; nothing when err is NULL or empty).
- * Control characters become '?': messages quote names read from files, and a
- * damaged file's bytes should not reach the user's terminal as escapes. */
+/* printf into err (always NUL-terminated; nothing when err is NULL or empty),
+ * made printable. */
 void set_error(char *err, size_t err_size, const char *format, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Control characters become '?': messages quote names and values read from
+ * files, and a damaged file's bytes should not reach the user's terminal as
+ * escapes. Every message the library hands out passes through this. */
+void make_printable(char *text);
 
 #endif

@@ -108,6 +108,10 @@ static void test_rejections(void) {
     path_for(path, sizeof path, "i8.npy");
     write_raw(path, 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", 16);
     expect_reject("i8.npy", "'<i8'");
+    /* A dtype with an escape sequence and a bell is quoted as '?'s. */
+    path_for(path, sizeof path, "escape.npy");
+    write_raw(path, 1, "{'descr': '\033[2J\a', 'fortran_order': False, 'shape': (2,), }", 8);
+    expect_reject("escape.npy", "'?[2J?'");
     path_for(path, sizeof path, "bigendian.npy");
     write_raw(path, 1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", 8);
     expect_reject("bigendian.npy", "'>f4'");
