@@ -367,15 +367,23 @@ static const char *find_default_model(char *buffer, size_t size)
     return DEFAULT_MODEL;
 }
 
-/* path without a leading "./" and trailing slashes, into out. */
+/* path with "." components and repeated or trailing slashes dropped, into
+ * out; "." when nothing is left. ".." stays: "a/../o" is "o" only when a
+ * exists, and the --out folder compared with may not exist yet. */
 static void plain_path(char *out, size_t size, const char *path)
 {
-    while (path[0] == '.' && path[1] == '/')
-        path += 2;
-    snprintf(out, size, "%s", path);
-    size_t len = strlen(out);
-    while (len > 1 && out[len - 1] == '/')
-        out[--len] = '\0';
+    char copy[PATH_MAX];
+    snprintf(copy, sizeof copy, "%s", path);
+    const char *parts[PATH_MAX / 2];
+    int count = 0, absolute = path[0] == '/';
+    for (char *part = strtok(copy, "/"); part; part = strtok(NULL, "/"))
+        if (strcmp(part, ".") != 0)
+            parts[count++] = part;
+    snprintf(out, size, "%s", absolute ? "/" : "");
+    for (int i = 0; i < count; i++)
+        snprintf(out + strlen(out), size - strlen(out), "%s%s", i ? "/" : "", parts[i]);
+    if (!out[0])
+        snprintf(out, size, ".");
 }
 
 /* A file this run writes at the end: not a folder, and its folder exists
@@ -384,7 +392,8 @@ static void plain_path(char *out, size_t size, const char *path)
  * cost the run. */
 static int check_output_file(const char *flag, const char *path, const char *pending_dir)
 {
-    if (is_dir(path)) {
+    size_t length = strlen(path);
+    if (is_dir(path) || (length > 0 && path[length - 1] == '/')) {
         fprintf(stderr, PROGRAM ": %s %s: is a folder (allowed: a file name)\n", flag, path);
         return -1;
     }

@@ -118,6 +118,7 @@ mkdir -p "$tmp/a-folder" "$tmp/read-only"
 chmod 555 "$tmp/read-only"
 expect "report is a folder"  1 "--report .*a-folder: is a folder"                    -m "$fpdm" --steps 3 --report "$tmp/a-folder"
 expect "latents is a folder" 1 "--latents-out .*a-folder: is a folder"               -m "$fpdm" --steps 3 --latents-out "$tmp/a-folder"
+expect "report names a folder" 1 "--report .*r.json/: is a folder"                   -m "$fpdm" --steps 3 --report "$tmp/r.json/"
 if ! touch "$tmp/read-only/probe" 2>/dev/null; then
     expect "grid folder read-only" 1 "--grid .*: folder .*read-only is not writable"  -m "$fpdm" --steps 3 --grid "$tmp/read-only/g.png"
 fi
