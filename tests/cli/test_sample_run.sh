@@ -166,6 +166,11 @@ check "zero default iters, increasing" run depth2inc -m "$tmp/fpdm-depth2.safete
 check "zero default iters, increasing plans zeros" zero_plan "$tmp/depth2inc.json"
 check "--iters 0 = a default of 0 iterations" cmp -s "$tmp/z0/00000-3.png" "$tmp/z1/00000-3.png"
 
+# The grid inside the --out folder this run creates, spelled with ./ and //.
+check "grid path spelled otherwise" run spelled -m "$fpdm" -n 2 --steps 2 --out "$tmp/p" \
+    --grid "$tmp/p//./g.png"
+check "grid written there" [ -f "$tmp/p/g.png" ]
+
 # 9. A latent model decoded by --vae: RGB PNGs of the VAE's size, with the
 #    grid inside the --out folder this run creates.
 check "vae run" run vae -m tests/golden/forward-fpdm.model.safetensors \
