@@ -11,7 +11,7 @@
  *   fpdm.mlp_ratio           default "4"; a plain decimal ("4", "2.5"),
  *                            at most 17 significant digits and 27 after
  *                            the point, no sign or exponent
- *   fpdm.pre_post_timestep_conditioning  "true" | "false"          (default true)
+ *   fpdm.pre_post_timestep_conditioning  "true" | "false"          (default true, as models.py; convert.py always writes it, off unless the checkpoint says)
  *   fpdm.equivalent_depth    depth of the DiT an FPDM replaces     (default 28)
  *   fpdm.prediction          "eps" | "v" | "x0"                    (default eps)
  *   fpdm.zero_terminal_snr   "true" | "false"                      (default false)
