@@ -1,6 +1,7 @@
 """test_eval.py - tests of tools/mnist.py (IDX reading, model-space digits) and
 tools/eval.py (Frechet distance, nearest-neighbour distances, PNG folders,
-labels, the score report) on tiny made-up data.
+labels, the score report) on tiny made-up data; and its command line: the
+files `sample` writes, what `score` refuses, --data after the command.
 
     /usr/bin/python3 tests/test_eval.py BUILD_DIR      (run from the repository root)
 
@@ -9,6 +10,7 @@ Exits 77 (skipped) without torch/numpy; prints "N passed, M failed".
 import gzip
 import os
 import struct
+import subprocess
 import sys
 import tempfile
 
@@ -183,6 +185,53 @@ def classifier_file_round_trips():
     assert metadata["classifier.seed"] == "0"
     with torch.no_grad():
         assert torch.equal(net(x), loaded(x))
+
+
+def run_eval(*argv):
+    return subprocess.run([sys.executable, "tools/eval.py", *argv], capture_output=True, text=True)
+
+
+def write_pngs(folder, count):
+    from PIL import Image
+    for index in range(count):
+        Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(os.path.join(folder, f"{index:05d}-{index % 10}.png"))
+
+
+@test
+def score_refuses_too_few_images_before_reading_the_data():
+    with tempfile.TemporaryDirectory() as folder:
+        write_pngs(folder, 1)
+        run = run_eval("score", folder, "--data", os.path.join(folder, "no-data"))
+        assert run.returncode == 1 and "Traceback" not in run.stderr, (run.returncode, run.stderr)
+        assert "1 image(s) to score; the Frechet distance needs at least 2" in run.stderr, run.stderr
+
+
+@test
+def data_is_taken_before_and_after_the_command():
+    """The MNIST folder is read from --data wherever it stands (a missing one says so)."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_pngs(folder, 2)
+        missing = os.path.join(folder, "no-data")
+        for argv in (("--data", missing, "score", folder), ("score", folder, "--data", missing)):
+            run = run_eval(*argv)
+            expected = f"eval.py: no train-images-idx3-ubyte[.gz] in {missing}"
+            assert run.returncode == 1 and run.stderr.strip() == expected, (argv, run.returncode, run.stderr)
+
+
+@test
+def sample_names_the_files_it_writes():
+    """np.save adds .npy to a name without it: the message and the labels
+    file follow the images file, also for a name with dots."""
+    assert evaluation.npy_paths("/x/run.npy") == ("/x/run.npy", "/x/run-labels.npy")
+    assert evaluation.npy_paths("/x/run.v2") == ("/x/run.v2.npy", "/x/run.v2-labels.npy")
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "digits")
+        run = run_eval("sample", "models/dit-mnist.safetensors", "--out", out, "--steps", "1", "--per-class", "1")
+        assert run.returncode == 0, run.stderr
+        assert f"wrote {out}.npy and {out}-labels.npy" in run.stdout, run.stdout
+        assert sorted(os.listdir(folder)) == ["digits-labels.npy", "digits.npy"], os.listdir(folder)
+        assert np.load(out + ".npy").shape == (10, 1, 32, 32)
+        assert np.load(out + "-labels.npy").tolist() == list(range(10))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,21 @@
 """test_train.py - tests of tools/train.py's training process (GaussianDiffusion):
 eps and v prediction, the zero-terminal-SNR schedule, and the agreement of
-its x0 with the sampler reference's (tools/reference_sampling.py).
+its x0 with the sampler reference's (tools/reference_sampling.py); the FPDM
+training's iteration ranges; and its command line: what it refuses before
+reading the data, and one-step runs on a few made-up digits.
 
     /usr/bin/python3 tests/test_train.py BUILD_DIR      (run from the repository root)
 
 Exits 77 (skipped) without torch/numpy; prints "N passed, M failed".
 """
+import contextlib
+import gzip
+import io
 import math
+import os
+import struct
 import sys
+import tempfile
 
 from harness import run_tests, test  # skips without numpy/torch; tools/ on the path
 
@@ -15,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import reference_sampling  # noqa: E402
+import safetensors_io  # noqa: E402
 import train  # noqa: E402
 
 
@@ -114,6 +123,111 @@ def x0_matches_the_sampler_reference():
             ours = diffusion.predict_x0(out, x, torch.tensor([i]))
             theirs, _ = sampler.predict_x0_and_eps(i, x, out, cfg["prediction"])
             assert torch.allclose(ours, theirs, rtol=1e-12, atol=1e-12), (predict_v, i)
+
+
+@test
+def fixed_point_ranges_scale_with_the_default_iterations():
+    """The official ranges at its 26 default iterations, the shipped models'
+    at 4, and at least one iteration with gradient at 0."""
+    assert train.fixed_point_iters(26) == ((0, 10), (1, 12))
+    assert train.fixed_point_iters(4) == ((0, 2), (1, 2))
+    assert train.fixed_point_iters(12) == ((0, 5), (1, 6))
+    assert train.fixed_point_iters(0) == ((0, 0), (1, 1))
+
+
+def run_train(*argv):
+    """(exit status, stdout, stderr) of train.py's main with these arguments."""
+    out, err = io.StringIO(), io.StringIO()
+    status = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            train.main(list(argv))
+        except SystemExit as exit:
+            status = exit.code
+            if isinstance(status, str):  # SystemExit("message") prints it and exits 1
+                print(status, file=err)
+                status = 1
+    return status, out.getvalue(), err.getvalue()
+
+
+def write_digits(folder, count=8, truncate=False):
+    """A train split of `count` made-up digits, gzipped as MNIST ships it;
+    truncate cuts the images file short."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+    labels = np.arange(count, dtype=np.uint8) % 10
+    for name, array in (("train-images-idx3-ubyte.gz", images), ("train-labels-idx1-ubyte.gz", labels)):
+        header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+        data = gzip.compress(header + array.tobytes())
+        with open(os.path.join(folder, name), "wb") as sink:
+            sink.write(data[:len(data) // 2] if truncate and "images" in name else data)
+
+
+@test
+def bad_arguments_are_refused_before_any_work():
+    """Usage errors exit 2 with one message and no traceback, before the data
+    are read (--data names no folder here) and before --out is written."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "m.safetensors")
+        no_data = os.path.join(folder, "no-data")
+        cases = [
+            (("fpdm", "--depth", "1"), "equivalent depth counts its 1 pre and 1 post blocks: 1 is less than 2"),
+            (("dit", "--log-every", "0"), "--log-every: 0 is less than 1"),
+            (("dit", "--batch-size", "0"), "--batch-size: 0 is less than 1"),
+            (("dit", "--steps", "0"), "--steps: 0 is less than 1"),
+            (("dit", "--num-heads", "3"), "hidden_size 64 is not divisible by num_heads 3"),
+            (("fpdm", "--no-grad-iters", "3", "1"), "--no-grad-iters 3 1: need 0 <= MIN <= MAX"),
+            (("fpdm", "--with-grad-iters", "0", "2"), "--with-grad-iters 0 2: need 1 <= MIN <= MAX"),
+            (("dit", "--with-grad-iters", "1", "2"), "apply to fpdm only"),
+            (("dit", "--device", "nowhere"), "--device nowhere: "),
+        ]
+        if not torch.cuda.is_available():
+            cases.append((("dit", "--device", "cuda"), "--device cuda: this torch sees no CUDA device"))
+        for arguments, message in cases:
+            status, _, err = run_train(*arguments, "--out", out, "--data", no_data)
+            assert status == 2 and message in err and "Traceback" not in err, (arguments, status, err)
+        missing = os.path.join(folder, "missing", "m.safetensors")
+        status, _, err = run_train("dit", "--out", missing, "--data", no_data)
+        assert status == 2 and f"{os.path.dirname(missing)} is not a writable folder" in err, (status, err)
+        assert os.listdir(folder) == [], os.listdir(folder)
+
+
+@test
+def data_errors_name_the_file():
+    with tempfile.TemporaryDirectory() as folder:
+        write_digits(folder, truncate=True)
+        out = os.path.join(folder, "m.safetensors")
+        status, _, err = run_train("dit", "--out", out, "--data", folder, "--batch-size", "4")
+        images = os.path.join(folder, "train-images-idx3-ubyte.gz")
+        assert status == 1 and f"{images}: damaged gzip file" in err, (status, err)
+        write_digits(folder)
+        status, _, err = run_train("dit", "--out", out, "--data", folder, "--batch-size", "9")
+        assert status == 2 and "--batch-size 9 is more than the 8 training digits" in err, (status, err)
+        assert not os.path.exists(out)
+
+
+@test
+def fpdm_depth_sets_the_training_iterations():
+    """--depth 2 trains (one step here) and says that the model samples no
+    fixed-point iterations by default; a deeper FPDM trains with ranges scaled
+    to its default iterations, or with the ones given, and records them."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_digits(folder)
+        common = ("--data", folder, "--steps", "1", "--batch-size", "4", "--log-every", "1")
+        out = os.path.join(folder, "d2.safetensors")
+        status, _, err = run_train("fpdm", "--out", out, "--depth", "2", *common)
+        assert status == 0 and "--depth 2 leaves no fixed-point iterations by default" in err, (status, err)
+        meta = safetensors_io.read_metadata(out)
+        assert meta["fpdm.equivalent_depth"] == "2", meta
+        assert meta["training.fixed_point_iters"] == "no_grad 0..0, with_grad 1..1", meta
+        out = os.path.join(folder, "d8.safetensors")
+        status, _, err = run_train("fpdm", "--out", out, "--depth", "8", *common)
+        assert status == 0 and "note" not in err, (status, err)
+        assert safetensors_io.read_metadata(out)["training.fixed_point_iters"] == "no_grad 0..2, with_grad 1..3"
+        status, _, err = run_train("fpdm", "--out", out, "--depth", "8", "--with-grad-iters", "2", "4", *common)
+        meta = safetensors_io.read_metadata(out)
+        assert status == 0 and meta["training.fixed_point_iters"] == "no_grad 0..2, with_grad 2..4", meta
+        assert meta["training.command"].endswith("--depth 8 --with-grad-iters 2 4"), meta["training.command"]
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@ digit classifier trained on the 9,000 training digits.
 
     # the classifier (seed fixed; prints its t10k accuracy):
     nice -n 10 /usr/bin/python3 tools/eval.py train-classifier --out models/digit-classifier.safetensors
-    # digits from a model, with the PyTorch reference sampler (tools/reference_sampling.py):
+    # digits from a model, with the PyTorch reference sampler (tools/reference_sampling.py),
+    # to /tmp/fpdm.npy and /tmp/fpdm-labels.npy:
     /usr/bin/python3 tools/eval.py sample models/fpdm-mnist.safetensors --out /tmp/fpdm.npy --steps 20 --cfg 3
     # scores (JSON): a folder of PNGs named {index:05d}-{class}.png, or a .npy [N,1,32,32] in [-1,1]
     /usr/bin/python3 tools/eval.py score /tmp/fpdm.npy --labels /tmp/fpdm-labels.npy
-    /usr/bin/python3 tools/eval.py score out/pngs/
+    /usr/bin/python3 tools/eval.py score out/pngs/ --data /work/shared/data/mnist
+
+--data (the MNIST folder) and --threads go before or after the command.
 
 Scores: (a) class accuracy: the classifier's prediction against the requested
 class; (b) Frechet distance between the classifier's penultimate features of
@@ -39,6 +42,9 @@ CLASSIFIER_EPOCHS = 12
 CLASSIFIER_BATCH = 64
 MAX_SHIFT = 2  # pixels of random translation while training the classifier
 PNG_NAME = re.compile(r"^(\d+)-(\d+)\.png$")
+# np.cov of a single feature vector is NaN: the Frechet distance needs two
+# images at the least (and hundreds to mean much).
+MIN_SCORED_IMAGES = 2
 
 
 class DigitClassifier(nn.Module):
@@ -195,17 +201,22 @@ def parse_labels(text, count):
 
 
 def load_generated(path, labels_text):
+    """(images, labels) to score from a PNG folder or a .npy with --labels."""
     if os.path.isdir(path):
         images, labels = load_png_folder(path)
         if labels_text is not None:
             labels = parse_labels(labels_text, len(images))
-        return images, labels
-    images = np.load(path).astype(np.float32)
-    if images.ndim != 4 or images.shape[1:] != (1, mnist.MODEL_SIZE, mnist.MODEL_SIZE):
-        raise ValueError(f"{path}: expected [N,1,32,32], got {images.shape}")
-    if labels_text is None:
-        raise ValueError("a .npy input needs --labels")
-    return images, parse_labels(labels_text, len(images))
+    else:
+        images = np.load(path).astype(np.float32)
+        if images.ndim != 4 or images.shape[1:] != (1, mnist.MODEL_SIZE, mnist.MODEL_SIZE):
+            raise ValueError(f"{path}: expected [N,1,32,32], got {images.shape}")
+        if labels_text is None:
+            raise ValueError("a .npy input needs --labels")
+        labels = parse_labels(labels_text, len(images))
+    if len(images) < MIN_SCORED_IMAGES:
+        raise ValueError(f"{path}: {len(images)} image(s) to score; the Frechet distance needs at least "
+                         f"{MIN_SCORED_IMAGES} (and hundreds for a stable value)")
+    return images, labels
 
 
 def score(images, labels, classifier, train_images, test_images):
@@ -249,27 +260,44 @@ def sample_model(model_path, steps, cfg_scale, per_class, seed):
     return images.float().numpy(), labels
 
 
-def main():
+def npy_paths(out):
+    """The images and labels files of `sample --out`: np.save appends .npy
+    to a name without it, so the name is completed here, and the labels go
+    beside it whatever dots the name has."""
+    images_path = out if out.endswith(".npy") else out + ".npy"
+    return images_path, images_path[:-len(".npy")] + "-labels.npy"
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=mnist.DEFAULT_DIR)
-    parser.add_argument("--threads", type=int, default=1)
+    # Accepted after the command too: its own copies default to SUPPRESS so
+    # that, when absent, they leave these values alone.
+    data_help = f"the MNIST folder (default: {mnist.DEFAULT_DIR})"
+    threads_help = "torch threads (default: 1)"
+    parser.add_argument("--data", default=mnist.DEFAULT_DIR, help=data_help)
+    parser.add_argument("--threads", type=int, default=1, help=threads_help)
+    with_threads = argparse.ArgumentParser(add_help=False)
+    with_threads.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=threads_help)
+    with_data = argparse.ArgumentParser(add_help=False, parents=[with_threads])
+    with_data.add_argument("--data", default=argparse.SUPPRESS, help=data_help)
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train-classifier")
+    train = commands.add_parser("train-classifier", parents=[with_data])
     train.add_argument("--out", default=DEFAULT_CLASSIFIER)
     train.add_argument("--seed", type=int, default=CLASSIFIER_SEED)
     train.add_argument("--epochs", type=int, default=CLASSIFIER_EPOCHS)
-    sample = commands.add_parser("sample")
+    sample = commands.add_parser("sample", parents=[with_threads])
     sample.add_argument("model")
-    sample.add_argument("--out", required=True, help=".npy of the images; the labels go to <out>-labels.npy")
+    sample.add_argument("--out", required=True,
+                        help="the images' .npy (.npy added when missing); the labels go to <out>-labels.npy")
     sample.add_argument("--steps", type=int, default=20)
     sample.add_argument("--cfg", type=float, default=3.0)
     sample.add_argument("--per-class", type=int, default=20)
     sample.add_argument("--seed", type=int, default=0)
-    scoring = commands.add_parser("score")
+    scoring = commands.add_parser("score", parents=[with_data])
     scoring.add_argument("input", help="a folder of <index>-<class>.png or a .npy [N,1,32,32]")
     scoring.add_argument("--labels", help="requested classes: .npy, text file, or a comma list")
     scoring.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     if args.command == "train-classifier":
@@ -277,15 +305,18 @@ def main():
     elif args.command == "sample":
         start = time.time()
         images, labels = sample_model(args.model, args.steps, args.cfg, args.per_class, args.seed)
-        labels_path = os.path.splitext(args.out)[0] + "-labels.npy"
-        np.save(args.out, images)
+        images_path, labels_path = npy_paths(args.out)
+        np.save(images_path, images)
         np.save(labels_path, labels)
-        print(f"wrote {args.out} and {labels_path} ({time.time() - start:.0f}s)")
+        print(f"wrote {images_path} and {labels_path} ({time.time() - start:.0f}s)")
     else:
-        images, labels = load_generated(args.input, args.labels)
-        classifier, _ = load_classifier(args.classifier)
-        train_images = mnist.to_model_space(mnist.load_split(args.data, "train")[0])
-        test_images = mnist.to_model_space(mnist.load_split(args.data, "t10k")[0])
+        try:
+            images, labels = load_generated(args.input, args.labels)
+            classifier, _ = load_classifier(args.classifier)
+            train_images = mnist.to_model_space(mnist.load_split(args.data, "train")[0])
+            test_images = mnist.to_model_space(mnist.load_split(args.data, "t10k")[0])
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"eval.py: {error}")
         print(json.dumps(score(images, labels, classifier, train_images, test_images), indent=2))
 
 

@@ -7,7 +7,8 @@ reallocations of one iteration budget, and for FPDM against DiT.
 Needs matplotlib for the figure: `apt-get install -y python3-matplotlib` (this
 script is the only user; CI does not run it). Run from the repository root:
 
-    # the real run (resumable: finished settings are kept in the results JSON)
+    # the real run, with the options of docs/experiments/results.json (resumable:
+    # finished settings are kept; a results JSON made with other options is refused)
     nice -n 5 /usr/bin/python3 tools/experiments.py --build build
     # a one-minute check of the whole pipeline on tiny random models
     /usr/bin/python3 tools/experiments.py --build build --quick
@@ -451,12 +452,41 @@ def plot(results, timings, steps, default_iters, budget, path):
 
 # ---- main ------------------------------------------------------------------------
 
-def main():
+def kept_results(saved, config, model_hashes, discard_stale):
+    """The saved results this run keeps: a result stays valid while the
+    sampling options and its own model file are unchanged. The results JSON
+    holds hours of sampling (the committed one by default), so results that
+    no longer match are dropped only with discard_stale; otherwise ValueError
+    says why they do not match."""
+    def sampling_config(c):  # "full" changes which settings run, not how
+        return {key: value for key, value in (c or {}).items() if key != "full"}
+    results = saved.get("results", {})
+    if not results:
+        return {}
+    old, new = sampling_config(saved.get("config")), sampling_config(config)
+    if old != new:
+        stale = list(results)
+        differences = ", ".join(f"{key} {old.get(key)} (this run: {new.get(key)})"
+                                for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key))
+        reason = f"were made with {differences}"
+    else:
+        stale = [name for name, r in results.items() if r.get("model_sha256") != model_hashes[r["spec"]["model"]]]
+        changed = sorted({results[name]["spec"]["model"] for name in stale})
+        reason = f"were sampled from another {' and '.join(changed)} model file"
+    if stale and not discard_stale:
+        raise ValueError(f"{len(stale)} of its {len(results)} results {reason}: give the options they were made "
+                         "with, another --results file, or --discard-stale to drop them")
+    return {name: r for name, r in results.items() if name not in stale}
+
+
+def parse_arguments(argv=None):
+    """(parser, args) with the run's image count and batch size worked out."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", default="build", help="build folder with fpdm-sample and fpdm-bench")
     parser.add_argument("--fpdm", default="models/fpdm-mnist.safetensors")
     parser.add_argument("--dit", default="models/dit-mnist.safetensors")
-    parser.add_argument("--per-class", type=int, default=30, help="images per class (default: 30)")
+    parser.add_argument("--per-class", type=int, default=20,
+                        help="images per class (default: 20, as docs/experiments/results.json)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cfg-scale", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=100)
@@ -476,10 +506,12 @@ def main():
     parser.add_argument("--plot-only", action="store_true", help="no sampling: redraw from the results JSON")
     parser.add_argument("--estimate", action="store_true",
                         help="time the forwards with fpdm-bench, print the plan's estimated sampling time, stop")
+    parser.add_argument("--discard-stale", action="store_true",
+                        help="drop the saved results that this run's options or model files do not match "
+                             "(all of them when the options differ) instead of refusing to run")
     parser.add_argument("--only", help="comma-separated setting names, or fpdm / dit for all of one model, "
                                        "to (re)run; the forward timings are measured once every setting has a result")
-    args = parser.parse_args()
-    os.chdir(REPO_DIR)
+    args = parser.parse_args(argv)
     args.sampler = os.path.join(args.build, "fpdm-sample")
     args.bench = os.path.join(args.build, "fpdm-bench")
     if args.quick:
@@ -487,6 +519,19 @@ def main():
         args.per_class = 2
     args.num_images = args.per_class * NUM_CLASSES
     args.batch_size = min(args.batch_size, args.num_images)
+    return parser, args
+
+
+def run_config(args):
+    """The options that the results JSON records and its results depend on."""
+    return {"num_images": args.num_images, "per_class": args.per_class, "seed": args.seed,
+            "cfg_scale": args.cfg_scale, "batch_size": args.batch_size, "threads": args.threads,
+            "quick": args.quick, "full": args.full or args.quick}
+
+
+def main():
+    parser, args = parse_arguments()
+    os.chdir(REPO_DIR)
     results_path = args.results or (os.path.join(args.work, "results.json") if args.quick
                                     else "docs/experiments/results.json")
     tables_path = args.tables or os.path.join(os.path.dirname(results_path), "tables.md")
@@ -497,14 +542,14 @@ def main():
     settings, steps, default_iters, budget = plan(args.quick, args.full or args.quick)
     order = [s["name"] for s in settings]
 
-    config = {"num_images": args.num_images, "per_class": args.per_class, "seed": args.seed,
-              "cfg_scale": args.cfg_scale, "batch_size": args.batch_size, "threads": args.threads,
-              "quick": args.quick, "full": args.full or args.quick}
+    config = run_config(args)
     saved = {}
     if os.path.exists(results_path):
         with open(results_path) as source:
             saved = json.load(source)
     if args.plot_only:
+        if not saved:
+            parser.error(f"--plot-only: no results in {results_path}")
         settings, steps, default_iters, budget = plan(saved["config"]["quick"], saved["config"]["full"])
         order = [s["name"] for s in settings]
         config, models, timings, results = saved["config"], saved["models"], saved.get("timings"), saved["results"]
@@ -515,6 +560,12 @@ def main():
                 subprocess.run([args.bench, "--config", name, "--write-model", path], check=True,
                                capture_output=True)
                 setattr(args, key, path)
+        if not args.estimate:
+            try:
+                results = kept_results(saved, config, {key: mnist.sha256_file(getattr(args, key))
+                                                       for key in ("fpdm", "dit")}, args.discard_stale)
+            except ValueError as error:
+                parser.error(f"{results_path}: {error}")
         models = {"fpdm": model_info(args, args.fpdm), "dit": model_info(args, args.dit)}
         if args.estimate:
             timings = forward_timings(args, models, sorted({s["iters"] for s in settings if s["model"] == "fpdm"}))
@@ -527,12 +578,6 @@ def main():
             print(f"{len(settings)} settings: about {per_image:.2f} s per image (without scoring), "
                   f"{per_image * args.num_images / 60:.0f} min for {args.num_images} images")
             return
-        # A result stays valid while the settings and its own model file are unchanged.
-        def sampling_config(c):  # "full" changes which settings run, not how
-            return {key: value for key, value in (c or {}).items() if key != "full"}
-        same_config = sampling_config(saved.get("config")) == sampling_config(config)
-        results = {name: r for name, r in saved.get("results", {}).items()
-                   if same_config and r.get("model_sha256") == models[r["spec"]["model"]]["sha256"]}
         machine = saved.get("machine") if results else None
         if not machine:
             cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],

@@ -66,7 +66,7 @@ typedef struct options {
     int *iters;               /* NULL: the model's default */
     int num_iters;
     int steps;                /* 0: DEFAULT_STEPS */
-    int cfg;
+    int cfg;                  /* -1: not given (off) */
     const char *device;       /* --device, or NULL (see cli_device) */
     int precision;
     int threads;
@@ -75,6 +75,7 @@ typedef struct options {
     int json;
     int mode;
     const char *write_model;
+    const char *timing_flag;  /* the first option given that only a timed run uses */
     uint64_t seed;
     const char *vae_path;
     const char *vae_config_name;
@@ -93,12 +94,14 @@ static void print_help(FILE *out)
 "      --config NAME        an architecture with random weights (default: " DEFAULT_CONFIG ")\n"
 "                           one of: %s\n"
 "      --image-size N       256 | 512 for the latent configurations (default: 256)\n"
-"      --write-model FILE   write the --config model file and exit\n"
+"      --write-model FILE   write the --config model file and exit (takes only\n"
+"                           --config, --image-size and --seed)\n"
 "      --mode M             forward | sample | vae (default: forward; vae: the decoder only)\n"
 "      --batch-size LIST    comma-separated batch sizes (default: 1)\n"
 "      --iters LIST         FPDM iterations per forward (default: the model's)\n"
 "      --steps N            sampling steps for --mode sample (default: 10)\n"
-"      --cfg on|off         classifier-free guidance: doubled rows (default: off)\n"
+"      --cfg on|off         classifier-free guidance: doubled rows (default: off; not with\n"
+"                           --mode vae)\n"
 "      --device DEV         auto | cpu | cuda | cuda:N (default: $FPDM_DEVICE, else auto:\n"
 "                           the first GPU when this build has CUDA and one is visible,\n"
 "                           else cpu)\n"
@@ -128,11 +131,28 @@ static const char *const precision_names[] = {"fp32", "bf16", "fp16", NULL};
 static const fpdm_precision precision_values[] = {FPDM_PRECISION_FP32, FPDM_PRECISION_BF16,
                                                   FPDM_PRECISION_FP16};
 
+/* Whether a flag is one of those that --write-model's file depends on; every
+ * other one only matters to a timed run. */
+static int shapes_model_file(const char *flag)
+{
+    static const char *const flags[] = {"--config", "--image-size", "--write-model", "--seed",
+                                        NULL};
+    for (int i = 0; flags[i]; i++)
+        if (strcmp(flag, flags[i]) == 0)
+            return 1;
+    return 0;
+}
+
 /* Options that the chosen mode would silently ignore are usage errors, so that
  * a run never looks like it measured what it did not. 0 or EXIT_USAGE. */
 static int refuse_unused_options(const options *opt)
 {
     char err[512];
+    if (opt->write_model && opt->timing_flag) {
+        snprintf(err, sizeof err, "%s has no effect with --write-model, which writes the --config "
+                 "model file and exits", opt->timing_flag);
+        return usage_error(err);
+    }
     if (opt->steps && opt->mode != MODE_SAMPLE) {
         snprintf(err, sizeof err, "--steps applies to --mode sample only; --mode %s runs no "
                  "sampling steps", mode_names[opt->mode]);
@@ -144,6 +164,7 @@ static int refuse_unused_options(const options *opt)
                                  : opt->image_size ? "--image-size"
                                  : opt->batch_sizes ? "--batch-size"
                                  : opt->iters ? "--iters"
+                                 : opt->cfg >= 0 ? "--cfg"
                                                     : NULL;
         if (model_flag) {
             snprintf(err, sizeof err, "%s has no effect with --mode vae, which times the VAE "
@@ -175,6 +196,8 @@ static int parse_arguments(int argc, char **argv, options *opt)
         }
         if (strcmp(arg, "--json") == 0) {
             opt->json = 1;
+            if (!opt->timing_flag)
+                opt->timing_flag = "--json";
             continue;
         }
         static const char *const value_flags[] = {
@@ -199,6 +222,8 @@ static int parse_arguments(int argc, char **argv, options *opt)
             snprintf(err, sizeof err, "unknown option '%s'", arg);
             return usage_error(err);
         }
+        if (!opt->timing_flag && !shapes_model_file(flag))
+            opt->timing_flag = flag;
         int rc = 0, index = 0;
         if (strcmp(flag, "--model") == 0) {
             opt->model_path = value;
@@ -564,8 +589,8 @@ static void add_json_settings(report *r, const bench *b, const char *model_name)
     report_set_number(r, "settings", "input_size", b->info->input_size);
     report_set_string(r, "settings", "device", fpdm_context_device_name(b->ctx));
     report_set_string(r, "settings", "precision",
-                      opt->precision ? precision_names[opt->precision - 1] : "default");
-    report_set_number(r, "settings", "threads", opt->threads);
+                      precision_names[fpdm_context_precision(b->ctx) - FPDM_PRECISION_FP32]);
+    report_set_number(r, "settings", "threads", fpdm_context_num_threads(b->ctx));
     report_set_string(r, "settings", "mode", mode_names[opt->mode]);
     report_set_bool(r, "settings", "cfg", opt->cfg);
     if (opt->mode == MODE_SAMPLE)
@@ -799,6 +824,8 @@ static void report_vae(bench *b, const char *name, const char *device, const vae
             report_set_string(b->json, "vae_settings", "vae", name);
             report_set_string(b->json, "vae_settings", "device", device);
             report_set_number(b->json, "vae_settings", "batch_size", m->batch);
+            report_set_number(b->json, "vae_settings", "warmup", b->opt->warmup);
+            report_set_number(b->json, "vae_settings", "repeat", b->opt->repeat);
         }
         const report_field fields[] = {
             {"latent_size", NULL, m->latent_size},
@@ -855,6 +882,7 @@ static int run_vae(bench *b, const synthetic_vae_config *config)
 int main(int argc, char **argv)
 {
     options opt = {
+        .cfg = -1,
         .repeat = 3,
         .warmup = 1,
     };
@@ -866,6 +894,8 @@ int main(int argc, char **argv)
         goto done;
     if (!opt.steps)
         opt.steps = DEFAULT_STEPS;
+    if (opt.cfg < 0)
+        opt.cfg = 0;
     if (!opt.vae_batch)
         opt.vae_batch = DEFAULT_VAE_BATCH;
     if (!opt.batch_sizes) {

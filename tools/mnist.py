@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -33,7 +34,10 @@ def _read_bytes(path):
         data = source.read()
     # Gzip files start with 1f 8b; IDX files always start with two zero bytes.
     if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as error:
+            raise ValueError(f"{path}: damaged gzip file ({error})") from error
     return data
 
 

@@ -16,7 +16,9 @@ Loss: MSE on eps plus the variational-bound term for the learned variance
 implied x0 over the schedule rescaled to a zero terminal SNR), class
 dropout 0.1 (null class = 10), AdamW (no weight decay), an EMA of the weights
 (with warm-up) exported. FPDM uses stochastic Jacobian-free backprop: a random number of
-fixed-point iterations without gradient, then a random number with gradient.
+fixed-point iterations without gradient, then a random number with gradient
+(the official fixed_point_{no,with}_grad_{min,max}_iters; by default the
+official ranges for 26 default iterations scaled to this model's).
 `--trial-seconds S` stops after S seconds and prints the throughput.
 """
 import argparse
@@ -51,10 +53,12 @@ COMMON_CONFIG = {
 DIT_DEPTH = 6
 FPDM_PRE_DEPTH, FPDM_POST_DEPTH = 1, 1
 
-# The official defaults (no-grad 0..10, with-grad 1..12 iterations for 26
-# default iterations) scaled to DIT_DEPTH - 2 = 4 default iterations.
-FPDM_NO_GRAD_ITERS = (0, 2)
-FPDM_WITH_GRAD_ITERS = (1, 2)
+# The official train.py's iteration ranges (no-grad 0..10, with-grad 1..12)
+# and the default iterations they were chosen for (DiT-XL/2's depth 28 less
+# pre and post).
+OFFICIAL_NO_GRAD_ITERS = (0, 10)
+OFFICIAL_WITH_GRAD_ITERS = (1, 12)
+OFFICIAL_DEFAULT_ITERS = 26
 
 # lr 1e-3 rather than the official 1e-4 and EMA 0.999 (with warm-up) rather
 # than 0.9999: a few thousand steps only, so the EMA horizon (~1/(1-decay)
@@ -76,9 +80,24 @@ def model_config(architecture, hidden_size=COMMON_CONFIG["hidden_size"],
     if architecture == "dit":
         cfg["depth"] = depth
     else:
+        if depth < FPDM_PRE_DEPTH + FPDM_POST_DEPTH:
+            raise ValueError(f"an FPDM's equivalent depth counts its {FPDM_PRE_DEPTH} pre and {FPDM_POST_DEPTH} "
+                             f"post blocks: {depth} is less than {FPDM_PRE_DEPTH + FPDM_POST_DEPTH}")
         cfg.update(pre_depth=FPDM_PRE_DEPTH, post_depth=FPDM_POST_DEPTH,
                    pre_post_timestep_conditioning=True, equivalent_depth=depth)
     return reference.normalize_config(cfg)
+
+
+def fixed_point_iters(default_iters):
+    """The (no-grad, with-grad) iteration ranges, inclusive, that an FPDM
+    sampled with default_iters iterations trains with by default: the official
+    ranges scaled by default_iters / 26 (0..2 and 1..2 for the shipped
+    models' 4), with at least one iteration with gradient, as the official
+    minimum, so that the fixed-point block always learns."""
+    def scaled(bound):
+        return round(bound * default_iters / OFFICIAL_DEFAULT_ITERS)
+    return ((OFFICIAL_NO_GRAD_ITERS[0], scaled(OFFICIAL_NO_GRAD_ITERS[1])),
+            (OFFICIAL_WITH_GRAD_ITERS[0], max(OFFICIAL_WITH_GRAD_ITERS[0], scaled(OFFICIAL_WITH_GRAD_ITERS[1]))))
 
 
 # ---- the Gaussian diffusion (official semantics, our code) -----------------
@@ -226,22 +245,24 @@ def initialize_like_official(net):
         nn.init.zeros_(layer.bias)
 
 
-def training_forward(net, x, t, y, rng):
+def training_forward(net, x, t, y, rng, iters):
     """The network output during training. For FPDM the fixed-point part runs
     a random number of iterations without gradient from the pre blocks'
-    output, then a random number with gradient (Jacobian-free backprop)."""
+    output, then a random number with gradient (Jacobian-free backprop), each
+    drawn from its inclusive range in iters = (no-grad, with-grad)."""
     if not net.fixed_point:
         return net(x, t, y)[0]
     e = net.embed(x, t, y)
     h = e["x_embed"]
     for block in net.blocks_pre:
         h = block(h, e["c_pp"])
+    no_grad_iters, with_grad_iters = iters
     injection = net.block_pre_projection(h)
     z = h.detach()
     with torch.no_grad():
-        for _ in range(rng.randint(*FPDM_NO_GRAD_ITERS)):
+        for _ in range(rng.randint(*no_grad_iters)):
             z = net.fixed_point_step(z, injection.detach(), e["c"])
-    for _ in range(rng.randint(*FPDM_WITH_GRAD_ITERS)):
+    for _ in range(rng.randint(*with_grad_iters)):
         z = net.fixed_point_step(z, injection, e["c"])
     for block in net.blocks_post:
         z = block(z, e["c_pp"])
@@ -270,38 +291,100 @@ def save(ema, cfg, path, metadata):
     os.replace(partial, path)
 
 
-def main():
+def int_at_least(minimum):
+    """An argparse type: an integer, at least minimum."""
+    def parse(text):
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in "invalid int value"
+    return parse
+
+
+def check_device(parser, device):
+    """Refuses a device this torch cannot use before any work, with one line
+    (torch's own error comes from deep inside the first use)."""
+    try:
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device {device}: this torch sees no CUDA device")
+        torch.Generator(device=device)
+    except RuntimeError as error:
+        parser.error(f"--device {device}: {str(error).splitlines()[0]}")
+
+
+def iteration_ranges(parser, args, scaled):
+    """The (no-grad, with-grad) ranges of an FPDM's training: the flags', else
+    the scaled defaults."""
+    ranges = list(scaled)
+    for index, (flag, given, least) in enumerate((("--no-grad-iters", args.no_grad_iters, 0),
+                                                  ("--with-grad-iters", args.with_grad_iters, 1))):
+        if given is None:
+            continue
+        if not least <= given[0] <= given[1]:
+            parser.error(f"{flag} {given[0]} {given[1]}: need {least} <= MIN <= MAX"
+                         + (" (with no iteration with gradient the fixed-point block would not learn)"
+                            if least else ""))
+        ranges[index] = tuple(given)
+    return tuple(ranges)
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("architecture", choices=("fpdm", "dit"))
     parser.add_argument("--out", required=True)
     parser.add_argument("--data", default=mnist.DEFAULT_DIR)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--steps", type=int, default=TRAINING_DEFAULTS["steps"])
-    parser.add_argument("--batch-size", type=int, default=TRAINING_DEFAULTS["batch_size"])
+    parser.add_argument("--steps", type=int_at_least(1), default=TRAINING_DEFAULTS["steps"])
+    parser.add_argument("--batch-size", type=int_at_least(1), default=TRAINING_DEFAULTS["batch_size"])
     parser.add_argument("--lr", type=float, default=TRAINING_DEFAULTS["lr"])
     parser.add_argument("--ema-decay", type=float, default=TRAINING_DEFAULTS["ema_decay"])
     parser.add_argument("--init-from", help="start from this model file's weights instead of the "
                         "official initialisation (a second training stage)")
     parser.add_argument("--label-lr-scale", type=float, default=1.0,
                         help="learning-rate factor of the class embedding table")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=int_at_least(1), default=1,
                         help="1: on a shared 2-core machine one thread per run is several times faster than 2")
     parser.add_argument("--device", default="cpu",
                         help="torch device, e.g. cuda; the data, batches and noise live there too")
     parser.add_argument("--hidden-size", type=int, default=COMMON_CONFIG["hidden_size"])
     parser.add_argument("--num-heads", type=int, default=COMMON_CONFIG["num_heads"])
     parser.add_argument("--patch-size", type=int, default=COMMON_CONFIG["patch_size"])
-    parser.add_argument("--depth", type=int, default=DIT_DEPTH,
-                        help="DiT depth; for FPDM the equivalent depth (default iterations = depth - 2)")
+    parser.add_argument("--depth", type=int_at_least(1), default=DIT_DEPTH,
+                        help="DiT depth; for FPDM the equivalent depth: it samples depth - 2 fixed-point "
+                        "iterations by default (at least 2; 2 leaves none) and trains with ranges scaled to them")
+    for flag, kind, official in (("no-grad", "without", OFFICIAL_NO_GRAD_ITERS),
+                                 ("with-grad", "with", OFFICIAL_WITH_GRAD_ITERS)):
+        parser.add_argument(f"--{flag}-iters", type=int_at_least(0), nargs=2, metavar=("MIN", "MAX"),
+                            help=f"FPDM: fixed-point iterations {kind} gradient per training step, drawn from "
+                            f"MIN..MAX (the official fixed_point_{flag.replace('-', '_')}_min/max_iters; default: "
+                            f"the official {official[0]}..{official[1]} for 26 default iterations, scaled to "
+                            "--depth - 2)")
     parser.add_argument("--predict-v", action="store_true",
                         help="v prediction over a zero-terminal-SNR schedule (the official "
                         "--predict_v --use_zero_terminal_snr); recorded in the model file")
-    parser.add_argument("--log-every", type=int, default=100)
-    parser.add_argument("--save-every", type=int, default=250,
-                        help="rewrite --out with the current EMA every this many steps")
+    parser.add_argument("--log-every", type=int_at_least(1), default=100)
+    parser.add_argument("--save-every", type=int_at_least(0), default=250,
+                        help="rewrite --out with the current EMA every this many steps (0: only at the end)")
     parser.add_argument("--trial-seconds", type=float, default=0.0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
+    # Everything that can be refused is, before the data are read and any step runs.
+    try:
+        cfg = model_config(args.architecture, args.hidden_size, args.num_heads, args.patch_size,
+                           args.depth, args.predict_v)
+    except ValueError as error:
+        parser.error(str(error))
+    iters = scaled_iters = None
+    if args.architecture == "fpdm":
+        scaled_iters = fixed_point_iters(cfg["equivalent_depth"] - cfg["pre_depth"] - cfg["post_depth"])
+        iters = iteration_ranges(parser, args, scaled_iters)
+    elif args.no_grad_iters or args.with_grad_iters:
+        parser.error("--no-grad-iters and --with-grad-iters apply to fpdm only")
+    out_folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_folder) or not os.access(out_folder, os.W_OK):
+        parser.error(f"--out {args.out}: {out_folder} is not a writable folder")
+    check_device(parser, args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -310,20 +393,30 @@ def main():
     # model to ~25 steps/s on an H100). Each device has its own stream of
     # draws, so a file reproduces on the device type it was trained on.
     batch_gen = torch.Generator(device=args.device).manual_seed(args.seed)
-
-    images, labels, paths = mnist.load_split(args.data, "train")
-    data = torch.from_numpy(mnist.to_model_space(images)).to(args.device)
-    targets = torch.from_numpy(labels).to(args.device)
-    cfg = model_config(args.architecture, args.hidden_size, args.num_heads, args.patch_size,
-                       args.depth, args.predict_v)
     if args.init_from:
-        net, loaded_cfg = reference.load_model(args.init_from)
+        try:
+            net, loaded_cfg = reference.load_model(args.init_from)
+            init_metadata = safetensors_io.read_metadata(args.init_from)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"train.py: --init-from {args.init_from}: {error}")
         if loaded_cfg != cfg:
             raise SystemExit(f"{args.init_from}: config {loaded_cfg} is not the {args.architecture} config {cfg}")
-        init_metadata = safetensors_io.read_metadata(args.init_from)
     else:
         net = reference.Net(cfg)
         initialize_like_official(net)
+    if iters and net.default_iters() == 0:
+        print(f"train.py: note: --depth {args.depth} leaves no fixed-point iterations by default: the model trains "
+              f"with {iters[1][0]}..{iters[1][1]} with gradient but samples with none unless given --iters "
+              "(fpdm-sample)", file=sys.stderr)
+
+    try:
+        images, labels, paths = mnist.load_split(args.data, "train")
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"train.py: {error}")
+    if args.batch_size > len(images):
+        parser.error(f"--batch-size {args.batch_size} is more than the {len(images)} training digits in {args.data}")
+    data = torch.from_numpy(mnist.to_model_space(images)).to(args.device)
+    targets = torch.from_numpy(labels).to(args.device)
     net.to(args.device)
     ema = copy.deepcopy(net).eval()
     for param in ema.parameters():
@@ -353,6 +446,10 @@ def main():
                     ("num-heads", args.num_heads, COMMON_CONFIG["num_heads"]),
                     ("patch-size", args.patch_size, COMMON_CONFIG["patch_size"]),
                     ("depth", args.depth, DIT_DEPTH)) if value != default)
+                + "".join(f" --{flag} {given[0]} {given[1]}" for flag, given, default in zip(
+                    ("no-grad-iters", "with-grad-iters"), (args.no_grad_iters, args.with_grad_iters),
+                    scaled_iters or ())
+                    if given and tuple(given) != default)
                 + (" --predict-v" if args.predict_v else "")
                 + (f" --device {args.device}" if args.device != "cpu" else ""))
     command = command_for(args.steps)
@@ -368,9 +465,10 @@ def main():
         metadata["training.init_from"] = f"{args.init_from}:sha256={mnist.sha256_file(args.init_from)}"
         metadata["training.init_from_command"] = init_metadata.get("training.command", "")
         metadata["training.init_from_wall_seconds"] = init_metadata.get("training.wall_seconds", "")
-    if net.fixed_point:
-        metadata["training.fixed_point_iters"] = (f"no_grad {FPDM_NO_GRAD_ITERS[0]}..{FPDM_NO_GRAD_ITERS[1]}, "
-                                                  f"with_grad {FPDM_WITH_GRAD_ITERS[0]}..{FPDM_WITH_GRAD_ITERS[1]}")
+    if iters:
+        (no_grad_min, no_grad_max), (with_grad_min, with_grad_max) = iters
+        metadata["training.fixed_point_iters"] = (f"no_grad {no_grad_min}..{no_grad_max}, "
+                                                  f"with_grad {with_grad_min}..{with_grad_max}")
     print(f"{command}\nparameters {sum(p.numel() for p in net.parameters()):,}", flush=True)
 
     def snapshot_metadata(steps, wall):
@@ -394,7 +492,8 @@ def main():
                           device=args.device)
         noise = torch.randn(x_start.shape, generator=batch_gen, device=args.device)
         x_t = diffusion.q_sample(x_start, t, noise)
-        loss, mse, _ = diffusion.training_losses(training_forward(net, x_t, t.float(), y, rng), x_start, x_t, t, noise)
+        output = training_forward(net, x_t, t.float(), y, rng, iters)
+        loss, mse, _ = diffusion.training_losses(output, x_start, x_t, t, noise)
         loss = loss.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

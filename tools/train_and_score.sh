@@ -14,12 +14,15 @@
 # steps, writing beside the file and renaming), and records in its metadata
 # the exact command that reproduces it. Output in --out-dir:
 # {fpdm,dit}-mnist.safetensors, {fpdm,dit}-train.log, {fpdm,dit}-score.json
-# and the sampled PNGs in {fpdm,dit}-samples/.
+# and the sampled PNGs in {fpdm,dit}-samples/; a previous run's are removed
+# first, so that what is there afterwards is this run's. Relative paths are
+# taken from the repository root. Exit status 0 when both models were trained,
+# sampled and scored, 1 when a step failed (each failure says which and why).
 set -u
 cd "$(dirname "$0")/.."
 TIME_LIMIT=240
 DEVICE=cuda
-DATA=../shared/data/mnist
+DATA=/work/shared/data/mnist
 BUILD=build
 OUT_DIR=out/train
 SAVE_EVERY=500
@@ -46,31 +49,58 @@ PYTHON=$(command -v python3)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c "import torch" 2>/dev/null && PYTHON=/usr/bin/python3
 SAMPLER=$BUILD/fpdm-sample
 [ -x "$SAMPLER" ] || { echo "train_and_score.sh: $SAMPLER is not built" >&2; exit 1; }
-mkdir -p "$OUT_DIR"
+mkdir -p "$OUT_DIR" || exit 1
+failed=0
+fail() {  # fail ARCH MESSAGE: reported on stderr; the script then exits 1
+  echo "train_and_score.sh: $1: $2" >&2
+  failed=1
+}
+# The sampling and the summary must see this run's models only, never an
+# earlier run's left in the folder.
+for arch in fpdm dit; do
+  rm -rf "$OUT_DIR/$arch-mnist.safetensors" "$OUT_DIR/$arch-mnist.safetensors.partial" \
+      "$OUT_DIR/$arch-score.json" "$OUT_DIR/$arch-score.json.partial" "$OUT_DIR/$arch-samples"
+done
 
 # ---- training: both models at once, stopped by the time limit ----------------
+declare -A pid
 for arch in fpdm dit; do
   timeout "$TIME_LIMIT" "$PYTHON" tools/train.py "$arch" --out "$OUT_DIR/$arch-mnist.safetensors" \
       --data "$DATA" --device "$DEVICE" --steps 100000000 --save-every "$SAVE_EVERY" \
       --log-every "$SAVE_EVERY" "${TRAIN_ARGS[@]}" > "$OUT_DIR/$arch-train.log" 2>&1 &
+  pid[$arch]=$!
 done
-wait
+trained=()
+for arch in fpdm dit; do
+  wait "${pid[$arch]}"
+  status=$?
+  log=$OUT_DIR/$arch-train.log
+  # 124: stopped by the time limit, the normal end.
+  if [ $status != 0 ] && [ $status != 124 ]; then
+    fail "$arch" "training failed (exit $status): $(tail -n 1 "$log") (see $log)"
+  elif [ ! -f "$OUT_DIR/$arch-mnist.safetensors" ]; then
+    fail "$arch" "no snapshot was written in $TIME_LIMIT s: raise --seconds or lower --save-every (see $log)"
+  else
+    trained+=("$arch")
+  fi
+done
 
 # ---- sampling and scoring -----------------------------------------------------
 classes=$("$PYTHON" -c "print(','.join(str(i % 10) for i in range(10 * $PER_CLASS)))")
 sample_device=cpu
 case $DEVICE in cuda*) sample_device=$DEVICE ;; esac
-for arch in fpdm dit; do
+for arch in "${trained[@]}"; do
   model=$OUT_DIR/$arch-mnist.safetensors
-  if [ ! -f "$model" ]; then
-    echo "$arch: no snapshot was written (see $OUT_DIR/$arch-train.log)"
-    continue
-  fi
-  "$SAMPLER" -m "$model" --device "$sample_device" -n $((10 * PER_CLASS)) --class "$classes" \
+  score=$OUT_DIR/$arch-score.json
+  if ! "$SAMPLER" -m "$model" --device "$sample_device" -n $((10 * PER_CLASS)) --class "$classes" \
       --seed 0 --steps "$SAMPLE_STEPS" --cfg-scale "$CFG_SCALE" --out "$OUT_DIR/$arch-samples" \
-      --overwrite --quiet || { echo "$arch: sampling failed"; continue; }
-  "$PYTHON" tools/eval.py --data "$DATA" score "$OUT_DIR/$arch-samples" > "$OUT_DIR/$arch-score.json" ||
-    echo "$arch: scoring failed"
+      --overwrite --quiet; then
+    fail "$arch" "sampling failed"
+  elif ! "$PYTHON" tools/eval.py --data "$DATA" score "$OUT_DIR/$arch-samples" > "$score.partial"; then
+    fail "$arch" "scoring failed"
+  else
+    mv "$score.partial" "$score"
+  fi
 done
 
 # ---- summary -------------------------------------------------------------------
@@ -85,7 +115,7 @@ for arch in ("fpdm", "dit"):
     path = os.path.join(out_dir, f"{arch}-mnist.safetensors")
     score_path = os.path.join(out_dir, f"{arch}-score.json")
     if not os.path.exists(path):
-        print(f"{arch:<6} (no model)")
+        print(f"{arch:<6} (failed: no model)")
         continue
     meta = safetensors_io.read_metadata(path)
     score = json.load(open(score_path)) if os.path.exists(score_path) else {}
@@ -96,3 +126,4 @@ for arch in ("fpdm", "dit"):
           f" {format(score['frechet_distance'], '.1f') if 'frechet_distance' in score else '-':>8}"
           f" {format(score['nearest_train_l2_ratio'], '.2f') if 'nearest_train_l2_ratio' in score else '-':>13}")
 PY
+exit $failed
