@@ -77,6 +77,10 @@ struct backend {
     const char *name;
     void *impl;
     backend_dtype operand_type; /* see "Operands" above */
+    /* 1 when alloc returns host memory the library may write directly (the
+     * CPU backend): a model is then loaded in place, without a staging copy
+     * to upload (which took a third copy of the weights at load). */
+    int host_memory;
     /* Memory: used at setup only, never inside the sampling loop. */
     float *(*alloc)(backend *be, size_t num_floats);
     void (*release)(backend *be, float *device_ptr);

@@ -363,6 +363,7 @@ backend *backend_cpu_create(int num_threads) {
     be->name = "cpu";
     be->impl = cpu;
     be->operand_type = BACKEND_F32;
+    be->host_memory = 1;
     be->alloc = cpu_alloc;
     be->release = cpu_release;
     be->upload = cpu_upload;

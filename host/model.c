@@ -219,15 +219,21 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
     place_all(&layout, model);
     size_t operand_floats = backend_dtype_floats(layout.operand_type, layout.operand_used);
     model->weight_bytes = (layout.used + operand_floats) * sizeof(float);
-    float *host = malloc(layout.used * sizeof(float));
-    uint16_t *operand_host = operand_floats ? calloc(operand_floats, 2 * sizeof(uint16_t)) : NULL;
-    float *converted = malloc((layout.largest_operand ? layout.largest_operand : 1) * sizeof(float));
     model->weights = be->alloc(be, layout.used);
     model->operand_weights = operand_floats ? be->alloc(be, operand_floats) : NULL;
+    /* Host memory is filled in place; a device's is staged and uploaded. */
+    int in_place = be->host_memory;
+    float *host = in_place ? model->weights : malloc(layout.used * sizeof(float));
+    uint16_t *operand_host = !operand_floats ? NULL
+                             : in_place      ? (uint16_t *)model->operand_weights
+                                             : calloc(operand_floats, 2 * sizeof(uint16_t));
+    float *converted = malloc((layout.largest_operand ? layout.largest_operand : 1) * sizeof(float));
     if (!host || !converted || !model->weights || (operand_floats && !operand_host) ||
         (operand_floats && !model->operand_weights)) {
-        free(host);
-        free(operand_host);
+        if (!in_place) {
+            free(host);
+            free(operand_host);
+        }
         free(converted);
         status = context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu MB of weights",
                               path, model->weight_bytes >> 20);
@@ -240,11 +246,14 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
     place_all(&layout, model);
     free(converted);
     check_position_embedding(ctx, cfg, host + (model->pos_embed - model->weights), path);
-    int upload_failed = be->upload(be, model->weights, host, layout.used) ||
+    int upload_failed = 0;
+    if (!in_place) {
+        upload_failed = be->upload(be, model->weights, host, layout.used) ||
                         (operand_floats && be->upload(be, model->operand_weights,
                                                       (const float *)operand_host, operand_floats));
-    free(host);
-    free(operand_host);
+        free(host);
+        free(operand_host);
+    }
     if (upload_failed) {
         status = context_fail(ctx, FPDM_ERR_DEVICE, "%s: copying the weights to %s failed", path,
                               ctx->device_name);
