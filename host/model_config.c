@@ -313,6 +313,13 @@ int model_config_from_file(const safetensors_file *file, model_config *config, c
     static const char *const architectures[] = {"dit", "fpdm"};
     memset(config, 0, sizeof(*config));
     if (err && err_size) err[0] = '\0';
+    /* A VAE given where a model belongs would otherwise only lack a key. */
+    if (!safetensors_metadata(file, "fpdm.architecture") &&
+        safetensors_find(file, "post_quant_conv.weight")) {
+        set_error(err, err_size, "%s: holds a VAE decoder (post_quant_conv, decoder.*), not a DiT "
+                  "or FPDM model", file->path);
+        return -1;
+    }
     if (get_choice(file, "fpdm.architecture", 1, 0, architectures, 2, "\"dit\", \"fpdm\"",
                    &config->fixed_point, err, err_size) ||
         check_known_keys(file, config->fixed_point, err, err_size) ||

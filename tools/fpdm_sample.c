@@ -125,7 +125,9 @@ static void print_help(FILE *out)
 "\n"
 "Fixed-point models (FPDM) only:\n"
 "      --iters K            fixed-point iterations per step (default: the model's)\n"
-"      --schedule S         fixed | increasing | decreasing (default: fixed)\n"
+"      --schedule S         fixed | increasing | decreasing (default: fixed); as in the\n"
+"                           official code, increasing gives the noisiest (first) steps\n"
+"                           the most iterations, decreasing the last\n"
 "      --budget B           total iterations spread over the steps (default: steps * iters)\n"
 "      --iters-per-step L   explicit comma-separated iterations, one per step\n"
 "      --reuse              start each solve from the previous step's solution\n"
@@ -726,6 +728,8 @@ static void fill_report(report *r, const run_state *rs, const fpdm_sample_params
 {
     const options *opt = rs->opt;
     report_set_string(r, "settings", "model", opt->model_path);
+    if (opt->vae_path)
+        report_set_string(r, "settings", "vae", opt->vae_path);
     report_set_string(r, "settings", "architecture", rs->info->is_fixed_point ? "fpdm" : "dit");
     report_set_string(r, "settings", "device", fpdm_context_device_name(rs->ctx));
     report_set_number(r, "settings", "num_images", opt->num_images);
@@ -962,6 +966,11 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
         /* Such samples can still be saved as an array. */
         if (opt->latents_out && !opt->grid_path && !opt->vae_path) {
             rs->write_pngs = 0;
+        } else if (opt->vae_path) {
+            snprintf(err, sizeof err, "--vae %s decodes to %d channels; PNGs need 1 or 3 "
+                     "(without --vae, --latents-out FILE.npy saves the latents)", opt->vae_path,
+                     rs->image_channels);
+            return usage_error(err);
         } else {
             snprintf(err, sizeof err, "%s has %d channels; PNGs need 1 or 3 (save the samples "
                      "with --latents-out FILE.npy and no --grid instead)", opt->model_path,

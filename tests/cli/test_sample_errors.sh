@@ -104,6 +104,7 @@ if [ -f tests/golden/forward-fpdm.model.safetensors ]; then
 fi
 
 # Runtime failures: exit 1.
+expect "vae as the model"    1 "cannot load the model: .*holds a VAE decoder"      -m tests/golden/vae-small.safetensors
 expect "missing model"       1 "cannot load the model: .*no-such-model.safetensors" -m "$tmp/no-such-model.safetensors"
 expect "malformed model"     1 "cannot load the model: .*malformed.safetensors"     -m "$tmp/malformed.safetensors"
 expect "noise not float32"   1 "--init-noise: .*init-f64.npy"                       -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/init-f64.npy"
