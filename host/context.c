@@ -54,6 +54,17 @@ void context_log(fpdm_context *ctx, fpdm_log_level level, const char *format, ..
     emit(ctx, level, message);
 }
 
+void *context_row_scratch(fpdm_context *ctx, size_t bytes) {
+    if (bytes <= ctx->row_scratch_bytes) return ctx->row_scratch;
+    free(ctx->row_scratch);
+    ctx->row_scratch = malloc(bytes);
+    ctx->row_scratch_bytes = ctx->row_scratch ? bytes : 0;
+    if (!ctx->row_scratch)
+        context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes for %s", bytes,
+                     "the rows' bookkeeping");
+    return ctx->row_scratch;
+}
+
 float *context_arena(fpdm_context *ctx, size_t num_floats) {
     if (num_floats <= ctx->arena_floats) return ctx->arena;
     if (ctx->arena) ctx->be->release(ctx->be, ctx->arena);
@@ -145,6 +156,7 @@ void fpdm_context_free(fpdm_context *ctx) {
         if (ctx->arena) ctx->be->release(ctx->be, ctx->arena);
         ctx->be->destroy(ctx->be);
     }
+    free(ctx->row_scratch);
     free(ctx);
 }
 
@@ -200,7 +212,8 @@ fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch, 
     size_t init_floats = cfg->fixed_point && init_solution ? solution_floats : 0;
     size_t out_solution_floats = cfg->fixed_point && solution_out ? solution_floats : 0;
     float *arena = context_arena(ctx, network_floats + init_floats + out_solution_floats);
-    if (!arena) return FPDM_ERR_OUT_OF_MEMORY;
+    if (!arena || !context_row_scratch(ctx, network_row_scratch_bytes(batch)))
+        return FPDM_ERR_OUT_OF_MEMORY;
     network_state st;
     network_layout(ctx, cfg, batch, arena, &st);
     backend *be = ctx->be;

@@ -18,6 +18,11 @@ struct fpdm_context {
      * inside the sampling loop. */
     float *arena;
     size_t arena_floats;
+    /* Host memory for a forward's per-row bookkeeping (the fixed-point
+     * solve's residuals and stop flags), grown like the arena: thousands of
+     * rows would not fit a thread's stack. */
+    void *row_scratch;
+    size_t row_scratch_bytes;
 };
 
 /* Records the message (printf-style) as the context's last error, passes it to
@@ -35,5 +40,8 @@ fpdm_status context_check_model(fpdm_context *ctx, const fpdm_model *model);
 /* Makes the arena hold at least num_floats; returns it, or NULL after
  * recording FPDM_ERR_OUT_OF_MEMORY. */
 float *context_arena(fpdm_context *ctx, size_t num_floats);
+
+/* The same for the host row scratch, in bytes. */
+void *context_row_scratch(fpdm_context *ctx, size_t bytes);
 
 #endif

@@ -183,10 +183,35 @@ static void final_layer(const fpdm_model *model, network_state *st, const float 
     be->unpatchify(be, st->out, st->wide, b, cfg->out_channels, cfg->input_size, cfg->patch_size);
 }
 
+/* A solve's per-row bookkeeping, carved from the context's row scratch. */
+typedef struct row_book {
+    double *diff_sq, *norm_sq;      /* row_norms' outputs */
+    float *residual, *last_residual;
+    int *limit, *used;
+    unsigned char *stopped;
+} row_book;
+
+size_t network_row_scratch_bytes(int rows) {
+    size_t n = rows > 0 ? (size_t)rows : 1;
+    return n * (2 * sizeof(double) + 2 * sizeof(float) + 2 * sizeof(int) + 1);
+}
+
+static row_book carve_row_book(void *scratch, int rows) {
+    row_book book;
+    book.diff_sq = scratch;
+    book.norm_sq = book.diff_sq + rows;
+    book.residual = (float *)(book.norm_sq + rows);
+    book.last_residual = book.residual + rows;
+    book.limit = (int *)(book.last_residual + rows);
+    book.used = book.limit + rows;
+    book.stopped = (unsigned char *)(book.used + rows);
+    return book;
+}
+
 /* Each row's relative residual ||a - b|| / ||b|| (||a - b|| where b is 0). */
 static int row_residuals(backend *be, const float *a, const float *b, int rows, size_t cols,
-                         float *residual) {
-    double diff_sq[rows], norm_sq[rows];
+                         const row_book *book, float *residual) {
+    double *diff_sq = book->diff_sq, *norm_sq = book->norm_sq;
     if (be->row_norms(be, a, b, rows, cols, diff_sq, norm_sq) != 0) return -1;
     for (int i = 0; i < rows; i++)
         residual[i] = (float)(norm_sq[i] > 0 ? sqrt(diff_sq[i] / norm_sq[i]) : sqrt(diff_sq[i]));
@@ -309,9 +334,12 @@ static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model,
 
     /* Rows that have stopped keep their state: after each iteration their
      * new values are overwritten with the old before the swap. */
-    int limit[b], used[b];
-    unsigned char stopped[b];
-    float residual[b], last_residual[b];
+    void *scratch = context_row_scratch(ctx, network_row_scratch_bytes(b));
+    if (!scratch) return FPDM_ERR_OUT_OF_MEMORY;
+    row_book book = carve_row_book(scratch, b);
+    int *limit = book.limit, *used = book.used;
+    unsigned char *stopped = book.stopped;
+    float *residual = book.residual, *last_residual = book.last_residual;
     int most_iters = 0, running = 0;
     for (int r = 0; r < b; r++) {
         limit[r] = solve->row_iters ? solve->row_iters[r] : solve->iters;
@@ -329,7 +357,7 @@ static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model,
         int ends_a_row = 0;
         for (int r = 0; r < b; r++) ends_a_row |= !stopped[r] && limit[r] == k + 1;
         int measure = solve->tol > 0 || (solve->measure_final && ends_a_row);
-        if (measure && row_residuals(be, st->next, st->state, b, per_image, residual) != 0)
+        if (measure && row_residuals(be, st->next, st->state, b, per_image, &book, residual) != 0)
             return context_fail(ctx, FPDM_ERR_DEVICE, "%s: computing the residual failed",
                                 ctx->device_name);
         float *done = st->next;

@@ -52,6 +52,11 @@ typedef struct network_solve {
     int *row_iters_used;         /* optional [B], out: each row's iterations */
 } network_solve;
 
+/* Bytes of the context's row scratch a solve of `rows` rows uses (reserve
+ * them with context_row_scratch before a run, so the solve allocates
+ * nothing). */
+size_t network_row_scratch_bytes(int rows);
+
 /* Arena floats a batch needs: st->floats of network_layout. */
 size_t network_arena_floats(const fpdm_context *ctx, const model_config *cfg, int batch);
 

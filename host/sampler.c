@@ -248,7 +248,8 @@ static fpdm_status prepare(run *r) {
     size_t solution_floats = cfg->fixed_point && p->reuse
                                  ? (size_t)r->rows * cfg->num_tokens * cfg->hidden_size : 0;
     float *arena = context_arena(ctx, net_floats + 2 * latent_floats + solution_floats);
-    if (!arena) return FPDM_ERR_OUT_OF_MEMORY;
+    if (!arena || !context_row_scratch(ctx, network_row_scratch_bytes(r->rows)))
+        return FPDM_ERR_OUT_OF_MEMORY;
     network_layout(ctx, cfg, r->rows, arena, &r->buf.net);
     r->buf.latents = arena + net_floats;
     r->buf.noise = r->buf.latents + latent_floats;

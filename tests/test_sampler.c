@@ -167,8 +167,12 @@ static void test_no_allocation_after_warmup(fixture *f) {
     float *first = sample(f, &p, NULL);
     float *arena = f->ctx->arena;
     size_t arena_floats = f->ctx->arena_floats;
+    void *row_scratch = f->ctx->row_scratch;
+    size_t row_scratch_bytes = f->ctx->row_scratch_bytes;
     float *second = sample(f, &p, NULL);
     CHECK(f->ctx->arena == arena && f->ctx->arena_floats == arena_floats);
+    CHECK(row_scratch != NULL && f->ctx->row_scratch == row_scratch &&
+          f->ctx->row_scratch_bytes == row_scratch_bytes);
     CHECK(memcmp(first, second, f->floats * sizeof(float)) == 0);
     free(first), free(second);
 }
