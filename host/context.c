@@ -74,8 +74,8 @@ float *context_arena(fpdm_context *ctx, size_t num_floats) {
         context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu MB of activations",
                      ctx->device_name, num_floats * sizeof(float) >> 20);
     else
-        context_log(ctx, FPDM_LOG_DEBUG, "%s: activation arena %zu MB", ctx->device_name,
-                    num_floats * sizeof(float) >> 20);
+        context_log(ctx, FPDM_LOG_DEBUG, "%s: activation arena %.2f MB", ctx->device_name,
+                    (double)(num_floats * sizeof(float)) / (1 << 20));
     return ctx->arena;
 }
 
