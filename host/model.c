@@ -239,6 +239,8 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
                               path, model->weight_bytes >> 20);
         goto done;
     }
+    /* The 16-bit weights' padding starts zeroed, as the staging copy did. */
+    if (in_place && operand_floats) memset(operand_host, 0, operand_floats * sizeof(float));
     layout = (weight_layout){.file = &file, .operand_type = be->operand_type, .host = host,
                              .device = model->weights, .operand_host = operand_host,
                              .operand_device = (uint16_t *)model->operand_weights,
