@@ -73,6 +73,7 @@ typedef struct options {
     const char *latents_out;
     const char *out_dir;
     const char *grid_path;
+    int out_given;            /* --out on the command line (the default is "samples") */
     int overwrite;
     const char *report_path;
     const char *device;       /* --device, or NULL (see cli_device) */
@@ -281,6 +282,7 @@ static int parse_arguments(int argc, char **argv, options *opt)
         } else if (flag_is(arg, NULL, "--out", &inline_value)) {
             TAKE_VALUE("--out");
             opt->out_dir = value;
+            opt->out_given = 1;
         } else if (flag_is(arg, NULL, "--grid", &inline_value)) {
             TAKE_VALUE("--grid");
             opt->grid_path = value;
@@ -977,6 +979,12 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
                      rs->image_channels);
             return usage_error(err);
         }
+    }
+    if (!rs->write_pngs && (opt->out_given || opt->overwrite)) {
+        snprintf(err, sizeof err, "%s is for PNG folders; this run writes only --latents-out%s",
+                 opt->overwrite ? "--overwrite" : "--out",
+                 info->latent_space ? " (give --vae FILE to decode the latents into PNGs)" : "");
+        return usage_error(err);
     }
     rs->image_floats = (size_t)rs->image_channels * rs->image_size * rs->image_size;
 

@@ -99,6 +99,8 @@ expect "step noise shape"    2 "--step-noise .*shape \[3, 4, 1, 8, 4\] does not 
 if [ -f tests/golden/forward-fpdm.model.safetensors ]; then
     expect "latent model without vae" 2 "samples VAE latents: give --vae FILE .* or --latents-out FILE.npy" \
         -m tests/golden/forward-fpdm.model.safetensors --steps 3
+    expect "out for a latent-only run" 2 "--out is for PNG folders; this run writes only --latents-out" \
+        -m tests/golden/forward-fpdm.model.safetensors --steps 3 --latents-out "$tmp/l.npy"
     expect "latent grid without vae" 2 "--grid needs --vae FILE" \
         -m tests/golden/forward-fpdm.model.safetensors --steps 3 --latents-out "$tmp/l.npy" --grid "$tmp/g.png"
 fi
