@@ -68,7 +68,7 @@ typedef struct options {
     int steps;                /* 0: DEFAULT_STEPS */
     int cfg;                  /* -1: not given (off) */
     const char *device;       /* --device, or NULL (see cli_device) */
-    int precision;
+    fpdm_precision precision;
     int threads;
     int repeat;
     int warmup;
@@ -127,9 +127,6 @@ static int usage_error(const char *message)
 
 static const char *const mode_names[] = {"forward", "sample", "vae", NULL};
 static const char *const on_off_names[] = {"off", "on", NULL};
-static const char *const precision_names[] = {"fp32", "bf16", "fp16", NULL};
-static const fpdm_precision precision_values[] = {FPDM_PRECISION_FP32, FPDM_PRECISION_BF16,
-                                                  FPDM_PRECISION_FP16};
 
 /* Whether a flag is one of those that --write-model's file depends on; every
  * other one only matters to a timed run. */
@@ -224,7 +221,7 @@ static int parse_arguments(int argc, char **argv, options *opt)
         }
         if (!opt->timing_flag && !shapes_model_file(flag))
             opt->timing_flag = flag;
-        int rc = 0, index = 0;
+        int rc = 0;
         if (strcmp(flag, "--model") == 0) {
             opt->model_path = value;
         } else if (strcmp(flag, "--config") == 0) {
@@ -252,8 +249,7 @@ static int parse_arguments(int argc, char **argv, options *opt)
         } else if (strcmp(flag, "--device") == 0) {
             opt->device = value;
         } else if (strcmp(flag, "--precision") == 0) {
-            rc = cli_parse_choice(flag, value, precision_names, &index, err, sizeof err);
-            opt->precision = (int)precision_values[index];
+            rc = cli_parse_precision(flag, value, &opt->precision, err, sizeof err);
         } else if (strcmp(flag, "--threads") == 0) {
             rc = cli_parse_int(flag, value, 1, 4096, &opt->threads, err, sizeof err);
         } else if (strcmp(flag, "--repeat") == 0) {
@@ -587,10 +583,7 @@ static void add_json_settings(report *r, const bench *b, const char *model_name)
     report_set_string(r, "settings", "architecture", b->info->is_fixed_point ? "fpdm" : "dit");
     report_set_number(r, "settings", "parameters", (double)b->info->num_parameters);
     report_set_number(r, "settings", "input_size", b->info->input_size);
-    report_set_string(r, "settings", "device", fpdm_context_device_name(b->ctx));
-    report_set_string(r, "settings", "precision",
-                      precision_names[fpdm_context_precision(b->ctx) - FPDM_PRECISION_FP32]);
-    report_set_number(r, "settings", "threads", fpdm_context_num_threads(b->ctx));
+    report_set_context(r, "settings", b->ctx);
     report_set_string(r, "settings", "mode", mode_names[opt->mode]);
     report_set_bool(r, "settings", "cfg", opt->cfg);
     if (opt->mode == MODE_SAMPLE)
@@ -954,7 +947,7 @@ int main(int argc, char **argv)
     fpdm_context_params cp = fpdm_context_default_params();
     const char *device_source;
     cp.device = cli_device(opt.device, &device_source);
-    cp.precision = (fpdm_precision)opt.precision;
+    cp.precision = opt.precision;
     cp.num_threads = opt.threads;
     cp.log_callback = log_to_stderr;
     if (fpdm_context_create(&cp, &b.ctx) != FPDM_OK) {

@@ -77,7 +77,7 @@ typedef struct options {
     int overwrite;
     const char *report_path;
     const char *device;       /* --device, or NULL (see cli_device) */
-    int precision;            /* fpdm_precision */
+    fpdm_precision precision;
     int threads;
     int verbose;
     int quiet;
@@ -164,9 +164,6 @@ static int usage_error(const char *message)
 static const char *const sampler_names[] = {"ddpm", "ddim", NULL};
 static const char *const schedule_names[] = {"fixed", "increasing", "decreasing", NULL};
 static const char *const cfg_channel_names[] = {"3", "all", NULL};
-static const char *const precision_names[] = {"fp32", "bf16", "fp16", NULL};
-static const fpdm_precision precision_values[] = {FPDM_PRECISION_FP32, FPDM_PRECISION_BF16,
-                                                  FPDM_PRECISION_FP16};
 
 static int flag_is(const char *arg, const char *short_name, const char *long_name,
                    const char **inline_value)
@@ -296,10 +293,7 @@ static int parse_arguments(int argc, char **argv, options *opt)
             opt->device = value;
         } else if (flag_is(arg, NULL, "--precision", &inline_value)) {
             TAKE_VALUE("--precision");
-            int index = 0;
-            rc = cli_parse_choice("--precision", value, precision_names, &index, err,
-                                  sizeof err);
-            opt->precision = (int)precision_values[index];
+            rc = cli_parse_precision("--precision", value, &opt->precision, err, sizeof err);
         } else if (flag_is(arg, NULL, "--threads", &inline_value)) {
             TAKE_VALUE("--threads");
             rc = cli_parse_int("--threads", value, 1, 4096, &opt->threads, err, sizeof err);
@@ -733,7 +727,6 @@ static void fill_report(report *r, const run_state *rs, const fpdm_sample_params
     if (opt->vae_path)
         report_set_string(r, "settings", "vae", opt->vae_path);
     report_set_string(r, "settings", "architecture", rs->info->is_fixed_point ? "fpdm" : "dit");
-    report_set_string(r, "settings", "device", fpdm_context_device_name(rs->ctx));
     report_set_number(r, "settings", "num_images", opt->num_images);
     report_set_number(r, "settings", "batch_size", opt->batch_size);
     report_set_number(r, "settings", "steps", opt->steps);
@@ -753,9 +746,7 @@ static void fill_report(report *r, const run_state *rs, const fpdm_sample_params
         report_set_number(r, "settings", "tol", opt->tol);
         report_set_bool(r, "settings", "carry_over", opt->carry_over);
     }
-    report_set_string(r, "settings", "precision",
-                      precision_names[fpdm_context_precision(rs->ctx) - FPDM_PRECISION_FP32]);
-    report_set_number(r, "settings", "threads", fpdm_context_num_threads(rs->ctx));
+    report_set_context(r, "settings", rs->ctx);
     fpdm_sample_report totals = {
         .num_steps = opt->steps,
         .steps = rs->steps,
@@ -1115,7 +1106,7 @@ static void describe_settings(const run_state *rs, char *text, size_t size)
                 "seed %llu\nprecision %s\n", opt->steps, sampler_names[opt->sampler],
                 (double)opt->eta, (double)opt->cfg_scale, cfg_channel_names[opt->cfg_all_channels],
                 (unsigned long long)opt->seed,
-                precision_names[fpdm_context_precision(rs->ctx) - FPDM_PRECISION_FP32]);
+                cli_precision_name(fpdm_context_precision(rs->ctx)));
     if (opt->num_classes_given)
         append_list_line(text, size, "classes", opt->classes, opt->num_classes_given);
     else
@@ -1304,7 +1295,7 @@ int main(int argc, char **argv)
     fpdm_context_params cp = fpdm_context_default_params();
     const char *device_source;
     cp.device = cli_device(opt.device, &device_source);
-    cp.precision = (fpdm_precision)opt.precision;
+    cp.precision = opt.precision;
     cp.num_threads = opt.threads;
     cp.log_callback = log_to_stderr;
     cp.log_user_data = &opt.verbose;

@@ -159,3 +159,25 @@ void cli_use_threads(int threads)
     if (threads > 0)
         omp_set_num_threads(threads);
 }
+
+static const char *const precision_names[] = {"fp32", "bf16", "fp16", NULL};
+static const fpdm_precision precision_values[] = {FPDM_PRECISION_FP32, FPDM_PRECISION_BF16,
+                                                  FPDM_PRECISION_FP16};
+
+int cli_parse_precision(const char *flag, const char *text, fpdm_precision *precision, char *err,
+                        size_t err_size)
+{
+    int index = 0;
+    if (cli_parse_choice(flag, text, precision_names, &index, err, err_size) != 0)
+        return -1;
+    *precision = precision_values[index];
+    return 0;
+}
+
+const char *cli_precision_name(fpdm_precision precision)
+{
+    for (int i = 0; precision_names[i]; i++)
+        if (precision_values[i] == precision)
+            return precision_names[i];
+    return "default";
+}

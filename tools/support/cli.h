@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fpdm.h"
+
 /* A decimal integer in [min, max]. */
 int cli_parse_int(const char *flag, const char *text, long long min, long long max, int *out,
                   char *err, size_t err_size);
@@ -28,6 +30,13 @@ int cli_parse_int_list(const char *flag, const char *text, long long min, long l
 /* One of the NULL-terminated choices; *index receives its position. */
 int cli_parse_choice(const char *flag, const char *text, const char *const *choices, int *index,
                      char *err, size_t err_size);
+
+/* --precision: fp32 | bf16 | fp16, into *precision. */
+int cli_parse_precision(const char *flag, const char *text, fpdm_precision *precision, char *err,
+                        size_t err_size);
+
+/* "fp32", "bf16" or "fp16" (a resolved precision, not FPDM_PRECISION_DEFAULT). */
+const char *cli_precision_name(fpdm_precision precision);
 
 /* The device a program runs on: the --device value (device_flag, NULL when
  * not given), else $FPDM_DEVICE, else "auto". *source receives where it came

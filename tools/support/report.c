@@ -1,6 +1,7 @@
 /* report.c - JSON run reports with cJSON (see report.h). */
 #define _POSIX_C_SOURCE 200809L
 #include "report.h"
+#include "cli.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -75,6 +76,13 @@ void report_set_uint64(report *r, const char *section, const char *key, uint64_t
     char digits[24];
     snprintf(digits, sizeof digits, "%llu", (unsigned long long)value);
     set_item(r, section, key, cJSON_CreateRaw(digits));
+}
+
+void report_set_context(report *r, const char *section, const fpdm_context *ctx)
+{
+    report_set_string(r, section, "device", fpdm_context_device_name(ctx));
+    report_set_string(r, section, "precision", cli_precision_name(fpdm_context_precision(ctx)));
+    report_set_number(r, section, "threads", fpdm_context_num_threads(ctx));
 }
 
 void report_set_bool(report *r, const char *section, const char *key, int value)

@@ -23,6 +23,8 @@ void report_set_number(report *r, const char *section, const char *key, double v
 /* An integer written digit for digit (a double holds only 53 bits: seeds). */
 void report_set_uint64(report *r, const char *section, const char *key, uint64_t value);
 void report_set_bool(report *r, const char *section, const char *key, int value);
+/* The device, precision and CPU threads the context resolved. */
+void report_set_context(report *r, const char *section, const fpdm_context *ctx);
 void report_set_int_array(report *r, const char *section, const char *key, const int *values,
                           int count);
 
