@@ -574,7 +574,8 @@ typedef struct run_state {
     fpdm_step_report *steps;  /* summed over batches */
     long long model_evaluations, fixed_point_iterations;
     int images_sampled, images_skipped;
-    int settings_pending;     /* --overwrite: the settings file is written when the run completes */
+    /* --overwrite: the settings description the file gets when the run completes */
+    const char *pending_settings;
 } run_state;
 
 static int batch_files_exist(const run_state *rs, int start, int count)
@@ -1151,12 +1152,10 @@ static int has_images(const char *dir)
 
 /* Written whole under a temporary name and renamed into place, so a shard
  * starting beside this one reads either nothing or all of it. */
-static int write_settings_file(const run_state *rs)
+static int write_settings_file(const run_state *rs, const char *text)
 {
     const options *opt = rs->opt;
-    static char text[1 << 16];
     char path[PATH_MAX], temporary[PATH_MAX + 8];
-    describe_settings(rs, text, sizeof text);
     snprintf(path, sizeof path, "%s/%s", opt->out_dir, SETTINGS_FILE);
     snprintf(temporary, sizeof temporary, "%s.XXXXXX", path);
     int fd = mkstemp(temporary);
@@ -1177,7 +1176,7 @@ static int write_settings_file(const run_state *rs)
 /* Before sampling: a folder drawn with these settings (or empty) gets them
  * recorded; one drawn with others, or holding images with no record, is
  * refused, unless --overwrite, in which case the record goes and the new one
- * is written only when the run completes (settings_pending), so an
+ * is written only when the run completes (pending_settings), so an
  * interrupted --overwrite cannot leave a record that vouches for the old
  * images still there. */
 static int check_settings_file(run_state *rs)
@@ -1190,14 +1189,14 @@ static int check_settings_file(run_state *rs)
     FILE *file = fopen(path, "r");
     if (!file) {
         if (!has_images(opt->out_dir))
-            return write_settings_file(rs);
+            return write_settings_file(rs, now);
         if (!opt->overwrite) {
             fprintf(stderr, PROGRAM ": --out %s holds images but no record of the settings they "
                     "were drawn with (an interrupted --overwrite, or an older fpdm-sample): give "
                     "another --out, or --overwrite to draw them again\n", opt->out_dir);
             return EXIT_USAGE;
         }
-        rs->settings_pending = 1;
+        rs->pending_settings = now;
         return 0;
     }
     size_t got = fread(before, 1, sizeof before - 1, file);
@@ -1218,7 +1217,7 @@ static int check_settings_file(run_state *rs)
         fprintf(stderr, PROGRAM ": %s: cannot remove: %s\n", path, strerror(errno));
         return EXIT_RUNTIME;
     }
-    rs->settings_pending = 1;
+    rs->pending_settings = now;
     return 0;
 }
 
@@ -1350,8 +1349,8 @@ int main(int argc, char **argv)
     if (rc != 0)
         goto done;
     rc = write_run_outputs(&rs, &sp, seconds);
-    if (rc == 0 && rs.settings_pending)
-        rc = write_settings_file(&rs);
+    if (rc == 0 && rs.pending_settings)
+        rc = write_settings_file(&rs, rs.pending_settings);
     if (rc == 0 && !opt.quiet)
         fprintf(stderr, PROGRAM ": %d images in %.2f s (%.2f images/s), %lld model evaluations, "
                 "%lld fixed-point iterations, %d images already on disk\n", rs.images_sampled,
