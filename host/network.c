@@ -349,11 +349,10 @@ static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model,
         running += !stopped[r];
         last_residual[r] = -1.0f;
     }
-    int any_stopped = running < b;
     solve->iters_used = 0;
     for (int k = 0; k < most_iters && running > 0; k++) {
         run_iteration(model, st);
-        if (any_stopped) copy_stopped_rows(be, st->next, st->state, stopped, b, per_image);
+        if (running < b) copy_stopped_rows(be, st->next, st->state, stopped, b, per_image);
         int ends_a_row = 0;
         for (int r = 0; r < b; r++) ends_a_row |= !stopped[r] && limit[r] == k + 1;
         int measure = solve->tol > 0 || (solve->measure_final && ends_a_row);
@@ -370,7 +369,6 @@ static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model,
             if (measure) last_residual[r] = residual[r];
             if (used[r] >= limit[r] || (solve->tol > 0 && residual[r] < solve->tol)) {
                 stopped[r] = 1;
-                any_stopped = 1;
                 running--;
             }
         }
