@@ -113,15 +113,8 @@ static void cpu_layernorm_modulate(backend *be, void *out_buffer, const float *x
         int b = (int)(r / tokens);
         const float *sh = shift + (size_t)b * mod_stride;
         const float *sc = scale + (size_t)b * mod_stride;
-        double sum = 0;
-        for (int i = 0; i < dim; i++) sum += xr[i];
-        double mean = sum / dim;
-        double var = 0;
-        for (int i = 0; i < dim; i++) {
-            double d = xr[i] - mean;
-            var += d * d;
-        }
-        var /= dim;
+        double mean = vm_sum(xr, (size_t)dim) / dim;
+        double var = vm_sum_squared_deviations(xr, (size_t)dim, mean) / dim;
         float inv = (float)(1.0 / sqrt(var + 1e-6));
         float m = (float)mean;
         for (int i = 0; i < dim; i++) o[i] = ((xr[i] - m) * inv) * (1.0f + sc[i]) + sh[i];
