@@ -22,3 +22,15 @@ def load(program):
         print(f"{program}: no CUDA device: skipped", file=sys.stderr)
         return None
     return torch
+
+
+def load_for(program, device):
+    """load(program) for device "cuda"; for "cpu", torch whenever it imports."""
+    if device == "cuda":
+        return load(program)
+    try:
+        import torch
+    except ImportError as error:
+        print(f"{program}: {error}: skipped", file=sys.stderr)
+        return None
+    return torch
