@@ -14,8 +14,9 @@
 # steps, writing beside the file and renaming), and records in its metadata
 # the exact command that reproduces it. Output in --out-dir:
 # {fpdm,dit}-mnist.safetensors, {fpdm,dit}-train.log, {fpdm,dit}-score.json
-# and the sampled PNGs in {fpdm,dit}-samples/; a previous run's are removed
-# first, so that what is there afterwards is this run's. Relative paths are
+# and the sampled PNGs in {fpdm,dit}-samples/; a previous run's move to
+# previous/ first (replacing an older run's there), so that what is there
+# afterwards is this run's and a failed rerun loses nothing. Relative paths are
 # taken from the repository root. Exit status 0 when both models were trained,
 # sampled and scored, 1 when a step failed (each failure says which and why).
 set -u
@@ -56,11 +57,22 @@ fail() {  # fail ARCH MESSAGE: reported on stderr; the script then exits 1
   failed=1
 }
 # The sampling and the summary must see this run's models only, never an
-# earlier run's left in the folder.
+# earlier run's left in the folder: those move to previous/ (replacing what
+# an older run left there), so a rerun that fails has not lost them.
+PREVIOUS=$OUT_DIR/previous
+kept=0
 for arch in fpdm dit; do
-  rm -rf "$OUT_DIR/$arch-mnist.safetensors" "$OUT_DIR/$arch-mnist.safetensors.partial" \
-      "$OUT_DIR/$arch-score.json" "$OUT_DIR/$arch-score.json.partial" "$OUT_DIR/$arch-samples"
+  for name in "$arch-mnist.safetensors" "$arch-score.json" "$arch-samples" "$arch-train.log"; do
+    [ -e "$OUT_DIR/$name" ] || continue
+    if [ $kept = 0 ]; then
+      rm -rf "$PREVIOUS" && mkdir -p "$PREVIOUS" || exit 1
+      kept=1
+    fi
+    mv "$OUT_DIR/$name" "$PREVIOUS/" || exit 1
+  done
+  rm -rf "$OUT_DIR/$arch-mnist.safetensors.partial" "$OUT_DIR/$arch-score.json.partial"
 done
+[ $kept = 1 ] && echo "train_and_score.sh: the previous run's outputs are in $PREVIOUS" >&2
 
 # ---- training: both models at once, stopped by the time limit ----------------
 declare -A pid

@@ -2,7 +2,8 @@
 # test_train_and_score.sh - tools/train_and_score.sh on a few made-up digits
 # with tiny models and a few seconds of training: a run that trains, samples
 # and scores both models; a rerun whose scoring fails and one whose trainings
-# fail, which must exit 1, say why, and not report the earlier run's models.
+# fail, which must exit 1, say why, and not report the earlier run's models,
+# which each rerun keeps in previous/ (one run back).
 #   bash tests/cli/test_train_and_score.sh BUILD_DIR   (from the repository root)
 set -u
 build=${1:?usage: test_train_and_score.sh BUILD_DIR}
@@ -57,6 +58,8 @@ check "failed scoring exits 1" [ "$rc" = 1 ]
 check "failed scoring says so" grep -q "train_and_score.sh: fpdm: scoring failed" "$tmp/no-t10k.err"
 check "no score file" [ ! -e "$out/fpdm-score.json" -a ! -e "$out/dit-score.json" ]
 check "failed scoring: no traceback" no_traceback no-t10k
+check "the good run's outputs kept" [ -f "$out/previous/fpdm-mnist.safetensors" -a -f "$out/previous/dit-score.json" -a -d "$out/previous/fpdm-samples" ]
+check "where they went is said" grep -q "the previous run's outputs are in $out/previous" "$tmp/no-t10k.err"
 
 # Both trainings refuse their arguments: nothing of the earlier runs is reported.
 run bad-args --seconds 6 --data "$tmp/data" -- --num-heads 3
@@ -66,5 +69,7 @@ check "no stale model" [ ! -e "$out/fpdm-mnist.safetensors" -a ! -e "$out/dit-mn
 check "no stale samples" [ ! -e "$out/fpdm-samples" -a ! -e "$out/dit-samples" ]
 check "summary: no model" grep -qE "^dit +\(failed: no model\)" "$tmp/bad-args.out"
 check "failed training: no traceback" no_traceback bad-args
+# previous/ now holds the scoring-failed run's models (and no scores): one run back.
+check "the run before kept instead" [ -f "$out/previous/fpdm-mnist.safetensors" -a ! -e "$out/previous/fpdm-score.json" ]
 
 finish
