@@ -1,6 +1,7 @@
 /* test_png.c - PNG output decoded back with stb_image: every pixel follows
  * the official mapping clamp(127.5 x + 128, 0, 255) truncated, for RGB and
- * gray images and for a grid whose last row is not full.
+ * gray images and for a grid whose last row is not full; and png_read_image
+ * reading such files back, refusing files of another shape or format.
  * Run: ctest -R test_png (from the build folder's ctest). */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -42,6 +43,19 @@ static float *ramp(int n, int channels, int height, int width, float offset) {
     return v;
 }
 
+/* Pixels of an interleaved [height, width, channels] image that differ from
+ * the official mapping of chw [channels, height, width]. */
+static int count_mismatches(const uint8_t *pixels, const float *chw, int channels, int height,
+                            int width) {
+    int mismatches = 0;
+    for (int y = 0; y < height; y++)
+        for (int x = 0; x < width; x++)
+            for (int c = 0; c < channels; c++)
+                mismatches += pixels[(y * width + x) * channels + c] !=
+                              official_value(chw[(c * height + y) * width + x]);
+    return mismatches;
+}
+
 static void test_image(int channels) {
     const int height = 5, width = 7;
     float *chw = ramp(1, channels, height, width, 0.0f);
@@ -53,12 +67,7 @@ static void test_image(int channels) {
     CHECK(pixels != NULL);
     if (pixels) {
         CHECK(w == width && h == height && comp == channels);
-        int mismatches = 0;
-        for (int y = 0; y < height; y++)
-            for (int x = 0; x < width; x++)
-                for (int c = 0; c < channels; c++)
-                    mismatches += pixels[(y * width + x) * channels + c] !=
-                                  official_value(chw[(c * height + y) * width + x]);
+        int mismatches = count_mismatches(pixels, chw, channels, height, width);
         CHECK_MSG(mismatches == 0, "%d pixels differ", mismatches);
         stbi_image_free(pixels);
     }
@@ -136,6 +145,53 @@ static void test_rejections(void) {
     CHECK_MSG(strstr(err, "no/such/dir.png") != NULL, "%s", err);
 }
 
+static void test_read_back(int channels) {
+    const int height = 6, width = 5;
+    float *chw = ramp(1, channels, height, width, 0.05f);
+    char path[512], err[512];
+    snprintf(path, sizeof path, "%s/read%d.png", dir, channels);
+    CHECK_MSG(png_write_image(path, chw, channels, height, width, err, sizeof err) == 0, "%s", err);
+    uint8_t pixels[6 * 5 * 3];
+    memset(pixels, 0xab, sizeof pixels);
+    CHECK_MSG(png_read_image(path, channels, height, width, pixels, err, sizeof err) == 0, "%s",
+              err);
+    int mismatches = count_mismatches(pixels, chw, channels, height, width);
+    CHECK_MSG(mismatches == 0, "%d pixels read back differ", mismatches);
+
+    /* Another channel count or size is refused, saying what the file holds. */
+    const int other = channels == 1 ? 3 : 1;
+    CHECK(png_read_image(path, other, height, width, pixels, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, channels == 1 ? "6x5 pixels, 8-bit gray (expected: 6x5 pixels, 8-bit RGB)"
+                                        : "6x5 pixels, 8-bit RGB (expected: 6x5 pixels, 8-bit gray)"),
+              "%s", err);
+    CHECK(png_read_image(path, channels, height, width + 1, pixels, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "(expected: 6x6 pixels, "), "%s", err);
+    free(chw);
+}
+
+static void test_read_rejections(void) {
+    char path[512], err[512] = "";
+    uint8_t pixels[16] = {0};
+    snprintf(path, sizeof path, "%s/missing.png", dir);
+    CHECK(png_read_image(path, 1, 4, 4, pixels, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "missing.png: cannot open"), "%s", err);
+    /* Not a PNG: a 4x4 gray PGM, which stb_image itself would decode. */
+    snprintf(path, sizeof path, "%s/pgm.png", dir);
+    FILE *f = fopen(path, "wb");
+    fputs("P5\n4 4\n255\n", f);
+    fwrite(pixels, 1, 16, f);
+    fclose(f);
+    CHECK(png_read_image(path, 1, 4, 4, pixels, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "pgm.png: not a PNG file"), "%s", err);
+    /* A PNG signature over a broken file. */
+    snprintf(path, sizeof path, "%s/truncated.png", dir);
+    f = fopen(path, "wb");
+    fwrite("\x89PNG\r\n\x1a\n\0\0", 1, 10, f);
+    fclose(f);
+    CHECK(png_read_image(path, 1, 4, 4, pixels, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "truncated.png: not a PNG file: "), "%s", err);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/fpdm_test_png.XXXXXX");
     if (!mkdtemp(dir)) return 1;
@@ -144,6 +200,9 @@ int main(void) {
     test_image(1);
     test_grid();
     test_rejections();
+    test_read_back(1);
+    test_read_back(3);
+    test_read_rejections();
     char command[300];
     snprintf(command, sizeof command, "rm -rf %s", dir);
     if (system(command) != 0) fprintf(stderr, "could not remove %s\n", dir);

@@ -1,6 +1,6 @@
 /* fpdm_sample.c - fpdm-sample: draws class-conditional images from a DiT or
  * FPDM model file and writes them as PNGs (and optionally a grid, the raw
- * latents and a JSON run report).
+ * latents, an .npz of the images for FID tools and a JSON run report).
  *
  *   fpdm-sample -m models/fpdm-mnist.safetensors -n 16 --steps 20 --out samples
  *   fpdm-sample --help
@@ -32,6 +32,7 @@
 #include "cli.h"
 #include "fpdm.h"
 #include "npy.h"
+#include "npz.h"
 #include "png.h"
 #include "progress.h"
 #include "report.h"
@@ -73,6 +74,7 @@ typedef struct options {
     const char *latents_out;
     const char *out_dir;
     const char *grid_path;
+    const char *npz_path;
     int out_given;            /* --out on the command line (the default is "samples") */
     int overwrite;
     const char *report_path;
@@ -146,6 +148,10 @@ static void print_help(FILE *out)
 "      --grid FILE.png      also write all images as one grid\n"
 "      --latents-out FILE   also write the sampled latents [N, C, H, W] as .npy\n"
 "                           (--grid and --latents-out need every image: no skipping)\n"
+"      --npz FILE.npz       also pack the PNGs, read back from --out in index order\n"
+"                           (resumed runs' earlier images too), into FILE's uint8\n"
+"                           array arr_0 [N, H, W, C]: the official sample_ddp.py's\n"
+"                           .npz, which ADM's FID evaluator reads\n"
 "      --report FILE.json   per-step iterations and residuals, totals, settings\n"
 "      --verbose            model details, the iteration plan, library debug messages\n"
 "      --quiet              no progress or summary\n"
@@ -283,6 +289,9 @@ static int parse_arguments(int argc, char **argv, options *opt)
         } else if (flag_is(arg, NULL, "--grid", &inline_value)) {
             TAKE_VALUE("--grid");
             opt->grid_path = value;
+        } else if (flag_is(arg, NULL, "--npz", &inline_value)) {
+            TAKE_VALUE("--npz");
+            opt->npz_path = value;
         } else if (flag_is(arg, NULL, "--overwrite", &inline_value) && !inline_value) {
             opt->overwrite = 1;
         } else if (flag_is(arg, NULL, "--report", &inline_value)) {
@@ -765,7 +774,50 @@ static int grid_columns(const options *opt)
     return (int)ceil(sqrt((double)opt->num_images));
 }
 
-/* Writes --grid, --latents-out and --report after the batches. */
+/* Packs the run's PNGs into --npz, read back from the folder in index order
+ * as the official sample_ddp.py builds its .npz: the images drawn now and
+ * those an earlier run left alike, bytes as the PNGs hold them. Returns 0,
+ * EXIT_RUNTIME or EXIT_INTERRUPTED after printing why; PATH is then left as
+ * it was. */
+static int write_npz(const run_state *rs)
+{
+    const options *opt = rs->opt;
+    const int64_t shape[4] = {opt->num_images, rs->image_size, rs->image_size,
+                              rs->image_channels};
+    const size_t image_bytes = (size_t)rs->image_size * rs->image_size * rs->image_channels;
+    char err[512], path[PATH_MAX];
+    uint8_t *pixels = malloc(image_bytes);
+    if (!pixels) {
+        fprintf(stderr, PROGRAM ": --npz: out of memory\n");
+        return EXIT_RUNTIME;
+    }
+    if (!opt->quiet && opt->num_images >= 1000)
+        fprintf(stderr, PROGRAM ": packing %d images into %s\n", opt->num_images, opt->npz_path);
+    npz_writer *npz = npz_u8_create(opt->npz_path, 4, shape, err, sizeof err);
+    int rc = npz ? 0 : EXIT_RUNTIME;
+    for (int i = 0; rc == 0 && i < opt->num_images; i++) {
+        image_path(path, sizeof path, opt->out_dir, opt->first_index + i, rs->labels[i]);
+        if (interrupted)
+            rc = EXIT_INTERRUPTED;
+        else if (png_read_image(path, rs->image_channels, rs->image_size, rs->image_size, pixels,
+                                err, sizeof err) != 0 ||
+                 npz_u8_append(npz, pixels, image_bytes, err, sizeof err) != 0)
+            rc = EXIT_RUNTIME;
+    }
+    if (rc == 0 && npz_u8_finish(npz, err, sizeof err) != 0)
+        rc = EXIT_RUNTIME;
+    else if (rc != 0)
+        npz_u8_abort(npz);
+    free(pixels);
+    if (rc == EXIT_INTERRUPTED)
+        fprintf(stderr, PROGRAM ": interrupted; --npz %s not written (the images are in %s)\n",
+                opt->npz_path, opt->out_dir);
+    else if (rc != 0)
+        fprintf(stderr, PROGRAM ": --npz: %s\n", err);
+    return rc;
+}
+
+/* Writes --grid, --latents-out, --npz and --report after the batches. */
 static int write_run_outputs(const run_state *rs, const fpdm_sample_params *sp, double seconds)
 {
     const options *opt = rs->opt;
@@ -785,6 +837,11 @@ static int write_run_outputs(const run_state *rs, const fpdm_sample_params *sp, 
             fprintf(stderr, PROGRAM ": %s\n", err);
             return EXIT_RUNTIME;
         }
+    }
+    if (opt->npz_path) {
+        int rc = write_npz(rs);
+        if (rc != 0)
+            return rc;
     }
     if (opt->report_path) {
         report *r = report_create(PROGRAM);
@@ -971,6 +1028,11 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
                      rs->image_channels);
             return usage_error(err);
         }
+    }
+    if (!rs->write_pngs && opt->npz_path) {
+        snprintf(err, sizeof err, "--npz packs the run's PNGs, and this run writes none%s",
+                 info->latent_space ? " (give --vae FILE to decode the latents into PNGs)" : "");
+        return usage_error(err);
     }
     if (!rs->write_pngs && (opt->out_given || opt->overwrite)) {
         snprintf(err, sizeof err, "%s is for PNG folders; this run writes only --latents-out%s",
@@ -1233,6 +1295,8 @@ static int check_outputs(run_state *rs)
         return EXIT_RUNTIME;
     if (opt->report_path && check_output_file("--report", opt->report_path, pending) != 0)
         return EXIT_RUNTIME;
+    if (opt->npz_path && check_output_file("--npz", opt->npz_path, pending) != 0)
+        return EXIT_RUNTIME;
     char err[512];
     if (opt->grid_path && png_check_grid(opt->grid_path, opt->num_images, rs->image_channels,
                                          rs->image_size, rs->image_size, grid_columns(opt),
@@ -1348,9 +1412,12 @@ int main(int argc, char **argv)
     }
     if (rc != 0)
         goto done;
-    rc = write_run_outputs(&rs, &sp, seconds);
-    if (rc == 0 && rs.pending_settings)
+    /* Every image is drawn: the folder's record can vouch for them even if
+     * an output below fails. */
+    if (rs.pending_settings)
         rc = write_settings_file(&rs, rs.pending_settings);
+    if (rc == 0)
+        rc = write_run_outputs(&rs, &sp, seconds);
     if (rc == 0 && !opt.quiet)
         fprintf(stderr, PROGRAM ": %d images in %.2f s (%.2f images/s), %lld model evaluations, "
                 "%lld fixed-point iterations, %d images already on disk\n", rs.images_sampled,

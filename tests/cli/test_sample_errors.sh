@@ -103,6 +103,8 @@ if [ -f tests/golden/forward-fpdm.model.safetensors ]; then
         -m tests/golden/forward-fpdm.model.safetensors --steps 3 --latents-out "$tmp/l.npy"
     expect "latent grid without vae" 2 "--grid needs --vae FILE" \
         -m tests/golden/forward-fpdm.model.safetensors --steps 3 --latents-out "$tmp/l.npy" --grid "$tmp/g.png"
+    expect "latent npz without vae" 2 "--npz packs the run's PNGs, and this run writes none \(give --vae FILE" \
+        -m tests/golden/forward-fpdm.model.safetensors --steps 3 --latents-out "$tmp/l.npy" --npz "$tmp/s.npz"
 fi
 
 # Runtime failures: exit 1.
@@ -114,6 +116,7 @@ expect "noise file missing"  1 "--init-noise: .*absent.npy"                     
 expect "noise is a folder"   1 "--init-noise: .*: is a folder"                       -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp"
 expect "grid folder missing" 1 "--grid .*: folder .*no-dir does not exist"           -m "$fpdm" --steps 3 --grid "$tmp/no-dir/grid.png"
 expect "report folder missing" 1 "--report .*: folder .*no-dir does not exist"       -m "$fpdm" --steps 3 --report "$tmp/no-dir/r.json"
+expect "npz folder missing"  1 "--npz .*: folder .*no-dir does not exist"            -m "$fpdm" --steps 3 --npz "$tmp/no-dir/s.npz"
 # Checked before sampling: a folder as the file, a folder that is not writable
 # (root may write anywhere: that case is skipped). (A grid too large to write
 # is refused before sampling too; tests/test_png.c checks the size rule.)
@@ -121,6 +124,7 @@ mkdir -p "$tmp/a-folder" "$tmp/read-only"
 chmod 555 "$tmp/read-only"
 expect "report is a folder"  1 "--report .*a-folder: is a folder"                    -m "$fpdm" --steps 3 --report "$tmp/a-folder"
 expect "latents is a folder" 1 "--latents-out .*a-folder: is a folder"               -m "$fpdm" --steps 3 --latents-out "$tmp/a-folder"
+expect "npz is a folder"     1 "--npz .*a-folder: is a folder"                       -m "$fpdm" --steps 3 --npz "$tmp/a-folder"
 expect "report names a folder" 1 "--report .*r.json/: is a folder"                   -m "$fpdm" --steps 3 --report "$tmp/r.json/"
 if ! touch "$tmp/read-only/probe" 2>/dev/null; then
     expect "grid folder read-only" 1 "--grid .*: folder .*read-only is not writable"  -m "$fpdm" --steps 3 --grid "$tmp/read-only/g.png"

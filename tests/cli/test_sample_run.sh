@@ -229,4 +229,61 @@ check "overwrite to the end" run overwrite-end -m "$fpdm" -n 3 -b 1 --steps 3 --
 check "then records them" grep -q "^steps 3$" "$tmp/m/.fpdm-sample-settings"
 check "a rerun with them is accepted" run after-overwrite -m "$fpdm" -n 3 -b 1 --steps 3 --out "$tmp/m"
 
+# 12. --npz packs the PNGs, read back from --out in index order, into arr_0
+#     [N, H, W, C] uint8: the official mapping of the latents, whether the
+#     images were drawn now or by an earlier run (a rerun that skips every
+#     batch writes the same archive, byte for byte); RGB for a VAE run.
+check "npz run" run npz "${common[@]}" -b 2 --out "$tmp/n" --npz "$tmp/n.npz" --latents-out "$tmp/n-latents.npy"
+npz_check() {  # npz_check FILE N SIZE CHANNELS [LATENTS.npy]
+    /usr/bin/python3 - "$@" <<'PY'
+import sys, zipfile, numpy as np
+path, n, size, channels = sys.argv[1], *map(int, sys.argv[2:5])
+with zipfile.ZipFile(path) as z:
+    assert z.namelist() == ["arr_0.npy"], z.namelist()
+    assert z.infolist()[0].compress_type == zipfile.ZIP_STORED
+    assert z.testzip() is None  # the CRC-32 checks
+a = np.load(path)["arr_0"]
+assert a.shape == (n, size, size, channels) and a.dtype == np.uint8, (a.shape, a.dtype)
+assert a.std() > 0
+if len(sys.argv) > 5:
+    x = np.load(sys.argv[5])
+    expected = np.clip(np.float32(127.5) * x + np.float32(128), 0, 255).astype(np.uint8)
+    assert (a == expected.transpose(0, 2, 3, 1)).all(), "pixels differ from the latents' mapping"
+PY
+}
+check "npz contents" npz_check "$tmp/n.npz" 5 8 1 "$tmp/n-latents.npy"
+check "npz from a rerun" run npz-rerun "${common[@]}" -b 2 --out "$tmp/n" --npz "$tmp/n2.npz"
+check "npz rerun skipped every batch" grep -q "0 images in .*5 images already on disk" "$tmp/npz-rerun.err"
+check "npz from the folder alone = npz of the run" cmp -s "$tmp/n.npz" "$tmp/n2.npz"
+check "npz of a shard" run npz-shard -m "$fpdm" -n 2 --first-index 3 --steps 6 --seed 3 --class 0,1,2 \
+    --cfg-scale 2 --out "$tmp/n" --npz "$tmp/n-shard.npz"
+check "npz of a shard holds its images" /usr/bin/python3 -c "
+import numpy as np
+whole, shard = np.load('$tmp/n.npz')['arr_0'], np.load('$tmp/n-shard.npz')['arr_0']
+assert (shard == whole[3:5]).all()
+"
+check "npz of a vae run" run npz-vae -m tests/golden/forward-fpdm.model.safetensors \
+    --vae tests/golden/vae-small.safetensors -n 2 --steps 2 --out "$tmp/nv" --npz "$tmp/nv.npz"
+check "npz of a vae run is RGB" npz_check "$tmp/nv.npz" 2 32 3
+# A file in the folder that is not this run's PNG (here a 16-bit one) stops
+# the archive, named, with nothing written.
+/usr/bin/python3 - "$tmp/n/00001-1.png" <<'PY'
+import struct, sys, zlib
+def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+rows = b"".join(b"\0" + bytes(16) for _ in range(8))  # 8 rows of 8 16-bit gray pixels
+png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 16, 0, 0, 0, 0))
+       + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+open(sys.argv[1], "wb").write(png)
+PY
+"$sample" "${common[@]}" -b 2 --out "$tmp/n" --npz "$tmp/n3.npz" >/dev/null 2>"$tmp/npz-bad.err"
+check "npz of a foreign PNG fails" [ $? = 1 ]
+check "npz failure names the file" grep -q "fpdm-sample: --npz: .*00001-1.png: a PNG of 8x8 pixels, 16-bit gray (expected: 8x8 pixels, 8-bit gray)" "$tmp/npz-bad.err"
+check "npz failure writes nothing" [ -z "$(ls "$tmp" | grep n3.npz)" ]
+# Without it, a rerun redraws that batch and the archive is the first one again.
+rm -f "$tmp/n/00001-1.png"
+check "npz after a redrawn batch" run npz-redrawn "${common[@]}" -b 2 --out "$tmp/n" --npz "$tmp/n3.npz"
+check "npz redrew one batch" grep -q "2 images in .*3 images already on disk" "$tmp/npz-redrawn.err"
+check "npz after a redrawn batch = npz of the run" cmp -s "$tmp/n.npz" "$tmp/n3.npz"
+
 finish

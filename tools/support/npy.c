@@ -258,30 +258,50 @@ fail:
 
 /* ---- writing ------------------------------------------------------------ */
 
-int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape,
-                  char *err, size_t err_size) {
+size_t npy_header(const char *path, const char *descr, int ndim, const int64_t *shape,
+                  char header[NPY_MAX_HEADER], int64_t *count, char *err, size_t err_size) {
     if (ndim < 0 || ndim > NPY_MAX_DIMS) {
         support_set_error(err, err_size, "%s: %d dimensions (allowed: 0..%d)", path, ndim, NPY_MAX_DIMS);
-        return -1;
+        return 0;
     }
-    char dict[512];
-    size_t len = (size_t)snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, "
-                                  "'shape': (");
-    int64_t count = 1;
+    if (strlen(descr) > 8) {
+        support_set_error(err, err_size, "%s: dtype '%s' (allowed: at most 8 characters)", path, descr);
+        return 0;
+    }
+    const size_t preamble = 10;
+    char *dict = header + preamble;
+    const size_t room = NPY_MAX_HEADER - preamble;
+    size_t len = (size_t)snprintf(dict, room, "{'descr': '%s', 'fortran_order': False, 'shape': (",
+                                  descr);
+    *count = 1;
     for (int d = 0; d < ndim; d++) {
         if (shape[d] < 0) {
             support_set_error(err, err_size, "%s: negative dimension %lld", path, (long long)shape[d]);
-            return -1;
+            return 0;
         }
-        count *= shape[d];
-        len += (size_t)snprintf(dict + len, sizeof dict - len, "%lld%s", (long long)shape[d],
+        *count *= shape[d];
+        len += (size_t)snprintf(dict + len, room - len, "%lld%s", (long long)shape[d],
                                 ndim == 1 ? "," : d + 1 < ndim ? ", " : "");
     }
-    len += (size_t)snprintf(dict + len, sizeof dict - len, "), }");
+    len += (size_t)snprintf(dict + len, room - len, "), }");
     /* Pad with spaces and a newline so the data starts at a multiple of 64. */
-    size_t preamble = 10, total = preamble + len + 1;
-    size_t padded = (total + 63) / 64 * 64;
-    size_t header_len = padded - preamble;
+    size_t padded = (preamble + len + 1 + 63) / 64 * 64;
+    size_t dict_len = padded - preamble;
+    memset(dict + len, ' ', dict_len - 1 - len);
+    dict[dict_len - 1] = '\n';
+    const unsigned char magic[8] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
+    memcpy(header, magic, 8);
+    header[8] = (char)(dict_len & 0xff);
+    header[9] = (char)(dict_len >> 8);
+    return padded;
+}
+
+int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape,
+                  char *err, size_t err_size) {
+    char header[NPY_MAX_HEADER];
+    int64_t count;
+    size_t header_len = npy_header(path, "<f4", ndim, shape, header, &count, err, err_size);
+    if (!header_len) return -1;
 
     char *tmp_path = temp_path_for(path);
     if (!tmp_path) {
@@ -294,11 +314,7 @@ int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *
         free(tmp_path);
         return -1;
     }
-    unsigned char head[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
-                              (unsigned char)(header_len & 0xff), (unsigned char)(header_len >> 8)};
-    int ok = fwrite(head, 1, 10, f) == 10 && fwrite(dict, 1, len, f) == len;
-    for (size_t i = len; ok && i + 1 < header_len; i++) ok = fputc(' ', f) != EOF;
-    ok = ok && fputc('\n', f) != EOF;
+    int ok = fwrite(header, 1, header_len, f) == header_len;
     if (ok && host_is_little_endian()) {
         ok = fwrite(data, 4, (size_t)count, f) == (size_t)count;
     } else if (ok) {

@@ -15,6 +15,8 @@
 #include <stdint.h>
 
 #define NPY_MAX_DIMS 8
+/* Room for the longest header npy_header writes (8 dimensions of 19 digits). */
+#define NPY_MAX_HEADER 320
 
 /* Reads PATH into *data (malloc'd, the caller frees it; at least one float is
  * allocated even for an empty array), *ndim and shape[0..ndim-1]. Returns 0,
@@ -27,5 +29,12 @@ int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MA
  * PATH is left as it was. */
 int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape,
                   char *err, size_t err_size);
+
+/* The version 1.0 preamble and header of a C-order array of dtype `descr`
+ * ('<f4', '|u1') and `shape`, padded so the data starts at a multiple of 64
+ * bytes, into `header`; *count gets prod(shape). Returns the header's length,
+ * or 0 with a message in err (ndim outside 0..8, a negative dimension). */
+size_t npy_header(const char *path, const char *descr, int ndim, const int64_t *shape,
+                  char header[NPY_MAX_HEADER], int64_t *count, char *err, size_t err_size);
 
 #endif

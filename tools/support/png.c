@@ -1,4 +1,5 @@
-/* png.c - PNG output through Debian's stb_image_write (libstb); see png.h. */
+/* png.c - PNG output and input through Debian's stb_image_write and
+ * stb_image (libstb); see png.h. */
 #define _POSIX_C_SOURCE 200809L
 #include "png.h"
 #include "support_error.h"
@@ -10,6 +11,7 @@
 #include <string.h>
 #include <sys/types.h>
 
+#include <stb_image.h>
 #include <stb_image_write.h>
 
 /* Keeps every row stride and the whole canvas well inside stb's int sizes. */
@@ -129,4 +131,47 @@ int png_write_grid(const char *path, const float *images, int n, int channels, i
                               err_size);
     free(canvas);
     return status;
+}
+
+static const char *color_name(int channels) {
+    return channels == 1 ? "gray" : channels == 2 ? "gray and alpha" : channels == 3 ? "RGB" : "RGBA";
+}
+
+int png_read_image(const char *path, int channels, int height, int width, uint8_t *pixels,
+                   char *err, size_t err_size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        support_set_error(err, err_size, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    static const unsigned char signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    unsigned char first[8];
+    int file_width, file_height, file_channels;
+    int is_png = fread(first, 1, 8, f) == 8 && memcmp(first, signature, 8) == 0;
+    rewind(f);
+    if (!is_png || !stbi_info_from_file(f, &file_width, &file_height, &file_channels)) {
+        support_set_error(err, err_size, "%s: not a PNG file%s%s", path, is_png ? ": " : "",
+                          is_png ? stbi_failure_reason() : "");
+        fclose(f);
+        return -1;
+    }
+    if (stbi_is_16_bit_from_file(f) || file_channels != channels || file_height != height ||
+        file_width != width) {
+        support_set_error(err, err_size, "%s: a PNG of %dx%d pixels, %d-bit %s (expected: "
+                          "%dx%d pixels, 8-bit %s)", path, file_height, file_width,
+                          stbi_is_16_bit_from_file(f) ? 16 : 8, color_name(file_channels),
+                          height, width, color_name(channels));
+        fclose(f);
+        return -1;
+    }
+    uint8_t *decoded = stbi_load_from_file(f, &file_width, &file_height, &file_channels, channels);
+    fclose(f);
+    if (!decoded) {
+        support_set_error(err, err_size, "%s: cannot decode the PNG: %s", path,
+                          stbi_failure_reason());
+        return -1;
+    }
+    memcpy(pixels, decoded, (size_t)height * width * channels);
+    stbi_image_free(decoded);
+    return 0;
 }

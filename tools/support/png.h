@@ -1,7 +1,8 @@
 /* png.h - writing images in [-1, 1] as 8-bit PNG files with the official
  * mapping of DiT / FPDM sample.py: clamp(127.5 x + 128, 0, 255) computed in
  * float32 and truncated to uint8 (NaN becomes 0). Files are written to
- * PATH.tmp.<pid> and renamed over PATH, so nothing half-written is left. */
+ * PATH.tmp.<pid> and renamed over PATH, so nothing half-written is left.
+ * And reading such files back, for archives built from a folder of them. */
 #ifndef FPDM_PNG_H
 #define FPDM_PNG_H
 
@@ -27,5 +28,11 @@ int png_write_grid(const char *path, const float *images, int n, int channels, i
  * grid too large to write before it computes the images. */
 int png_check_grid(const char *path, int n, int channels, int height, int width, int columns,
                    int padding, char *err, size_t err_size);
+
+/* Reads PATH, an 8-bit PNG of exactly `channels` channels (1 gray, 3 RGB)
+ * and height x width pixels, into pixels [height, width, channels]. Returns
+ * 0, or -1 with a message in err that says what was found. */
+int png_read_image(const char *path, int channels, int height, int width, uint8_t *pixels,
+                   char *err, size_t err_size);
 
 #endif
