@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # test.sh - runs the whole test suite (C, Python and command-line tests; GPU
-# tests report SKIPPED without a GPU) on the build made by setup.sh.
-#   ./test.sh            everything
-#   ./test.sh -L cpu     one label: cpu, python, cli, gpu
+# tests report SKIPPED without a GPU) on the build made by setup.sh, then
+# once more on a CPU-only build under AddressSanitizer and
+# UndefinedBehaviorSanitizer (build-sanitize/): reads and writes out of
+# bounds, use after free, memory leaked on the failure paths the tests walk,
+# undefined arithmetic, each of which fails its test.
+#   ./test.sh                        everything
+#   ./test.sh -L cpu                 one label: cpu, python, cli, gpu
+#   FPDM_NO_SANITIZE=1 ./test.sh     without the sanitizer pass
 set -euo pipefail
 cd "$(dirname "$0")"
 cmake --build build -j"$(nproc)"
 ctest --test-dir build --output-on-failure "$@"
+
+if [ -z "${FPDM_NO_SANITIZE:-}" ]; then
+    sanitize="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+    cmake -S . -B build-sanitize -DFPDM_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCMAKE_C_FLAGS="$sanitize" -DCMAKE_EXE_LINKER_FLAGS="$sanitize" ${FPDM_CMAKE_FLAGS:-} >/dev/null
+    cmake --build build-sanitize -j"$(nproc)"
+    ctest --test-dir build-sanitize --output-on-failure "$@"
+fi
