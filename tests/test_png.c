@@ -192,6 +192,43 @@ static void test_read_rejections(void) {
     CHECK_MSG(strstr(err, "truncated.png: not a PNG file: "), "%s", err);
 }
 
+/* Several images at once, written and read on OpenMP's threads; a failure
+ * is reported for the lowest-numbered image that failed. */
+static void test_many(void) {
+    enum { n = 7, channels = 3, height = 4, width = 6 };
+    float *images = ramp(n, channels, height, width, -0.02f);
+    char names[n][512], err[512];
+    const char *paths[n];
+    for (int i = 0; i < n; i++) {
+        snprintf(names[i], sizeof names[i], "%s/many%d.png", dir, i);
+        paths[i] = names[i];
+    }
+    CHECK_MSG(png_write_images(paths, images, n, channels, height, width, err, sizeof err) == 0,
+              "%s", err);
+    uint8_t *pixels = malloc((size_t)n * height * width * channels);
+    CHECK_MSG(png_read_images(paths, n, channels, height, width, pixels, err, sizeof err) == 0,
+              "%s", err);
+    int mismatches = 0;
+    for (int i = 0; i < n; i++)
+        mismatches += count_mismatches(pixels + (size_t)i * height * width * channels,
+                                       images + (size_t)i * channels * height * width, channels,
+                                       height, width);
+    CHECK_MSG(mismatches == 0, "%d pixels differ", mismatches);
+
+    /* Images 2 and 5 cannot be written (no such folder), and files 1 and 4
+     * cannot be read: the message names 2, then 1, whichever thread ran first. */
+    snprintf(names[5], sizeof names[5], "%s/no-dir/many5.png", dir);
+    snprintf(names[2], sizeof names[2], "%s/no-dir/many2.png", dir);
+    CHECK(png_write_images(paths, images, n, channels, height, width, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "no-dir/many2.png"), "%s", err);
+    snprintf(names[1], sizeof names[1], "%s/absent1.png", dir);
+    snprintf(names[4], sizeof names[4], "%s/absent4.png", dir);
+    CHECK(png_read_images(paths, n, channels, height, width, pixels, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "absent1.png: cannot open"), "%s", err);
+    free(pixels);
+    free(images);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/fpdm_test_png.XXXXXX");
     if (!mkdtemp(dir)) return 1;
@@ -203,6 +240,7 @@ int main(void) {
     test_read_back(1);
     test_read_back(3);
     test_read_rejections();
+    test_many();
     char command[300];
     snprintf(command, sizeof command, "rm -rf %s", dir);
     if (system(command) != 0) fprintf(stderr, "could not remove %s\n", dir);

@@ -580,6 +580,7 @@ typedef struct run_state {
     size_t image_floats;      /* per image */
     float *all_latents;       /* [N, ...] when --latents-out */
     float *all_images;        /* [N, ...] when --grid */
+    char **paths;             /* [batch_size] file names, PATH_MAX each */
     fpdm_step_report *steps;  /* summed over batches */
     long long model_evaluations, fixed_point_iterations;
     int images_sampled, images_skipped;
@@ -612,6 +613,14 @@ static void add_batch_report(run_state *rs, const fpdm_sample_report *batch)
     rs->fixed_point_iterations += batch->fixed_point_iterations;
 }
 
+/* rs->paths[0..count-1]: the file names of images start .. start+count-1. */
+static void fill_image_paths(run_state *rs, int start, int count)
+{
+    for (int i = 0; i < count; i++)
+        image_path(rs->paths[i], PATH_MAX, rs->opt->out_dir, rs->opt->first_index + start + i,
+                   rs->labels[start + i]);
+}
+
 /* Turns a batch of latents into images (the VAE for latent models) and
  * writes their PNGs. Returns 0 or EXIT_RUNTIME after printing the problem. */
 static int write_batch_images(run_state *rs, int start, int count, const float *latents,
@@ -632,15 +641,12 @@ static int write_batch_images(run_state *rs, int start, int count, const float *
                (size_t)count * rs->image_floats * sizeof(float));
     if (!rs->opt->out_dir || !rs->write_pngs)
         return 0;
-    char path[PATH_MAX], err[512];
-    for (int i = 0; i < count; i++) {
-        image_path(path, sizeof path, rs->opt->out_dir, rs->opt->first_index + start + i,
-                   rs->labels[start + i]);
-        if (png_write_image(path, pixels + (size_t)i * rs->image_floats, rs->image_channels,
-                            rs->image_size, rs->image_size, err, sizeof err) != 0) {
-            fprintf(stderr, PROGRAM ": %s\n", err);
-            return EXIT_RUNTIME;
-        }
+    char err[512];
+    fill_image_paths(rs, start, count);
+    if (png_write_images((const char *const *)rs->paths, pixels, count, rs->image_channels,
+                         rs->image_size, rs->image_size, err, sizeof err) != 0) {
+        fprintf(stderr, PROGRAM ": %s\n", err);
+        return EXIT_RUNTIME;
     }
     return 0;
 }
@@ -779,14 +785,14 @@ static int grid_columns(const options *opt)
  * those an earlier run left alike, bytes as the PNGs hold them. Returns 0,
  * EXIT_RUNTIME or EXIT_INTERRUPTED after printing why; PATH is then left as
  * it was. */
-static int write_npz(const run_state *rs)
+static int write_npz(run_state *rs)
 {
     const options *opt = rs->opt;
     const int64_t shape[4] = {opt->num_images, rs->image_size, rs->image_size,
                               rs->image_channels};
     const size_t image_bytes = (size_t)rs->image_size * rs->image_size * rs->image_channels;
-    char err[512], path[PATH_MAX];
-    uint8_t *pixels = malloc(image_bytes);
+    char err[512];
+    uint8_t *pixels = malloc((size_t)opt->batch_size * image_bytes);
     if (!pixels) {
         fprintf(stderr, PROGRAM ": --npz: out of memory\n");
         return EXIT_RUNTIME;
@@ -795,13 +801,16 @@ static int write_npz(const run_state *rs)
         fprintf(stderr, PROGRAM ": packing %d images into %s\n", opt->num_images, opt->npz_path);
     npz_writer *npz = npz_u8_create(opt->npz_path, 4, shape, err, sizeof err);
     int rc = npz ? 0 : EXIT_RUNTIME;
-    for (int i = 0; rc == 0 && i < opt->num_images; i++) {
-        image_path(path, sizeof path, opt->out_dir, opt->first_index + i, rs->labels[i]);
+    /* A batch of files at a time, decoded in parallel. */
+    for (int start = 0; rc == 0 && start < opt->num_images; start += opt->batch_size) {
+        const int count = start + opt->batch_size <= opt->num_images ? opt->batch_size
+                                                                     : opt->num_images - start;
+        fill_image_paths(rs, start, count);
         if (interrupted)
             rc = EXIT_INTERRUPTED;
-        else if (png_read_image(path, rs->image_channels, rs->image_size, rs->image_size, pixels,
-                                err, sizeof err) != 0 ||
-                 npz_u8_append(npz, pixels, image_bytes, err, sizeof err) != 0)
+        else if (png_read_images((const char *const *)rs->paths, count, rs->image_channels,
+                                 rs->image_size, rs->image_size, pixels, err, sizeof err) != 0 ||
+                 npz_u8_append(npz, pixels, (size_t)count * image_bytes, err, sizeof err) != 0)
             rc = EXIT_RUNTIME;
     }
     if (rc == 0 && npz_u8_finish(npz, err, sizeof err) != 0)
@@ -818,7 +827,7 @@ static int write_npz(const run_state *rs)
 }
 
 /* Writes --grid, --latents-out, --npz and --report after the batches. */
-static int write_run_outputs(const run_state *rs, const fpdm_sample_params *sp, double seconds)
+static int write_run_outputs(run_state *rs, const fpdm_sample_params *sp, double seconds)
 {
     const options *opt = rs->opt;
     char err[512];
@@ -1048,8 +1057,12 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
         rs->all_latents = malloc((size_t)opt->num_images * rs->latent_floats * sizeof(float));
     if (opt->grid_path)
         rs->all_images = malloc((size_t)opt->num_images * rs->image_floats * sizeof(float));
+    rs->paths = calloc((size_t)opt->batch_size, sizeof *rs->paths);
+    for (int i = 0; rs->paths && i < opt->batch_size; i++)
+        if (!(rs->paths[i] = malloc(PATH_MAX)))
+            break;
     if (!rs->labels || !rs->steps || (opt->latents_out && !rs->all_latents) ||
-        (opt->grid_path && !rs->all_images)) {
+        (opt->grid_path && !rs->all_images) || !rs->paths || !rs->paths[opt->batch_size - 1]) {
         fprintf(stderr, PROGRAM ": out of memory for %d images\n", opt->num_images);
         return EXIT_RUNTIME;
     }
@@ -1317,6 +1330,9 @@ static void free_run(run_state *rs)
     free(rs->step_noise);
     free(rs->all_latents);
     free(rs->all_images);
+    for (int i = 0; rs->paths && i < rs->opt->batch_size; i++)
+        free(rs->paths[i]);
+    free(rs->paths);
     free(rs->steps);
     fpdm_vae_free(rs->vae);
     if (rs->vae_ctx != rs->ctx)

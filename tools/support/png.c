@@ -175,3 +175,52 @@ int png_read_image(const char *path, int channels, int height, int width, uint8_
     stbi_image_free(decoded);
     return 0;
 }
+
+/* The failure of a parallel loop with the lowest index, so that the message
+ * does not depend on how the threads ran. */
+typedef struct first_failure {
+    int index; /* -1: none */
+    char message[512];
+} first_failure;
+
+static void note_failure(first_failure *failure, int index, const char *message) {
+#pragma omp critical(png_first_failure)
+    if (failure->index < 0 || index < failure->index) {
+        failure->index = index;
+        snprintf(failure->message, sizeof failure->message, "%s", message);
+    }
+}
+
+static int report_failure(const first_failure *failure, char *err, size_t err_size) {
+    if (failure->index < 0) return 0;
+    support_set_error(err, err_size, "%s", failure->message);
+    return -1;
+}
+
+int png_write_images(const char *const *paths, const float *images, int n, int channels,
+                     int height, int width, char *err, size_t err_size) {
+    first_failure failure = {.index = -1};
+    const size_t image_floats = (size_t)channels * height * width;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < n; i++) {
+        char message[512];
+        if (png_write_image(paths[i], images + (size_t)i * image_floats, channels, height, width,
+                            message, sizeof message) != 0)
+            note_failure(&failure, i, message);
+    }
+    return report_failure(&failure, err, err_size);
+}
+
+int png_read_images(const char *const *paths, int n, int channels, int height, int width,
+                    uint8_t *pixels, char *err, size_t err_size) {
+    first_failure failure = {.index = -1};
+    const size_t image_bytes = (size_t)channels * height * width;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < n; i++) {
+        char message[512];
+        if (png_read_image(paths[i], channels, height, width, pixels + (size_t)i * image_bytes,
+                           message, sizeof message) != 0)
+            note_failure(&failure, i, message);
+    }
+    return report_failure(&failure, err, err_size);
+}

@@ -29,10 +29,24 @@ int png_write_grid(const char *path, const float *images, int n, int channels, i
 int png_check_grid(const char *path, int n, int channels, int height, int width, int columns,
                    int padding, char *err, size_t err_size);
 
+/* png_write_image for n images [n, channels, height, width] to paths[0..n-1],
+ * several at once on OpenMP's threads: encoding one 256 px RGB PNG takes
+ * ~15 ms, as long as a few sampling steps of a whole batch on a GPU. Returns
+ * 0, or -1 with the message of the lowest-numbered image that failed (each
+ * file is whole or absent). */
+int png_write_images(const char *const *paths, const float *images, int n, int channels,
+                     int height, int width, char *err, size_t err_size);
+
 /* Reads PATH, an 8-bit PNG of exactly `channels` channels (1 gray, 3 RGB)
  * and height x width pixels, into pixels [height, width, channels]. Returns
  * 0, or -1 with a message in err that says what was found. */
 int png_read_image(const char *path, int channels, int height, int width, uint8_t *pixels,
                    char *err, size_t err_size);
+
+/* png_read_image for paths[0..n-1] into pixels [n, height, width, channels],
+ * several at once on OpenMP's threads. Returns 0, or -1 with the message of
+ * the lowest-numbered file that failed. */
+int png_read_images(const char *const *paths, int n, int channels, int height, int width,
+                    uint8_t *pixels, char *err, size_t err_size);
 
 #endif
