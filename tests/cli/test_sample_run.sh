@@ -262,6 +262,12 @@ import numpy as np
 whole, shard = np.load('$tmp/n.npz')['arr_0'], np.load('$tmp/n-shard.npz')['arr_0']
 assert (shard == whole[3:5]).all()
 "
+# Two shards into one folder, then the whole range packs both, drawing nothing.
+check "npz shard 1" run npz-s1 -m "$fpdm" -n 3 --steps 6 --seed 3 --class 0,1,2 --cfg-scale 2 -b 2 --out "$tmp/ns"
+check "npz shard 2" run npz-s2 -m "$fpdm" -n 2 --first-index 3 --steps 6 --seed 3 --class 0,1,2 --cfg-scale 2 --out "$tmp/ns"
+check "npz of two shards" run npz-shards "${common[@]}" -b 2 --out "$tmp/ns" --npz "$tmp/ns.npz"
+check "npz of two shards draws nothing" grep -q "0 images in .*5 images already on disk" "$tmp/npz-shards.err"
+check "npz of two shards = npz of one run" cmp -s "$tmp/n.npz" "$tmp/ns.npz"
 check "npz of a vae run" run npz-vae -m tests/golden/forward-fpdm.model.safetensors \
     --vae tests/golden/vae-small.safetensors -n 2 --steps 2 --out "$tmp/nv" --npz "$tmp/nv.npz"
 check "npz of a vae run is RGB" npz_check "$tmp/nv.npz" 2 32 3
