@@ -56,3 +56,7 @@ if(FPDM_HAVE_CUDA)
     set_tests_properties(gpu_${test_name} PROPERTIES SKIP_RETURN_CODE 77 LABELS gpu)
   endforeach()
 endif()
+# test_out_of_memory fails the library's allocations one by one through
+# wrappers the linker puts in place of malloc and its kin.
+target_link_options(test_out_of_memory PRIVATE
+                    -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=aligned_alloc)

@@ -71,8 +71,8 @@ float *context_arena(fpdm_context *ctx, size_t num_floats) {
     ctx->arena = ctx->be->alloc(ctx->be, num_floats);
     ctx->arena_floats = ctx->arena ? num_floats : 0;
     if (!ctx->arena)
-        context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu MB of activations",
-                     ctx->device_name, num_floats * sizeof(float) >> 20);
+        context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %.1f MB of activations",
+                     ctx->device_name, (double)(num_floats * sizeof(float)) / (1 << 20));
     else
         context_log(ctx, FPDM_LOG_DEBUG, "%s: activation arena %.2f MB", ctx->device_name,
                     (double)(num_floats * sizeof(float)) / (1 << 20));

@@ -155,7 +155,7 @@ int diffusion_init(diffusion *d, fpdm_noise_schedule schedule, int num_train_tim
         free(betas);
         free(keep);
         set_error(err, err_size, "out of memory");
-        return -1;
+        return ERROR_OUT_OF_MEMORY;
     }
     if (space_timesteps(n, respacing, keep, err, err_size) != 0) {
         free(betas);
@@ -178,7 +178,7 @@ int diffusion_init(diffusion *d, fpdm_noise_schedule schedule, int num_train_tim
         free(keep);
         diffusion_free(d);
         set_error(err, err_size, "out of memory");
-        return -1;
+        return ERROR_OUT_OF_MEMORY;
     }
     /* The respaced betas come from the kept alphas_cumprod; the respaced
      * alphas_cumprod is then the cumulative product of the new betas, as

@@ -21,8 +21,9 @@ typedef struct diffusion {
 } diffusion;
 
 /* respacing: "N" (one section of N steps, as space_timesteps("N")), a
- * comma-separated list of sections ("10,15,20"), or "ddimN". Returns 0, or -1
- * with a message saying what is wrong and what is allowed. */
+ * comma-separated list of sections ("10,15,20"), or "ddimN". Returns 0, or
+ * ERROR_REFUSED / ERROR_OUT_OF_MEMORY (error_message.h) with a message saying
+ * what is wrong and what is allowed. */
 int diffusion_init(diffusion *d, fpdm_noise_schedule schedule, int num_train_timesteps,
                    int zero_terminal_snr, const char *respacing, char *err, size_t err_size);
 void diffusion_free(diffusion *d);

@@ -5,6 +5,13 @@
 
 #include <stddef.h>
 
+/* What the internal readers and checkers return besides 0: ERROR_REFUSED,
+ * the input is malformed, inconsistent or unreadable (the message says how),
+ * or ERROR_OUT_OF_MEMORY, memory ran out (the input may be fine). The public
+ * functions turn them into FPDM_ERR_* statuses, so that a caller never takes
+ * a shortage of memory for a broken file. */
+enum { ERROR_REFUSED = -1, ERROR_OUT_OF_MEMORY = -2 };
+
 /* printf into err (always NUL-terminated; nothing when err is NULL or empty),
  * made printable. */
 void set_error(char *err, size_t err_size, const char *format, ...)

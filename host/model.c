@@ -181,23 +181,22 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
     *out = NULL;
     safetensors_file file;
     char err[512];
-    if (safetensors_open(path, &file, err, sizeof err) != 0) {
-        /* A file that cannot be opened at all is an I/O problem; anything the
-         * reader parsed and refused is a bad file. */
-        FILE *probe = fopen(path, "rb");
-        fpdm_status status = probe ? FPDM_ERR_BAD_FILE : FPDM_ERR_IO;
-        if (probe) fclose(probe);
-        return context_fail(ctx, status, "%s", err);
-    }
+    int open_result = safetensors_open(path, &file, err, sizeof err);
+    if (open_result != 0)
+        return context_fail(ctx, safetensors_failure_status(open_result, path), "%s", err);
     fpdm_model *model = calloc(1, sizeof(*model));
     fpdm_status status = FPDM_OK;
     if (!model) {
         status = context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
         goto done;
     }
-    if (model_config_from_file(&file, &model->config, err, sizeof err) != 0 ||
-        model_config_check_tensors(&model->config, &file, err, sizeof err) != 0) {
-        status = context_fail(ctx, FPDM_ERR_BAD_FILE, "%s", err);
+    int check_result = model_config_from_file(&file, &model->config, err, sizeof err);
+    if (check_result == 0)
+        check_result = model_config_check_tensors(&model->config, &file, err, sizeof err);
+    if (check_result != 0) {
+        status = context_fail(ctx, check_result == ERROR_OUT_OF_MEMORY ? FPDM_ERR_OUT_OF_MEMORY
+                                                                       : FPDM_ERR_BAD_FILE,
+                              "%s", err);
         goto done;
     }
     const model_config *cfg = &model->config;
@@ -235,8 +234,8 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
             free(operand_host);
         }
         free(converted);
-        status = context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu MB of weights",
-                              path, model->weight_bytes >> 20);
+        status = context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %.1f MB of weights",
+                              path, (double)model->weight_bytes / (1 << 20));
         goto done;
     }
     /* The 16-bit weights' padding starts zeroed, as the staging copy did. */

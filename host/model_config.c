@@ -459,7 +459,7 @@ int model_config_check_tensors(const model_config *config, const safetensors_fil
     model_tensor_spec *specs = malloc((size_t)count * sizeof(*specs));
     if (!specs) {
         set_error(err, err_size, "%s: out of memory listing %d tensors", file->path, count);
-        return -1;
+        return ERROR_OUT_OF_MEMORY;
     }
     model_config_tensor_specs(config, specs, count);
     int status = 0;

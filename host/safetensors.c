@@ -255,7 +255,7 @@ static int parse_metadata(const char *path, const cJSON *meta, safetensors_file 
     file->metadata_values = calloc((size_t)n, sizeof(char *));
     if (!file->metadata_keys || !file->metadata_values) {
         set_error(err, err_size, "%s: out of memory reading metadata", path);
-        return -1;
+        return ERROR_OUT_OF_MEMORY;
     }
     for (const cJSON *item = meta->child; item; item = item->next) {
         if (!cJSON_IsString(item)) {
@@ -269,13 +269,13 @@ static int parse_metadata(const char *path, const cJSON *meta, safetensors_file 
         file->num_metadata++;
         if (!file->metadata_keys[i] || !file->metadata_values[i]) {
             set_error(err, err_size, "%s: out of memory reading metadata", path);
-            return -1;
+            return ERROR_OUT_OF_MEMORY;
         }
     }
     const char *repeated = NULL;
     if (find_repeated(file->metadata_keys, n, &repeated)) {
         set_error(err, err_size, "%s: out of memory checking metadata keys", path);
-        return -1;
+        return ERROR_OUT_OF_MEMORY;
     }
     if (repeated) {
         set_error(err, err_size, "%s: __metadata__ key %s appears twice", path, repeated);
@@ -300,7 +300,7 @@ static int check_unique(const char *path, safetensors_file *file, span *spans, c
     char **names = malloc((size_t)n * sizeof(*names));
     if (!names) {
         set_error(err, err_size, "%s: out of memory checking tensor names", path);
-        return -1;
+        return ERROR_OUT_OF_MEMORY;
     }
     for (int i = 0; i < n; i++) names[i] = file->tensors[i].name;
     const char *repeated = NULL;
@@ -310,7 +310,8 @@ static int check_unique(const char *path, safetensors_file *file, span *spans, c
     else if (repeated)
         set_error(err, err_size, "%s: tensor %s appears twice in the header", path, repeated);
     free(names);
-    if (status || repeated) return -1;
+    if (status) return ERROR_OUT_OF_MEMORY;
+    if (repeated) return ERROR_REFUSED;
 
     qsort(spans, (size_t)n, sizeof(*spans), compare_span);
     uint64_t covered_to = 0;
@@ -343,7 +344,7 @@ static int parse_header(const char *header, size_t header_size, const uint8_t *d
                   at, header_size);
         return -1;
     }
-    int status = -1;
+    int status = ERROR_REFUSED;
     span *spans = NULL;
     for (const char *p = end; p < header + header_size; p++) {
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
@@ -366,7 +367,8 @@ static int parse_header(const char *header, size_t header_size, const uint8_t *d
         }
         meta = item;
     }
-    if (meta && parse_metadata(path, meta, file, err, err_size)) goto done;
+    if (meta && (status = parse_metadata(path, meta, file, err, err_size)) != 0) goto done;
+    status = ERROR_REFUSED;
 
     int num_tensors = num_entries - (meta ? 1 : 0);
     if (num_tensors > 0) {
@@ -374,6 +376,7 @@ static int parse_header(const char *header, size_t header_size, const uint8_t *d
         spans = calloc((size_t)num_tensors, sizeof(*spans));
         if (!file->tensors || !spans) {
             set_error(err, err_size, "%s: out of memory for %d tensors", path, num_tensors);
+            status = ERROR_OUT_OF_MEMORY;
             goto done;
         }
     }
@@ -385,6 +388,7 @@ static int parse_header(const char *header, size_t header_size, const uint8_t *d
         t->name = copy_string(item->string);
         if (!t->name) {
             set_error(err, err_size, "%s: out of memory for tensor names", path);
+            status = ERROR_OUT_OF_MEMORY;
             goto done;
         }
         file->num_tensors++;
@@ -455,7 +459,7 @@ int safetensors_open(const char *path, safetensors_file *file, char *err, size_t
     if (!file->path) {
         set_error(err, err_size, "%s: out of memory", path);
         safetensors_close(file);
-        return -1;
+        return ERROR_OUT_OF_MEMORY;
     }
 
     const uint8_t *bytes = mapping;
@@ -471,12 +475,18 @@ int safetensors_open(const char *path, safetensors_file *file, char *err, size_t
     }
     const uint8_t *data = bytes + 8 + header_size;
     uint64_t data_size = (uint64_t)file_size - 8 - header_size;
-    if (parse_header((const char *)bytes + 8, (size_t)header_size, data, data_size, file, err,
-                     err_size)) {
-        safetensors_close(file);
-        return -1;
-    }
-    return 0;
+    int status = parse_header((const char *)bytes + 8, (size_t)header_size, data, data_size, file,
+                              err, err_size);
+    if (status != 0) safetensors_close(file);
+    return status;
+}
+
+fpdm_status safetensors_failure_status(int open_result, const char *path) {
+    if (open_result == ERROR_OUT_OF_MEMORY) return FPDM_ERR_OUT_OF_MEMORY;
+    FILE *probe = path ? fopen(path, "rb") : NULL;
+    if (!probe) return FPDM_ERR_IO;
+    fclose(probe);
+    return FPDM_ERR_BAD_FILE;
 }
 
 /* ---- conversion ------------------------------------------------------------ */

@@ -20,6 +20,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "error_message.h"
+#include "fpdm.h"
+
 #define SAFETENSORS_MAX_DIMS 8
 
 typedef enum safetensors_dtype {
@@ -52,9 +55,14 @@ typedef struct safetensors_file {
     char **metadata_values;
 } safetensors_file;
 
-/* Returns 0 on success. On failure returns -1, writes "PATH: problem" into
- * err (always NUL-terminated) and leaves *file empty (safe to close). */
+/* Returns 0 on success. On failure returns ERROR_REFUSED or
+ * ERROR_OUT_OF_MEMORY (error_message.h), writes "PATH: problem" into err
+ * (always NUL-terminated) and leaves *file empty (safe to close). */
 int safetensors_open(const char *path, safetensors_file *file, char *err, size_t err_size);
+/* The status a failed safetensors_open's return value means to a caller of
+ * the public API: FPDM_ERR_OUT_OF_MEMORY; FPDM_ERR_IO when the file cannot be
+ * opened at all; else FPDM_ERR_BAD_FILE (the reader parsed it and refused). */
+fpdm_status safetensors_failure_status(int open_result, const char *path);
 void safetensors_close(safetensors_file *file);
 
 const safetensors_tensor *safetensors_find(const safetensors_file *file, const char *name);

@@ -18,6 +18,7 @@
 
 #include "context.h"
 #include "diffusion.h"
+#include "error_message.h"
 #include "iteration_plan.h"
 #include "model.h"
 #include "network.h"
@@ -229,9 +230,12 @@ static fpdm_status prepare(run *r) {
     /* The official samplers respace with str(num_steps) for DDPM and DDIM alike. */
     char respacing[32];
     snprintf(respacing, sizeof respacing, "%d", p->num_steps);
-    if (diffusion_init(&r->schedule, cfg->noise_schedule, cfg->num_train_timesteps,
-                       cfg->zero_terminal_snr, respacing, err, sizeof err) != 0)
-        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "%s", err);
+    int init_result = diffusion_init(&r->schedule, cfg->noise_schedule, cfg->num_train_timesteps,
+                                     cfg->zero_terminal_snr, respacing, err, sizeof err);
+    if (init_result != 0)
+        return context_fail(ctx, init_result == ERROR_OUT_OF_MEMORY ? FPDM_ERR_OUT_OF_MEMORY
+                                                                    : FPDM_ERR_INVALID_ARGUMENT,
+                            "%s", err);
     r->plan = malloc((size_t)p->num_steps * sizeof(int));
     if (!r->plan) return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "out of memory");
     fpdm_status status = fpdm_plan_iterations(ctx, r->model, p, r->plan);

@@ -426,16 +426,16 @@ static fpdm_status load_from_file(fpdm_context *ctx, const safetensors_file *fil
     /* Zeroed on a device, so the alignment gaps go up defined. */
     float *host = on_device ? calloc(num_floats, sizeof(float)) : malloc(num_floats * sizeof(float));
     if (!host)
-        return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu weights",
-                            file->path, num_floats);
+        return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %.1f MB for the weights",
+                            file->path, (double)(num_floats * sizeof(float)) / (1 << 20));
     if (on_device) {
         vae->be = ctx->be;
         vae->weights = ctx->be->alloc(ctx->be, num_floats);
         if (!vae->weights) {
             free(host);
             return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY,
-                                "%s: cannot allocate %zu MB of VAE weights on %s", file->path,
-                                num_floats * sizeof(float) >> 20, ctx->device_name);
+                                "%s: cannot allocate %.1f MB of VAE weights on %s", file->path,
+                                (double)(num_floats * sizeof(float)) / (1 << 20), ctx->device_name);
         }
     } else {
         vae->weights = host;
@@ -483,13 +483,9 @@ fpdm_status fpdm_vae_load(fpdm_context *ctx, const char *path, fpdm_vae **out) {
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "fpdm_vae_load: path and out are required");
     safetensors_file file;
     char err[1024];
-    if (safetensors_open(path, &file, err, sizeof err) != 0) {
-        /* Unopenable is an I/O problem; anything the reader refused is a bad file. */
-        FILE *probe = fopen(path, "rb");
-        fpdm_status status = probe ? FPDM_ERR_BAD_FILE : FPDM_ERR_IO;
-        if (probe) fclose(probe);
-        return context_fail(ctx, status, "%s", err);
-    }
+    int open_result = safetensors_open(path, &file, err, sizeof err);
+    if (open_result != 0)
+        return context_fail(ctx, safetensors_failure_status(open_result, path), "%s", err);
     fpdm_vae *vae = calloc(1, sizeof *vae);
     if (!vae) {
         safetensors_close(&file);
