@@ -1,7 +1,9 @@
 /* test_out_of_memory.c - every allocation the library makes, failed in turn
  * (SQLite's way): a context, an FPDM model sampled with guidance, reuse and
- * residuals, its latents decoded by a VAE, and a DiT model sampled with DDIM,
- * run once for each allocation with that one allocation failing. Each run
+ * residuals, then in batches of one with a tolerance and carried-over
+ * iterations, then cancelled from its progress callback; its latents decoded
+ * by a VAE; and a DiT model sampled with DDIM; run once for each allocation
+ * with that one allocation failing. Each run
  * must either fail cleanly (FPDM_ERR_OUT_OF_MEMORY, never a status that
  * blames the file or the arguments, and a message saying "out of memory" or
  * "cannot allocate") or,
@@ -65,32 +67,42 @@ void *__wrap_aligned_alloc(size_t alignment, size_t size) {
 typedef struct outcome {
     fpdm_status status;
     char message[512];
-    float fpdm_latents[MAX_FLOATS], images[MAX_FLOATS], dit_latents[MAX_FLOATS];
+    float fpdm_latents[MAX_FLOATS], tol_latents[MAX_FLOATS], images[MAX_FLOATS],
+        dit_latents[MAX_FLOATS];
     size_t fpdm_floats, image_floats, dit_floats;
 } outcome;
 
+typedef enum sampling { DDPM_REUSE, TOL_CARRY_OVER, CANCELLED, DDIM } sampling;
+
 static int progress_calls;
-static int count_progress(const fpdm_progress *progress, void *user_data) {
-    (void)progress, (void)user_data;
+/* Counts the calls; asks to stop at the second when user_data says so. */
+static int on_progress(const fpdm_progress *progress, void *user_data) {
+    (void)progress;
     progress_calls++;
-    return 0;
+    return user_data && *(int *)user_data && progress->step >= 2;
 }
 
-/* Samples `model_path` into latents (DDIM when ddim, else DDPM with reuse and
- * residuals); returns the status. */
-static fpdm_status sample(fpdm_context *ctx, const char *model_path, int ddim, float *latents,
+/* Samples `model_path` into latents as `how` says; returns the status, with
+ * the cancelled run's FPDM_ERR_CANCELLED counted as success. */
+static fpdm_status sample(fpdm_context *ctx, const char *model_path, sampling how, float *latents,
                           size_t *floats) {
     fpdm_model *model = NULL;
     fpdm_status status = fpdm_model_load(ctx, model_path, &model);
     if (status == FPDM_OK) {
         const int labels[NUM_IMAGES] = {3, 7};
+        int cancel = how == CANCELLED;
         fpdm_sample_params params = fpdm_sample_default_params(model);
         params.num_steps = 3;
         params.noise_seed = 11;
-        params.progress_callback = count_progress;
-        if (ddim) {
+        params.progress_callback = on_progress;
+        params.progress_user_data = &cancel;
+        if (how == DDIM) {
             params.sampler = FPDM_SAMPLER_DDIM;
             params.ddim_eta = 0.5f;
+        } else if (how == TOL_CARRY_OVER) {
+            params.batch_size = 1;
+            params.tol = 0.3f;
+            params.carry_over = 1;
         } else {
             params.reuse = 1;
             params.measure_residuals = 1;
@@ -103,6 +115,7 @@ static fpdm_status sample(fpdm_context *ctx, const char *model_path, int ddim, f
         else
             status = fpdm_sample(ctx, model, &params, NUM_IMAGES, labels, latents, &report);
         fpdm_sample_report_free(&report);
+        if (how == CANCELLED && status == FPDM_ERR_CANCELLED) status = FPDM_OK;
     }
     fpdm_model_free(model);
     return status;
@@ -117,8 +130,15 @@ static void run_scenario(outcome *out) {
     fpdm_vae *vae = NULL;
     fpdm_status status = fpdm_context_create(&params, &ctx);
     if (status == FPDM_OK)
-        status = sample(ctx, FPDM_MODEL, 0, out->fpdm_latents, &out->fpdm_floats);
+        status = sample(ctx, FPDM_MODEL, DDPM_REUSE, out->fpdm_latents, &out->fpdm_floats);
+    if (status == FPDM_OK)
+        status = sample(ctx, FPDM_MODEL, TOL_CARRY_OVER, out->tol_latents, &out->fpdm_floats);
+    if (status == FPDM_OK) {
+        float cancelled[MAX_FLOATS];
+        status = sample(ctx, FPDM_MODEL, CANCELLED, cancelled, &out->fpdm_floats);
+    }
     if (status == FPDM_OK) status = fpdm_vae_load(ctx, VAE_FILE, &vae);
+    if (status == FPDM_OK) status = fpdm_vae_prepare(ctx, vae, NUM_IMAGES, 8);
     if (status == FPDM_OK) {
         const fpdm_vae_info *info = fpdm_vae_get_info(vae);
         const int latent_size = 8;
@@ -129,7 +149,8 @@ static void run_scenario(outcome *out) {
                      : fpdm_vae_decode(ctx, vae, NUM_IMAGES, latent_size, out->fpdm_latents,
                                        out->images);
     }
-    if (status == FPDM_OK) status = sample(ctx, DIT_MODEL, 1, out->dit_latents, &out->dit_floats);
+    if (status == FPDM_OK)
+        status = sample(ctx, DIT_MODEL, DDIM, out->dit_latents, &out->dit_floats);
     out->status = status;
     /* Without memory for the context itself, fpdm_context_create returns no
      * context to hold a message (fpdm.h): the status says it all. */
@@ -169,6 +190,7 @@ int main(void) {
                                       (int)attempt.status, attempt.message);
             }
         } else if (same_bits(attempt.fpdm_latents, reference.fpdm_latents, reference.fpdm_floats) &&
+                   same_bits(attempt.tol_latents, reference.tol_latents, reference.fpdm_floats) &&
                    same_bits(attempt.images, reference.images, reference.image_floats) &&
                    same_bits(attempt.dit_latents, reference.dit_latents, reference.dit_floats)) {
             tolerated++;
