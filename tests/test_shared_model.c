@@ -1,0 +1,153 @@
+/* test_shared_model.c - what fpdm.h promises a program that serves several
+ * requests at once: one model and one VAE, loaded once, shared by contexts on
+ * several threads (a context each). Four threads sample at the same time, each
+ * its own seed and classes, FPDM with reuse, DiT with DDIM and a VAE decode,
+ * three rounds over; every result must equal, bit for bit, the same request
+ * run alone beforehand. Everything runs on one OpenMP thread per caller, as
+ * the serial runs do, so the products sum in the same order.
+ *
+ *   ./build/test_shared_model
+ */
+#include <omp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fpdm.h"
+#include "test_util.h"
+
+#define FPDM_MODEL "tests/golden/forward-fpdm.model.safetensors"
+#define DIT_MODEL "tests/golden/forward-dit-p2.model.safetensors"
+#define VAE_FILE "tests/golden/vae-small.safetensors"
+#define WORKERS 4
+#define ROUNDS 3
+#define NUM_IMAGES 2
+#define LATENT_SIZE 8
+#define MAX_FLOATS (NUM_IMAGES * 3 * 64 * 64)
+
+typedef struct shared {
+    const fpdm_model *fpdm, *dit;
+    const fpdm_vae *vae;
+} shared;
+
+typedef struct request {
+    const shared *models;
+    int worker;
+    fpdm_status status;
+    char message[256];
+    float fpdm_latents[MAX_FLOATS], dit_latents[MAX_FLOATS], images[MAX_FLOATS];
+} request;
+
+static fpdm_context *cpu_context(void) {
+    fpdm_context_params params = fpdm_context_default_params();
+    params.device = "cpu";
+    params.num_threads = 1;
+    fpdm_context *ctx = NULL;
+    if (fpdm_context_create(&params, &ctx) != FPDM_OK) {
+        fpdm_context_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* One worker's request: its seed and classes follow its number. */
+static void serve(request *r) {
+    omp_set_num_threads(1);
+    fpdm_context *ctx = cpu_context();
+    if (!ctx) {
+        r->status = FPDM_ERR_OUT_OF_MEMORY;
+        snprintf(r->message, sizeof r->message, "no context");
+        return;
+    }
+    const int labels[NUM_IMAGES] = {r->worker % 10, (3 * r->worker + 1) % 10};
+    fpdm_sample_params params = fpdm_sample_default_params(r->models->fpdm);
+    params.num_steps = 4;
+    params.noise_seed = 100 + (uint64_t)r->worker;
+    params.reuse = 1;
+    fpdm_status status =
+        fpdm_sample(ctx, r->models->fpdm, &params, NUM_IMAGES, labels, r->fpdm_latents, NULL);
+    if (status == FPDM_OK)
+        status = fpdm_vae_decode(ctx, r->models->vae, NUM_IMAGES, LATENT_SIZE, r->fpdm_latents,
+                                 r->images);
+    if (status == FPDM_OK) {
+        params = fpdm_sample_default_params(r->models->dit);
+        params.num_steps = 4;
+        params.noise_seed = 200 + (uint64_t)r->worker;
+        params.sampler = FPDM_SAMPLER_DDIM;
+        status = fpdm_sample(ctx, r->models->dit, &params, NUM_IMAGES, labels, r->dit_latents,
+                             NULL);
+    }
+    r->status = status;
+    if (status != FPDM_OK) snprintf(r->message, sizeof r->message, "%s", fpdm_last_error(ctx));
+    fpdm_context_free(ctx);
+}
+
+static void *serve_thread(void *argument) {
+    serve(argument);
+    return NULL;
+}
+
+int main(void) {
+    omp_set_num_threads(1);
+    fpdm_context *loader = cpu_context();
+    CHECK(loader != NULL);
+    if (!loader) return test_finish("test_shared_model");
+    fpdm_model *fpdm = NULL, *dit = NULL;
+    fpdm_vae *vae = NULL;
+    CHECK(fpdm_model_load(loader, FPDM_MODEL, &fpdm) == FPDM_OK);
+    CHECK(fpdm_model_load(loader, DIT_MODEL, &dit) == FPDM_OK);
+    CHECK(fpdm_vae_load(loader, VAE_FILE, &vae) == FPDM_OK);
+    if (!fpdm || !dit || !vae) {
+        fprintf(stderr, "%s\n", fpdm_last_error(loader));
+        return test_finish("test_shared_model");
+    }
+    CHECK(fpdm_sample_output_size(fpdm, NUM_IMAGES) <= MAX_FLOATS &&
+          fpdm_sample_output_size(dit, NUM_IMAGES) <= MAX_FLOATS);
+    const fpdm_vae_info *info = fpdm_vae_get_info(vae);
+    const size_t image_floats = (size_t)NUM_IMAGES * info->image_channels *
+                                (LATENT_SIZE * info->upscale) * (LATENT_SIZE * info->upscale);
+    CHECK(image_floats <= MAX_FLOATS);
+    const shared models = {fpdm, dit, vae};
+
+    static request alone[WORKERS], together[WORKERS];
+    for (int w = 0; w < WORKERS; w++) {
+        alone[w] = (request){.models = &models, .worker = w};
+        serve(&alone[w]);
+        CHECK_MSG(alone[w].status == FPDM_OK, "worker %d alone: %s", w, alone[w].message);
+    }
+    /* The requests differ from each other, so equal results below cannot come
+     * from one thread's output landing in another's buffers. */
+    CHECK(memcmp(alone[0].images, alone[1].images, image_floats * sizeof(float)) != 0);
+
+    int mismatches = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        pthread_t threads[WORKERS];
+        for (int w = 0; w < WORKERS; w++) {
+            together[w] = (request){.models = &models, .worker = w};
+            CHECK(pthread_create(&threads[w], NULL, serve_thread, &together[w]) == 0);
+        }
+        for (int w = 0; w < WORKERS; w++) pthread_join(threads[w], NULL);
+        for (int w = 0; w < WORKERS; w++) {
+            CHECK_MSG(together[w].status == FPDM_OK, "round %d worker %d: %s", round, w,
+                      together[w].message);
+            int same =
+                memcmp(together[w].fpdm_latents, alone[w].fpdm_latents,
+                       fpdm_sample_output_size(fpdm, NUM_IMAGES) * sizeof(float)) == 0 &&
+                memcmp(together[w].dit_latents, alone[w].dit_latents,
+                       fpdm_sample_output_size(dit, NUM_IMAGES) * sizeof(float)) == 0 &&
+                memcmp(together[w].images, alone[w].images, image_floats * sizeof(float)) == 0;
+            if (!same) {
+                mismatches++;
+                fprintf(stderr, "  round %d worker %d: results differ from the serial run\n",
+                        round, w);
+            }
+        }
+    }
+    CHECK(mismatches == 0);
+    fpdm_vae_free(vae);
+    fpdm_model_free(dit);
+    fpdm_model_free(fpdm);
+    fpdm_context_free(loader);
+    return test_finish("test_shared_model");
+}
