@@ -5,6 +5,7 @@
  * three rounds over; every result must equal, bit for bit, the same request
  * run alone beforehand. Everything runs on one OpenMP thread per caller, as
  * the serial runs do, so the products sum in the same order.
+ * tests/gpu/test_shared_model.c builds this file for contexts on the GPU.
  *
  *   ./build/test_shared_model
  */
@@ -17,6 +18,9 @@
 #include "fpdm.h"
 #include "test_util.h"
 
+#ifndef SHARED_MODEL_DEVICE
+#define SHARED_MODEL_DEVICE "cpu"
+#endif
 #define FPDM_MODEL "tests/golden/forward-fpdm.model.safetensors"
 #define DIT_MODEL "tests/golden/forward-dit-p2.model.safetensors"
 #define VAE_FILE "tests/golden/vae-small.safetensors"
@@ -39,9 +43,9 @@ typedef struct request {
     float fpdm_latents[MAX_FLOATS], dit_latents[MAX_FLOATS], images[MAX_FLOATS];
 } request;
 
-static fpdm_context *cpu_context(void) {
+static fpdm_context *open_context(void) {
     fpdm_context_params params = fpdm_context_default_params();
-    params.device = "cpu";
+    params.device = SHARED_MODEL_DEVICE;
     params.num_threads = 1;
     fpdm_context *ctx = NULL;
     if (fpdm_context_create(&params, &ctx) != FPDM_OK) {
@@ -54,7 +58,7 @@ static fpdm_context *cpu_context(void) {
 /* One worker's request: its seed and classes follow its number. */
 static void serve(request *r) {
     omp_set_num_threads(1);
-    fpdm_context *ctx = cpu_context();
+    fpdm_context *ctx = open_context();
     if (!ctx) {
         r->status = FPDM_ERR_OUT_OF_MEMORY;
         snprintf(r->message, sizeof r->message, "no context");
@@ -89,8 +93,14 @@ static void *serve_thread(void *argument) {
 }
 
 int main(void) {
+#ifdef SHARED_MODEL_NEEDS_GPU
+    if (backend_cuda_device_count() <= 0) {
+        fprintf(stderr, "test_shared_model: no CUDA device, SKIPPED\n");
+        return TEST_SKIP;
+    }
+#endif
     omp_set_num_threads(1);
-    fpdm_context *loader = cpu_context();
+    fpdm_context *loader = open_context();
     CHECK(loader != NULL);
     if (!loader) return test_finish("test_shared_model");
     fpdm_model *fpdm = NULL, *dit = NULL;
