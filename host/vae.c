@@ -541,7 +541,8 @@ typedef struct vae_plan {
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 static size_t conv_scratch(const vae_ops *ops, const vae_conv *conv, int batch, int size) {
-    return ops->conv2d_scratch_floats(ops, batch, conv->in_channels, size, size, conv->kernel);
+    return ops->conv2d_scratch_floats(ops, batch, conv->in_channels, conv->out_channels, size,
+                                      size, conv->kernel);
 }
 
 static vae_plan plan_decode(const fpdm_vae *vae, const vae_ops *ops, int latent_size, int batch) {

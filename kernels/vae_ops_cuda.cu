@@ -98,8 +98,9 @@ static size_t conv_workspace_floats(int in_channels, int height, int width) {
 }
 
 static size_t cuda_vae_conv2d_scratch_floats(const vae_ops *ops, int batch, int in_channels,
-                                             int height, int width, int kernel) {
+                                             int out_channels, int height, int width, int kernel) {
     (void)ops;
+    (void)out_channels;
     (void)kernel;
     return conv_workspace_floats(batch * in_channels, height, width);
 }

@@ -453,6 +453,62 @@ static void test_group_norm_tails(void) {
     }
 }
 
+/* conv2d against the sum written out in double, on shapes the decoders here
+ * miss: odd sizes (tiles cut by the edge), thin and wide channel counts on
+ * both sides of Winograd's cut-off, 1x1 and 5x5 kernels, an in-place
+ * residual, batches, and an image whose transformed inputs take two bands. */
+static void test_conv_shapes(void) {
+    static const struct {
+        int batch, in_channels, out_channels, height, width, kernel, residual;
+    } shapes[] = {
+        {2, 8, 5, 7, 5, 3, 0},    {1, 12, 16, 6, 9, 3, 1},  {3, 16, 8, 5, 4, 3, 2},
+        {1, 7, 9, 5, 6, 3, 1},    {2, 9, 4, 1, 3, 3, 0},    {1, 10, 6, 6, 7, 5, 1},
+        {2, 6, 11, 3, 5, 1, 2},   {1, 32, 32, 130, 256, 3, 1},
+    };
+    vae_ops ops;
+    vae_ops_cpu_init(&ops, 2);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int b = shapes[s].batch, c = shapes[s].in_channels, k = shapes[s].out_channels;
+        const int h = shapes[s].height, w = shapes[s].width, r = shapes[s].kernel;
+        const size_t plane = (size_t)h * w, in_n = (size_t)b * c * plane,
+                     out_n = (size_t)b * k * plane, weight_n = (size_t)k * c * r * r;
+        float *in = malloc(in_n * sizeof(float)), *weight = malloc(weight_n * sizeof(float));
+        float *bias = malloc((size_t)k * sizeof(float)), *out = malloc(out_n * sizeof(float));
+        float *residual = malloc(out_n * sizeof(float)), *expected = malloc(out_n * sizeof(float));
+        size_t scratch_n = ops.conv2d_scratch_floats(&ops, b, c, k, h, w, r);
+        float *scratch = malloc((scratch_n ? scratch_n : 1) * sizeof(float));
+        for (size_t i = 0; i < in_n; i++) in[i] = (float)((i * 7919) % 201) / 100.0f - 1.0f;
+        for (size_t i = 0; i < weight_n; i++) weight[i] = (float)((i * 104729) % 97) / 97.0f - 0.5f;
+        for (int o = 0; o < k; o++) bias[o] = 0.1f * (float)o - 0.3f;
+        for (size_t i = 0; i < out_n; i++) residual[i] = (float)((i * 31) % 13) / 13.0f;
+        for (int image = 0; image < b; image++)
+            for (int o = 0; o < k; o++)
+                for (int y = 0; y < h; y++)
+                    for (int x = 0; x < w; x++) {
+                        double sum = bias[o];
+                        for (int ci = 0; ci < c; ci++)
+                            for (int i = 0; i < r; i++)
+                                for (int j = 0; j < r; j++) {
+                                    int yy = y + i - r / 2, xx = x + j - r / 2;
+                                    if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
+                                    sum += (double)weight[((size_t)o * c + ci) * r * r + i * r + j] *
+                                           in[((size_t)image * c + ci) * plane + (size_t)yy * w + xx];
+                                }
+                        size_t at = ((size_t)image * k + o) * plane + (size_t)y * w + x;
+                        expected[at] = (float)(sum + (shapes[s].residual ? residual[at] : 0.0));
+                    }
+        /* residual 2: accumulate into out, which holds the residual. */
+        for (size_t i = 0; i < out_n; i++) out[i] = shapes[s].residual == 2 ? residual[i] : NAN;
+        const float *res = shapes[s].residual == 1 ? residual : shapes[s].residual == 2 ? out : NULL;
+        ops.conv2d(&ops, out, in, weight, bias, res, b, c, k, h, w, r, scratch);
+        char what[96];
+        snprintf(what, sizeof what, "conv2d %dx%d, %d -> %d, %dx%d, batch %d%s", r, r, c, k, h, w,
+                 b, shapes[s].residual == 2 ? ", in place" : "");
+        check_close(what, out, expected, out_n, 1e-6);
+        free(in), free(weight), free(bias), free(out), free(residual), free(expected), free(scratch);
+    }
+}
+
 /* The tiny synthetic decoder stored in float16 against float32. */
 static void test_f16_storage(fpdm_context *ctx, const char *dir) {
     synthetic_vae_config config;
@@ -497,6 +553,7 @@ int main(void) {
     test_golden(ctx, dir);
     test_prepare();
     test_group_norm_tails();
+    test_conv_shapes();
     test_f16_storage(ctx, dir);
     rmdir(dir);
     fpdm_context_free(ctx);
