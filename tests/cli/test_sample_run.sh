@@ -292,4 +292,29 @@ check "npz after a redrawn batch" run npz-redrawn "${common[@]}" -b 2 --out "$tm
 check "npz redrew one batch" grep -q "2 images in .*3 images already on disk" "$tmp/npz-redrawn.err"
 check "npz after a redrawn batch = npz of the run" cmp -s "$tmp/n.npz" "$tmp/n3.npz"
 
+# 13. Writes that fail (here past a file-size limit, as on a full disk): a
+#     message naming the file, exit 1, nothing half-written and no temporary
+#     file left; for PNGs (stb_image_write on its own ignores such failures,
+#     and a resumed run would then skip the truncated file as done), --npz
+#     and --latents-out.
+limited() {  # limited KB NAME ARGS...: fpdm-sample under a file-size limit of KB KiB
+    local kb=$1 name=$2
+    shift 2
+    ( trap '' XFSZ; ulimit -f "$kb"; exec "$sample" "$@" ) >"$tmp/$name.out" 2>"$tmp/$name.err"
+}
+limited 2 wfail-png -m tests/golden/forward-fpdm.model.safetensors \
+    --vae tests/golden/vae-small.safetensors -n 2 --steps 2 --out "$tmp/w1"
+check "a failed PNG write exits 1" [ $? = 1 ]
+check "a failed PNG write says so" grep -q "^fpdm-sample: .*/w1/0000[01]-[0-9]*\.png: write failed: File too large" "$tmp/wfail-png.err"
+check "a failed PNG write leaves no PNG" [ -z "$(ls -A "$tmp/w1" | grep -v '^\.fpdm-sample-settings$')" ]
+limited 1 wfail-npz -m "$fpdm" -n 20 --steps 2 --out "$tmp/w2" --npz "$tmp/w2.npz"
+check "a failed npz write exits 1" [ $? = 1 ]
+check "a failed npz write says so" grep -q "^fpdm-sample: --npz: .*w2.npz: write failed: File too large" "$tmp/wfail-npz.err"
+check "a failed npz write leaves nothing" [ -z "$(ls "$tmp" | grep '^w2\.npz')" ]
+check "a failed npz write keeps the PNGs" [ "$(ls "$tmp/w2" | grep -c '\.png$')" = 20 ]
+limited 1 wfail-latents -m "$fpdm" -n 20 --steps 2 --out "$tmp/w3" --latents-out "$tmp/w3.npy"
+check "a failed latents write exits 1" [ $? = 1 ]
+check "a failed latents write says so" grep -q "^fpdm-sample: .*w3.npy: write failed: File too large" "$tmp/wfail-latents.err"
+check "a failed latents write leaves nothing" [ -z "$(ls "$tmp" | grep '^w3\.npy')" ]
+
 finish

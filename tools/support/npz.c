@@ -214,10 +214,10 @@ int npz_u8_finish(npz_writer *w, char *err, size_t err_size) {
     size_t tail_len = archive_tail(tail, crc, w->member_size, LOCAL_HEADER_SIZE + w->member_size);
     put32(&p, crc);
     int rc = write_all(w, tail, tail_len, err, err_size);
+    /* The seek flushes what stdio buffered: a failure here may be the data's. */
     if (rc == 0 && (fseek(w->file, CRC_OFFSET, SEEK_SET) != 0 ||
                     fwrite(crc_field, 1, 4, w->file) != 4)) {
-        support_set_error(err, err_size, "%s: cannot write the checksum: %s", w->path,
-                          strerror(errno));
+        support_set_error(err, err_size, "%s: write failed: %s", w->path, strerror(errno));
         rc = -1;
     }
     FILE *file = w->file;

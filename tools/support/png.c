@@ -38,6 +38,24 @@ static void place_image(uint8_t *canvas, int canvas_width, const float *chw, int
     }
 }
 
+/* Where stb_image_write hands the encoded bytes: stbi_write_png itself
+ * ignores fwrite's and fclose's failures, which on a full disk would leave a
+ * truncated PNG in place that a resumed run then skips as done. */
+typedef struct png_sink {
+    FILE *file;
+    int failed;
+    int error_number;
+} png_sink;
+
+static void write_to_sink(void *context, void *data, int size) {
+    png_sink *sink = context;
+    if (sink->failed) return;
+    if (fwrite(data, 1, (size_t)size, sink->file) != (size_t)size) {
+        sink->failed = 1;
+        sink->error_number = errno;
+    }
+}
+
 static int write_canvas(const char *path, const uint8_t *canvas, int channels, int height,
                         int width, char *err, size_t err_size) {
     char *tmp_path = temp_path_for(path);
@@ -46,8 +64,24 @@ static int write_canvas(const char *path, const uint8_t *canvas, int channels, i
         return -1;
     }
     int status = 0;
-    if (!stbi_write_png(tmp_path, width, height, channels, canvas, width * channels)) {
-        support_set_error(err, err_size, "%s: cannot write PNG to %s", path, tmp_path);
+    png_sink sink = {fopen(tmp_path, "wb"), 0, 0};
+    if (!sink.file) {
+        support_set_error(err, err_size, "%s: cannot create %s: %s", path, tmp_path,
+                          strerror(errno));
+        free(tmp_path);
+        return -1;
+    }
+    int encoded = stbi_write_png_to_func(write_to_sink, &sink, width, height, channels, canvas,
+                                         width * channels);
+    if (fclose(sink.file) != 0 && !sink.failed) {
+        sink.failed = 1;
+        sink.error_number = errno;
+    }
+    if (!encoded) {
+        support_set_error(err, err_size, "%s: cannot encode the PNG (out of memory)", path);
+        status = -1;
+    } else if (sink.failed) {
+        support_set_error(err, err_size, "%s: write failed: %s", path, strerror(sink.error_number));
         status = -1;
     } else if (rename(tmp_path, path) != 0) {
         support_set_error(err, err_size, "%s: cannot rename %s: %s", path, tmp_path, strerror(errno));
