@@ -58,6 +58,7 @@ typedef struct options {
     int cfg_all_channels;
     uint64_t seed;
     int first_index;          /* index of the first image: shards of one run */
+    int shard_index, shard_count; /* --shard K/N, or 0/0 */
     int *classes;
     int num_classes_given;
     int iters;                /* -1: the model's default */
@@ -119,6 +120,8 @@ static void print_help(FILE *out)
 "      --seed S             noise and class seed (default: 0)\n"
 "      --first-index I      index of the first image, to split one run into shards:\n"
 "                           names, noise and default classes follow the index (default: 0)\n"
+"      --shard K/N          draw part K (0..N-1) of N near-equal parts of the -n images,\n"
+"                           e.g. one process per GPU (--device cuda:K) into one --out\n"
 "      --steps N            sampling steps, 1..num_train_timesteps (default: %d)\n"
 "      --sampler S          ddpm | ddim (default: ddpm)\n"
 "      --eta X              DDIM eta >= 0 (default: 0)\n"
@@ -183,6 +186,22 @@ static int flag_is(const char *arg, const char *short_name, const char *long_nam
 
 /* Parses argv into opt. Returns 0, EXIT_USAGE after printing the problem, or
  * -1 when --help was printed. */
+/* "K/N" with 0 <= K < N. Returns 0, or -1 with a message in err. */
+static int parse_shard(const char *text, int *index, int *count, char *err, size_t err_size)
+{
+    const char *slash = strchr(text, '/');
+    char part[32];
+    if (!slash || (size_t)(slash - text) >= sizeof part) {
+        snprintf(err, err_size, "--shard: '%s' is not K/N (part K of N, 0 <= K < N)", text);
+        return -1;
+    }
+    snprintf(part, sizeof part, "%.*s", (int)(slash - text), text);
+    if (cli_parse_int("--shard N", slash + 1, 1, INT_MAX, count, err, err_size) != 0 ||
+        cli_parse_int("--shard K", part, 0, *count - 1, index, err, err_size) != 0)
+        return -1;
+    return 0;
+}
+
 static int parse_arguments(int argc, char **argv, options *opt)
 {
     char err[512];
@@ -242,6 +261,9 @@ static int parse_arguments(int argc, char **argv, options *opt)
             TAKE_VALUE("--first-index");
             rc = cli_parse_int("--first-index", value, 0, INT_MAX / 2, &opt->first_index, err,
                                sizeof err);
+        } else if (flag_is(arg, NULL, "--shard", &inline_value)) {
+            TAKE_VALUE("--shard");
+            rc = parse_shard(value, &opt->shard_index, &opt->shard_count, err, sizeof err);
         } else if (flag_is(arg, NULL, "--class", &inline_value)) {
             TAKE_VALUE("--class");
             free(opt->classes);
@@ -1364,6 +1386,26 @@ int main(int argc, char **argv)
                  "exactly one entry per step)", opt.num_iters_per_step, opt.steps);
         rc = usage_error(err);
         goto done;
+    }
+    if (opt.shard_count) {
+        char err[256];
+        if (opt.shard_count > opt.num_images) {
+            snprintf(err, sizeof err, "--shard %d/%d: %d parts of %d images leave some empty "
+                     "(allowed: N <= -n)", opt.shard_index, opt.shard_count, opt.shard_count,
+                     opt.num_images);
+            rc = usage_error(err);
+            goto done;
+        }
+        if (opt.init_noise_path || opt.step_noise_path) {
+            rc = usage_error("--shard splits the built-in noise's run; noise files are per run: "
+                             "give each part its own with --first-index and -n instead");
+            goto done;
+        }
+        /* Part K holds images [n K / N, n (K + 1) / N) of the run. */
+        const int first = (int)((long long)opt.num_images * opt.shard_index / opt.shard_count);
+        const int end = (int)((long long)opt.num_images * (opt.shard_index + 1) / opt.shard_count);
+        opt.first_index += first;
+        opt.num_images = end - first;
     }
     if (!opt.batch_size)
         opt.batch_size = opt.num_images < MAX_DEFAULT_BATCH ? opt.num_images : MAX_DEFAULT_BATCH;

@@ -90,6 +90,11 @@ expect "fpdm flag on a dit"  2 "--iters applies to fixed-point \(FPDM\) models o
 expect "verbose and quiet"   2 "--verbose and --quiet exclude each other" -m "$fpdm" --verbose
 expect "eta with ddpm"       2 "--eta applies to --sampler ddim only"     -m "$fpdm" --steps 3 --eta 0.5
 expect "iters and a list"    2 "--iters and --iters-per-step both"        -m "$fpdm" --steps 2 --iters 3 --iters-per-step 1,2
+expect "shard not K/N"       2 "--shard: '3' is not K/N"                 -m "$fpdm" --shard 3
+expect "shard K too large"   2 "--shard K: 2 is out of range \(allowed: 0\.\.1\)" -m "$fpdm" --shard 2/2
+expect "shard N zero"        2 "--shard N: 0 is out of range"             -m "$fpdm" --shard 0/0
+expect "shards past -n"      2 "--shard 1/9: 9 parts of 5 images leave some empty" -m "$fpdm" -n 5 --shard 1/9
+expect "shard with noise"    2 "--shard splits the built-in noise's run"  -m "$fpdm" -n 4 --steps 3 --shard 1/2 --init-noise "$tmp/init-bad.npy"
 expect "init noise shape"    2 "--init-noise .*shape \[2, 1, 8, 8\] does not match the run \(allowed: \[4, 1, 8, 8\]\)" \
     -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/init-bad.npy"
 expect "init noise NaN"      2 "--init-noise .*init-nan.npy: value 255 is nan \(allowed: finite numbers\)" \

@@ -317,4 +317,12 @@ check "a failed latents write exits 1" [ $? = 1 ]
 check "a failed latents write says so" grep -q "^fpdm-sample: .*w3.npy: write failed: File too large" "$tmp/wfail-latents.err"
 check "a failed latents write leaves nothing" [ -z "$(ls "$tmp" | grep '^w3\.npy')" ]
 
+# 14. --shard K/N: three processes' parts of one run into one folder give the
+#     run's images (its names, noise and classes), whatever the parts' sizes.
+for part in 0 1 2; do
+    check "shard $part/3" run "shard$part" "${common[@]}" -b 2 --shard "$part/3" --out "$tmp/parts"
+done
+check "three shards = one run" identical "$tmp/a" "$tmp/parts"
+check "shards split 5 images 1 + 2 + 2" grep -q "fpdm-sample: 1 images in" "$tmp/shard0.err"
+
 finish
