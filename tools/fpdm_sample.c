@@ -766,6 +766,7 @@ static void fill_report(report *r, const run_state *rs, const fpdm_sample_params
         report_set_string(r, "settings", "vae", opt->vae_path);
     report_set_string(r, "settings", "architecture", rs->info->is_fixed_point ? "fpdm" : "dit");
     report_set_number(r, "settings", "num_images", opt->num_images);
+    report_set_number(r, "settings", "first_index", opt->first_index);
     report_set_number(r, "settings", "batch_size", opt->batch_size);
     report_set_number(r, "settings", "steps", opt->steps);
     report_set_string(r, "settings", "sampler", sampler_names[opt->sampler]);

@@ -324,5 +324,11 @@ for part in 0 1 2; do
 done
 check "three shards = one run" identical "$tmp/a" "$tmp/parts"
 check "shards split 5 images 1 + 2 + 2" grep -q "fpdm-sample: 1 images in" "$tmp/shard0.err"
+check "a shard's report names its range" run shard-report "${common[@]}" --shard 2/3 --out "$tmp/parts" \
+    --report "$tmp/shard.json"
+check "a shard's report: first index 3, 2 images" /usr/bin/python3 -c "
+import json; s = json.load(open('$tmp/shard.json'))['settings']
+assert s['first_index'] == 3 and s['num_images'] == 2 and s['classes'] == [0, 1], s
+"
 
 finish
