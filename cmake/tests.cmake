@@ -57,6 +57,6 @@ if(FPDM_HAVE_CUDA)
   endforeach()
 endif()
 # test_out_of_memory fails the library's allocations one by one through
-# wrappers the linker puts in place of malloc and its kin.
+# wrappers the linker puts in place of malloc and its kin (and mmap).
 target_link_options(test_out_of_memory PRIVATE
-                    -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=aligned_alloc)
+                    -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=aligned_alloc,--wrap=mmap)

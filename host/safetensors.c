@@ -451,7 +451,7 @@ int safetensors_open(const char *path, safetensors_file *file, char *err, size_t
     close(fd);
     if (mapping == MAP_FAILED) {
         set_errno_error(err, err_size, path, "cannot map", map_errno);
-        return -1;
+        return map_errno == ENOMEM ? ERROR_OUT_OF_MEMORY : ERROR_REFUSED;
     }
     file->path = copy_string(path);
     file->mapping = mapping;

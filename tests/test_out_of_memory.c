@@ -5,23 +5,26 @@
  * by a VAE; and a DiT model sampled with DDIM; run once for each allocation
  * with that one allocation failing. Each run
  * must either fail cleanly (FPDM_ERR_OUT_OF_MEMORY, never a status that
- * blames the file or the arguments, and a message saying "out of memory" or
- * "cannot allocate") or,
+ * blames the file or the arguments, and a message saying "out of memory",
+ * "cannot allocate" or ENOMEM's text) or,
  * where the library can do without the memory, give the very bits of the run
  * that failed nothing. Everything is freed either way: under
  * test.sh's sanitizer pass, LeakSanitizer checks that, and AddressSanitizer
  * that no failure path touches freed or unallocated memory.
  *
- * The library's malloc, calloc, realloc and aligned_alloc calls reach the
- * wrappers below through the linker's --wrap (cmake/tests.cmake); the C
- * library's own allocations (inside fopen, say) and OpenBLAS's and OpenMP's
- * are not counted.
+ * The library's malloc, calloc, realloc and aligned_alloc calls, and its
+ * mmap of model files (which fails with ENOMEM when address space runs out),
+ * reach the wrappers below through the linker's --wrap (cmake/tests.cmake);
+ * the C library's own allocations (inside fopen, say) and OpenBLAS's,
+ * OpenMP's and cJSON's are not counted.
  * Run: ctest -R test_out_of_memory (from the build folder's ctest). */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "fpdm.h"
 #include "test_util.h"
@@ -32,6 +35,7 @@ void *__real_malloc(size_t size);
 void *__real_calloc(size_t count, size_t size);
 void *__real_realloc(void *pointer, size_t size);
 void *__real_aligned_alloc(size_t alignment, size_t size);
+void *__real_mmap(void *address, size_t length, int protection, int flags, int fd, off_t offset);
 
 static long allocations_seen; /* since the count was armed */
 static long fail_at;          /* the allocation number that fails; 0: none */
@@ -54,6 +58,13 @@ void *__wrap_realloc(void *pointer, size_t size) {
 }
 void *__wrap_aligned_alloc(size_t alignment, size_t size) {
     return should_fail() ? NULL : __real_aligned_alloc(alignment, size);
+}
+void *__wrap_mmap(void *address, size_t length, int protection, int flags, int fd, off_t offset) {
+    if (should_fail()) {
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    return __real_mmap(address, length, protection, flags, fd, offset);
 }
 
 /* ---- the scenario ------------------------------------------------------- */
@@ -182,7 +193,9 @@ int main(void) {
         runs++;
         if (attempt.status != FPDM_OK) {
             if (attempt.status == FPDM_ERR_OUT_OF_MEMORY &&
-                (strstr(attempt.message, "out of memory") || strstr(attempt.message, "cannot allocate"))) {
+                (strstr(attempt.message, "out of memory") ||
+                 strstr(attempt.message, "cannot allocate") ||
+                 strstr(attempt.message, strerror(ENOMEM)))) {
                 clean_failures++;
             } else {
                 bad++;

@@ -46,6 +46,10 @@ enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
 #define DEFAULT_STEPS 250
 #define DEFAULT_CFG_SCALE 4.0f
 #define GRID_PADDING 2
+/* PNG files encoded or decoded together (on OpenMP's threads): the file
+ * names and --npz's decoded pixels are held for this many at a time,
+ * whatever the batch size. */
+#define PNG_CHUNK 64
 
 typedef struct options {
     const char *model_path;   /* NULL: search the default locations */
@@ -121,7 +125,10 @@ static void print_help(FILE *out)
 "      --first-index I      index of the first image, to split one run into shards:\n"
 "                           names, noise and default classes follow the index (default: 0)\n"
 "      --shard K/N          draw part K (0..N-1) of N near-equal parts of the -n images,\n"
-"                           e.g. one process per GPU (--device cuda:K) into one --out\n"
+"                           e.g. one process per GPU (--device cuda:K) into one --out;\n"
+"                           --grid, --latents-out and --report then cover the part (give\n"
+"                           each part its own file); --npz is for the whole range, after\n"
+"                           the parts\n"
 "      --steps N            sampling steps, 1..num_train_timesteps (default: %d)\n"
 "      --sampler S          ddpm | ddim (default: ddpm)\n"
 "      --eta X              DDIM eta >= 0 (default: 0)\n"
@@ -602,7 +609,7 @@ typedef struct run_state {
     size_t image_floats;      /* per image */
     float *all_latents;       /* [N, ...] when --latents-out */
     float *all_images;        /* [N, ...] when --grid */
-    char **paths;             /* [batch_size] file names, PATH_MAX each */
+    char **paths;             /* [PNG_CHUNK] file names, PATH_MAX each */
     fpdm_step_report *steps;  /* summed over batches */
     long long model_evaluations, fixed_point_iterations;
     int images_sampled, images_skipped;
@@ -664,11 +671,15 @@ static int write_batch_images(run_state *rs, int start, int count, const float *
     if (!rs->opt->out_dir || !rs->write_pngs)
         return 0;
     char err[512];
-    fill_image_paths(rs, start, count);
-    if (png_write_images((const char *const *)rs->paths, pixels, count, rs->image_channels,
-                         rs->image_size, rs->image_size, err, sizeof err) != 0) {
-        fprintf(stderr, PROGRAM ": %s\n", err);
-        return EXIT_RUNTIME;
+    for (int done = 0; done < count; done += PNG_CHUNK) {
+        const int chunk = count - done < PNG_CHUNK ? count - done : PNG_CHUNK;
+        fill_image_paths(rs, start + done, chunk);
+        if (png_write_images((const char *const *)rs->paths,
+                             pixels + (size_t)done * rs->image_floats, chunk, rs->image_channels,
+                             rs->image_size, rs->image_size, err, sizeof err) != 0) {
+            fprintf(stderr, PROGRAM ": %s\n", err);
+            return EXIT_RUNTIME;
+        }
     }
     return 0;
 }
@@ -815,7 +826,7 @@ static int write_npz(run_state *rs)
                               rs->image_channels};
     const size_t image_bytes = (size_t)rs->image_size * rs->image_size * rs->image_channels;
     char err[512];
-    uint8_t *pixels = malloc((size_t)opt->batch_size * image_bytes);
+    uint8_t *pixels = malloc((size_t)PNG_CHUNK * image_bytes);
     if (!pixels) {
         fprintf(stderr, PROGRAM ": --npz: out of memory\n");
         return EXIT_RUNTIME;
@@ -824,10 +835,8 @@ static int write_npz(run_state *rs)
         fprintf(stderr, PROGRAM ": packing %d images into %s\n", opt->num_images, opt->npz_path);
     npz_writer *npz = npz_u8_create(opt->npz_path, 4, shape, err, sizeof err);
     int rc = npz ? 0 : EXIT_RUNTIME;
-    /* A batch of files at a time, decoded in parallel. */
-    for (int start = 0; rc == 0 && start < opt->num_images; start += opt->batch_size) {
-        const int count = start + opt->batch_size <= opt->num_images ? opt->batch_size
-                                                                     : opt->num_images - start;
+    for (int start = 0; rc == 0 && start < opt->num_images; start += PNG_CHUNK) {
+        const int count = opt->num_images - start < PNG_CHUNK ? opt->num_images - start : PNG_CHUNK;
         fill_image_paths(rs, start, count);
         if (interrupted)
             rc = EXIT_INTERRUPTED;
@@ -1080,12 +1089,12 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
         rs->all_latents = malloc((size_t)opt->num_images * rs->latent_floats * sizeof(float));
     if (opt->grid_path)
         rs->all_images = malloc((size_t)opt->num_images * rs->image_floats * sizeof(float));
-    rs->paths = calloc((size_t)opt->batch_size, sizeof *rs->paths);
-    for (int i = 0; rs->paths && i < opt->batch_size; i++)
+    rs->paths = calloc(PNG_CHUNK, sizeof *rs->paths);
+    for (int i = 0; rs->paths && i < PNG_CHUNK; i++)
         if (!(rs->paths[i] = malloc(PATH_MAX)))
             break;
     if (!rs->labels || !rs->steps || (opt->latents_out && !rs->all_latents) ||
-        (opt->grid_path && !rs->all_images) || !rs->paths || !rs->paths[opt->batch_size - 1]) {
+        (opt->grid_path && !rs->all_images) || !rs->paths || !rs->paths[PNG_CHUNK - 1]) {
         fprintf(stderr, PROGRAM ": out of memory for %d images\n", opt->num_images);
         return EXIT_RUNTIME;
     }
@@ -1353,7 +1362,7 @@ static void free_run(run_state *rs)
     free(rs->step_noise);
     free(rs->all_latents);
     free(rs->all_images);
-    for (int i = 0; rs->paths && i < rs->opt->batch_size; i++)
+    for (int i = 0; rs->paths && i < PNG_CHUNK; i++)
         free(rs->paths[i]);
     free(rs->paths);
     free(rs->steps);
@@ -1395,6 +1404,12 @@ int main(int argc, char **argv)
                      "(allowed: N <= -n)", opt.shard_index, opt.shard_count, opt.shard_count,
                      opt.num_images);
             rc = usage_error(err);
+            goto done;
+        }
+        if (opt.npz_path) {
+            rc = usage_error("--npz packs the whole run, and a --shard part holds only its own "
+                             "images: when every part is done, run the whole range (no --shard) "
+                             "with --npz; it draws nothing and packs them all");
             goto done;
         }
         if (opt.init_noise_path || opt.step_noise_path) {

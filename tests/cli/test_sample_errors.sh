@@ -94,6 +94,7 @@ expect "shard not K/N"       2 "--shard: '3' is not K/N"                 -m "$fp
 expect "shard K too large"   2 "--shard K: 2 is out of range \(allowed: 0\.\.1\)" -m "$fpdm" --shard 2/2
 expect "shard N zero"        2 "--shard N: 0 is out of range"             -m "$fpdm" --shard 0/0
 expect "shards past -n"      2 "--shard 1/9: 9 parts of 5 images leave some empty" -m "$fpdm" -n 5 --shard 1/9
+expect "shard with npz"      2 "--npz packs the whole run, and a --shard part holds only its own images" -m "$fpdm" -n 4 --shard 1/2 --npz "$tmp/s.npz"
 expect "shard with noise"    2 "--shard splits the built-in noise's run"  -m "$fpdm" -n 4 --steps 3 --shard 1/2 --init-noise "$tmp/init-bad.npy"
 expect "init noise shape"    2 "--init-noise .*shape \[2, 1, 8, 8\] does not match the run \(allowed: \[4, 1, 8, 8\]\)" \
     -m "$fpdm" -n 4 --steps 3 --init-noise "$tmp/init-bad.npy"

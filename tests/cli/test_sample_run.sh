@@ -262,6 +262,11 @@ import numpy as np
 whole, shard = np.load('$tmp/n.npz')['arr_0'], np.load('$tmp/n-shard.npz')['arr_0']
 assert (shard == whole[3:5]).all()
 "
+# A batch of 70 images: PNGs written, and read back, 64 at a time.
+check "npz of 70 images in one batch" run npz-70 -m "$fpdm" -n 70 -b 70 --steps 1 --out "$tmp/n70" \
+    --npz "$tmp/n70.npz" --latents-out "$tmp/n70.npy"
+check "npz of 70 images holds them all" npz_check "$tmp/n70.npz" 70 8 1 "$tmp/n70.npy"
+check "70 PNGs written" [ "$(ls "$tmp/n70" | grep -c '\.png$')" = 70 ]
 # Two shards into one folder, then the whole range packs both, drawing nothing.
 check "npz shard 1" run npz-s1 -m "$fpdm" -n 3 --steps 6 --seed 3 --class 0,1,2 --cfg-scale 2 -b 2 --out "$tmp/ns"
 check "npz shard 2" run npz-s2 -m "$fpdm" -n 2 --first-index 3 --steps 6 --seed 3 --class 0,1,2 --cfg-scale 2 --out "$tmp/ns"
