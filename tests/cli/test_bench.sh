@@ -154,6 +154,14 @@ check "vae table" grep -qE "^ +4 +8 +1 +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+$" "$t
 
 # A written model file is loadable and benchmarks the same architecture.
 check "write model" "$bench" --config tiny-fpdm --write-model "$tmp/m.safetensors"
+# A write that fails (past a file-size limit, as on a full disk) says so and
+# leaves the file that was there whole, and no temporary file.
+cp "$tmp/m.safetensors" "$tmp/m-before.safetensors"
+( trap '' XFSZ; ulimit -f 4; exec "$bench" --config tiny-dit --write-model "$tmp/m.safetensors" ) >/dev/null 2>"$tmp/write-fail.err"
+check "a failed --write-model exits non-zero" [ $? != 0 ]
+check "a failed --write-model says so" grep -q "m.safetensors: write failed: File too large" "$tmp/write-fail.err"
+check "a failed --write-model keeps the old file" cmp -s "$tmp/m.safetensors" "$tmp/m-before.safetensors"
+check "a failed --write-model leaves no temporary" [ -z "$(ls "$tmp" | grep 'm.safetensors.tmp')" ]
 check "bench a model file (json)" bash -c "'$bench' --model '$tmp/m.safetensors' --iters 3 --repeat 1 --warmup 0 --json | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin); assert r[\"results\"][0][\"iters\"] == 3 and r[\"settings\"][\"parameters\"] > 0'"
 
 # fails NAME STATUS PATTERN ARGS...: fpdm-bench exits with STATUS, nothing on

@@ -1,6 +1,7 @@
 /* synthetic_tensors.c - the tensor list and file writer the random-weight
  * writers share (see synthetic_tensors.h). */
 #include "synthetic_tensors.h"
+#include "temp_path.h"
 #include "safetensors_header.h"
 
 #include <errno.h>
@@ -129,15 +130,18 @@ int synthetic_tensors_write(const char *path, const char *json_header,
             largest = synthetic_tensor_elements(&list->entries[i]);
     float *values = malloc((size_t)largest * sizeof(float));
     uint16_t *halves = halves_stored ? malloc((size_t)largest * sizeof(uint16_t)) : NULL;
+    /* Written under a temporary name and renamed over path: a failed or
+     * interrupted write leaves path as it was. */
+    char *tmp_path = temp_path_for(path);
     FILE *f = NULL;
     int rc = -1;
-    if (list->failed || !json_header || !values || (halves_stored && !halves)) {
+    if (list->failed || !json_header || !values || (halves_stored && !halves) || !tmp_path) {
         snprintf(err, err_size, "%s: out of memory", path);
         goto done;
     }
-    f = fopen(path, "wb");
+    f = fopen(tmp_path, "wb");
     if (!f) {
-        snprintf(err, err_size, "%s: cannot create: %s", path, strerror(errno));
+        snprintf(err, err_size, "%s: cannot create %s: %s", path, tmp_path, strerror(errno));
         goto done;
     }
     /* Tensor data in the host's byte order: little-endian, as the format
@@ -160,12 +164,18 @@ int synthetic_tensors_write(const char *path, const char *json_header,
         ok = 0;
     if (!ok) {
         snprintf(err, err_size, "%s: write failed: %s", path, strerror(errno));
-        remove(path);
+        remove(tmp_path);
+        goto done;
+    }
+    if (rename(tmp_path, path) != 0) {
+        snprintf(err, err_size, "%s: cannot rename %s: %s", path, tmp_path, strerror(errno));
+        remove(tmp_path);
         goto done;
     }
     rc = 0;
 done:
     free(values);
     free(halves);
+    free(tmp_path);
     return rc;
 }
