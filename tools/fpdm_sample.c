@@ -191,8 +191,6 @@ static int flag_is(const char *arg, const char *short_name, const char *long_nam
     return *inline_value != NULL;
 }
 
-/* Parses argv into opt. Returns 0, EXIT_USAGE after printing the problem, or
- * -1 when --help was printed. */
 /* "K/N" with 0 <= K < N. Returns 0, or -1 with a message in err. */
 static int parse_shard(const char *text, int *index, int *count, char *err, size_t err_size)
 {
@@ -209,6 +207,8 @@ static int parse_shard(const char *text, int *index, int *count, char *err, size
     return 0;
 }
 
+/* Parses argv into opt. Returns 0, EXIT_USAGE after printing the problem, or
+ * -1 when --help was printed. */
 static int parse_arguments(int argc, char **argv, options *opt)
 {
     char err[512];

@@ -303,41 +303,18 @@ int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *
     size_t header_len = npy_header(path, "<f4", ndim, shape, header, &count, err, err_size);
     if (!header_len) return -1;
 
-    char *tmp_path = temp_path_for(path);
-    if (!tmp_path) {
-        support_set_error(err, err_size, "%s: out of memory", path);
-        return -1;
-    }
-    FILE *f = fopen(tmp_path, "wb");
-    if (!f) {
-        support_set_error(err, err_size, "%s: cannot create %s: %s", path, tmp_path, strerror(errno));
-        free(tmp_path);
-        return -1;
-    }
-    int ok = fwrite(header, 1, header_len, f) == header_len;
+    temp_file out;
+    if (temp_file_create(&out, path, err, err_size) != 0) return -1;
+    int ok = temp_file_write(&out, header, header_len);
     if (ok && host_is_little_endian()) {
-        ok = fwrite(data, 4, (size_t)count, f) == (size_t)count;
+        ok = temp_file_write(&out, data, (size_t)count * 4);
     } else if (ok) {
         for (int64_t i = 0; ok && i < count; i++) {
             unsigned char word[4];
             memcpy(word, data + i, 4);
             swap_words(word, 1);
-            ok = fwrite(word, 1, 4, f) == 4;
+            ok = temp_file_write(&out, word, 4);
         }
     }
-    int write_errno = errno;
-    if (fclose(f) != 0 && ok) {
-        ok = 0;
-        write_errno = errno;
-    }
-    if (ok && rename(tmp_path, path) != 0) {
-        ok = 0;
-        write_errno = errno;
-    }
-    if (!ok) {
-        support_set_error(err, err_size, "%s: write failed: %s", path, strerror(write_errno));
-        remove(tmp_path);
-    }
-    free(tmp_path);
-    return ok ? 0 : -1;
+    return temp_file_commit(&out, path, err, err_size);
 }

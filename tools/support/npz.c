@@ -30,8 +30,8 @@
 #define CRC_OFFSET 14 /* of the CRC-32 field in the local header */
 
 struct npz_writer {
-    FILE *file;
-    char *path, *tmp_path;
+    temp_file out;
+    char *path;
     uint64_t member_size;  /* .npy header + data */
     uint64_t data_bytes;   /* the array's bytes: prod(shape) */
     uint64_t data_written;
@@ -147,8 +147,9 @@ static size_t archive_tail(uint8_t *out, uint32_t crc, uint64_t member_size, uin
 }
 
 static int write_all(npz_writer *w, const void *bytes, size_t count, char *err, size_t err_size) {
-    if (fwrite(bytes, 1, count, w->file) == count) return 0;
-    support_set_error(err, err_size, "%s: write failed: %s", w->path, strerror(errno));
+    if (temp_file_write(&w->out, bytes, count)) return 0;
+    support_set_error(err, err_size, "%s: write failed: %s", w->path,
+                      strerror(w->out.write_errno));
     return -1;
 }
 
@@ -159,19 +160,13 @@ npz_writer *npz_u8_create(const char *path, int ndim, const int64_t *shape, char
     size_t header_len = npy_header(path, "|u1", ndim, shape, header, &count, err, err_size);
     if (!header_len) return NULL;
     npz_writer *w = calloc(1, sizeof *w);
-    if (w) {
-        w->path = strdup(path);
-        w->tmp_path = temp_path_for(path);
-    }
-    if (!w || !w->path || !w->tmp_path) {
+    if (w) w->path = strdup(path);
+    if (!w || !w->path) {
         support_set_error(err, err_size, "%s: out of memory", path);
         npz_u8_abort(w);
         return NULL;
     }
-    w->file = fopen(w->tmp_path, "wb");
-    if (!w->file) {
-        support_set_error(err, err_size, "%s: cannot create %s: %s", path, w->tmp_path,
-                          strerror(errno));
+    if (temp_file_create(&w->out, path, err, err_size) != 0) {
         npz_u8_abort(w);
         return NULL;
     }
@@ -213,37 +208,20 @@ int npz_u8_finish(npz_writer *w, char *err, size_t err_size) {
     uint8_t tail[256], crc_field[4], *p = crc_field;
     size_t tail_len = archive_tail(tail, crc, w->member_size, LOCAL_HEADER_SIZE + w->member_size);
     put32(&p, crc);
-    int rc = write_all(w, tail, tail_len, err, err_size);
+    temp_file_write(&w->out, tail, tail_len);
     /* The seek flushes what stdio buffered: a failure here may be the data's. */
-    if (rc == 0 && (fseek(w->file, CRC_OFFSET, SEEK_SET) != 0 ||
-                    fwrite(crc_field, 1, 4, w->file) != 4)) {
-        support_set_error(err, err_size, "%s: write failed: %s", w->path, strerror(errno));
-        rc = -1;
-    }
-    FILE *file = w->file;
-    w->file = NULL;
-    if (fclose(file) != 0 && rc == 0) {
-        support_set_error(err, err_size, "%s: write failed: %s", w->path, strerror(errno));
-        rc = -1;
-    }
-    if (rc == 0 && rename(w->tmp_path, w->path) != 0) {
-        support_set_error(err, err_size, "%s: cannot rename %s: %s", w->path, w->tmp_path,
-                          strerror(errno));
-        rc = -1;
-    }
-    if (rc == 0) {
-        free(w->tmp_path);
-        w->tmp_path = NULL;
-    }
+    if (fseek(w->out.file, CRC_OFFSET, SEEK_SET) != 0)
+        temp_file_failed(&w->out, errno);
+    else
+        temp_file_write(&w->out, crc_field, 4);
+    int rc = temp_file_commit(&w->out, w->path, err, err_size);
     npz_u8_abort(w);
     return rc;
 }
 
 void npz_u8_abort(npz_writer *w) {
     if (!w) return;
-    if (w->file) fclose(w->file);
-    if (w->tmp_path) remove(w->tmp_path);
-    free(w->tmp_path);
+    temp_file_discard(&w->out);
     free(w->path);
     free(w);
 }

@@ -38,58 +38,24 @@ static void place_image(uint8_t *canvas, int canvas_width, const float *chw, int
     }
 }
 
-/* Where stb_image_write hands the encoded bytes: stbi_write_png itself
+/* Where stb_image_write hands the encoded bytes. stbi_write_png itself
  * ignores fwrite's and fclose's failures, which on a full disk would leave a
  * truncated PNG in place that a resumed run then skips as done. */
-typedef struct png_sink {
-    FILE *file;
-    int failed;
-    int error_number;
-} png_sink;
-
-static void write_to_sink(void *context, void *data, int size) {
-    png_sink *sink = context;
-    if (sink->failed) return;
-    if (fwrite(data, 1, (size_t)size, sink->file) != (size_t)size) {
-        sink->failed = 1;
-        sink->error_number = errno;
-    }
+static void write_to_temp_file(void *context, void *data, int size) {
+    temp_file_write(context, data, (size_t)size);
 }
 
 static int write_canvas(const char *path, const uint8_t *canvas, int channels, int height,
                         int width, char *err, size_t err_size) {
-    char *tmp_path = temp_path_for(path);
-    if (!tmp_path) {
-        support_set_error(err, err_size, "%s: out of memory", path);
-        return -1;
-    }
-    int status = 0;
-    png_sink sink = {fopen(tmp_path, "wb"), 0, 0};
-    if (!sink.file) {
-        support_set_error(err, err_size, "%s: cannot create %s: %s", path, tmp_path,
-                          strerror(errno));
-        free(tmp_path);
-        return -1;
-    }
-    int encoded = stbi_write_png_to_func(write_to_sink, &sink, width, height, channels, canvas,
-                                         width * channels);
-    if (fclose(sink.file) != 0 && !sink.failed) {
-        sink.failed = 1;
-        sink.error_number = errno;
-    }
-    if (!encoded) {
+    temp_file out;
+    if (temp_file_create(&out, path, err, err_size) != 0) return -1;
+    if (!stbi_write_png_to_func(write_to_temp_file, &out, width, height, channels, canvas,
+                                width * channels)) {
+        temp_file_discard(&out);
         support_set_error(err, err_size, "%s: cannot encode the PNG (out of memory)", path);
-        status = -1;
-    } else if (sink.failed) {
-        support_set_error(err, err_size, "%s: write failed: %s", path, strerror(sink.error_number));
-        status = -1;
-    } else if (rename(tmp_path, path) != 0) {
-        support_set_error(err, err_size, "%s: cannot rename %s: %s", path, tmp_path, strerror(errno));
-        status = -1;
+        return -1;
     }
-    if (status != 0) remove(tmp_path);
-    free(tmp_path);
-    return status;
+    return temp_file_commit(&out, path, err, err_size);
 }
 
 static int check_image_shape(const char *path, int channels, int height, int width, char *err,
@@ -189,12 +155,12 @@ int png_read_image(const char *path, int channels, int height, int width, uint8_
         fclose(f);
         return -1;
     }
-    if (stbi_is_16_bit_from_file(f) || file_channels != channels || file_height != height ||
+    const int file_bits = stbi_is_16_bit_from_file(f) ? 16 : 8;
+    if (file_bits != 8 || file_channels != channels || file_height != height ||
         file_width != width) {
         support_set_error(err, err_size, "%s: a PNG of %dx%d pixels, %d-bit %s (expected: "
-                          "%dx%d pixels, 8-bit %s)", path, file_height, file_width,
-                          stbi_is_16_bit_from_file(f) ? 16 : 8, color_name(file_channels),
-                          height, width, color_name(channels));
+                          "%dx%d pixels, 8-bit %s)", path, file_height, file_width, file_bits,
+                          color_name(file_channels), height, width, color_name(channels));
         fclose(f);
         return -1;
     }

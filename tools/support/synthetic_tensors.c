@@ -130,23 +130,19 @@ int synthetic_tensors_write(const char *path, const char *json_header,
             largest = synthetic_tensor_elements(&list->entries[i]);
     float *values = malloc((size_t)largest * sizeof(float));
     uint16_t *halves = halves_stored ? malloc((size_t)largest * sizeof(uint16_t)) : NULL;
-    /* Written under a temporary name and renamed over path: a failed or
-     * interrupted write leaves path as it was. */
-    char *tmp_path = temp_path_for(path);
-    FILE *f = NULL;
+    temp_file out;
     int rc = -1;
-    if (list->failed || !json_header || !values || (halves_stored && !halves) || !tmp_path) {
+    if (list->failed || !json_header || !values || (halves_stored && !halves)) {
         snprintf(err, err_size, "%s: out of memory", path);
         goto done;
     }
-    f = fopen(tmp_path, "wb");
-    if (!f) {
-        snprintf(err, err_size, "%s: cannot create %s: %s", path, tmp_path, strerror(errno));
+    if (temp_file_create(&out, path, err, err_size) != 0)
         goto done;
-    }
     /* Tensor data in the host's byte order: little-endian, as the format
      * requires, on every machine fpdm targets. */
-    int ok = write_safetensors_header(f, json_header) == 0;
+    int ok = write_safetensors_header(out.file, json_header) == 0;
+    if (!ok)
+        temp_file_failed(&out, errno);
     uint64_t rng = seed;
     for (int i = 0; ok && i < list->count; i++) {
         const synthetic_tensor *t = &list->entries[i];
@@ -155,27 +151,14 @@ int synthetic_tensors_write(const char *path, const char *json_header,
         if (halves_stored) {
             for (size_t k = 0; k < n; k++)
                 halves[k] = storage == SYNTHETIC_BF16 ? to_bf16(values[k]) : to_f16(values[k]);
-            ok = fwrite(halves, sizeof(uint16_t), n, f) == n;
+            ok = temp_file_write(&out, halves, n * sizeof(uint16_t));
         } else {
-            ok = fwrite(values, sizeof(float), n, f) == n;
+            ok = temp_file_write(&out, values, n * sizeof(float));
         }
     }
-    if (fclose(f) != 0)
-        ok = 0;
-    if (!ok) {
-        snprintf(err, err_size, "%s: write failed: %s", path, strerror(errno));
-        remove(tmp_path);
-        goto done;
-    }
-    if (rename(tmp_path, path) != 0) {
-        snprintf(err, err_size, "%s: cannot rename %s: %s", path, tmp_path, strerror(errno));
-        remove(tmp_path);
-        goto done;
-    }
-    rc = 0;
+    rc = temp_file_commit(&out, path, err, err_size);
 done:
     free(values);
     free(halves);
-    free(tmp_path);
     return rc;
 }
