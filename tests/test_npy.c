@@ -166,12 +166,9 @@ static void test_rejections(void) {
 }
 
 int main(void) {
-    snprintf(dir, sizeof dir, "/tmp/fpdm_test_npy.XXXXXX");
-    if (!mkdtemp(dir)) return 1;
-    char command[300];
+    if (test_make_temp_dir(dir, sizeof dir, "test_npy") != 0) return 1;
     test_round_trip();
     test_rejections();
-    snprintf(command, sizeof command, "rm -rf %s", dir);
-    if (system(command) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    test_remove_temp_dir(dir);
     return test_finish("test_npy");
 }

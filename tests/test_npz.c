@@ -96,12 +96,9 @@ static void test_refusals(void) {
 }
 
 int main(void) {
-    snprintf(dir, sizeof dir, "/tmp/fpdm_test_npz.XXXXXX");
-    if (!mkdtemp(dir)) return 1;
+    if (test_make_temp_dir(dir, sizeof dir, "test_npz") != 0) return 1;
     test_complete();
     test_refusals();
-    char command[300];
-    snprintf(command, sizeof command, "rm -rf %s", dir);
-    if (system(command) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    test_remove_temp_dir(dir);
     return test_finish("test_npz");
 }

@@ -230,8 +230,7 @@ static void test_many(void) {
 }
 
 int main(void) {
-    snprintf(dir, sizeof dir, "/tmp/fpdm_test_png.XXXXXX");
-    if (!mkdtemp(dir)) return 1;
+    if (test_make_temp_dir(dir, sizeof dir, "test_png") != 0) return 1;
     test_mapping();
     test_image(3);
     test_image(1);
@@ -241,8 +240,6 @@ int main(void) {
     test_read_back(3);
     test_read_rejections();
     test_many();
-    char command[300];
-    snprintf(command, sizeof command, "rm -rf %s", dir);
-    if (system(command) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    test_remove_temp_dir(dir);
     return test_finish("test_png");
 }

@@ -3,8 +3,10 @@
 #define _POSIX_C_SOURCE 200809L
 #include "test_util.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -119,6 +121,17 @@ int test_download_operand(backend *be, float *values, const float *device, size_
     for (size_t i = 0; i < n; i++) values[i] = from_16bit(packed[i], type);
     free(packed);
     return status;
+}
+
+int test_make_temp_dir(char *dir, size_t size, const char *name) {
+    snprintf(dir, size, "/tmp/fpdm_%s.XXXXXX", name);
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+void test_remove_temp_dir(const char *dir) {
+    char command[PATH_MAX + 16];
+    snprintf(command, sizeof command, "rm -rf '%s'", dir);
+    if (system(command) != 0) fprintf(stderr, "could not remove %s\n", dir);
 }
 
 int test_finish(const char *name) {

@@ -70,6 +70,11 @@ float *test_upload_operand(backend *be, float *values, size_t n);
  * backend's non-zero status. */
 int test_download_operand(backend *be, float *values, const float *device, size_t n);
 
+/* A fresh folder "/tmp/fpdm_NAME.XXXXXX" into dir (size bytes); 0, or -1. */
+int test_make_temp_dir(char *dir, size_t size, const char *name);
+/* Removes that folder and everything in it (a note on stderr if it cannot). */
+void test_remove_temp_dir(const char *dir);
+
 /* Prints "N passed, M failed" style summary and returns the exit code. */
 int test_finish(const char *name);
 
