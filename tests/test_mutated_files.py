@@ -12,7 +12,6 @@ reproduces; the first failing command is printed.
 import json
 import os
 import random
-import struct
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import run_tests, test  # noqa: E402
 
 import numpy as np  # noqa: E402
+from safetensors_io import read_raw, write_raw  # noqa: E402
 
 BUILD = sys.argv[1] if len(sys.argv) > 1 else "build"
 SAMPLE = os.path.join(BUILD, "fpdm-sample")
@@ -58,19 +58,6 @@ FLAGS = [["--reuse"], ["--schedule", "increasing"], ["--schedule", "decreasing",
          ["--iters", "0"], ["--iters", "3"], ["--first-index", "7"], ["-b", "1"], ["--class", "9"]]
 
 
-def read_safetensors(path):
-    data = open(path, "rb").read()
-    size = struct.unpack("<Q", data[:8])[0]
-    return json.loads(data[8:8 + size]), data[8 + size:]
-
-
-def write_safetensors(path, header, body):
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + body)
-
-
 def mutate(metadata, values, rng, changes):
     for _ in range(changes):
         key = rng.choice(sorted(values))
@@ -84,18 +71,18 @@ def mutate(metadata, values, rng, changes):
 def mutated_metadata_is_refused_or_sampled():
     assert os.access(SAMPLE, os.X_OK), f"{SAMPLE} is not built"
     rng = random.Random(20261127)
-    vae_header, vae_body = read_safetensors(os.path.join(GOLDEN, "vae-small.safetensors"))
+    vae_header, vae_body = read_raw(os.path.join(GOLDEN, "vae-small.safetensors"))
     outcomes = {0: 0, 1: 0, 2: 0}
     with tempfile.TemporaryDirectory() as tmp:
         model_path, vae_path = os.path.join(tmp, "model.safetensors"), os.path.join(tmp, "vae.safetensors")
         latents_path = os.path.join(tmp, "latents.npy")
         for case in range(CASES):
-            header, body = read_safetensors(os.path.join(GOLDEN, rng.choice(MODELS)))
+            header, body = read_raw(os.path.join(GOLDEN, rng.choice(MODELS)))
             vae = json.loads(json.dumps(vae_header))
             mutate(header["__metadata__"], MODEL_VALUES, rng, rng.randint(0, 3))
             mutate(vae["__metadata__"], VAE_VALUES, rng, rng.randint(0, 2))
-            write_safetensors(model_path, header, body)
-            write_safetensors(vae_path, vae, vae_body)
+            write_raw(model_path, header, body)
+            write_raw(vae_path, vae, vae_body)
             out_dir = os.path.join(tmp, f"out{case}")
             command = [SAMPLE, "-m", model_path, "-n", str(rng.choice([1, 2, 3])),
                        "--steps", str(rng.choice([1, 2, 5])), "--quiet", "--out", out_dir,

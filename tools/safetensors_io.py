@@ -109,6 +109,23 @@ def read(path):
     return tensors, metadata
 
 
+def read_raw(path):
+    """(header, body): the header's JSON as a dict (__metadata__ included) and
+    the data section's bytes untouched, for rewriting a file's header only."""
+    with open(path, "rb") as source:
+        data = source.read()
+    (header_size,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + header_size].decode("utf-8")), data[8 + header_size:]
+
+
+def write_raw(path, header, body):
+    """The inverse of read_raw: header (padded with spaces to 8 bytes) then body."""
+    header_bytes = json.dumps(header).encode("utf-8")
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    with open(path, "wb") as out:
+        out.write(struct.pack("<Q", len(header_bytes)) + header_bytes + body)
+
+
 def _read_header(path):
     with open(path, "rb") as source:
         (header_size,) = struct.unpack("<Q", source.read(8))

@@ -141,14 +141,12 @@ check "quiet stderr empty" [ ! -s "$tmp/quiet.err" ]
 #    depth is its pre and post blocks (the default of 0 iterations), sampled
 #    with its defaults and with a schedule that spreads the (zero) budget.
 /usr/bin/python3 - "$fpdm" "$tmp/fpdm-depth2.safetensors" <<'PY'
-import json, struct, sys
-data = open(sys.argv[1], "rb").read()
-size = struct.unpack("<Q", data[:8])[0]
-header = json.loads(data[8:8 + size])
+import sys
+sys.path.insert(0, "tools")
+from safetensors_io import read_raw, write_raw
+header, body = read_raw(sys.argv[1])
 header["__metadata__"]["fpdm.equivalent_depth"] = "2"   # pre 1 + post 1
-text = json.dumps(header).encode()
-text += b" " * (-len(text) % 8)
-open(sys.argv[2], "wb").write(struct.pack("<Q", len(text)) + text + data[8 + size:])
+write_raw(sys.argv[2], header, body)
 PY
 zero_plan() {  # zero_plan REPORT: 4 steps planned and run with no iteration
     /usr/bin/python3 -c "
