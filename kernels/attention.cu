@@ -133,7 +133,8 @@ size_t cuda_attention_scratch_floats(backend *be, int batch, int tokens, int hea
  * m16n8k16 (bf16 or fp16 inputs, float32 accumulators), in the manner of
  * FlashAttention-2. A block of TC_WARPS warps serves TC_QUERIES queries of
  * one (image, head), 16 per warp; keys and values stream through shared
- * memory in tiles of TK. Each warp keeps its queries' fragments, the scores
+ * memory in tiles of TK, two stages deep (cp.async copies the next tile while
+ * this one is computed on). Each warp keeps its queries' fragments, the scores
  * of a tile and the output accumulators in registers, whose layout the PTX
  * ISA fixes for m16n8k16: lane l holds rows l/4 and l/4 + 8, columns
  * 2 (l % 4) and 2 (l % 4) + 1 of each 8-column piece. That lets the online
@@ -142,6 +143,9 @@ size_t cuda_attention_scratch_floats(backend *be, int batch, int tokens, int hea
  * zero-padded to HD, a multiple of 16. */
 #define TC_WARPS 4
 #define TC_QUERIES (16 * TC_WARPS)
+/* Blocks the register budget is sized for: 4 of 4 warps hide the copies'
+ * latency better than 3 (the kernel needs ~145 registers unbounded). */
+#define TC_BLOCKS_PER_SM 4
 
 __device__ __forceinline__ uint32_t shared_address(const void *pointer) {
     return (uint32_t)__cvta_generic_to_shared(pointer);
@@ -193,10 +197,26 @@ __device__ __forceinline__ uint32_t pack_pair(float low, float high, __half) {
     return *reinterpret_cast<uint32_t *>(&pair);
 }
 
+/* 16 bytes from global to shared memory without passing through registers
+ * (sm_80's cp.async); with `fill` false the 16 bytes are zeros. The copies a
+ * thread issued become visible after cp_async_wait and a barrier. */
+__device__ __forceinline__ void cp_async_16(void *dst, const void *src, bool fill) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)),
+                 "l"(src), "r"(fill ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+/* Waits until at most PENDING of this thread's committed groups are in flight. */
+template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
+}
+
 /* rows x HD of a [tokens, 3 * dim] operand buffer (`first_row` on, from
  * `source`, which points at this head's column) into a tile with row stride
- * LD, zero where the row is past `tokens` or the column past head_dim. Rows
- * move in 16-byte pieces where head_dim allows. */
+ * LD, zero where the row is past `tokens` or the column past head_dim. Where
+ * head_dim allows, rows move in asynchronous 16-byte pieces (commit and wait
+ * for them); a piece that head_dim cuts goes through registers. */
 template <typename T, int HD, int LD>
 __device__ __forceinline__ void load_tile(T *tile, const T *source, int rows, int first_row,
                                           int tokens, int head_dim, size_t token_stride,
@@ -207,8 +227,9 @@ __device__ __forceinline__ void load_tile(T *tile, const T *source, int rows, in
         int r = idx / PIECES, piece = idx % PIECES, row = first_row + r, d = 8 * piece;
         T *dst = tile + r * LD + d;
         const T *src = source + (size_t)(row < tokens ? row : 0) * token_stride + d;
-        if (row < tokens && vector_ok && d + 8 <= head_dim) {
-            *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
+        if (vector_ok && (d + 8 <= head_dim || d >= head_dim)) {
+            bool fill = row < tokens && d + 8 <= head_dim;
+            cp_async_16(dst, fill ? src : source, fill);
         } else {
 #pragma unroll
             for (int e = 0; e < 8; e++) dst[e] = row < tokens && d + e < head_dim ? src[e] : zero;
@@ -217,16 +238,19 @@ __device__ __forceinline__ void load_tile(T *tile, const T *source, int rows, in
 }
 
 template <typename T, int HD>
-__global__ void __launch_bounds__(TC_WARPS * 32)
+__global__ void __launch_bounds__(TC_WARPS * 32, TC_BLOCKS_PER_SM)
 attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, float scale_log2) {
     static_assert(HD % 16 == 0 && HD <= 128, "unsupported head dimension");
-    /* Keys per tile: 64, or 32 where three tiles of 64 would pass 48 KB. */
-    constexpr int TK = HD <= 96 ? 64 : 32;
+    /* Keys per tile: 64, or 32 where two stages of 64 would pass 48 KB. */
+    constexpr int TK = HD <= 80 ? 64 : 32;
     /* Rows padded by 16 bytes: ldmatrix's eight row reads hit distinct banks. */
     constexpr int LD = HD + 8;
-    __shared__ __align__(16) T q_tile[TC_QUERIES * LD];
-    __shared__ __align__(16) T k_tile[TK * LD];
-    __shared__ __align__(16) T v_tile[TK * LD];
+    static_assert(TC_QUERIES <= 2 * TK, "the query tile must fit in one stage");
+    /* Two stages of (key tile, value tile): the next tile's copies fly while
+     * this one is computed on. The query tile is read once, into registers,
+     * from stage 1's memory before that stage is first filled with keys. */
+    __shared__ __align__(16) T stages[2][2 * TK * LD];
+    T *const q_tile = stages[1];
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int image = blockIdx.x / heads, head = blockIdx.x % heads;
@@ -239,11 +263,17 @@ attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, f
 
     load_tile<T, HD, LD>(q_tile, q_base, TC_QUERIES, first_query, tokens, head_dim, token_stride,
                          vector_ok);
+    load_tile<T, HD, LD>(stages[0], k_base, TK, 0, tokens, head_dim, token_stride, vector_ok);
+    load_tile<T, HD, LD>(stages[0] + TK * LD, v_base, TK, 0, tokens, head_dim, token_stride,
+                         vector_ok);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
     uint32_t q_frag[HD / 16][4];
 #pragma unroll
     for (int kk = 0; kk < HD / 16; kk++)
         ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+    __syncthreads(); /* the query tile is read before stage 1 takes keys */
 
     /* Per lane: rows lane / 4 (index 0) and lane / 4 + 8 (index 1). */
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
@@ -251,13 +281,22 @@ attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, f
 #pragma unroll
     for (int j = 0; j < HD / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
 
-    for (int first_key = 0; first_key < tokens; first_key += TK) {
-        __syncthreads(); /* the previous tiles are no longer read */
-        load_tile<T, HD, LD>(k_tile, k_base, TK, first_key, tokens, head_dim, token_stride,
-                             vector_ok);
-        load_tile<T, HD, LD>(v_tile, v_base, TK, first_key, tokens, head_dim, token_stride,
-                             vector_ok);
-        __syncthreads();
+    const int num_tiles = (tokens + TK - 1) / TK;
+    for (int tile = 0; tile < num_tiles; tile++) {
+        const int first_key = tile * TK;
+        if (tile + 1 < num_tiles) {
+            T *next = stages[(tile + 1) % 2];
+            load_tile<T, HD, LD>(next, k_base, TK, first_key + TK, tokens, head_dim, token_stride,
+                                 vector_ok);
+            load_tile<T, HD, LD>(next + TK * LD, v_base, TK, first_key + TK, tokens, head_dim,
+                                 token_stride, vector_ok);
+            cp_async_commit();
+            cp_async_wait<1>(); /* this tile's copies are done; the next one's may fly */
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads(); /* every thread's part of this tile is in */
+        const T *k_tile = stages[tile % 2], *v_tile = k_tile + TK * LD;
 
         float s[TK / 8][4];
 #pragma unroll
@@ -323,6 +362,7 @@ attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, f
                 mma_16816(o[j], a, b, T());
             }
         }
+        __syncthreads(); /* this stage is read before the tile after next refills it */
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
