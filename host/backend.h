@@ -112,6 +112,12 @@ struct backend {
     /* x[b, t, :] += gate[b, :] * y[b, t, :]; gate rows are gate_stride apart. */
     void (*gated_residual)(backend *be, float *x, const float *y, const float *gate,
                            int gate_stride, int batch, int tokens, int dim);
+    /* Optional (NULL: the caller runs the two ops): gated_residual(x, y, gate)
+     * then layernorm_modulate(out, x, shift, scale), in one pass over x; gate,
+     * shift and scale rows are mod_stride apart. out must not overlap x. */
+    void (*residual_layernorm_modulate)(backend *be, void *out, float *x, const float *y,
+                                        const float *gate, const float *shift, const float *scale,
+                                        int mod_stride, int batch, int tokens, int dim);
     /* out (operand)[i] = act(in[i]) */
     void (*activation)(backend *be, void *out, const float *in, size_t n, backend_activation act);
     /* out[b, t, :] = a[b, t, :] + b_rows[t, :] (b_rows is [tokens, dim]) when

@@ -153,9 +153,14 @@ void network_block(const fpdm_model *model, network_state *st, const block_weigh
     be->attention(be, attn_out, st->qkv, b, t, cfg->num_heads, cfg->head_dim, st->attn_scratch);
     be->linear(be, st->proj_out, BACKEND_OUT_F32, attn_out, rows, &block->proj, NULL,
                BACKEND_ACT_NONE);
-    be->gated_residual(be, tokens, st->proj_out, modulation + 2 * d, stride, b, t, d);
-    be->layernorm_modulate(be, st->normed, tokens, modulation + 3 * d, modulation + 4 * d, stride,
-                           b, t, d);
+    if (be->residual_layernorm_modulate) {
+        be->residual_layernorm_modulate(be, st->normed, tokens, st->proj_out, modulation + 2 * d,
+                                        modulation + 3 * d, modulation + 4 * d, stride, b, t, d);
+    } else {
+        be->gated_residual(be, tokens, st->proj_out, modulation + 2 * d, stride, b, t, d);
+        be->layernorm_modulate(be, st->normed, tokens, modulation + 3 * d, modulation + 4 * d,
+                               stride, b, t, d);
+    }
     be->linear(be, st->wide, BACKEND_OUT_OPERAND, st->normed, rows, &block->fc1, NULL,
                BACKEND_ACT_GELU_TANH);
     be->linear(be, st->mlp_out, BACKEND_OUT_F32, st->wide, rows, &block->fc2, NULL,

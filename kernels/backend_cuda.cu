@@ -275,6 +275,7 @@ extern "C" backend *backend_cuda_create(int device_index, fpdm_precision precisi
     be->destroy = cuda_destroy;
     be->linear = cuda_linear;
     be->layernorm_modulate = cuda_layernorm_modulate;
+    be->residual_layernorm_modulate = cuda_residual_layernorm_modulate;
     be->attention_scratch_floats = cuda_attention_scratch_floats;
     be->attention = cuda_attention;
     be->to_operand = cuda_to_operand;

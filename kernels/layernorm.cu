@@ -1,10 +1,12 @@
 /* layernorm.cu - backend.h's `layernorm_modulate`: LayerNorm without affine
- * (eps 1e-6) followed by the adaLN modulation x * (1 + scale) + shift. One warp
- * per row; mean and variance are accumulated in double in two passes, like the
- * CPU oracle, and the row is normalised in float. Rows of up to
- * 128 * CACHED_VECTORS floats whose pointers allow 16-byte access (DiT's) are
- * read once, in float4s kept in registers for the three passes; others go
- * through the plain kernel, which reads x three times. */
+ * (eps 1e-6) followed by the adaLN modulation x * (1 + scale) + shift, and
+ * `residual_layernorm_modulate`, which first adds a gated residual to x
+ * (gated_residual's x += gate * y) in the same pass. One warp per row; mean
+ * and variance are accumulated in double in two passes, like the CPU oracle,
+ * and the row is normalised in float. Rows of up to 128 * CACHED_VECTORS
+ * floats whose pointers allow 16-byte access (DiT's) are read once, in
+ * float4s kept in registers for the three passes; others go through the plain
+ * kernel, which reads x three times (after the residual pass, if any). */
 #include "cuda_backend.cuh"
 #include "operand.cuh"
 
@@ -15,18 +17,27 @@ __device__ __forceinline__ double warp_sum(double v) {
     return v;
 }
 
+/* residual == NULL: x is only read. Otherwise x += gate * residual first
+ * (written back), gate sharing mod_stride with shift and scale. */
 template <typename T>
-__global__ void layernorm_modulate_kernel(T *out, const float *x, const float *shift,
+__global__ void layernorm_modulate_kernel(T *out, float *x, const float *residual,
+                                          const float *gate, const float *shift,
                                           const float *scale, int mod_stride, int tokens, int dim,
                                           long long rows) {
     long long row = (long long)blockIdx.x * LAYERNORM_WARPS + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     /* Whole warps leave together, and the kernel has no block barrier. */
     if (row >= rows) return;
-    const float *xr = x + row * dim;
+    float *xr = x + row * dim;
     T *o = out + row * dim;
     const float *sh = shift + (size_t)(row / tokens) * mod_stride;
     const float *sc = scale + (size_t)(row / tokens) * mod_stride;
+    if (residual) {
+        const float *g = gate + (size_t)(row / tokens) * mod_stride;
+        const float *yr = residual + row * dim;
+        for (int i = lane; i < dim; i += 32) xr[i] += g[i] * yr[i];
+        __syncwarp();
+    }
     double sum = 0;
     for (int i = lane; i < dim; i += 32) sum += xr[i];
     double mean = warp_sum(sum) / dim;
@@ -59,16 +70,20 @@ __device__ __forceinline__ void store4(T *dst, float a, float b, float c, float 
 }
 
 template <typename T>
-__global__ void layernorm_modulate_cached_kernel(T *out, const float *x, const float *shift,
+__global__ void layernorm_modulate_cached_kernel(T *out, float *x, const float *residual,
+                                                 const float *gate, const float *shift,
                                                  const float *scale, int mod_stride, int tokens,
                                                  int dim, long long rows) {
     long long row = (long long)blockIdx.x * LAYERNORM_WARPS + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= rows) return;
     const int vectors = dim / 4;
-    const float4 *xr = reinterpret_cast<const float4 *>(x + row * dim);
+    float4 *xr = reinterpret_cast<float4 *>(x + row * dim);
     const float4 *sh = reinterpret_cast<const float4 *>(shift + (size_t)(row / tokens) * mod_stride);
     const float4 *sc = reinterpret_cast<const float4 *>(scale + (size_t)(row / tokens) * mod_stride);
+    const float4 *g4 = residual ? reinterpret_cast<const float4 *>(gate + (size_t)(row / tokens) * mod_stride)
+                                : nullptr;
+    const float4 *y4 = residual ? reinterpret_cast<const float4 *>(residual + row * dim) : nullptr;
     float4 v[CACHED_VECTORS];
     double sum = 0;
 #pragma unroll
@@ -76,6 +91,14 @@ __global__ void layernorm_modulate_cached_kernel(T *out, const float *x, const f
         int i = lane + 32 * k;
         if (i < vectors) {
             v[k] = xr[i];
+            if (residual) {
+                float4 g = g4[i], y = y4[i];
+                v[k].x += g.x * y.x;
+                v[k].y += g.y * y.y;
+                v[k].z += g.z * y.z;
+                v[k].w += g.w * y.w;
+                xr[i] = v[k];
+            }
             sum += ((double)v[k].x + v[k].y) + ((double)v[k].z + v[k].w);
         }
     }
@@ -107,8 +130,11 @@ __global__ void layernorm_modulate_cached_kernel(T *out, const float *x, const f
 
 static bool aligned16(const void *pointer) { return (reinterpret_cast<uintptr_t>(pointer) & 15) == 0; }
 
-void cuda_layernorm_modulate(backend *be, void *out, const float *x, const float *shift,
-                             const float *scale, int mod_stride, int batch, int tokens, int dim) {
+/* Both ops; residual and gate NULL for plain layernorm_modulate (x is then
+ * only read, though the kernels take it writable). */
+static void launch_layernorm(backend *be, void *out, float *x, const float *residual,
+                             const float *gate, const float *shift, const float *scale,
+                             int mod_stride, int batch, int tokens, int dim) {
     cuda_backend *cb = cuda_of(be);
     long long rows = (long long)batch * tokens;
     if (rows <= 0 || dim <= 0 || !cuda_enter(cb)) return;
@@ -122,16 +148,31 @@ void cuda_layernorm_modulate(backend *be, void *out, const float *x, const float
     size_t out_alignment = 4 * backend_dtype_bytes(be->operand_type);
     bool cached = dim % 4 == 0 && dim <= 128 * CACHED_VECTORS && mod_stride % 4 == 0 &&
                   aligned16(x) && aligned16(shift) && aligned16(scale) &&
+                  (!residual || (aligned16(residual) && aligned16(gate))) &&
                   reinterpret_cast<uintptr_t>(out) % out_alignment == 0;
     if (cached)
         OPERAND_DISPATCH(be->operand_type,
                          layernorm_modulate_cached_kernel<T>
                          <<<(unsigned int)blocks, LAYERNORM_WARPS * 32, 0, cb->stream>>>(
-                             (T *)out, x, shift, scale, mod_stride, tokens, dim, rows));
+                             (T *)out, x, residual, gate, shift, scale, mod_stride, tokens, dim,
+                             rows));
     else
         OPERAND_DISPATCH(be->operand_type,
                          layernorm_modulate_kernel<T>
                          <<<(unsigned int)blocks, LAYERNORM_WARPS * 32, 0, cb->stream>>>(
-                             (T *)out, x, shift, scale, mod_stride, tokens, dim, rows));
-    cuda_check_launch(cb, "layernorm_modulate_kernel");
+                             (T *)out, x, residual, gate, shift, scale, mod_stride, tokens, dim,
+                             rows));
+    cuda_check_launch(cb, residual ? "residual_layernorm_modulate_kernel" : "layernorm_modulate_kernel");
+}
+
+void cuda_layernorm_modulate(backend *be, void *out, const float *x, const float *shift,
+                             const float *scale, int mod_stride, int batch, int tokens, int dim) {
+    launch_layernorm(be, out, const_cast<float *>(x), NULL, NULL, shift, scale, mod_stride, batch,
+                     tokens, dim);
+}
+
+void cuda_residual_layernorm_modulate(backend *be, void *out, float *x, const float *y,
+                                      const float *gate, const float *shift, const float *scale,
+                                      int mod_stride, int batch, int tokens, int dim) {
+    launch_layernorm(be, out, x, y, gate, shift, scale, mod_stride, batch, tokens, dim);
 }

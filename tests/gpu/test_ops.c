@@ -257,6 +257,36 @@ static void test_layernorm(void) {
     gpu->layernorm_modulate(gpu, shifted.on_gpu, shifted.on_gpu, mod.on_gpu, mod.on_gpu + 50, 77,
                             batch, tokens * 16, 72);
     twin_check("layernorm_modulate in place dim 72", shifted, 1e-5);
+
+    /* The gated residual fused in (x is written back too), against the CPU's
+     * two ops: DiT's width (the cached kernel) and dim 72 with an odd
+     * modulation stride (the plain one). */
+    CHECK_MSG(gpu->residual_layernorm_modulate != NULL, "no fused residual_layernorm_modulate");
+    if (gpu->residual_layernorm_modulate) {
+        const int dims[2] = {dim, 72}, strides[2] = {mod_stride, 5 * 72 + 3};
+        for (int c = 0; c < 2; c++) {
+            int cd = dims[c], cs = strides[c];
+            size_t cn = (size_t)batch * tokens * cd;
+            twin residual_x = twin_random(cn, 2.0f), residual_y = twin_random(cn, 1.0f);
+            twin fused_out = twin_nan(cn);
+            cpu->gated_residual(cpu, residual_x.on_cpu, residual_y.on_cpu, mod.on_cpu + 2 * cd, cs,
+                                batch, tokens, cd);
+            cpu->layernorm_modulate(cpu, fused_out.on_cpu, residual_x.on_cpu, mod.on_cpu + 3 * cd,
+                                    mod.on_cpu + 4 * cd, cs, batch, tokens, cd);
+            gpu->residual_layernorm_modulate(gpu, fused_out.on_gpu, residual_x.on_gpu,
+                                             residual_y.on_gpu, mod.on_gpu + 2 * cd,
+                                             mod.on_gpu + 3 * cd, mod.on_gpu + 4 * cd, cs, batch,
+                                             tokens, cd);
+            char what[96];
+            snprintf(what, sizeof what, "residual_layernorm_modulate dim %d out", cd);
+            twin_check(what, fused_out, 1e-5);
+            snprintf(what, sizeof what, "residual_layernorm_modulate dim %d x", cd);
+            twin_check(what, residual_x, 1e-5);
+            twin_free(residual_x);
+            twin_free(residual_y);
+            twin_free(fused_out);
+        }
+    }
     twin_free(x);
     twin_free(shifted);
     twin_free(offset);
