@@ -114,7 +114,9 @@ struct backend {
                            int gate_stride, int batch, int tokens, int dim);
     /* Optional (NULL: the caller runs the two ops): gated_residual(x, y, gate)
      * then layernorm_modulate(out, x, shift, scale), in one pass over x; gate,
-     * shift and scale rows are mod_stride apart. out must not overlap x. */
+     * shift and scale rows are mod_stride apart. out must not overlap x or y
+     * (in 16-bit operands its rows are narrower than y's, so a row written
+     * early would clobber rows of y not yet read). */
     void (*residual_layernorm_modulate)(backend *be, void *out, float *x, const float *y,
                                         const float *gate, const float *shift, const float *scale,
                                         int mod_stride, int batch, int tokens, int dim);
