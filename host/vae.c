@@ -456,6 +456,11 @@ static fpdm_status load_from_file(fpdm_context *ctx, const safetensors_file *fil
         if (failed)
             return context_fail(ctx, FPDM_ERR_DEVICE, "%s: uploading the VAE weights to %s failed",
                                 file->path, ctx->device_name);
+        char err[512];
+        const vae_ops *ops = &vae->device_ops;
+        if (ops->adopt_weights &&
+            ops->adopt_weights(ops, ctx->be, vae->weights, num_floats, err, sizeof err) != 0)
+            return context_fail(ctx, FPDM_ERR_DEVICE, "%s: %s", file->path, err);
     }
     return FPDM_OK;
 }
@@ -533,8 +538,10 @@ typedef struct vae_buffers {
     float *x, *a, *b, *attn_k, *attn_v, *scratch;
 } vae_buffers;
 
-/* Floats per buffer for a chunk of `batch` images. */
+/* Per buffer for a chunk of `batch` images: elements of the activation
+ * type for the activations, floats for the scratch. */
 typedef struct vae_plan {
+    backend_dtype type;
     size_t activation, attention_kv, scratch;
 } vae_plan;
 
@@ -545,8 +552,12 @@ static size_t conv_scratch(const vae_ops *ops, const vae_conv *conv, int batch, 
                                       size, conv->kernel);
 }
 
+static backend_dtype activation_type(const vae_ops *ops) {
+    return ops->activation_type ? ops->activation_type(ops) : BACKEND_F32;
+}
+
 static vae_plan plan_decode(const fpdm_vae *vae, const vae_ops *ops, int latent_size, int batch) {
-    vae_plan plan = {0, 0, 0};
+    vae_plan plan = {activation_type(ops), 0, 0, 0};
     int n = vae->num_blocks;
     int per_block = vae->layers_per_block + 1;
     int top = vae->block_out_channels[n - 1];
@@ -575,6 +586,9 @@ static vae_plan plan_decode(const fpdm_vae *vae, const vae_ops *ops, int latent_
         }
     }
     plan.scratch = max_size(plan.scratch, conv_scratch(ops, &vae->conv_out, batch, size));
+    /* With 16-bit activations the images come out of conv_out into b before
+     * they are widened. */
+    activation = max_size(activation, (size_t)vae->info.image_channels * size * size);
     plan.activation = (size_t)batch * activation;
     return plan;
 }
@@ -584,7 +598,8 @@ static vae_plan plan_decode(const fpdm_vae *vae, const vae_ops *ops, int latent_
 static int chunk_images(const fpdm_vae *vae, const vae_ops *ops, int latent_size, int batch,
                         size_t chunk_bytes) {
     vae_plan one = plan_decode(vae, ops, latent_size, 1);
-    size_t per_image = (3 * one.activation + 2 * one.attention_kv) * sizeof(float);
+    size_t per_image = (3 * backend_dtype_floats(one.type, one.activation) +
+                        2 * backend_dtype_floats(one.type, one.attention_kv)) * sizeof(float);
     size_t fit = chunk_bytes / per_image;
     if (fit < 1) fit = 1;
     return fit < (size_t)batch ? (int)fit : batch;
@@ -632,8 +647,8 @@ static void run_attention(const vae_ops *ops, const fpdm_vae *vae, const vae_att
 /* Lays the buffers out from arena, each starting a multiple of align floats
  * in; returns the floats they take (arena may be NULL to only count). */
 static size_t place_buffers(float *arena, const vae_plan *plan, size_t align, vae_buffers *buf) {
-    size_t activation = round_up(plan->activation, align);
-    size_t attention_kv = round_up(plan->attention_kv, align);
+    size_t activation = round_up(backend_dtype_floats(plan->type, plan->activation), align);
+    size_t attention_kv = round_up(backend_dtype_floats(plan->type, plan->attention_kv), align);
     if (arena) {
         buf->x = arena;
         buf->a = buf->x + activation;
@@ -645,12 +660,20 @@ static size_t place_buffers(float *arena, const vae_plan *plan, size_t align, va
     return 3 * activation + 2 * attention_kv + round_up(plan->scratch, align);
 }
 
-/* latents [batch, latent_channels, size, size] -> images, batch <= plan's. */
+/* latents [batch, latent_channels, size, size] -> images, batch <= plan's;
+ * both float32, converted at the ends where the activations are not. */
 static void decode_chunk(const vae_ops *ops, const fpdm_vae *vae, const vae_buffers *buf,
                          int batch, int latent_size, const float *latents, float *images) {
     int size = latent_size;
     int per_block = vae->layers_per_block + 1;
-    run_conv(ops, &vae->post_quant_conv, buf->a, latents, NULL, batch, size, buf->scratch);
+    int widened = activation_type(ops) != BACKEND_F32;
+    const float *z = latents;
+    if (widened) {
+        ops->to_activation(ops, buf->b, latents,
+                           (size_t)batch * vae->info.latent_channels * size * size);
+        z = buf->b;
+    }
+    run_conv(ops, &vae->post_quant_conv, buf->a, z, NULL, batch, size, buf->scratch);
     run_conv(ops, &vae->conv_in, buf->x, buf->a, NULL, batch, size, buf->scratch);
     run_resnet(ops, vae, &vae->mid_resnets[0], buf, batch, size);
     run_attention(ops, vae, &vae->mid_attention, buf, batch, size);
@@ -666,7 +689,11 @@ static void decode_chunk(const vae_ops *ops, const fpdm_vae *vae, const vae_buff
         }
     }
     run_norm(ops, vae, &vae->norm_out, buf->a, buf->x, batch, size, 1);
-    run_conv(ops, &vae->conv_out, images, buf->a, NULL, batch, size, buf->scratch);
+    run_conv(ops, &vae->conv_out, widened ? buf->b : images, buf->a, NULL, batch, size,
+             buf->scratch);
+    if (widened)
+        ops->from_activation(ops, images, buf->b,
+                             (size_t)batch * vae->info.image_channels * size * size);
 }
 
 static fpdm_status device_mismatch(fpdm_context *ctx, const fpdm_vae *vae, const char *who) {
@@ -781,8 +808,9 @@ static fpdm_status setup_decode(fpdm_context *ctx, const fpdm_vae *vae, int batc
 }
 
 /* Operations that only get ready: convolutions choose their algorithms
- * (prepare_conv2d), the rest do nothing. decode_chunk run over this table
- * readies every shape a decode will meet, without touching memory. */
+ * (prepare_conv2d) for the activation type, the rest do nothing.
+ * decode_chunk run over this table readies every shape a decode will meet,
+ * without touching memory. */
 static void prepare_only_conv2d(const vae_ops *ops, float *out, const float *in,
                                 const float *weight, const float *bias, const float *residual,
                                 int batch, int in_channels, int out_channels, int height,
@@ -803,6 +831,10 @@ static void prepare_only_upsample(const vae_ops *ops, float *out, const float *i
     (void)ops, (void)out, (void)in, (void)planes, (void)height, (void)width;
 }
 
+static void prepare_only_convert(const vae_ops *ops, float *out, const float *in, size_t n) {
+    (void)ops, (void)out, (void)in, (void)n;
+}
+
 static void prepare_only_attention(const vae_ops *ops, float *out, const float *q,
                                    const float *k, const float *v, int batch, int channels,
                                    int tokens, float *scratch) {
@@ -820,6 +852,8 @@ static void prepare_shapes(const decode_setup *ds, const fpdm_vae *vae, int batc
     preparer.group_norm = prepare_only_group_norm;
     preparer.upsample_nearest2x = prepare_only_upsample;
     preparer.attention = prepare_only_attention;
+    preparer.to_activation = prepare_only_convert;
+    preparer.from_activation = prepare_only_convert;
     decode_chunk(&preparer, vae, &ds->buf, ds->chunk, latent_size, ds->device_latents,
                  ds->device_images);
     if (batch % ds->chunk)

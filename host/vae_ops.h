@@ -5,7 +5,11 @@
  *
  * Activations are a batch of images, each channel-major: [batch, channels,
  * height, width] (a [channels, tokens] matrix per image for attention), in the
- * backend's memory. Weights use PyTorch's layouts. Operations never allocate:
+ * backend's memory, of the table's activation type: float32 unless
+ * activation_type says otherwise (the CUDA table in bf16/fp16 precision keeps
+ * them in bf16); the `float *` of an activation then points at 16-bit
+ * elements, and sizes stay counted in elements. Weights use PyTorch's layouts,
+ * float32. Operations never allocate:
  * an operation that needs room takes a `scratch` pointer of at least the size
  * its *_scratch_floats function reports, so the caller can take all memory
  * from the context arena once per decode size.
@@ -22,6 +26,19 @@ struct vae_ops {
     const char *name;
     void *impl;               /* backend state (streams, handles); NULL on the CPU */
     int num_threads;          /* CPU threads for the parallel loops */
+
+    /* Optional (NULL: float32 activations, as on the CPU). The type the
+     * activations hold while the table is bound (see begin). */
+    backend_dtype (*activation_type)(const vae_ops *ops);
+    /* Needed where activation_type can answer other than float32: n elements
+     * from float32 into the activation type, and back. */
+    void (*to_activation)(const vae_ops *ops, float *out, const float *in, size_t n);
+    void (*from_activation)(const vae_ops *ops, float *out, const float *in, size_t n);
+    /* Optional: called once the weights are in place (on be's device), for
+     * a table that keeps its own copy of them (the CUDA table's bf16 copy,
+     * which its 16-bit convolutions read); 0, or -1 with a message in err. */
+    int (*adopt_weights)(const vae_ops *ops, backend *be, const float *weights, size_t floats,
+                         char *err, size_t err_size);
 
     /* Floats of scratch conv2d needs for these sizes. */
     size_t (*conv2d_scratch_floats)(const vae_ops *ops, int batch, int in_channels,
@@ -80,9 +97,11 @@ void vae_ops_cpu_init(vae_ops *ops, int num_threads);
  * built when cuDNN is found: FPDM_HAVE_CUDNN) for the device of the CUDA
  * backend be: convolutions through cuDNN, attention through cuBLAS, the rest
  * in its own kernels. Precision follows the backend a decode binds to: fp32
- * keeps every product in float32; bf16 and fp16 let cuDNN use TF32 tensor
- * cores and cuBLAS the backend's compute type, tensors staying float32.
- * 0, or -1 with a message in err. */
+ * keeps activations and every product in float32; bf16 and fp16 keep the
+ * activations in bf16 and run convolutions and attention products on bf16
+ * tensor cores with float32 accumulation (bf16 for fp16 too: SD VAE decoders are
+ * known to overflow fp16 in places, and bf16 has float32's range). 0, or -1 with a message
+ * in err. */
 int vae_ops_cuda_init(vae_ops *ops, backend *be, char *err, size_t err_size);
 
 #endif

@@ -1,7 +1,10 @@
 /* vae_ops_cuda.cu - the VAE decoder's operations (host/vae_ops.h) on a CUDA
- * backend, with the semantics of host/vae_ops_cpu.c:
- *   conv2d     cuDNN (legacy convolution API, NCHW float32, the whole batch
- *              in one call). A kernel
+ * backend, with the semantics of host/vae_ops_cpu.c. Activations are float32
+ * in fp32 precision and bf16 in bf16/fp16 precision (activation_type), the
+ * kernels templates over that type T:
+ *   conv2d     cuDNN (legacy convolution API, NCHW, the whole batch in one
+ *              call; bf16 data reads a bf16 copy of the weights that
+ *              adopt_weights made at load, float32 accumulation). A kernel
  *              first writes bias + residual into the output, and cuDNN adds
  *              the convolution to it (beta = 1), the same order as the CPU's
  *              GEMM with beta 1; this works for every algorithm, unlike
@@ -21,10 +24,10 @@
  *              that the images of a batch take in turn.
  * Precision comes from the backend a decode binds to (begin): fp32 restricts
  * cuDNN to FMA kernels (CUDNN_FMA_MATH: no TF32) and cuBLAS to
- * CUBLAS_COMPUTE_32F; bf16 and fp16 allow TF32 tensor cores in cuDNN
- * (CUDNN_DEFAULT_MATH) and the backend's reduced-precision
- * compute type in cuBLAS. Failures are recorded on the bound backend like
- * those of its own ops (cuda_backend.cuh).
+ * CUBLAS_COMPUTE_32F; bf16 and fp16 run bf16 convolutions on tensor cores
+ * and the attention's products on bf16 inputs, both accumulating in
+ * float32 (scores and softmax stay float32). Failures are recorded on the
+ * bound backend like those of its own ops (cuda_backend.cuh).
  *
  * Built only when CMake finds cuDNN (FPDM_HAVE_CUDNN); otherwise host/vae.c
  * never asks for this table. */
@@ -39,6 +42,7 @@
 #include <new>
 
 #include "cuda_backend.cuh"
+#include "operand.cuh"
 
 extern "C" {
 #include "vae_ops.h"
@@ -58,7 +62,7 @@ extern "C" {
 typedef struct conv_algo {
     int used;
     /* key */
-    int batch, in_channels, out_channels, height, width, kernel, tensor_ops;
+    int batch, in_channels, out_channels, height, width, kernel, bf16;
     /* value */
     cudnnConvolutionFwdAlgo_t algo;
     cudnnMathType_t math;
@@ -72,6 +76,10 @@ typedef struct vae_cuda {
     cudnnFilterDescriptor_t filter_desc;
     cudnnConvolutionDescriptor_t conv_desc;
     double *group_stats; /* [VAE_MAX_GROUPS] sums, then [VAE_MAX_GROUPS] squares */
+    /* The weights as loaded (float32) and their bf16 copy, same offsets. */
+    const float *weights;
+    __nv_bfloat16 *weights_bf16;
+    size_t weight_floats;
     conv_algo algos[VAE_CONV_ALGOS];
     int next_algo_victim;
     /* One decode at a time: the descriptors, the algorithm cache and the
@@ -81,6 +89,81 @@ typedef struct vae_cuda {
 } vae_cuda;
 
 static vae_cuda *vae_cuda_of(const vae_ops *ops) { return (vae_cuda *)ops->impl; }
+
+/* bf16 activations while bound to a bf16 or fp16 backend. */
+static int bound_bf16(const vae_cuda *vc) {
+    return vc->bound && vc->bound->base.operand_type != BACKEND_F32 && vc->weights_bf16;
+}
+
+static backend_dtype cuda_vae_activation_type(const vae_ops *ops) {
+    return bound_bf16(vae_cuda_of(ops)) ? BACKEND_BF16 : BACKEND_F32;
+}
+
+/* Runs `statement` with T the bound activation type. */
+#define ACTIVATION_DISPATCH(vc, ...)                      \
+    do {                                                  \
+        if (bound_bf16(vc)) {                             \
+            typedef __nv_bfloat16 T;                      \
+            __VA_ARGS__;                                  \
+        } else {                                          \
+            typedef float T;                              \
+            __VA_ARGS__;                                  \
+        }                                                 \
+    } while (0)
+
+template <typename From, typename To>
+__global__ void convert_kernel(To *out, const From *in, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = operand_from_float<To>(operand_to_float(in[i]));
+}
+
+template <typename From, typename To>
+static void convert(cuda_backend *cb, To *out, const From *in, size_t n) {
+    convert_kernel<From, To><<<cuda_blocks_for(n, VAE_THREADS), VAE_THREADS, 0, cb->stream>>>(
+        out, in, n);
+    cuda_check_launch(cb, "convert_kernel");
+}
+
+static void cuda_vae_to_activation(const vae_ops *ops, float *out, const float *in, size_t n) {
+    vae_cuda *vc = vae_cuda_of(ops);
+    if (!cuda_enter(vc->bound)) return;
+    ACTIVATION_DISPATCH(vc, convert<float, T>(vc->bound, (T *)out, in, n));
+}
+
+static void cuda_vae_from_activation(const vae_ops *ops, float *out, const float *in, size_t n) {
+    vae_cuda *vc = vae_cuda_of(ops);
+    if (!cuda_enter(vc->bound)) return;
+    ACTIVATION_DISPATCH(vc, convert<T, float>(vc->bound, out, (const T *)in, n));
+}
+
+/* The bf16 copy of the weights, converted once on the loading context's
+ * stream (the float32 ones stay for fp32 decodes). */
+static int cuda_vae_adopt_weights(const vae_ops *ops, backend *be, const float *weights,
+                                  size_t floats, char *err, size_t err_size) {
+    vae_cuda *vc = vae_cuda_of(ops);
+    cuda_backend *cb = cuda_of(be);
+    if (!cuda_enter(cb)) {
+        snprintf(err, err_size, "%s", cb->error);
+        return -1;
+    }
+    cudaError_t status = cudaMalloc((void **)&vc->weights_bf16, floats * sizeof(__nv_bfloat16));
+    if (status != cudaSuccess) {
+        cudaGetLastError();
+        vc->weights_bf16 = NULL;
+        snprintf(err, err_size, "cannot allocate %zu MB for the bf16 copy of the VAE weights: %s",
+                 floats * sizeof(__nv_bfloat16) >> 20, cudaGetErrorString(status));
+        return -1;
+    }
+    vc->weights = weights;
+    vc->weight_floats = floats;
+    convert<float, __nv_bfloat16>(cb, vc->weights_bf16, weights, floats);
+    if (be->synchronize(be) != 0) {
+        snprintf(err, err_size, "converting the VAE weights to bf16: %s", cb->error);
+        return -1;
+    }
+    return 0;
+}
 
 static int cudnn_check(cuda_backend *cb, cudnnStatus_t status, const char *what) {
     if (status == CUDNN_STATUS_SUCCESS) return 0;
@@ -107,28 +190,29 @@ static size_t cuda_vae_conv2d_scratch_floats(const vae_ops *ops, int batch, int 
 
 /* out[b, o, p] = bias[o] + residual[b, o, p]; either may be absent, and
  * residual may be out itself (each element is read before it is written). */
-__global__ void conv_init_kernel(float *out, const float *bias, const float *residual,
-                                 size_t plane, int out_channels, size_t n) {
+template <typename T>
+__global__ void conv_init_kernel(T *out, const float *bias, const T *residual, size_t plane,
+                                 int out_channels, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         float value = bias ? bias[(i / plane) % out_channels] : 0.0f;
-        if (residual) value += residual[i];
-        out[i] = value;
+        if (residual) value += operand_to_float(residual[i]);
+        out[i] = operand_from_float<T>(value);
     }
 }
 
+/* Tensors in float32 or bf16; the convolution accumulates in float32 either way. */
 static int set_conv_descriptors(vae_cuda *vc, cuda_backend *cb, int batch, int in_channels,
-                                int out_channels, int height, int width, int kernel) {
+                                int out_channels, int height, int width, int kernel, int bf16) {
     int pad = kernel / 2;
-    return cudnn_check(cb, cudnnSetTensor4dDescriptor(vc->in_desc, CUDNN_TENSOR_NCHW,
-                                                      CUDNN_DATA_FLOAT, batch, in_channels,
-                                                      height, width),
+    cudnnDataType_t type = bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+    return cudnn_check(cb, cudnnSetTensor4dDescriptor(vc->in_desc, CUDNN_TENSOR_NCHW, type,
+                                                      batch, in_channels, height, width),
                        "cudnnSetTensor4dDescriptor") ||
-           cudnn_check(cb, cudnnSetTensor4dDescriptor(vc->out_desc, CUDNN_TENSOR_NCHW,
-                                                      CUDNN_DATA_FLOAT, batch, out_channels,
-                                                      height, width),
+           cudnn_check(cb, cudnnSetTensor4dDescriptor(vc->out_desc, CUDNN_TENSOR_NCHW, type,
+                                                      batch, out_channels, height, width),
                        "cudnnSetTensor4dDescriptor") ||
-           cudnn_check(cb, cudnnSetFilter4dDescriptor(vc->filter_desc, CUDNN_DATA_FLOAT,
+           cudnn_check(cb, cudnnSetFilter4dDescriptor(vc->filter_desc, type,
                                                       CUDNN_TENSOR_NCHW, out_channels,
                                                       in_channels, kernel, kernel),
                        "cudnnSetFilter4dDescriptor") ||
@@ -138,28 +222,26 @@ static int set_conv_descriptors(vae_cuda *vc, cuda_backend *cb, int batch, int i
                        "cudnnSetConvolution2dDescriptor");
 }
 
-/* TF32 and other tensor-core kernels are FPDM_PRECISION_FP32's to refuse. */
-static int math_allowed(cudnnMathType_t math, int tensor_ops) {
-    if (math == CUDNN_FMA_MATH) return 1;
-    return tensor_ops && (math == CUDNN_DEFAULT_MATH || math == CUDNN_TENSOR_OP_MATH);
+/* Float32 data takes FMA kernels only (no TF32: FPDM_PRECISION_FP32 is for
+ * checking); bf16 data any cuDNN offers. */
+static int math_allowed(cudnnMathType_t math, int bf16) {
+    return bf16 || math == CUDNN_FMA_MATH;
 }
 
 /* The cached algorithm for a shape (descriptors already set), choosing it
  * on first use; NULL after recording a failure. */
 static const conv_algo *conv_algo_for(vae_cuda *vc, cuda_backend *cb, int batch,
                                       int in_channels, int out_channels, int height, int width,
-                                      int kernel, int tensor_ops) {
+                                      int kernel, int bf16) {
     for (int i = 0; i < VAE_CONV_ALGOS; i++) {
         const conv_algo *a = &vc->algos[i];
         if (a->used && a->batch == batch && a->in_channels == in_channels &&
             a->out_channels == out_channels &&
-            a->height == height && a->width == width && a->kernel == kernel &&
-            a->tensor_ops == tensor_ops)
+            a->height == height && a->width == width && a->kernel == kernel && a->bf16 == bf16)
             return a;
     }
-    /* As PyTorch does for float32 data: DEFAULT permits TF32, FMA forbids it. */
-    if (cudnn_check(cb, cudnnSetConvolutionMathType(vc->conv_desc, tensor_ops ? CUDNN_DEFAULT_MATH
-                                                                               : CUDNN_FMA_MATH),
+    if (cudnn_check(cb, cudnnSetConvolutionMathType(vc->conv_desc, bf16 ? CUDNN_TENSOR_OP_MATH
+                                                                         : CUDNN_FMA_MATH),
                     "cudnnSetConvolutionMathType"))
         return NULL;
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
@@ -171,7 +253,7 @@ static const conv_algo *conv_algo_for(vae_cuda *vc, cuda_backend *cb, int batch,
         return NULL;
     size_t budget = conv_workspace_floats(batch * in_channels, height, width) * sizeof(float);
     for (int i = 0; i < returned; i++) {
-        if (perf[i].status != CUDNN_STATUS_SUCCESS || !math_allowed(perf[i].mathType, tensor_ops))
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || !math_allowed(perf[i].mathType, bf16))
             continue;
         /* The heuristic's figure is an estimate: ask again under its math type. */
         size_t bytes = 0;
@@ -190,7 +272,7 @@ static const conv_algo *conv_algo_for(vae_cuda *vc, cuda_backend *cb, int batch,
         a->height = height;
         a->width = width;
         a->kernel = kernel;
-        a->tensor_ops = tensor_ops;
+        a->bf16 = bf16;
         a->algo = perf[i].algo;
         a->math = perf[i].mathType;
         a->workspace_bytes = bytes;
@@ -199,19 +281,19 @@ static const conv_algo *conv_algo_for(vae_cuda *vc, cuda_backend *cb, int batch,
     cuda_fail(cb,
               "cuDNN has no forward convolution%s for %d images of %d -> %d channels at %dx%d, "
               "kernel %d, within %zu MB of workspace",
-              tensor_ops ? "" : " in float32 (FMA)", batch, in_channels, out_channels, height,
+              bf16 ? " in bf16" : " in float32 (FMA)", batch, in_channels, out_channels, height,
               width, kernel, budget >> 20);
     return NULL;
 }
 
-/* Sets the descriptors for a shape and returns its algorithm under the
- * bound backend's precision; NULL after recording a failure. */
+/* Sets the descriptors for a shape and returns its algorithm for the bound
+ * activation type; NULL after recording a failure. */
 static const conv_algo *conv_ready(vae_cuda *vc, cuda_backend *cb, int batch, int in_channels,
                                    int out_channels, int height, int width, int kernel) {
-    if (set_conv_descriptors(vc, cb, batch, in_channels, out_channels, height, width, kernel))
+    int bf16 = bound_bf16(vc);
+    if (set_conv_descriptors(vc, cb, batch, in_channels, out_channels, height, width, kernel, bf16))
         return NULL;
-    return conv_algo_for(vc, cb, batch, in_channels, out_channels, height, width, kernel,
-                         cb->precision != FPDM_PRECISION_FP32);
+    return conv_algo_for(vc, cb, batch, in_channels, out_channels, height, width, kernel, bf16);
 }
 
 static void cuda_vae_prepare_conv2d(const vae_ops *ops, int batch, int in_channels,
@@ -227,23 +309,33 @@ static void cuda_vae_conv2d(const vae_ops *ops, float *out, const float *in, con
     vae_cuda *vc = vae_cuda_of(ops);
     cuda_backend *cb = vc->bound;
     if (!cuda_enter(cb)) return;
+    int bf16 = bound_bf16(vc);
     size_t plane = (size_t)height * width, n = (size_t)batch * out_channels * plane;
     /* beta 0: cuDNN does not read out, whatever it holds. */
     float beta = bias || residual ? 1.0f : 0.0f;
     if (bias || (residual && residual != out)) {
-        conv_init_kernel<<<cuda_blocks_for(n, VAE_THREADS), VAE_THREADS, 0, cb->stream>>>(
-            out, bias, residual, plane, out_channels, n);
+        ACTIVATION_DISPATCH(vc, conv_init_kernel<T><<<cuda_blocks_for(n, VAE_THREADS), VAE_THREADS,
+                                                      0, cb->stream>>>(
+                                    (T *)out, bias, (const T *)residual, plane, out_channels, n));
         cuda_check_launch(cb, "conv_init_kernel");
     }
     const conv_algo *a =
         conv_ready(vc, cb, batch, in_channels, out_channels, height, width, kernel);
     if (!a) return;
+    const void *filter = weight;
+    if (bf16) {
+        if (weight < vc->weights || weight >= vc->weights + vc->weight_floats) {
+            cuda_fail(cb, "VAE conv2d: a weight outside the adopted weights");
+            return;
+        }
+        filter = vc->weights_bf16 + (weight - vc->weights);
+    }
     const float one = 1.0f;
     if (cudnn_check(cb, cudnnSetConvolutionMathType(vc->conv_desc, a->math),
                     "cudnnSetConvolutionMathType"))
         return;
     cudnn_check(cb, cudnnConvolutionForward(vc->cudnn, &one, vc->in_desc, in, vc->filter_desc,
-                                            weight, vc->conv_desc, a->algo, scratch,
+                                            filter, vc->conv_desc, a->algo, scratch,
                                             a->workspace_bytes, &beta, vc->out_desc, out),
                 "cudnnConvolutionForward");
 }
@@ -265,15 +357,16 @@ __device__ double block_sum_double(double value) {
 
 /* Block (chunk, g) adds its share of group g's values (centered on the
  * group's mean when `sums` is given) to target[g]. */
+template <typename T>
 __global__ void __launch_bounds__(VAE_THREADS)
-group_reduce_kernel(double *target, const double *sums, const float *in, size_t group_floats) {
+group_reduce_kernel(double *target, const double *sums, const T *in, size_t group_floats) {
     int g = blockIdx.y;
-    const float *src = in + (size_t)g * group_floats;
+    const T *src = in + (size_t)g * group_floats;
     double mean = sums ? sums[g] / (double)group_floats : 0.0;
     double partial = 0.0;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < group_floats;
          i += (size_t)gridDim.x * blockDim.x) {
-        double d = (double)src[i] - mean;
+        double d = (double)operand_to_float(src[i]) - mean;
         partial += sums ? d * d : d;
     }
     double total = block_sum_double(partial);
@@ -282,8 +375,9 @@ group_reduce_kernel(double *target, const double *sums, const float *in, size_t 
 
 /* Block (chunk, plane) normalises a share of one channel plane of the
  * batch (plane = image * channels + channel). */
+template <typename T>
 __global__ void __launch_bounds__(VAE_THREADS)
-group_apply_kernel(float *out, const float *in, const double *sums, const double *squares,
+group_apply_kernel(T *out, const T *in, const double *sums, const double *squares,
                    const float *gamma, const float *beta, int channels, int pixels,
                    int per_group, float eps, int silu) {
     __shared__ float scale_shift[2];
@@ -297,11 +391,11 @@ group_apply_kernel(float *out, const float *in, const double *sums, const double
     }
     __syncthreads();
     float scale = scale_shift[0], shift = scale_shift[1];
-    const float *x = in + (size_t)plane * pixels;
-    float *y = out + (size_t)plane * pixels;
+    const T *x = in + (size_t)plane * pixels;
+    T *y = out + (size_t)plane * pixels;
     for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < pixels; p += gridDim.x * blockDim.x) {
-        float v = x[p] * scale + shift;
-        y[p] = silu ? v / (1.0f + expf(-v)) : v;
+        float v = operand_to_float(x[p]) * scale + shift;
+        y[p] = operand_from_float<T>(silu ? v / (1.0f + expf(-v)) : v);
     }
 }
 
@@ -312,10 +406,9 @@ static unsigned int chunks_for(size_t floats) {
     return (unsigned int)(chunks ? chunks : 1);
 }
 
-static void cuda_vae_group_norm(const vae_ops *ops, float *out, const float *in,
-                                const float *gamma, const float *beta, int batch, int channels,
-                                int pixels, int groups, float eps, int silu) {
-    vae_cuda *vc = vae_cuda_of(ops);
+template <typename T>
+static void group_norm(vae_cuda *vc, T *out, const T *in, const float *gamma, const float *beta,
+                       int batch, int channels, int pixels, int groups, float eps, int silu) {
     cuda_backend *cb = vc->bound;
     if (!cuda_enter(cb)) return;
     if (groups > VAE_MAX_GROUPS) {
@@ -337,30 +430,38 @@ static void cuda_vae_group_norm(const vae_ops *ops, float *out, const float *in,
     }
     for (int first = 0; first < batch; first += images_per_pass) {
         int images = batch - first < images_per_pass ? batch - first : images_per_pass;
-        const float *src = in + first * image_floats;
-        float *dst = out + first * image_floats;
+        const T *src = in + first * image_floats;
+        T *dst = out + first * image_floats;
         if (cuda_check(cb, cudaMemsetAsync(vc->group_stats, 0,
                                            2 * VAE_MAX_GROUPS * sizeof(double), cb->stream),
                        "GroupNorm statistics reset"))
             return;
         dim3 reduce_grid(chunks_for(group_floats), (unsigned int)(images * groups));
-        group_reduce_kernel<<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(sums, NULL, src,
-                                                                          group_floats);
+        group_reduce_kernel<T><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(sums, NULL, src,
+                                                                             group_floats);
         cuda_check_launch(cb, "group_reduce_kernel (sums)");
-        group_reduce_kernel<<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(squares, sums, src,
-                                                                          group_floats);
+        group_reduce_kernel<T><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(squares, sums, src,
+                                                                             group_floats);
         cuda_check_launch(cb, "group_reduce_kernel (squares)");
         dim3 apply_grid(chunks_for((size_t)pixels), (unsigned int)(images * channels));
-        group_apply_kernel<<<apply_grid, VAE_THREADS, 0, cb->stream>>>(
+        group_apply_kernel<T><<<apply_grid, VAE_THREADS, 0, cb->stream>>>(
             dst, src, sums, squares, gamma, beta, channels, pixels, per_group, eps, silu);
         cuda_check_launch(cb, "group_apply_kernel");
     }
 }
 
+static void cuda_vae_group_norm(const vae_ops *ops, float *out, const float *in,
+                                const float *gamma, const float *beta, int batch, int channels,
+                                int pixels, int groups, float eps, int silu) {
+    vae_cuda *vc = vae_cuda_of(ops);
+    ACTIVATION_DISPATCH(vc, group_norm<T>(vc, (T *)out, (const T *)in, gamma, beta, batch,
+                                          channels, pixels, groups, eps, silu));
+}
+
 /* ---- upsampling --------------------------------------------------------- */
 
-__global__ void upsample_nearest2x_kernel(float *out, const float *in, int height, int width,
-                                          size_t n) {
+template <typename T>
+__global__ void upsample_nearest2x_kernel(T *out, const T *in, int height, int width, size_t n) {
     int out_width = 2 * width, out_height = 2 * height;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -374,28 +475,42 @@ __global__ void upsample_nearest2x_kernel(float *out, const float *in, int heigh
 
 static void cuda_vae_upsample_nearest2x(const vae_ops *ops, float *out, const float *in,
                                         int planes, int height, int width) {
-    cuda_backend *cb = vae_cuda_of(ops)->bound;
+    vae_cuda *vc = vae_cuda_of(ops);
+    cuda_backend *cb = vc->bound;
     if (!cuda_enter(cb)) return;
     size_t n = (size_t)planes * 4 * height * width;
-    upsample_nearest2x_kernel<<<cuda_blocks_for(n, VAE_THREADS), VAE_THREADS, 0, cb->stream>>>(
-        out, in, height, width, n);
+    ACTIVATION_DISPATCH(vc, upsample_nearest2x_kernel<T><<<cuda_blocks_for(n, VAE_THREADS),
+                                                          VAE_THREADS, 0, cb->stream>>>(
+                                (T *)out, (const T *)in, height, width, n));
     cuda_check_launch(cb, "upsample_nearest2x_kernel");
 }
 
 /* ---- attention ---------------------------------------------------------- */
 
-static size_t cuda_vae_attention_scratch_floats(const vae_ops *ops, int channels, int tokens) {
-    (void)ops;
-    (void)channels;
-    return (size_t)tokens * tokens;
+/* Where the softmax weights go in the scratch: after the float32 scores,
+ * on a 256-byte boundary (bf16 activations; float32 ones overwrite the
+ * scores in place). */
+static size_t probs_offset_floats(int tokens) {
+    return ((size_t)tokens * tokens + 63) / 64 * 64;
 }
 
-/* Each block turns one row of scores into softmax weights in place. */
-__global__ void __launch_bounds__(VAE_THREADS) softmax_rows_kernel(float *scores, int tokens) {
+static size_t cuda_vae_attention_scratch_floats(const vae_ops *ops, int channels, int tokens) {
+    (void)channels;
+    size_t scores = (size_t)tokens * tokens;
+    if (!bound_bf16(vae_cuda_of(ops))) return scores;
+    return probs_offset_floats(tokens) + backend_dtype_floats(BACKEND_BF16, scores);
+}
+
+/* Each block turns one row of float32 scores into softmax weights in P
+ * (probs may be scores itself when P is float). */
+template <typename P>
+__global__ void __launch_bounds__(VAE_THREADS) softmax_rows_kernel(P *probs, float *scores,
+                                                                   int tokens) {
     __shared__ float warp_max[VAE_THREADS / 32];
     __shared__ float row_max;
     __shared__ float row_inverse;
     float *row = scores + (size_t)blockIdx.x * tokens;
+    P *out = probs + (size_t)blockIdx.x * tokens;
     float max = -INFINITY;
     for (int j = threadIdx.x; j < tokens; j += blockDim.x) max = fmaxf(max, row[j]);
     for (int offset = 16; offset > 0; offset >>= 1)
@@ -417,28 +532,36 @@ __global__ void __launch_bounds__(VAE_THREADS) softmax_rows_kernel(float *scores
     double total = block_sum_double(partial);
     if (threadIdx.x == 0) row_inverse = (float)(1.0 / total);
     __syncthreads();
-    for (int j = threadIdx.x; j < tokens; j += blockDim.x) row[j] *= row_inverse;
+    for (int j = threadIdx.x; j < tokens; j += blockDim.x)
+        out[j] = operand_from_float<P>(row[j] * row_inverse);
 }
 
 /* In cuBLAS's column-major view a [channels, tokens] row-major matrix is
  * tokens x channels (leading dimension tokens), and the row-major scores
  * S[query, key] are key x query:
  *   S^T = K Q^T * scale     (tokens x tokens, reduction over channels)
- *   out = P^T V             (tokens x channels, reduction over keys). */
-static void attention_image(cuda_backend *cb, float *out, const float *q, const float *k,
-                            const float *v, int channels, int tokens, float *scratch) {
+ *   out = P^T V             (tokens x channels, reduction over keys).
+ * Scores are float32 either way; with bf16 activations the products take
+ * bf16 inputs (P rounded to bf16, as a bf16 framework would) and
+ * accumulate in float32. */
+template <typename T>
+static void attention_image(cuda_backend *cb, T *out, const T *q, const T *k, const T *v,
+                            int channels, int tokens, float *scratch) {
+    const int is_float = sizeof(T) == sizeof(float);
+    const cudaDataType_t type = is_float ? CUDA_R_32F : CUDA_R_16BF;
+    const cublasComputeType_t compute = is_float ? cb->compute_type : CUBLAS_COMPUTE_32F;
+    T *probs = is_float ? (T *)scratch : (T *)(scratch + probs_offset_floats(tokens));
     const float scale = (float)(1.0 / sqrt((double)channels)), one = 1.0f, zero = 0.0f;
     if (cublas_check(cb, cublasGemmEx(cb->blas, CUBLAS_OP_N, CUBLAS_OP_T, tokens, tokens,
-                                      channels, &scale, k, CUDA_R_32F, tokens, q, CUDA_R_32F,
-                                      tokens, &zero, scratch, CUDA_R_32F, tokens,
-                                      cb->compute_type, CUBLAS_GEMM_DEFAULT),
+                                      channels, &scale, k, type, tokens, q, type, tokens, &zero,
+                                      scratch, CUDA_R_32F, tokens, compute, CUBLAS_GEMM_DEFAULT),
                      "cublasGemmEx (attention scores)"))
         return;
-    softmax_rows_kernel<<<tokens, VAE_THREADS, 0, cb->stream>>>(scratch, tokens);
+    softmax_rows_kernel<T><<<tokens, VAE_THREADS, 0, cb->stream>>>(probs, scratch, tokens);
     cuda_check_launch(cb, "softmax_rows_kernel");
     cublas_check(cb, cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, tokens, channels, tokens,
-                                  &one, scratch, CUDA_R_32F, tokens, v, CUDA_R_32F, tokens, &zero,
-                                  out, CUDA_R_32F, tokens, cb->compute_type, CUBLAS_GEMM_DEFAULT),
+                                  &one, probs, type, tokens, v, type, tokens, &zero, out, type,
+                                  tokens, compute, CUBLAS_GEMM_DEFAULT),
                  "cublasGemmEx (attention output)");
 }
 
@@ -448,12 +571,15 @@ static void attention_image(cuda_backend *cb, float *out, const float *q, const 
 static void cuda_vae_attention(const vae_ops *ops, float *out, const float *q, const float *k,
                                const float *v, int batch, int channels, int tokens,
                                float *scratch) {
-    cuda_backend *cb = vae_cuda_of(ops)->bound;
+    vae_cuda *vc = vae_cuda_of(ops);
+    cuda_backend *cb = vc->bound;
     if (!cuda_enter(cb)) return;
     size_t image = (size_t)channels * tokens;
-    for (int b = 0; b < batch && !cb->failed; b++)
-        attention_image(cb, out + b * image, q + b * image, k + b * image, v + b * image,
-                        channels, tokens, scratch);
+    ACTIVATION_DISPATCH(vc, for (int b = 0; b < batch && !cb->failed; b++)
+                                attention_image<T>(cb, (T *)out + b * image, (const T *)q + b * image,
+                                                   (const T *)k + b * image,
+                                                   (const T *)v + b * image, channels, tokens,
+                                                   scratch));
 }
 
 /* ---- lifetime ----------------------------------------------------------- */
@@ -492,6 +618,7 @@ static void cuda_vae_destroy(vae_ops *ops) {
     if (vc->in_desc) cudnnDestroyTensorDescriptor(vc->in_desc);
     if (vc->cudnn) cudnnDestroy(vc->cudnn);
     if (vc->group_stats) cudaFree(vc->group_stats);
+    if (vc->weights_bf16) cudaFree(vc->weights_bf16);
     delete vc;
     ops->impl = NULL;
 }
@@ -514,6 +641,10 @@ extern "C" int vae_ops_cuda_init(vae_ops *ops, backend *be, char *err, size_t er
     ops->name = "cuda";
     ops->impl = vc;
     ops->conv2d_scratch_floats = cuda_vae_conv2d_scratch_floats;
+    ops->activation_type = cuda_vae_activation_type;
+    ops->to_activation = cuda_vae_to_activation;
+    ops->from_activation = cuda_vae_from_activation;
+    ops->adopt_weights = cuda_vae_adopt_weights;
     ops->conv2d = cuda_vae_conv2d;
     ops->prepare_conv2d = cuda_vae_prepare_conv2d;
     ops->group_norm = cuda_vae_group_norm;
