@@ -292,6 +292,27 @@ static void test_sd_size(fpdm_context *cpu, fpdm_context *fp32, fpdm_context *bf
                   fresh ? fpdm_last_error(fresh) : "no context");
     }
     fpdm_vae_free(vae);
+
+    /* bf16 precision keeps the activations in bf16: the same preparation
+     * on a fresh fp32 context reserves more. */
+    fpdm_context *fresh_fp32 = open_context("cuda", FPDM_PRECISION_FP32);
+    fpdm_vae *fp32_vae = NULL;
+    if (fresh && fresh_fp32 && fpdm_vae_load(fresh_fp32, path, &fp32_vae) == FPDM_OK &&
+        fpdm_vae_prepare(fresh_fp32, fp32_vae, 2, SD_LATENT_SIZE) == FPDM_OK) {
+        fpdm_memory_info bf16_memory, fp32_memory;
+        CHECK(fpdm_context_memory(fresh, &bf16_memory) == FPDM_OK);
+        CHECK(fpdm_context_memory(fresh_fp32, &fp32_memory) == FPDM_OK);
+        fprintf(stderr, "  SD size 256 px, 2 images: arena bf16 %zu MB, fp32 %zu MB\n",
+                bf16_memory.arena_bytes >> 20, fp32_memory.arena_bytes >> 20);
+        CHECK_MSG(bf16_memory.arena_bytes < fp32_memory.arena_bytes,
+                  "bf16 decode arena %zu >= fp32's %zu", bf16_memory.arena_bytes,
+                  fp32_memory.arena_bytes);
+    } else {
+        CHECK_MSG(0, "fp32 prepare for the arena comparison: %s",
+                  fresh_fp32 ? fpdm_last_error(fresh_fp32) : "no context");
+    }
+    fpdm_vae_free(fp32_vae);
+    fpdm_context_free(fresh_fp32);
     fpdm_context_free(fresh);
     free(cpu_images);
     free(bf16_images);
