@@ -2,6 +2,8 @@
  * row broadcast), to_operand, cfg_combine and sampler_update
  * (diffusion_apply_step's formula, see diffusion.h). Grid-stride loops over
  * size_t indices, so any size runs with a bounded grid. */
+#include <stdint.h>
+
 #include "cuda_backend.cuh"
 #include "operand.cuh"
 
@@ -9,22 +11,47 @@
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);               \
          i += (size_t)gridDim.x * blockDim.x)
 
+/* x[r, :] += gate[r / tokens, :] * y[r, :]: a block per row at a time, so
+ * the image's gate is found once per row (no 64-bit division per element),
+ * in float4 where VEC4 (dim, gate_stride and the pointers allow it). */
+template <bool VEC4>
 __global__ void gated_residual_kernel(float *x, const float *y, const float *gate, int gate_stride,
-                                      size_t per_image, int dim, size_t n) {
-    GRID_STRIDE_LOOP(i, n) {
-        const float *g = gate + (i / per_image) * (size_t)gate_stride;
-        x[i] += g[i % (size_t)dim] * y[i];
+                                      int tokens, int dim, long long rows) {
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float *g = gate + (size_t)(r / tokens) * (size_t)gate_stride;
+        float *xr = x + (size_t)r * dim;
+        const float *yr = y + (size_t)r * dim;
+        if (VEC4) {
+            for (int c = threadIdx.x; c < dim / 4; c += blockDim.x) {
+                float4 xv = reinterpret_cast<float4 *>(xr)[c];
+                float4 yv = reinterpret_cast<const float4 *>(yr)[c];
+                float4 gv = reinterpret_cast<const float4 *>(g)[c];
+                xv.x += gv.x * yv.x;
+                xv.y += gv.y * yv.y;
+                xv.z += gv.z * yv.z;
+                xv.w += gv.w * yv.w;
+                reinterpret_cast<float4 *>(xr)[c] = xv;
+            }
+        } else {
+            for (int c = threadIdx.x; c < dim; c += blockDim.x) xr[c] += g[c] * yr[c];
+        }
     }
 }
 
 void cuda_gated_residual(backend *be, float *x, const float *y, const float *gate,
                          int gate_stride, int batch, int tokens, int dim) {
     cuda_backend *cb = cuda_of(be);
-    size_t per_image = (size_t)tokens * (size_t)dim;
-    size_t n = (size_t)batch * per_image;
     if (batch <= 0 || tokens <= 0 || dim <= 0 || !cuda_enter(cb)) return;
-    gated_residual_kernel<<<cuda_blocks_for(n, 256), 256, 0, cb->stream>>>(x, y, gate, gate_stride,
-                                                                          per_image, dim, n);
+    long long rows = (long long)batch * tokens;
+    unsigned int blocks = rows < (1 << 20) ? (unsigned int)rows : (1u << 20);
+    bool vec4 = dim % 4 == 0 && gate_stride % 4 == 0 &&
+                (((uintptr_t)x | (uintptr_t)y | (uintptr_t)gate) & 15) == 0;
+    if (vec4)
+        gated_residual_kernel<true><<<blocks, 128, 0, cb->stream>>>(x, y, gate, gate_stride,
+                                                                    tokens, dim, rows);
+    else
+        gated_residual_kernel<false><<<blocks, 128, 0, cb->stream>>>(x, y, gate, gate_stride,
+                                                                     tokens, dim, rows);
     cuda_check_launch(cb, "gated_residual_kernel");
 }
 

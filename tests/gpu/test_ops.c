@@ -302,6 +302,21 @@ static void test_pointwise(void) {
     cpu->gated_residual(cpu, x.on_cpu, y.on_cpu, gate.on_cpu + dim, 3 * dim, batch, tokens, dim);
     gpu->gated_residual(gpu, x.on_gpu, y.on_gpu, gate.on_gpu + dim, 3 * dim, batch, tokens, dim);
     twin_check("gated_residual", x, 1e-5);
+    {
+        /* An odd width (and a gate stride to match) takes the scalar path. */
+        const int odd_dim = 201;
+        size_t odd_n = (size_t)batch * tokens * odd_dim;
+        twin ox = twin_random(odd_n, 1.0f), oy = twin_random(odd_n, 1.0f);
+        twin ogate = twin_random((size_t)batch * 3 * odd_dim, 1.0f);
+        cpu->gated_residual(cpu, ox.on_cpu, oy.on_cpu, ogate.on_cpu + odd_dim, 3 * odd_dim, batch,
+                            tokens, odd_dim);
+        gpu->gated_residual(gpu, ox.on_gpu, oy.on_gpu, ogate.on_gpu + odd_dim, 3 * odd_dim, batch,
+                            tokens, odd_dim);
+        twin_check("gated_residual, odd width", ox, 1e-5);
+        twin_free(ox);
+        twin_free(oy);
+        twin_free(ogate);
+    }
 
     twin big = twin_random(n, 6.0f), out = twin_nan(n);
     cpu->activation(cpu, out.on_cpu, big.on_cpu, n, BACKEND_ACT_GELU_TANH);
