@@ -145,9 +145,16 @@ size_t cuda_attention_scratch_floats(backend *be, int batch, int tokens, int hea
  * zero-padded to HD, a multiple of 16. */
 #define TC_WARPS 4
 #define TC_QUERIES (16 * TC_WARPS)
-/* Blocks the register budget is sized for: 4 of 4 warps hide the copies'
- * latency better than 3 (the kernel needs ~145 registers unbounded). */
+/* Blocks the register budget is sized for. On Hopper (228 KB of shared
+ * memory a multiprocessor) 4 of 4 warps fit and hide the copies' latency
+ * better than 3 (the kernel needs ~145 registers unbounded, 128 for 4). On
+ * sm_80 (164 KB) 3 fit and on sm_86/89 (100 KB) 2, where the 128-register cap
+ * would only add spills: there the bound asks for no particular count. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
 #define TC_BLOCKS_PER_SM 4
+#else
+#define TC_BLOCKS_PER_SM 1
+#endif
 
 __device__ __forceinline__ uint32_t shared_address(const void *pointer) {
     return (uint32_t)__cvta_generic_to_shared(pointer);
