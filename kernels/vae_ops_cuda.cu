@@ -19,9 +19,10 @@
  *              deviations from the mean (both accumulated in double, as the
  *              CPU does), then the affine map and SiLU; every group of every
  *              image is one row of the grid (up to VAE_MAX_GROUPS at a time).
- *   attention  two cuBLAS products around a row softmax kernel, in the
- *              backend's compute type, with tokens x tokens floats of scratch
- *              that the images of a batch take in turn.
+ *   attention  two cuBLAS products around a row softmax kernel, with
+ *              tokens x tokens float32 scores as scratch that the images of a
+ *              batch take in turn (in bf16, the bf16 softmax weights the
+ *              second product reads follow them: 1.5 times that).
  * Precision comes from the backend a decode binds to (begin): fp32 restricts
  * cuDNN to FMA kernels (CUDNN_FMA_MATH: no TF32) and cuBLAS to
  * CUBLAS_COMPUTE_32F; bf16 and fp16 run bf16 convolutions on tensor cores
