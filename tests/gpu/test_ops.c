@@ -153,6 +153,23 @@ static void test_operand_outputs(backend *device, const char *type_name) {
                             batch, tokens, dim);
     snprintf(what, sizeof what, "layernorm_modulate %s out", type_name);
     twin_check(what, out, 1e-2);
+    /* The fused gated residual + LayerNorm the bf16 forward runs: x (the
+     * float32 token stream) exactly as in float32, the output rounded. */
+    if (gpu->residual_layernorm_modulate) {
+        twin y = twin_random(n, 1.0f);
+        cpu->gated_residual(cpu, x.on_cpu, y.on_cpu, mod.on_cpu + 2 * dim, mod_stride, batch, tokens,
+                            dim);
+        cpu->layernorm_modulate(cpu, out.on_cpu, x.on_cpu, mod.on_cpu + 3 * dim,
+                                mod.on_cpu + 4 * dim, mod_stride, batch, tokens, dim);
+        gpu->residual_layernorm_modulate(gpu, out.on_gpu, x.on_gpu, y.on_gpu, mod.on_gpu + 2 * dim,
+                                         mod.on_gpu + 3 * dim, mod.on_gpu + 4 * dim, mod_stride,
+                                         batch, tokens, dim);
+        snprintf(what, sizeof what, "residual_layernorm_modulate %s out", type_name);
+        twin_check(what, out, 1e-2);
+        snprintf(what, sizeof what, "residual_layernorm_modulate %s x", type_name);
+        twin_check(what, x, 1e-5);
+        twin_free(y);
+    }
     cpu->activation(cpu, out.on_cpu, x.on_cpu, n, BACKEND_ACT_SILU);
     gpu->activation(gpu, out.on_gpu, x.on_gpu, n, BACKEND_ACT_SILU);
     snprintf(what, sizeof what, "activation silu %s out", type_name);

@@ -6,7 +6,8 @@
  *     a second decode (cached cuDNN algorithms), the batch decoded one image
  *     at a time (within 1e-5 of it at once; also 1100 images, more than one
  *     GroupNorm pass serves) and a one-pixel latent too;
- *     in bf16 within 2e-2;
+ *     in bf16 within 2e-2, and an fp16 context (bf16 activations as well)
+ *     within 2e-2 of diffusers and 1e-5 of the bf16 context;
  *   - a VAE loaded on a CUDA context is refused by a CPU context and the
  *     other way round;
  *   - Stable Diffusion's decoder size with random weights (the writer of
@@ -213,6 +214,22 @@ static int test_golden(fpdm_context *cpu, fpdm_context *fp32, fpdm_context *bf16
                                          latents, image_floats);
         if (bf16_images)
             check_close("bf16 vs diffusers (float64)", bf16_images, expected, image_floats, 2e-2);
+
+        /* An fp16 context decodes with bf16 activations too (fp16 would
+         * overflow in SD decoders): the bf16 path's images. */
+        fpdm_context *fp16 = open_context("cuda", FPDM_PRECISION_FP16);
+        float *fp16_images = fp16 ? decode_file(fp16, GOLDEN_WEIGHTS, "fp16 decode", batch,
+                                                latent_size, latents, image_floats)
+                                  : NULL;
+        if (fp16_images) {
+            check_close("fp16 context vs diffusers (float64)", fp16_images, expected, image_floats,
+                        2e-2);
+            if (bf16_images)
+                check_close("fp16 context vs bf16 context", fp16_images, bf16_images, image_floats,
+                            1e-5);
+        }
+        free(fp16_images);
+        fpdm_context_free(fp16);
 
         free(unused);
         free(pixel_gpu);
