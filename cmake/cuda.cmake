@@ -28,6 +28,15 @@ if(FPDM_CUDA_SOURCES)
   else()
     message(STATUS "fpdm: cuDNN not found: the VAE decoder runs on CPU contexts only")
   endif()
+  # Which variant of the tensor-core attention kernel the backend runs
+  # (kernels/attention.cu); tests/gpu/run.sh times them all on the GPU at
+  # hand and rebuilds with the fastest.
+  set(FPDM_ATTENTION_VARIANT 0 CACHE STRING "The tensor-core attention variant the CUDA backend runs")
+  if(NOT FPDM_ATTENTION_VARIANT MATCHES "^[0-9]$")
+    message(FATAL_ERROR "FPDM_ATTENTION_VARIANT must be a variant number, not '${FPDM_ATTENTION_VARIANT}'")
+  endif()
+  set_property(SOURCE ${PROJECT_SOURCE_DIR}/kernels/attention.cu APPEND PROPERTY
+               COMPILE_DEFINITIONS FPDM_ATTENTION_VARIANT=${FPDM_ATTENTION_VARIANT})
   target_compile_options(fpdm PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
   if(FPDM_WERROR)
     target_compile_options(fpdm PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings>

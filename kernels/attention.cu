@@ -133,27 +133,55 @@ size_t cuda_attention_scratch_floats(backend *be, int batch, int tokens, int hea
 
 /* 16-bit operands: flash attention on the tensor cores with mma.sync
  * m16n8k16 (bf16 or fp16 inputs, float32 accumulators), in the manner of
- * FlashAttention-2. A block of TC_WARPS warps serves TC_QUERIES queries of
- * one (image, head), 16 per warp; keys and values stream through shared
- * memory in tiles of TK, two stages deep (cp.async copies the next tile while
- * this one is computed on). Each warp keeps its queries' fragments, the scores
- * of a tile and the output accumulators in registers, whose layout the PTX
- * ISA fixes for m16n8k16: lane l holds rows l/4 and l/4 + 8, columns
- * 2 (l % 4) and 2 (l % 4) + 1 of each 8-column piece. That lets the online
- * softmax rescale the accumulators in place and reuse the score registers,
- * rounded to 16 bits, as the A operand of P V. The head dimension is
- * zero-padded to HD, a multiple of 16. */
-#define TC_WARPS 4
-#define TC_QUERIES (16 * TC_WARPS)
-/* Blocks the register budget is sized for. On Hopper (228 KB of shared
- * memory a multiprocessor) 4 of 4 warps fit and hide the copies' latency
- * better than 3 (the kernel needs ~145 registers unbounded, 128 for 4). On
- * sm_80 (164 KB) 3 fit and on sm_86/89 (100 KB) 2, where the 128-register cap
- * would only add spills: there the bound asks for no particular count. */
+ * FlashAttention-2. A block of WARPS warps serves the queries of one
+ * (image, head), ROW_TILES tiles of 16 per warp; keys and values stream
+ * through shared memory in tiles of TK, two stages deep (cp.async copies the
+ * next tile while this one is computed on). Each warp keeps the scores of a
+ * tile and its output accumulators in registers, whose layout the PTX ISA
+ * fixes for m16n8k16: lane l holds rows l/4 and l/4 + 8, columns 2 (l % 4)
+ * and 2 (l % 4) + 1 of each 8-column piece. That lets the online softmax
+ * rescale the accumulators in place and reuse the score registers, rounded to
+ * 16 bits, as the A operand of P V. The head dimension is zero-padded to HD,
+ * a multiple of 16.
+ *
+ * The kernel comes in shapes (tc_shape, below), in the manner of llm.c's
+ * dev/cuda files: tests/gpu/test_attention.c checks every one against the
+ * CPU and tests/gpu/bench_attention.c times them side by side on DiT's
+ * shapes; the backend runs variant 0 unless the build names another
+ * (FPDM_ATTENTION_VARIANT, below). */
+
+/* WARPS warps a block, each serving ROW_TILES tiles of 16 queries (two tiles
+ * share every key and value fragment read from shared memory: half the
+ * ldmatrix work per product, two independent accumulator chains). Q_IN_REGS:
+ * the queries' fragments are read into registers once; otherwise from shared
+ * memory at each key tile (fewer registers). MIN_BLOCKS_SM90: the blocks a
+ * Hopper multiprocessor (228 KB of shared memory) is to hold, which caps the
+ * registers a thread gets; on sm_80/86/89 the kernel asks for no count, since
+ * fewer blocks fit there and a cap would only add spills. */
+template <int WARPS_, int ROW_TILES_, bool Q_IN_REGS_, int MIN_BLOCKS_SM90_> struct tc_shape {
+    static constexpr int WARPS = WARPS_, ROW_TILES = ROW_TILES_;
+    static constexpr bool Q_IN_REGS = Q_IN_REGS_;
+    static constexpr int MIN_BLOCKS_SM90 = MIN_BLOCKS_SM90_;
+    static constexpr int QUERIES = 16 * ROW_TILES * WARPS;
+};
+
+/* The shared memory of one block: two stages of (key tile, value tile), then
+ * the query tile unless it borrows stage 1 (queries kept in registers are read
+ * once, before stage 1 first takes keys). */
+template <typename T, int HD, typename S> struct tc_layout {
+    /* Keys per tile: 64, or 32 where the head is wider than 80. */
+    static constexpr int TK = HD <= 80 ? 64 : 32;
+    /* Rows padded by 16 bytes: ldmatrix's eight row reads hit distinct banks. */
+    static constexpr int LD = HD + 8;
+    static constexpr int STAGE = 2 * TK * LD;
+    static constexpr bool Q_IN_STAGE = S::Q_IN_REGS && S::QUERIES * LD <= STAGE;
+    static constexpr size_t BYTES = sizeof(T) * (2 * STAGE + (Q_IN_STAGE ? 0 : S::QUERIES * LD));
+};
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
-#define TC_BLOCKS_PER_SM 4
+#define TC_ON_HOPPER 1
 #else
-#define TC_BLOCKS_PER_SM 1
+#define TC_ON_HOPPER 0
 #endif
 
 __device__ __forceinline__ uint32_t shared_address(const void *pointer) {
@@ -166,15 +194,9 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *row) {
                  : "r"(shared_address(row)));
 }
 
-__device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const void *row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
-                 : "r"(shared_address(row)));
-}
-
-__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void *row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(shared_address(row)));
 }
 
@@ -246,57 +268,71 @@ __device__ __forceinline__ void load_tile(T *tile, const T *source, int rows, in
     }
 }
 
-template <typename T, int HD>
-__global__ void __launch_bounds__(TC_WARPS * 32, TC_BLOCKS_PER_SM)
+/* The query fragments a warp keeps for the whole block (Q_IN_REGS), or none. */
+template <int ROW_TILES, int STEPS, bool KEEP> struct tc_query_fragments {
+    uint32_t frag[ROW_TILES][STEPS][4];
+};
+template <int ROW_TILES, int STEPS> struct tc_query_fragments<ROW_TILES, STEPS, false> {};
+
+template <typename T, int HD, typename S>
+__global__ void __launch_bounds__(S::WARPS * 32, TC_ON_HOPPER ? S::MIN_BLOCKS_SM90 : 1)
 attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, float scale_log2) {
+    using L = tc_layout<T, HD, S>;
+    constexpr int TK = L::TK, LD = L::LD, RT = S::ROW_TILES;
     static_assert(HD % 16 == 0 && HD <= 128, "unsupported head dimension");
-    /* Keys per tile: 64, or 32 where two stages of 64 would pass 48 KB. */
-    constexpr int TK = HD <= 80 ? 64 : 32;
-    /* Rows padded by 16 bytes: ldmatrix's eight row reads hit distinct banks. */
-    constexpr int LD = HD + 8;
-    static_assert(TC_QUERIES <= 2 * TK, "the query tile must fit in one stage");
-    /* Two stages of (key tile, value tile): the next tile's copies fly while
-     * this one is computed on. The query tile is read once, into registers,
-     * from stage 1's memory before that stage is first filled with keys. */
-    __shared__ __align__(16) T stages[2][2 * TK * LD];
-    T *const q_tile = stages[1];
+    extern __shared__ __align__(16) unsigned char tc_shared[];
+    T *const stages = reinterpret_cast<T *>(tc_shared);
+    T *const q_tile = stages + (L::Q_IN_STAGE ? L::STAGE : 2 * L::STAGE);
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int query_blocks = (tokens + TC_QUERIES - 1) / TC_QUERIES;
+    const int query_blocks = (tokens + S::QUERIES - 1) / S::QUERIES;
     const int pair = blockIdx.x / query_blocks, query_block = blockIdx.x % query_blocks;
     const int image = pair / heads, head = pair % heads;
     const int dim = heads * head_dim;
     const size_t token_stride = 3 * (size_t)dim;
     const T *q_base = qkv + (size_t)image * tokens * token_stride + (size_t)head * head_dim;
     const T *k_base = q_base + dim, *v_base = q_base + 2 * dim;
-    const int first_query = query_block * TC_QUERIES;
+    const int first_query = query_block * S::QUERIES;
+    /* This warp's first query row within the block's tile. */
+    const int warp_row = warp * 16 * RT;
     const bool vector_ok = head_dim % 8 == 0 && (reinterpret_cast<uintptr_t>(qkv) & 15) == 0;
 
-    load_tile<T, HD, LD>(q_tile, q_base, TC_QUERIES, first_query, tokens, head_dim, token_stride,
+    load_tile<T, HD, LD>(q_tile, q_base, S::QUERIES, first_query, tokens, head_dim, token_stride,
                          vector_ok);
-    load_tile<T, HD, LD>(stages[0], k_base, TK, 0, tokens, head_dim, token_stride, vector_ok);
-    load_tile<T, HD, LD>(stages[0] + TK * LD, v_base, TK, 0, tokens, head_dim, token_stride,
+    load_tile<T, HD, LD>(stages, k_base, TK, 0, tokens, head_dim, token_stride, vector_ok);
+    load_tile<T, HD, LD>(stages + TK * LD, v_base, TK, 0, tokens, head_dim, token_stride,
                          vector_ok);
     cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-    uint32_t q_frag[HD / 16][4];
+    tc_query_fragments<RT, HD / 16, S::Q_IN_REGS> q;
+    if constexpr (S::Q_IN_REGS) {
+        cp_async_wait<0>();
+        __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++)
-        ldmatrix_x4(q_frag[kk], q_tile + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
-    __syncthreads(); /* the query tile is read before stage 1 takes keys */
+        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++)
+                ldmatrix_x4(q.frag[rt][kk],
+                            q_tile + (warp_row + rt * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+        /* The query tile is read before stage 1 takes keys. */
+        if constexpr (L::Q_IN_STAGE) __syncthreads();
+    }
 
-    /* Per lane: rows lane / 4 (index 0) and lane / 4 + 8 (index 1). */
-    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-    float o[HD / 8][4];
+    /* Per lane and row tile: rows lane / 4 (index 0) and lane / 4 + 8 (index 1). */
+    float row_max[RT][2], row_sum[RT][2];
+    float o[RT][HD / 8][4];
 #pragma unroll
-    for (int j = 0; j < HD / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    for (int rt = 0; rt < RT; rt++) {
+        row_max[rt][0] = row_max[rt][1] = -INFINITY;
+        row_sum[rt][0] = row_sum[rt][1] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < HD / 8; j++) o[rt][j][0] = o[rt][j][1] = o[rt][j][2] = o[rt][j][3] = 0.0f;
+    }
 
     const int num_tiles = (tokens + TK - 1) / TK;
     for (int tile = 0; tile < num_tiles; tile++) {
         const int first_key = tile * TK;
         if (tile + 1 < num_tiles) {
-            T *next = stages[(tile + 1) % 2];
+            T *next = stages + ((tile + 1) % 2) * L::STAGE;
             load_tile<T, HD, LD>(next, k_base, TK, first_key + TK, tokens, head_dim, token_stride,
                                  vector_ok);
             load_tile<T, HD, LD>(next + TK * LD, v_base, TK, first_key + TK, tokens, head_dim,
@@ -307,91 +343,139 @@ attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, f
             cp_async_wait<0>();
         }
         __syncthreads(); /* every thread's part of this tile is in */
-        const T *k_tile = stages[tile % 2], *v_tile = k_tile + TK * LD;
+        const T *k_tile = stages + (tile % 2) * L::STAGE, *v_tile = k_tile + TK * LD;
 
-        float s[TK / 8][4];
+        /* S = Q K^T: one ldmatrix.x4 gives the key fragments of two 8-key pieces. */
+        float s[RT][TK / 8][4];
 #pragma unroll
-        for (int n = 0; n < TK / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+            for (int n = 0; n < TK / 8; n++) s[rt][n][0] = s[rt][n][1] = s[rt][n][2] = s[rt][n][3] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
+            uint32_t a[RT][4];
 #pragma unroll
-            for (int n = 0; n < TK / 8; n++) {
-                uint32_t b[2];
-                ldmatrix_x2(b, k_tile + (n * 8 + lane % 8) * LD + kk * 16 + ((lane / 8) % 2) * 8);
-                mma_16816(s[n], q_frag[kk], b, T());
+            for (int rt = 0; rt < RT; rt++) {
+                if constexpr (S::Q_IN_REGS) {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) a[rt][i] = q.frag[rt][kk][i];
+                } else {
+                    ldmatrix_x4(a[rt], q_tile + (warp_row + rt * 16 + lane % 16) * LD + kk * 16 +
+                                           (lane / 16) * 8);
+                }
+            }
+#pragma unroll
+            for (int n = 0; n < TK / 8; n += 2) {
+                uint32_t b[4];
+                ldmatrix_x4(b, k_tile + ((n + lane / 16) * 8 + lane % 8) * LD + kk * 16 +
+                                   ((lane / 8) % 2) * 8);
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) {
+                    mma_16816(s[rt][n], a[rt], b, T());
+                    mma_16816(s[rt][n + 1], a[rt], b + 2, T());
+                }
             }
         }
-        /* Scores in log2 units; keys past the end count for nothing. */
-        float tile_max[2] = {-INFINITY, -INFINITY};
+        /* Only a tile cut by the end holds keys past it, which count for nothing. */
+        if (first_key + TK > tokens) {
 #pragma unroll
-        for (int n = 0; n < TK / 8; n++) {
+            for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int key = first_key + n * 8 + 2 * (lane % 4) + (e & 1);
-                s[n][e] = key < tokens ? s[n][e] * scale_log2 : -INFINITY;
-                tile_max[e / 2] = fmaxf(tile_max[e / 2], s[n][e]);
+                for (int n = 0; n < TK / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        if (first_key + n * 8 + 2 * (lane % 4) + (e & 1) >= tokens) s[rt][n][e] = -INFINITY;
+        }
+        /* Online softmax on raw scores; exp(x / sqrt(d)) = exp2(x scale_log2),
+         * with the running maximum folded into one fma per score. */
+#pragma unroll
+        for (int rt = 0; rt < RT; rt++) {
+            float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int n = 0; n < TK / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) tile_max[e / 2] = fmaxf(tile_max[e / 2], s[rt][n][e]);
+            float correction[2], max_log2[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                /* The four lanes of a row hold its columns. */
+                tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+                tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+                /* Every tile starts at a real key, so the new maximum is finite
+                 * (and the first correction exp2(-inf) = 0). */
+                float new_max = fmaxf(row_max[rt][r], tile_max[r]);
+                correction[r] = exp2f((row_max[rt][r] - new_max) * scale_log2);
+                row_max[rt][r] = new_max;
+                row_sum[rt][r] *= correction[r];
+                max_log2[r] = new_max * scale_log2;
             }
-        }
-        float correction[2];
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            /* The four lanes of a row hold its columns. */
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-            /* Every tile starts at a real key, so the new maximum is finite. */
-            float new_max = fmaxf(row_max[r], tile_max[r]);
-            correction[r] = exp2f(row_max[r] - new_max);
-            row_max[r] = new_max;
-            row_sum[r] *= correction[r];
-        }
+            for (int n = 0; n < TK / 8; n++)
 #pragma unroll
-        for (int n = 0; n < TK / 8; n++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                s[n][e] = exp2f(s[n][e] - row_max[e / 2]);
-                row_sum[e / 2] += s[n][e];
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < HD / 8; j++) {
-            o[j][0] *= correction[0];
-            o[j][1] *= correction[0];
-            o[j][2] *= correction[1];
-            o[j][3] *= correction[1];
-        }
-        /* P V: the score registers of keys 16 kk .. 16 kk + 15 are an A fragment. */
-#pragma unroll
-        for (int kk = 0; kk < TK / 16; kk++) {
-            uint32_t a[4] = {pack_pair(s[2 * kk][0], s[2 * kk][1], T()),
-                             pack_pair(s[2 * kk][2], s[2 * kk][3], T()),
-                             pack_pair(s[2 * kk + 1][0], s[2 * kk + 1][1], T()),
-                             pack_pair(s[2 * kk + 1][2], s[2 * kk + 1][3], T())};
+                for (int e = 0; e < 4; e++) {
+                    s[rt][n][e] = exp2f(fmaf(s[rt][n][e], scale_log2, -max_log2[e / 2]));
+                    row_sum[rt][e / 2] += s[rt][n][e];
+                }
 #pragma unroll
             for (int j = 0; j < HD / 8; j++) {
-                uint32_t b[2];
-                ldmatrix_x2_trans(b, v_tile + (kk * 16 + lane % 16) * LD + j * 8);
-                mma_16816(o[j], a, b, T());
+                o[rt][j][0] *= correction[0];
+                o[rt][j][1] *= correction[0];
+                o[rt][j][2] *= correction[1];
+                o[rt][j][3] *= correction[1];
+            }
+        }
+        /* O += P V: the score registers of keys 16 kk .. 16 kk + 15 are an A
+         * fragment; one ldmatrix.x4.trans gives the value fragments of two
+         * 8-column pieces. */
+#pragma unroll
+        for (int kk = 0; kk < TK / 16; kk++) {
+            uint32_t a[RT][4];
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                a[rt][0] = pack_pair(s[rt][2 * kk][0], s[rt][2 * kk][1], T());
+                a[rt][1] = pack_pair(s[rt][2 * kk][2], s[rt][2 * kk][3], T());
+                a[rt][2] = pack_pair(s[rt][2 * kk + 1][0], s[rt][2 * kk + 1][1], T());
+                a[rt][3] = pack_pair(s[rt][2 * kk + 1][2], s[rt][2 * kk + 1][3], T());
+            }
+#pragma unroll
+            for (int j = 0; j < HD / 8; j += 2) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, v_tile + (kk * 16 + lane % 16) * LD + (j + lane / 16) * 8);
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) {
+                    mma_16816(o[rt][j], a[rt], b, T());
+                    mma_16816(o[rt][j + 1], a[rt], b + 2, T());
+                }
             }
         }
         __syncthreads(); /* this stage is read before the tile after next refills it */
     }
+
+    /* Out rows in pairs of 16-bit values where head_dim and the buffer allow. */
+    const bool pair_ok = head_dim % 2 == 0 && (reinterpret_cast<uintptr_t>(out) & 3) == 0;
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
-        row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
-    }
-    const float inv_sum[2] = {1.0f / row_sum[0], 1.0f / row_sum[1]};
+    for (int rt = 0; rt < RT; rt++) {
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int query = first_query + warp * 16 + lane / 4 + 8 * r;
-        if (query >= tokens) continue;
-        T *out_row = out + ((size_t)image * tokens + query) * dim + (size_t)head * head_dim;
+        for (int r = 0; r < 2; r++) {
+            row_sum[rt][r] += __shfl_xor_sync(0xffffffffu, row_sum[rt][r], 1);
+            row_sum[rt][r] += __shfl_xor_sync(0xffffffffu, row_sum[rt][r], 2);
+        }
 #pragma unroll
-        for (int j = 0; j < HD / 8; j++) {
+        for (int r = 0; r < 2; r++) {
+            const int query = first_query + warp_row + rt * 16 + lane / 4 + 8 * r;
+            if (query >= tokens) continue;
+            const float inv_sum = 1.0f / row_sum[rt][r];
+            T *out_row = out + ((size_t)image * tokens + query) * dim + (size_t)head * head_dim;
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                int d = j * 8 + 2 * (lane % 4) + e;
-                if (d < head_dim) out_row[d] = operand_from_float<T>(o[j][2 * r + e] * inv_sum[r]);
+            for (int j = 0; j < HD / 8; j++) {
+                const int d = j * 8 + 2 * (lane % 4);
+                const float low = o[rt][j][2 * r] * inv_sum, high = o[rt][j][2 * r + 1] * inv_sum;
+                if (pair_ok) {
+                    if (d < head_dim) *reinterpret_cast<uint32_t *>(out_row + d) = pack_pair(low, high, T());
+                } else {
+                    if (d < head_dim) out_row[d] = operand_from_float<T>(low);
+                    if (d + 1 < head_dim) out_row[d + 1] = operand_from_float<T>(high);
+                }
             }
         }
     }
@@ -416,31 +500,89 @@ static int attention_grid(cuda_backend *cb, int batch, int tokens, int heads, in
     return 0;
 }
 
-template <typename T, int HD>
+template <typename T, int HD, typename S>
 static void launch_tc(cuda_backend *cb, void *out, const void *qkv, int batch, int tokens,
                       int heads, int head_dim) {
     dim3 grid;
-    if (attention_grid(cb, batch, tokens, heads, TC_QUERIES, &grid)) return;
-    /* exp(x) = exp2(x log2 e): scores are scaled into log2 units once. */
+    if (attention_grid(cb, batch, tokens, heads, S::QUERIES, &grid)) return;
+    const size_t shared_bytes = tc_layout<T, HD, S>::BYTES;
+    /* Past 48 KB a kernel must ask for its shared memory. */
+    if (shared_bytes > 48 * 1024 &&
+        cudaFuncSetAttribute(attention_tc_kernel<T, HD, S>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)shared_bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        cuda_fail(cb, "attention: this GPU cannot give a block %zu bytes of shared memory",
+                  shared_bytes);
+        return;
+    }
+    /* exp(x) = exp2(x log2 e): scores are scaled into log2 units. */
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)head_dim);
-    attention_tc_kernel<T, HD><<<grid, TC_WARPS * 32, 0, cb->stream>>>(
+    attention_tc_kernel<T, HD, S><<<grid, S::WARPS * 32, shared_bytes, cb->stream>>>(
         (T *)out, (const T *)qkv, tokens, heads, head_dim, scale_log2);
     cuda_check_launch(cb, "attention_tc_kernel");
 }
 
-template <typename T>
+/* The variants. 0, the one the backend runs: 4 warps of 16 queries, 4 blocks
+ * a Hopper multiprocessor (128 registers a thread; head widths 64 and 72
+ * spill a few). 1: 8 warps of 16 (a key/value tile serves twice the queries:
+ * half the tile loads per product). 2: 4 warps of 32 queries read from
+ * shared memory (two row tiles per fragment read). 3: 16 warps of 16, a whole
+ * 256-token (image, head) in one block (keys and values read once). 4: 0 with
+ * 3 blocks a Hopper multiprocessor (no spills, less latency hidden). Variants
+ * above 0 are built for head_dim 49 to 80 only (DiT's 64 and 72), to keep
+ * the build short. */
+typedef tc_shape<4, 1, true, 4> tc_variant_0;
+typedef tc_shape<8, 1, true, 2> tc_variant_1;
+typedef tc_shape<4, 2, false, 2> tc_variant_2;
+typedef tc_shape<16, 1, true, 1> tc_variant_3;
+typedef tc_shape<4, 1, true, 3> tc_variant_4;
+static const char *const tc_variant_names[] = {
+    "4 warps x 16 queries, q in registers", "8 warps x 16 queries, q in registers",
+    "4 warps x 32 queries, q in shared memory", "16 warps x 16 queries, q in registers",
+    "4 warps x 16 queries, q in registers, 3 blocks"};
+#define TC_VARIANTS ((int)(sizeof tc_variant_names / sizeof tc_variant_names[0]))
+/* The variant the backend runs: 0 unless the build names another (CMake's
+ * FPDM_ATTENTION_VARIANT, which tests/gpu/run.sh sets to the fastest on the
+ * GPU at hand). */
+#ifndef FPDM_ATTENTION_VARIANT
+#define FPDM_ATTENTION_VARIANT 0
+#endif
+static_assert(FPDM_ATTENTION_VARIANT >= 0 && FPDM_ATTENTION_VARIANT < TC_VARIANTS,
+              "FPDM_ATTENTION_VARIANT names no variant");
+
+template <typename T, typename S, bool ALL_WIDTHS>
 static void attention_16bit(cuda_backend *cb, void *out, const void *qkv, int batch, int tokens,
                             int heads, int head_dim) {
-    switch ((head_dim + 15) / 16) {
-    case 1: launch_tc<T, 16>(cb, out, qkv, batch, tokens, heads, head_dim); break;
-    case 2: launch_tc<T, 32>(cb, out, qkv, batch, tokens, heads, head_dim); break;
-    case 3: launch_tc<T, 48>(cb, out, qkv, batch, tokens, heads, head_dim); break;
-    case 4: launch_tc<T, 64>(cb, out, qkv, batch, tokens, heads, head_dim); break;
-    case 5: launch_tc<T, 80>(cb, out, qkv, batch, tokens, heads, head_dim); break;
-    case 6: launch_tc<T, 96>(cb, out, qkv, batch, tokens, heads, head_dim); break;
-    case 7: launch_tc<T, 112>(cb, out, qkv, batch, tokens, heads, head_dim); break;
-    case 8: launch_tc<T, 128>(cb, out, qkv, batch, tokens, heads, head_dim); break;
-    default: cuda_fail(cb, "attention: head_dim %d is over the supported 128", head_dim);
+    const int steps = (head_dim + 15) / 16;
+    if (steps == 4) return launch_tc<T, 64, S>(cb, out, qkv, batch, tokens, heads, head_dim);
+    if (steps == 5) return launch_tc<T, 80, S>(cb, out, qkv, batch, tokens, heads, head_dim);
+    if constexpr (ALL_WIDTHS) {
+        switch (steps) {
+        case 1: launch_tc<T, 16, S>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+        case 2: launch_tc<T, 32, S>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+        case 3: launch_tc<T, 48, S>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+        case 6: launch_tc<T, 96, S>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+        case 7: launch_tc<T, 112, S>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+        case 8: launch_tc<T, 128, S>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+        default: break;
+        }
+        cuda_fail(cb, "attention: head_dim %d is over the supported 128", head_dim);
+    } else {
+        cuda_fail(cb, "attention: this variant is built for head_dim 49 to 80, not %d", head_dim);
+    }
+}
+
+template <typename T>
+static void attention_16bit_variant(cuda_backend *cb, int variant, void *out, const void *qkv,
+                                    int batch, int tokens, int heads, int head_dim) {
+    switch (variant) {
+    case 0: attention_16bit<T, tc_variant_0, true>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+    case 1: attention_16bit<T, tc_variant_1, false>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+    case 2: attention_16bit<T, tc_variant_2, false>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+    case 3: attention_16bit<T, tc_variant_3, false>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+    case 4: attention_16bit<T, tc_variant_4, false>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+    default: cuda_fail(cb, "attention: no variant %d (there are %d)", variant, TC_VARIANTS);
     }
 }
 
@@ -460,12 +602,16 @@ void cuda_attention(backend *be, void *out_buffer, const void *qkv_buffer, int b
     (void)scratch;
     cuda_backend *cb = cuda_of(be);
     if (batch <= 0 || tokens <= 0 || heads <= 0 || head_dim <= 0 || !cuda_enter(cb)) return;
+    /* Variants above 0 serve head_dim 49 to 80 only. */
+    const int variant = head_dim > 48 && head_dim <= 80 ? FPDM_ATTENTION_VARIANT : 0;
     if (be->operand_type == BACKEND_BF16) {
-        attention_16bit<__nv_bfloat16>(cb, out_buffer, qkv_buffer, batch, tokens, heads, head_dim);
+        attention_16bit_variant<__nv_bfloat16>(cb, variant, out_buffer, qkv_buffer, batch, tokens,
+                                               heads, head_dim);
         return;
     }
     if (be->operand_type == BACKEND_F16) {
-        attention_16bit<__half>(cb, out_buffer, qkv_buffer, batch, tokens, heads, head_dim);
+        attention_16bit_variant<__half>(cb, variant, out_buffer, qkv_buffer, batch, tokens, heads,
+                                        head_dim);
         return;
     }
     float *out = (float *)out_buffer;
@@ -477,4 +623,22 @@ void cuda_attention(backend *be, void *out_buffer, const void *qkv_buffer, int b
     else if (head_dim <= 96) launch<48, 2>(cb, out, qkv, batch, tokens, heads, head_dim);
     else if (head_dim <= 128) launch<64, 2>(cb, out, qkv, batch, tokens, heads, head_dim);
     else cuda_fail(cb, "attention: head_dim %d is over the supported 128", head_dim);
+}
+
+int backend_cuda_attention_variant_count(void) { return TC_VARIANTS; }
+
+const char *backend_cuda_attention_variant_name(int variant) {
+    return variant >= 0 && variant < TC_VARIANTS ? tc_variant_names[variant] : "no such variant";
+}
+
+void backend_cuda_attention_variant(backend *be, int variant, void *out, const void *qkv, int batch,
+                                    int tokens, int heads, int head_dim) {
+    cuda_backend *cb = cuda_of(be);
+    if (batch <= 0 || tokens <= 0 || heads <= 0 || head_dim <= 0 || !cuda_enter(cb)) return;
+    if (be->operand_type == BACKEND_BF16)
+        attention_16bit_variant<__nv_bfloat16>(cb, variant, out, qkv, batch, tokens, heads, head_dim);
+    else if (be->operand_type == BACKEND_F16)
+        attention_16bit_variant<__half>(cb, variant, out, qkv, batch, tokens, heads, head_dim);
+    else
+        cuda_fail(cb, "attention variants are for bf16 and fp16 backends");
 }

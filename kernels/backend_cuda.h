@@ -50,6 +50,18 @@ void backend_cuda_device_name(int device_index, char *out, size_t size);
 /* The first error recorded by this CUDA backend, "" if none. */
 const char *backend_cuda_error(const backend *be);
 
+/* The tensor-core attention kernel of bf16 and fp16 backends comes in
+ * variants (kernels/attention.cu), each checked against the CPU by
+ * tests/gpu/test_attention.c and timed side by side by
+ * tests/gpu/bench_attention.c; the backend's attention op runs variant 0, or
+ * the one CMake's FPDM_ATTENTION_VARIANT names (for head_dim 49 to 80).
+ * Variants above 0 serve head_dim 49 to 80 only. A variant call is backend.h's
+ * attention through that variant (failures recorded as for any op). */
+int backend_cuda_attention_variant_count(void);
+const char *backend_cuda_attention_variant_name(int variant);
+void backend_cuda_attention_variant(backend *be, int variant, void *out, const void *qkv, int batch,
+                                    int tokens, int heads, int head_dim);
+
 #ifdef __cplusplus
 }
 #endif

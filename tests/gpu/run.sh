@@ -6,9 +6,11 @@
 # batch 64 with classifier-free guidance (128 rows), bf16 and fp32; the
 # FPDM-XL/2 time against --iters 1,2,4,8 (a straight line: the iterations are
 # replayed CUDA graphs); the SD-VAE decoder (random weights) at 256 and 512 px;
-# and tests/gpu/torch_bench.py and torch_vae_bench.py on the same shapes. The summary table, printed
-# last, gives our ms, torch's ms, their ratio, our fraction of the reference
-# matrix product's rate and peak memory. Every step has a timeout and the
+# the attention kernel's variants (bench_attention) beside PyTorch's fused
+# attention (torch_attention_bench.py); and tests/gpu/torch_bench.py and
+# torch_vae_bench.py on the same shapes. The summary table, printed last,
+# gives our ms, torch's ms, their ratio, our fraction of the reference matrix
+# product's rate and peak memory. Every step has a timeout and the
 # whole run stops starting steps after RUN_BUDGET_S (default 470 s). Before
 # the benchmarks it samples end to end: fpdm-sample with the shipped model on
 # the GPU (PNGs), and whole sampling loops of the XL models. Logs, JSON and
@@ -136,6 +138,7 @@ for test_source in "$ROOT"/tests/gpu/test_*.c; do
 done
 [ -f "$ROOT/tools/fpdm_bench.c" ] && TARGETS+=(fpdm-bench)
 [ -f "$ROOT/tools/fpdm_sample.c" ] && TARGETS+=(fpdm-sample)
+[ -f "$ROOT/tests/gpu/bench_attention.c" ] && TARGETS+=(bench_attention)
 if ! run_step 240 build cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" > "$LOGS/build.log" 2>&1; then
   note "build FAILED (see $LOGS/build.log)"; grep -E "error|Error" "$LOGS/build.log" | head -30; exit 1
 fi
@@ -160,6 +163,38 @@ for line in open(sys.argv[1], errors="replace"):
               f" bytes smem{spills}")
         function = None
 PY
+
+# ---- attention variant ---------------------------------------------------------
+# The tensor-core attention kernel's variants timed on this GPU
+# (bench_attention, which also checks each against variant 0); when one beats
+# variant 0 by more than 3% on DiT-XL/2's 256-token shape, the library is
+# rebuilt to run it (FPDM_ATTENTION_VARIANT) before any test or timing, and
+# the summary names it.
+: > "$LOGS/attention.txt"
+# A variant that failed or disagreed with 0 is printed without a time and
+# cannot be picked.
+ATTENTION_VARIANT=0
+if [ -x "$BUILD/bench_attention" ]; then
+  run_step 60 "attention variants" "$BUILD/bench_attention" > "$LOGS/attention.txt" 2>&1 ||
+    note "bench_attention: a variant failed or disagreed (see $LOGS/attention.txt)"
+  ATTENTION_VARIANT=$(awk '$2 == 128 && $3 == 256 && $4 ~ /^[0-9.]+$/ {
+      if ($1 == 0) base = $4
+      if (best == "" || $4 < best) { best = $4; variant = $1 } }
+    END { if (base != "" && best < 0.97 * base) print variant; else print 0 }' "$LOGS/attention.txt")
+fi
+if [ "$ATTENTION_VARIANT" != 0 ]; then
+  if run_step 60 "reconfigure" cmake -S "$ROOT" -B "$BUILD" -DFPDM_ATTENTION_VARIANT="$ATTENTION_VARIANT" \
+        > "$LOGS/configure-variant.log" 2>&1 &&
+      run_step 200 "rebuild" cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" \
+        > "$LOGS/build-variant.log" 2>&1; then
+    note "attention: variant $ATTENTION_VARIANT is the fastest here; the library now runs it"
+  else
+    note "rebuild with attention variant $ATTENTION_VARIANT FAILED (see $LOGS/build-variant.log); back to 0"
+    ATTENTION_VARIANT=0
+    cmake -S "$ROOT" -B "$BUILD" -DFPDM_ATTENTION_VARIANT=0 > /dev/null 2>&1
+    cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" > /dev/null 2>&1
+  fi
+fi
 
 # ---- baseline (optional) -------------------------------------------------------
 # BASELINE=DIR names another copy of the project (the last verified commit:
@@ -273,6 +308,9 @@ if [ -x "$BENCH" ]; then
         >> "$LOGS/torch.log" 2>&1 || note "torch_bench $config $dtype did not run (see $LOGS/torch.log)"
     done
   done
+  # PyTorch's fused attention on the shapes of the variants' timings.
+  run_step 60 "torch attention" python3 "$ROOT/tests/gpu/torch_attention_bench.py" \
+    >> "$LOGS/attention.txt" 2>> "$LOGS/torch.log" || note "torch_attention_bench did not run (see $LOGS/torch.log)"
   # The baseline on the same shapes, bf16 (the precision changes aim at).
   : > "$LOGS/baseline.jsonl"
   if [ -n "$BASE_BENCH" ]; then
@@ -424,7 +462,7 @@ fi
 {
   echo
   echo "GPU: ${GPU_NAME:-unknown} (sm_$ARCH), $(( $(date +%s) - RUN_START )) s"
-  echo "GPU tests (ctest -L gpu, exit $CTEST_RC): ${TEST_TOTAL:-no result}"
+  echo "GPU tests (ctest -L gpu, exit $CTEST_RC): ${TEST_TOTAL:-no result}; attention variant $ATTENTION_VARIANT"
   echo "${TEST_LINES:-  (no test lines)}" | sed 's/^/  /'
   python3 - "$LOGS/ours.jsonl" "$LOGS/torch.jsonl" "$BENCH_BATCH" <<'PY'
 import json, sys
@@ -530,6 +568,7 @@ if ours or theirs:
               f" {cell(b and b['peak_allocated_bytes'] / 2**20, '.0f'):>8}")
 PY
   [ -s "$LOGS/sampling.txt" ] && { echo; cat "$LOGS/sampling.txt"; }
+  [ -s "$LOGS/attention.txt" ] && { echo; cat "$LOGS/attention.txt"; }
   [ -s "$LOGS/profile-top.txt" ] && { echo; cat "$LOGS/profile-top.txt"; }
   [ -s "$LOGS/registers.txt" ] && { echo; echo "registers (ptxas -v):"; cat "$LOGS/registers.txt"; }
   [ -s "$LOGS/nsys-top.txt" ] && { echo; cat "$LOGS/nsys-top.txt"; }

@@ -1,13 +1,16 @@
 /* test_attention.c - the CUDA attention kernels against the CPU backend on
- * fresh random qkv, for every head_dim instantiation (12, 16, 32, 64, 72, 96,
- * 100, 128), token counts that are and are not multiples of the tiles (1 to
+ * fresh random qkv, for every head_dim instantiation (12, 16, 32, 57, 64, 72,
+ * 75, 96, 100, 128: odd widths and widths not a multiple of 8 among them),
+ * token counts that are and are not multiples of the tiles (1 to
  * 1024), and the largest launch the samplers make (batch 128 x 1024 tokens x
  * 16 heads x 72, compared on its first and last images): the float32 kernel
  * at relative L2 <= 1e-5, the tensor-core kernel of the bf16 and fp16
  * backends at <= 1e-2 (its inputs are rounded to 16 bits first and the CPU
  * gets the rounded values, so only its own rounding of P and of the output
- * counts). Outputs are poisoned with NaN first. Exits 77 (SKIPPED) without a
- * GPU. Run: ctest -L gpu (FPDM_TEST_SEED=N repeats a run). */
+ * counts); for the bf16 and fp16 backends also every variant of the
+ * tensor-core kernel (backend_cuda.h) on the cases of head_dim 49 to 80.
+ * Outputs are poisoned with NaN first. Exits 77 (SKIPPED) without a GPU.
+ * Run: ctest -L gpu (FPDM_TEST_SEED=N repeats a run). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -37,9 +40,11 @@ static float *cpu_attention(backend *cpu, const float *host_qkv, int first, int 
 }
 
 /* amplitude scales q and k: large values make the softmax peaked, which
- * exercises the running maximum. check_first/check_last: images compared. */
-static void check_case(backend *cpu, backend *gpu, int batch, int tokens, int heads, int head_dim,
-                       float amplitude, int compare_all) {
+ * exercises the running maximum. compare_all: every image compared, else the
+ * first and the last. variant: the backend's attention op (-1) or a variant
+ * of the tensor-core kernel (backend_cuda.h). */
+static void check_case(backend *cpu, backend *gpu, int variant, int batch, int tokens, int heads,
+                       int head_dim, float amplitude, int compare_all) {
     size_t dim = (size_t)heads * head_dim;
     size_t qkv_floats = (size_t)batch * tokens * 3 * dim, out_floats = (size_t)batch * tokens * dim;
     float *host_qkv = malloc(qkv_floats * sizeof(float));
@@ -58,7 +63,10 @@ static void check_case(backend *cpu, backend *gpu, int batch, int tokens, int he
     if (!qkv || !out) return;
     size_t scratch_floats = gpu->attention_scratch_floats(gpu, batch, tokens, heads, head_dim);
     float *scratch = scratch_floats ? gpu->alloc(gpu, scratch_floats) : NULL;
-    gpu->attention(gpu, out, qkv, batch, tokens, heads, head_dim, scratch);
+    if (variant < 0)
+        gpu->attention(gpu, out, qkv, batch, tokens, heads, head_dim, scratch);
+    else
+        backend_cuda_attention_variant(gpu, variant, out, qkv, batch, tokens, heads, head_dim);
     int status = test_download_operand(gpu, host_out, out, out_floats);
     CHECK_MSG(status == 0, "%s", backend_cuda_error(gpu));
     const char *type_name = gpu->operand_type == BACKEND_BF16 ? " bf16"
@@ -71,8 +79,10 @@ static void check_case(backend *cpu, backend *gpu, int batch, int tokens, int he
     for (int part = 0; part < (compare_all ? 1 : 2); part++) {
         float *expected = cpu_attention(cpu, host_qkv, firsts[part], counts[part], tokens, heads,
                                         head_dim);
-        snprintf(what, sizeof what, "attention%s b%d t%d h%d d%d x%.0f%s", type_name, batch,
-                 tokens, heads, head_dim, amplitude,
+        char variant_name[24] = "";
+        if (variant >= 0) snprintf(variant_name, sizeof variant_name, " variant %d", variant);
+        snprintf(what, sizeof what, "attention%s%s b%d t%d h%d d%d x%.0f%s", type_name,
+                 variant_name, batch, tokens, heads, head_dim, amplitude,
                  compare_all ? "" : part ? " (last image)" : " (first image)");
         check_close(what, host_out + (size_t)firsts[part] * image_floats, expected,
                     (size_t)counts[part] * image_floats, tolerance);
@@ -103,6 +113,7 @@ int main(void) {
         {2, 100, 2, 32, 1.0f},   {2, 65, 6, 64, 1.0f},   {1, 1, 1, 64, 1.0f},
         {2, 64, 2, 72, 8.0f},    {1, 129, 2, 96, 1.0f},  {2, 97, 2, 128, 1.0f},
         {1, 31, 1, 100, 2.0f},   {1, 1024, 2, 72, 1.0f}, {2, 256, 12, 64, 1.0f},
+        {2, 33, 3, 75, 2.0f},    {1, 70, 2, 57, 1.0f},
     };
     const fpdm_precision precisions[3] = {FPDM_PRECISION_FP32, FPDM_PRECISION_BF16,
                                           FPDM_PRECISION_FP16};
@@ -111,10 +122,22 @@ int main(void) {
         CHECK_MSG(gpu != NULL, "%s", err);
         if (!gpu) continue;
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-            check_case(cpu, gpu, cases[i].batch, cases[i].tokens, cases[i].heads,
+            check_case(cpu, gpu, -1, cases[i].batch, cases[i].tokens, cases[i].heads,
                        cases[i].head_dim, cases[i].amplitude, 1);
         /* The largest launch (DiT-XL/2 at 512 px, batch 128): first and last image. */
-        check_case(cpu, gpu, 128, 1024, 16, 72, 1.0f, 0);
+        check_case(cpu, gpu, -1, 128, 1024, 16, 72, 1.0f, 0);
+        /* Every variant of the tensor-core kernel (the build may run another
+         * than 0 above), on the cases of the head widths they are all built
+         * for (49 to 80), and a launch of 16 images of 1024 tokens. */
+        for (int variant = 0; precisions[p] != FPDM_PRECISION_FP32 &&
+                              variant < backend_cuda_attention_variant_count();
+             variant++) {
+            for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+                if (cases[i].head_dim > 48 && cases[i].head_dim <= 80)
+                    check_case(cpu, gpu, variant, cases[i].batch, cases[i].tokens, cases[i].heads,
+                               cases[i].head_dim, cases[i].amplitude, 1);
+            check_case(cpu, gpu, variant, 16, 1024, 16, 72, 1.0f, 0);
+        }
         gpu->destroy(gpu);
     }
     cpu->destroy(cpu);
