@@ -228,6 +228,15 @@ __device__ __forceinline__ uint32_t pack_pair(float low, float high, __half) {
     return *reinterpret_cast<uint32_t *>(&pair);
 }
 
+/* 2^x in one MUFU.EX2 (exp2f adds a range check and rescaling for results
+ * below 2^-126, four instructions more a score); a probability that small
+ * flushes to 0, which the softmax cannot tell from its true value. */
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 /* 16 bytes from global to shared memory without passing through registers
  * (sm_80's cp.async); with `fill` false the 16 bytes are zeros. The copies a
  * thread issued become visible after cp_async_wait and a barrier. */
@@ -243,28 +252,48 @@ template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
 }
 
-/* rows x HD of a [tokens, 3 * dim] operand buffer (`first_row` on, from
+/* ROWS x HD of a [tokens, 3 * dim] operand buffer (`first_row` on, from
  * `source`, which points at this head's column) into a tile with row stride
- * LD, zero where the row is past `tokens` or the column past head_dim. Where
- * head_dim allows, rows move in asynchronous 16-byte pieces (commit and wait
- * for them); a piece that head_dim cuts goes through registers. */
-template <typename T, int HD, int LD>
-__device__ __forceinline__ void load_tile(T *tile, const T *source, int rows, int first_row,
-                                          int tokens, int head_dim, size_t token_stride,
-                                          bool vector_ok) {
-    constexpr int PIECES = HD / 8;
-    const T zero = operand_from_float<T>(0.0f);
-    for (int idx = threadIdx.x; idx < rows * PIECES; idx += blockDim.x) {
-        int r = idx / PIECES, piece = idx % PIECES, row = first_row + r, d = 8 * piece;
-        T *dst = tile + r * LD + d;
-        const T *src = source + (size_t)(row < tokens ? row : 0) * token_stride + d;
-        if (vector_ok && (d + 8 <= head_dim || d >= head_dim)) {
-            bool fill = row < tokens && d + 8 <= head_dim;
-            cp_async_16(dst, fill ? src : source, fill);
-        } else {
+ * LD, zero where the row is past `tokens` or the column past head_dim, by a
+ * block of THREADS threads. Thread t always moves the 16-byte piece t % PIECES
+ * of rows t / PIECES, + GROUPS, + 2 GROUPS, ... (threads past GROUPS x PIECES
+ * idle), so its column, and what head_dim does to it, stay put and only rows
+ * move: about a dozen instructions a piece, where dividing a running index
+ * by PIECES took some forty. Where head_dim allows, pieces move asynchronously
+ * (commit and wait for them); a piece that head_dim cuts, or every piece when
+ * rows are not 16-byte aligned, goes through registers. */
+template <typename T, int HD, int LD, int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile(T *tile, const T *source, int first_row, int tokens,
+                                          int head_dim, size_t token_stride, bool vector_ok) {
+    constexpr int PIECES = HD / 8, GROUPS = THREADS / PIECES;
+    static_assert(GROUPS >= 1, "fewer threads than 16-byte pieces in a row");
+    const int t = threadIdx.x;
+    if (t >= GROUPS * PIECES) return;
+    const int first_r = t / PIECES, d = 8 * (t % PIECES);
+    const bool whole = d + 8 <= head_dim;
+    constexpr int STEPS = (ROWS + GROUPS - 1) / GROUPS;
+    if (vector_ok && (whole || d >= head_dim)) {
+        /* This thread's rows are GROUPS apart: the source moves by a fixed stride. */
+        const T *src = source + (size_t)(first_row + first_r) * token_stride + d;
+        const size_t src_step = (size_t)GROUPS * token_stride;
 #pragma unroll
-            for (int e = 0; e < 8; e++) dst[e] = row < tokens && d + e < head_dim ? src[e] : zero;
+        for (int k = 0; k < STEPS; k++, src += src_step) {
+            const int r = first_r + k * GROUPS;
+            if (r >= ROWS) break;
+            const bool fill = whole && first_row + r < tokens;
+            cp_async_16(tile + r * LD + d, fill ? src : source, fill);
         }
+        return;
+    }
+    const T zero = operand_from_float<T>(0.0f);
+#pragma unroll
+    for (int k = 0; k < STEPS; k++) {
+        const int r = first_r + k * GROUPS, row = first_row + r;
+        if (r >= ROWS) break;
+        const T *src = source + (size_t)(row < tokens ? row : 0) * token_stride + d;
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            tile[r * LD + d + e] = row < tokens && d + e < head_dim ? src[e] : zero;
     }
 }
 
@@ -297,11 +326,12 @@ attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, f
     const int warp_row = warp * 16 * RT;
     const bool vector_ok = head_dim % 8 == 0 && (reinterpret_cast<uintptr_t>(qkv) & 15) == 0;
 
-    load_tile<T, HD, LD>(q_tile, q_base, S::QUERIES, first_query, tokens, head_dim, token_stride,
-                         vector_ok);
-    load_tile<T, HD, LD>(stages, k_base, TK, 0, tokens, head_dim, token_stride, vector_ok);
-    load_tile<T, HD, LD>(stages + TK * LD, v_base, TK, 0, tokens, head_dim, token_stride,
-                         vector_ok);
+    constexpr int THREADS = S::WARPS * 32;
+    load_tile<T, HD, LD, S::QUERIES, THREADS>(q_tile, q_base, first_query, tokens, head_dim,
+                                              token_stride, vector_ok);
+    load_tile<T, HD, LD, TK, THREADS>(stages, k_base, 0, tokens, head_dim, token_stride, vector_ok);
+    load_tile<T, HD, LD, TK, THREADS>(stages + TK * LD, v_base, 0, tokens, head_dim, token_stride,
+                                      vector_ok);
     cp_async_commit();
     tc_query_fragments<RT, HD / 16, S::Q_IN_REGS> q;
     if constexpr (S::Q_IN_REGS) {
@@ -333,10 +363,10 @@ attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, f
         const int first_key = tile * TK;
         if (tile + 1 < num_tiles) {
             T *next = stages + ((tile + 1) % 2) * L::STAGE;
-            load_tile<T, HD, LD>(next, k_base, TK, first_key + TK, tokens, head_dim, token_stride,
-                                 vector_ok);
-            load_tile<T, HD, LD>(next + TK * LD, v_base, TK, first_key + TK, tokens, head_dim,
-                                 token_stride, vector_ok);
+            load_tile<T, HD, LD, TK, THREADS>(next, k_base, first_key + TK, tokens, head_dim,
+                                              token_stride, vector_ok);
+            load_tile<T, HD, LD, TK, THREADS>(next + TK * LD, v_base, first_key + TK, tokens,
+                                              head_dim, token_stride, vector_ok);
             cp_async_commit();
             cp_async_wait<1>(); /* this tile's copies are done; the next one's may fly */
         } else {
@@ -386,7 +416,7 @@ attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, f
                     for (int e = 0; e < 4; e++)
                         if (first_key + n * 8 + 2 * (lane % 4) + (e & 1) >= tokens) s[rt][n][e] = -INFINITY;
         }
-        /* Online softmax on raw scores; exp(x / sqrt(d)) = exp2(x scale_log2),
+        /* Online softmax on raw scores; exp(x / sqrt(d)) = 2^(x scale_log2),
          * with the running maximum folded into one fma per score. */
 #pragma unroll
         for (int rt = 0; rt < RT; rt++) {
@@ -402,9 +432,9 @@ attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, f
                 tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
                 tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
                 /* Every tile starts at a real key, so the new maximum is finite
-                 * (and the first correction exp2(-inf) = 0). */
+                 * (and the first correction 2^-inf = 0, which ex2 gives). */
                 float new_max = fmaxf(row_max[rt][r], tile_max[r]);
-                correction[r] = exp2f((row_max[rt][r] - new_max) * scale_log2);
+                correction[r] = fast_exp2((row_max[rt][r] - new_max) * scale_log2);
                 row_max[rt][r] = new_max;
                 row_sum[rt][r] *= correction[r];
                 max_log2[r] = new_max * scale_log2;
@@ -413,7 +443,7 @@ attention_tc_kernel(T *out, const T *qkv, int tokens, int heads, int head_dim, f
             for (int n = 0; n < TK / 8; n++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    s[rt][n][e] = exp2f(fmaf(s[rt][n][e], scale_log2, -max_log2[e / 2]));
+                    s[rt][n][e] = fast_exp2(fmaf(s[rt][n][e], scale_log2, -max_log2[e / 2]));
                     row_sum[rt][e / 2] += s[rt][n][e];
                 }
 #pragma unroll
