@@ -91,6 +91,17 @@ void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch,
     CARVE(qkv, s.work);
     st->proj_out = (float *)st->qkv;
     st->wide = st->qkv;
+    /* DiT chains its blocks (run_blocks_chained) where the backend fuses
+     * residual_layernorm_modulate and `work` holds qkv [B, T, 3D] and a
+     * [B, T, D] LayerNorm output side by side (an MLP hidden layer of 4D or
+     * more): the LN1 output then sits behind qkv, away from fc2's output,
+     * which the fused op reads while writing it. */
+    size_t rows = (size_t)batch * cfg->num_tokens, d = (size_t)cfg->hidden_size;
+    backend_dtype operand = ctx->be->operand_type;
+    int chained = !cfg->fixed_point && ctx->be->residual_layernorm_modulate &&
+                  backend_dtype_floats(operand, rows * 4 * d) <= s.work;
+    st->ln1_out = chained && base ? (float *)st->qkv + backend_dtype_floats(operand, rows * 3 * d)
+                                  : NULL;
     CARVE(injection, s.injection);
     CARVE(t_freq, s.freq);
     CARVE(t_hidden, s.operand_vec);
@@ -102,6 +113,7 @@ void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch,
     CARVE(silu_cond_pp, s.operand_vec);
     CARVE(modulation, s.modulation);
     CARVE(fixed_point_modulation, s.modulation);
+    CARVE(next_modulation, chained ? s.modulation : 0);
     CARVE(attn_scratch, s.scratch);
 #undef CARVE
     st->floats = offset;
@@ -139,16 +151,25 @@ void network_embed(const fpdm_model *model, network_state *st, const float *host
     be->activation(be, st->silu_cond_pp, st->cond_pp, (size_t)b * d, BACKEND_ACT_SILU);
 }
 
-void network_block(const fpdm_model *model, network_state *st, const block_weights *block,
-                   float *tokens, const float *modulation) {
+/* How a block of a chain starts and ends (run_blocks_chained). */
+typedef struct block_links {
+    int input_normed;             /* st->ln1_out already holds this block's LN1 output */
+    const float *next_modulation; /* non-NULL: end with the next block's LN1 into st->ln1_out */
+} block_links;
+
+/* One block; links NULL: on its own (LN1 into st->normed, the MLP residual a
+ * gated_residual). */
+static void block_body(const fpdm_model *model, network_state *st, const block_weights *block,
+                       float *tokens, const float *modulation, const block_links *links) {
     const model_config *cfg = &model->config;
     backend *be = model->be;
     int b = st->batch, t = cfg->num_tokens, d = cfg->hidden_size, rows = b * t;
     int stride = 6 * d;
     /* modulation chunks: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp */
-    be->layernorm_modulate(be, st->normed, tokens, modulation, modulation + d, stride, b, t, d);
-    be->linear(be, st->qkv, BACKEND_OUT_OPERAND, st->normed, rows, &block->qkv, NULL,
-               BACKEND_ACT_NONE);
+    void *ln1 = links ? st->ln1_out : st->normed;
+    if (!links || !links->input_normed)
+        be->layernorm_modulate(be, ln1, tokens, modulation, modulation + d, stride, b, t, d);
+    be->linear(be, st->qkv, BACKEND_OUT_OPERAND, ln1, rows, &block->qkv, NULL, BACKEND_ACT_NONE);
     void *attn_out = st->normed;
     be->attention(be, attn_out, st->qkv, b, t, cfg->num_heads, cfg->head_dim, st->attn_scratch);
     be->linear(be, st->proj_out, BACKEND_OUT_F32, attn_out, rows, &block->proj, NULL,
@@ -165,7 +186,42 @@ void network_block(const fpdm_model *model, network_state *st, const block_weigh
                BACKEND_ACT_GELU_TANH);
     be->linear(be, st->mlp_out, BACKEND_OUT_F32, st->wide, rows, &block->fc2, NULL,
                BACKEND_ACT_NONE);
-    be->gated_residual(be, tokens, st->mlp_out, modulation + 5 * d, stride, b, t, d);
+    if (links && links->next_modulation) {
+        const float *next = links->next_modulation;
+        be->residual_layernorm_modulate(be, st->ln1_out, tokens, st->mlp_out, modulation + 5 * d,
+                                        next, next + d, stride, b, t, d);
+    } else {
+        be->gated_residual(be, tokens, st->mlp_out, modulation + 5 * d, stride, b, t, d);
+    }
+}
+
+void network_block(const fpdm_model *model, network_state *st, const block_weights *block,
+                   float *tokens, const float *modulation) {
+    block_body(model, st, block, tokens, modulation, NULL);
+}
+
+/* DiT's blocks as a chain: each block's MLP residual goes through the fused
+ * residual_layernorm_modulate together with the next block's first
+ * LayerNorm, one pass over the token stream a block fewer. The next block's
+ * modulation is made before this block ends, into the second buffer. */
+static void run_blocks_chained(const fpdm_model *model, network_state *st) {
+    const model_config *cfg = &model->config;
+    backend *be = model->be;
+    float *modulation = st->modulation, *next_modulation = st->next_modulation;
+    be->linear(be, modulation, BACKEND_OUT_F32, st->silu_cond, st->batch,
+               &model->blocks[0].modulation, NULL, BACKEND_ACT_NONE);
+    for (int i = 0; i < cfg->depth; i++) {
+        block_links links = {i > 0, NULL};
+        if (i + 1 < cfg->depth) {
+            be->linear(be, next_modulation, BACKEND_OUT_F32, st->silu_cond, st->batch,
+                       &model->blocks[i + 1].modulation, NULL, BACKEND_ACT_NONE);
+            links.next_modulation = next_modulation;
+        }
+        block_body(model, st, &model->blocks[i], st->hidden, modulation, &links);
+        float *done = modulation;
+        modulation = next_modulation;
+        next_modulation = done;
+    }
 }
 
 static void run_block(const fpdm_model *model, network_state *st, const block_weights *block,
@@ -393,8 +449,11 @@ fpdm_status network_forward(fpdm_context *ctx, const fpdm_model *model, network_
     const model_config *cfg = &model->config;
     network_embed(model, st, host_timesteps, host_labels);
     if (!cfg->fixed_point) {
-        for (int i = 0; i < cfg->depth; i++)
-            run_block(model, st, &model->blocks[i], st->hidden, st->silu_cond);
+        if (st->ln1_out)
+            run_blocks_chained(model, st);
+        else
+            for (int i = 0; i < cfg->depth; i++)
+                run_block(model, st, &model->blocks[i], st->hidden, st->silu_cond);
         final_layer(model, st, st->hidden, st->silu_cond);
         return FPDM_OK;
     }

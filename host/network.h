@@ -29,6 +29,12 @@ typedef struct network_state {
     void *silu_cond, *silu_cond_pp;         /* [B, D] */
     float *modulation;    /* [B, 6D] for the block being run */
     float *fixed_point_modulation;  /* [B, 6D] the implicit block's, once per solve */
+    /* DiT with a backend that fuses residual_layernorm_modulate (else NULL):
+     * blocks run as a chain (network.c's run_blocks_chained), the LN1 output
+     * [B, T, D] (operand) in qkv's memory behind qkv, and the next block's
+     * modulation [B, 6D] made while this one runs. */
+    void *ln1_out;
+    float *next_modulation;
     float *attn_scratch;
     size_t floats;        /* arena floats used */
 } network_state;
