@@ -120,6 +120,13 @@ struct backend {
     void (*residual_layernorm_modulate)(backend *be, void *out, float *x, const float *y,
                                         const float *gate, const float *shift, const float *scale,
                                         int mod_stride, int batch, int tokens, int dim);
+    /* Optional (NULL: the caller runs the two ops): gated_residual(x, y,
+     * gate), then out (operand) = x rounded to the operand type, in one pass
+     * (FPDM's iteration keeps its state's operand copy this way). out must
+     * not overlap x or y. */
+    void (*gated_residual_to_operand)(backend *be, void *out, float *x, const float *y,
+                                      const float *gate, int gate_stride, int batch, int tokens,
+                                      int dim);
     /* out (operand)[i] = act(in[i]) */
     void (*activation)(backend *be, void *out, const float *in, size_t n, backend_activation act);
     /* out[b, t, :] = a[b, t, :] + b_rows[t, :] (b_rows is [tokens, dim]) when

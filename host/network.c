@@ -102,6 +102,14 @@ void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch,
                   backend_dtype_floats(operand, rows * 4 * d) <= s.work;
     st->ln1_out = chained && base ? (float *)st->qkv + backend_dtype_floats(operand, rows * 3 * d)
                                   : NULL;
+    /* FPDM keeps its state's operand copy in `work` where the backend fuses
+     * gated_residual_to_operand and operands are 16-bit, so that fc1's
+     * [B, T, 2D] output fits in normed (fixed_point_iteration). */
+    int state_copy = cfg->fixed_point && ctx->be->gated_residual_to_operand &&
+                     operand != BACKEND_F32 &&
+                     backend_dtype_floats(operand, rows * 2 * d) <= s.normed &&
+                     backend_dtype_floats(operand, rows * d) <= s.work;
+    st->state_operand = state_copy && base ? st->qkv : NULL;
     CARVE(injection, s.injection);
     CARVE(t_freq, s.freq);
     CARVE(t_hidden, s.operand_vec);
@@ -151,14 +159,15 @@ void network_embed(const fpdm_model *model, network_state *st, const float *host
     be->activation(be, st->silu_cond_pp, st->cond_pp, (size_t)b * d, BACKEND_ACT_SILU);
 }
 
-/* How a block of a chain starts and ends (run_blocks_chained). */
+/* Where a block's first LayerNorm writes, and how the block starts and ends:
+ * on its own, ln1 = st->normed and nothing else. */
 typedef struct block_links {
-    int input_normed;             /* st->ln1_out already holds this block's LN1 output */
-    const float *next_modulation; /* non-NULL: end with the next block's LN1 into st->ln1_out */
+    void *ln1;                    /* the LN1 output's buffer */
+    int input_normed;             /* ln1 already holds this block's LN1 output */
+    const float *next_modulation; /* non-NULL: end with the next block's LN1 into ln1 (DiT's chain) */
+    void *state_operand;          /* non-NULL: the output also rounded to operands here (FPDM) */
 } block_links;
 
-/* One block; links NULL: on its own (LN1 into st->normed, the MLP residual a
- * gated_residual). */
 static void block_body(const fpdm_model *model, network_state *st, const block_weights *block,
                        float *tokens, const float *modulation, const block_links *links) {
     const model_config *cfg = &model->config;
@@ -166,8 +175,8 @@ static void block_body(const fpdm_model *model, network_state *st, const block_w
     int b = st->batch, t = cfg->num_tokens, d = cfg->hidden_size, rows = b * t;
     int stride = 6 * d;
     /* modulation chunks: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp */
-    void *ln1 = links ? st->ln1_out : st->normed;
-    if (!links || !links->input_normed)
+    void *ln1 = links->ln1;
+    if (!links->input_normed)
         be->layernorm_modulate(be, ln1, tokens, modulation, modulation + d, stride, b, t, d);
     be->linear(be, st->qkv, BACKEND_OUT_OPERAND, ln1, rows, &block->qkv, NULL, BACKEND_ACT_NONE);
     void *attn_out = st->normed;
@@ -186,10 +195,13 @@ static void block_body(const fpdm_model *model, network_state *st, const block_w
                BACKEND_ACT_GELU_TANH);
     be->linear(be, st->mlp_out, BACKEND_OUT_F32, st->wide, rows, &block->fc2, NULL,
                BACKEND_ACT_NONE);
-    if (links && links->next_modulation) {
+    if (links->next_modulation) {
         const float *next = links->next_modulation;
-        be->residual_layernorm_modulate(be, st->ln1_out, tokens, st->mlp_out, modulation + 5 * d,
-                                        next, next + d, stride, b, t, d);
+        be->residual_layernorm_modulate(be, ln1, tokens, st->mlp_out, modulation + 5 * d, next,
+                                        next + d, stride, b, t, d);
+    } else if (links->state_operand) {
+        be->gated_residual_to_operand(be, links->state_operand, tokens, st->mlp_out,
+                                      modulation + 5 * d, stride, b, t, d);
     } else {
         be->gated_residual(be, tokens, st->mlp_out, modulation + 5 * d, stride, b, t, d);
     }
@@ -197,7 +209,8 @@ static void block_body(const fpdm_model *model, network_state *st, const block_w
 
 void network_block(const fpdm_model *model, network_state *st, const block_weights *block,
                    float *tokens, const float *modulation) {
-    block_body(model, st, block, tokens, modulation, NULL);
+    block_links alone = {st->normed, 0, NULL, NULL};
+    block_body(model, st, block, tokens, modulation, &alone);
 }
 
 /* DiT's blocks as a chain: each block's MLP residual goes through the fused
@@ -211,7 +224,7 @@ static void run_blocks_chained(const fpdm_model *model, network_state *st) {
     be->linear(be, modulation, BACKEND_OUT_F32, st->silu_cond, st->batch,
                &model->blocks[0].modulation, NULL, BACKEND_ACT_NONE);
     for (int i = 0; i < cfg->depth; i++) {
-        block_links links = {i > 0, NULL};
+        block_links links = {st->ln1_out, i > 0, NULL, NULL};
         if (i + 1 < cfg->depth) {
             be->linear(be, next_modulation, BACKEND_OUT_F32, st->silu_cond, st->batch,
                        &model->blocks[i + 1].modulation, NULL, BACKEND_ACT_NONE);
@@ -294,16 +307,30 @@ static void copy_stopped_rows(backend *be, float *dst, const float *src, const u
     }
 }
 
-/* One fixed-point iteration: st->next = block(fc2(gelu(W_z st->state + injection))). */
+/* One fixed-point iteration: st->next = block(fc2(gelu(W_z st->state + injection))).
+ * With st->state_operand, the state arrives already rounded to operands
+ * there (the last iteration's final op wrote it, or the solve before its
+ * first), fc1's output goes to normed and the block's final op writes the
+ * new state's operand copy: no separate pass to round the state. */
 static void fixed_point_iteration(const fpdm_model *model, network_state *st) {
     backend *be = model->be;
     int rows = st->batch * model->config.num_tokens;
+    const block_weights *block = &model->fixed_point_block;
+    if (st->state_operand) {
+        be->linear(be, st->normed, BACKEND_OUT_OPERAND, st->state_operand, rows, &model->fc1_state,
+                   st->injection, BACKEND_ACT_GELU_TANH);
+        be->linear(be, st->next, BACKEND_OUT_F32, st->normed, rows, &model->fc2, NULL,
+                   BACKEND_ACT_NONE);
+        block_links links = {st->normed, 0, NULL, st->state_operand};
+        block_body(model, st, block, st->next, st->fixed_point_modulation, &links);
+        return;
+    }
     const void *state = as_operand(be, st->state, (size_t)rows * model->config.hidden_size,
                                    st->normed);
     be->linear(be, st->wide, BACKEND_OUT_OPERAND, state, rows, &model->fc1_state, st->injection,
                BACKEND_ACT_GELU_TANH);
     be->linear(be, st->next, BACKEND_OUT_F32, st->wide, rows, &model->fc2, NULL, BACKEND_ACT_NONE);
-    network_block(model, st, &model->fixed_point_block, st->next, st->fixed_point_modulation);
+    network_block(model, st, block, st->next, st->fixed_point_modulation);
 }
 
 /* The words a recorded iteration is stored under: every buffer it reads or
@@ -392,6 +419,7 @@ static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model,
                &model->fixed_point_block.modulation, NULL, BACKEND_ACT_NONE);
     be->copy(be, st->state, solve->init_solution ? solve->init_solution : st->hidden,
              (size_t)b * per_image);
+    if (st->state_operand) be->to_operand(be, st->state_operand, st->state, (size_t)b * per_image);
 
     /* Rows that have stopped keep their state: after each iteration their
      * new values are overwritten with the old before the swap. */
@@ -413,7 +441,15 @@ static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model,
     solve->iters_used = 0;
     for (int k = 0; k < most_iters && running > 0; k++) {
         run_iteration(model, st);
-        if (running < b) copy_stopped_rows(be, st->next, st->state, stopped, b, per_image);
+        if (running < b) {
+            copy_stopped_rows(be, st->next, st->state, stopped, b, per_image);
+            /* The iteration wrote the stopped rows' discarded values into the
+             * operand copy: rounding the kept state again keeps the copy the
+             * state's exact mirror, so a stopped image's (discarded) work goes
+             * on from its kept state and cannot wander off. */
+            if (st->state_operand)
+                be->to_operand(be, st->state_operand, st->next, (size_t)b * per_image);
+        }
         int ends_a_row = 0;
         for (int r = 0; r < b; r++) ends_a_row |= !stopped[r] && limit[r] == k + 1;
         int measure = solve->tol > 0 || (solve->measure_final && ends_a_row);

@@ -35,6 +35,10 @@ typedef struct network_state {
      * modulation [B, 6D] made while this one runs. */
     void *ln1_out;
     float *next_modulation;
+    /* FPDM with 16-bit operands and a backend that fuses
+     * gated_residual_to_operand (else NULL): the state rounded to operands
+     * [B, T, D], kept by the iterations themselves (in qkv's memory). */
+    void *state_operand;
     float *attn_scratch;
     size_t floats;        /* arena floats used */
 } network_state;

@@ -280,6 +280,7 @@ extern "C" backend *backend_cuda_create(int device_index, fpdm_precision precisi
     be->attention = cuda_attention;
     be->to_operand = cuda_to_operand;
     be->gated_residual = cuda_gated_residual;
+    be->gated_residual_to_operand = cuda_gated_residual_to_operand;
     be->activation = cuda_activation;
     be->add = cuda_add;
     be->copy = cuda_copy;

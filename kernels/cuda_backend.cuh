@@ -128,6 +128,9 @@ void cuda_attention(backend *be, void *out, const void *qkv, int batch, int toke
 void cuda_to_operand(backend *be, void *out, const float *in, size_t n);
 void cuda_gated_residual(backend *be, float *x, const float *y, const float *gate,
                          int gate_stride, int batch, int tokens, int dim);
+void cuda_gated_residual_to_operand(backend *be, void *out, float *x, const float *y,
+                                    const float *gate, int gate_stride, int batch, int tokens,
+                                    int dim);
 void cuda_activation(backend *be, void *out, const float *in, size_t n, backend_activation act);
 void cuda_add(backend *be, float *out, const float *a, const float *b, int batch, int tokens,
               int dim, int broadcast_rows);

@@ -1,7 +1,8 @@
-/* elementwise.cu - the pointwise ops of backend.h: gated_residual, add (with
- * row broadcast), to_operand, cfg_combine and sampler_update
- * (diffusion_apply_step's formula, see diffusion.h). Grid-stride loops over
- * size_t indices, so any size runs with a bounded grid. */
+/* elementwise.cu - the pointwise ops of backend.h: gated_residual (and
+ * gated_residual_to_operand), add (with row broadcast), to_operand,
+ * cfg_combine and sampler_update (diffusion_apply_step's formula, see
+ * diffusion.h). Grid-stride loops over size_t indices, so any size runs
+ * with a bounded grid. */
 #include <stdint.h>
 
 #include "cuda_backend.cuh"
@@ -13,14 +14,16 @@
 
 /* x[r, :] += gate[r / tokens, :] * y[r, :]: a block per row at a time, so
  * the image's gate is found once per row (no 64-bit division per element),
- * in float4 where VEC4 (dim, gate_stride and the pointers allow it). */
-template <bool VEC4>
+ * in float4 where VEC4 (dim, gate_stride and the pointers allow it). With
+ * `copy`, the new x also goes there rounded to T (gated_residual_to_operand). */
+template <bool VEC4, typename T>
 __global__ void gated_residual_kernel(float *x, const float *y, const float *gate, int gate_stride,
-                                      int tokens, int dim, long long rows) {
+                                      int tokens, int dim, long long rows, T *copy) {
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         const float *g = gate + (size_t)(r / tokens) * (size_t)gate_stride;
         float *xr = x + (size_t)r * dim;
         const float *yr = y + (size_t)r * dim;
+        T *cr = copy ? copy + (size_t)r * dim : nullptr;
         if (VEC4) {
             for (int c = threadIdx.x; c < dim / 4; c += blockDim.x) {
                 float4 xv = reinterpret_cast<float4 *>(xr)[c];
@@ -31,28 +34,49 @@ __global__ void gated_residual_kernel(float *x, const float *y, const float *gat
                 xv.z += gv.z * yv.z;
                 xv.w += gv.w * yv.w;
                 reinterpret_cast<float4 *>(xr)[c] = xv;
+                if (cr) store4(cr + 4 * c, xv.x, xv.y, xv.z, xv.w);
             }
         } else {
-            for (int c = threadIdx.x; c < dim; c += blockDim.x) xr[c] += g[c] * yr[c];
+            for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+                float v = xr[c] + g[c] * yr[c];
+                xr[c] = v;
+                if (cr) cr[c] = operand_from_float<T>(v);
+            }
         }
     }
+}
+
+template <typename T>
+static void launch_gated_residual(cuda_backend *cb, float *x, const float *y, const float *gate,
+                                  int gate_stride, int batch, int tokens, int dim, T *copy) {
+    long long rows = (long long)batch * tokens;
+    unsigned int blocks = rows < (1 << 20) ? (unsigned int)rows : (1u << 20);
+    bool vec4 = dim % 4 == 0 && gate_stride % 4 == 0 &&
+                (((uintptr_t)x | (uintptr_t)y | (uintptr_t)gate) & 15) == 0 &&
+                ((uintptr_t)copy & (4 * sizeof(T) - 1)) == 0;
+    if (vec4)
+        gated_residual_kernel<true, T><<<blocks, 128, 0, cb->stream>>>(x, y, gate, gate_stride,
+                                                                       tokens, dim, rows, copy);
+    else
+        gated_residual_kernel<false, T><<<blocks, 128, 0, cb->stream>>>(x, y, gate, gate_stride,
+                                                                        tokens, dim, rows, copy);
+    cuda_check_launch(cb, "gated_residual_kernel");
 }
 
 void cuda_gated_residual(backend *be, float *x, const float *y, const float *gate,
                          int gate_stride, int batch, int tokens, int dim) {
     cuda_backend *cb = cuda_of(be);
     if (batch <= 0 || tokens <= 0 || dim <= 0 || !cuda_enter(cb)) return;
-    long long rows = (long long)batch * tokens;
-    unsigned int blocks = rows < (1 << 20) ? (unsigned int)rows : (1u << 20);
-    bool vec4 = dim % 4 == 0 && gate_stride % 4 == 0 &&
-                (((uintptr_t)x | (uintptr_t)y | (uintptr_t)gate) & 15) == 0;
-    if (vec4)
-        gated_residual_kernel<true><<<blocks, 128, 0, cb->stream>>>(x, y, gate, gate_stride,
-                                                                    tokens, dim, rows);
-    else
-        gated_residual_kernel<false><<<blocks, 128, 0, cb->stream>>>(x, y, gate, gate_stride,
-                                                                     tokens, dim, rows);
-    cuda_check_launch(cb, "gated_residual_kernel");
+    launch_gated_residual<float>(cb, x, y, gate, gate_stride, batch, tokens, dim, nullptr);
+}
+
+void cuda_gated_residual_to_operand(backend *be, void *out, float *x, const float *y,
+                                    const float *gate, int gate_stride, int batch, int tokens,
+                                    int dim) {
+    cuda_backend *cb = cuda_of(be);
+    if (batch <= 0 || tokens <= 0 || dim <= 0 || !cuda_enter(cb)) return;
+    OPERAND_DISPATCH(be->operand_type, launch_gated_residual<T>(cb, x, y, gate, gate_stride, batch,
+                                                                tokens, dim, (T *)out));
 }
 
 __global__ void add_kernel(float *out, const float *a, const float *b, size_t b_period, size_t n) {

@@ -57,18 +57,6 @@ __global__ void layernorm_modulate_kernel(T *out, float *x, const float *residua
 
 #define CACHED_VECTORS 12
 
-/* Four results, stored as one 16-byte (float) or 8-byte (16-bit) write. */
-__device__ __forceinline__ void store4(float *dst, float a, float b, float c, float d) {
-    *reinterpret_cast<float4 *>(dst) = make_float4(a, b, c, d);
-}
-
-template <typename T>
-__device__ __forceinline__ void store4(T *dst, float a, float b, float c, float d) {
-    T values[4] = {operand_from_float<T>(a), operand_from_float<T>(b), operand_from_float<T>(c),
-                   operand_from_float<T>(d)};
-    *reinterpret_cast<uint2 *>(dst) = *reinterpret_cast<const uint2 *>(values);
-}
-
 template <typename T>
 __global__ void layernorm_modulate_cached_kernel(T *out, float *x, const float *residual,
                                                  const float *gate, const float *shift,

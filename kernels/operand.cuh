@@ -30,6 +30,18 @@ __device__ __forceinline__ float operand_to_float(float v) { return v; }
 __device__ __forceinline__ float operand_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float operand_to_float(__half v) { return __half2float(v); }
 
+/* Four results, stored as one 16-byte (float) or 8-byte (16-bit) write. */
+__device__ __forceinline__ void store4(float *dst, float a, float b, float c, float d) {
+    *reinterpret_cast<float4 *>(dst) = make_float4(a, b, c, d);
+}
+
+template <typename T>
+__device__ __forceinline__ void store4(T *dst, float a, float b, float c, float d) {
+    T values[4] = {operand_from_float<T>(a), operand_from_float<T>(b), operand_from_float<T>(c),
+                   operand_from_float<T>(d)};
+    *reinterpret_cast<uint2 *>(dst) = *reinterpret_cast<const uint2 *>(values);
+}
+
 #define OPERAND_DISPATCH(type, ...)                                                            \
     do {                                                                                       \
         switch (type) {                                                                        \

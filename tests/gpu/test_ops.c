@@ -170,6 +170,28 @@ static void test_operand_outputs(backend *device, const char *type_name) {
         twin_check(what, x, 1e-5);
         twin_free(y);
     }
+    /* The gated residual FPDM's iterations end with: x exactly as in
+     * float32, its copy rounded; a row width that is a multiple of 4 (float4
+     * path) and one that is not. */
+    CHECK_MSG(gpu->gated_residual_to_operand != NULL, "no fused gated_residual_to_operand");
+    for (int pass = 0; pass < 2 && gpu->gated_residual_to_operand; pass++) {
+        int width = pass ? 37 : dim;
+        size_t count = (size_t)batch * tokens * width;
+        twin rx = twin_random(count, 2.0f), ry = twin_random(count, 1.0f);
+        twin copy = twin_operand_nan(count);
+        cpu->gated_residual(cpu, rx.on_cpu, ry.on_cpu, mod.on_cpu + 5 * dim, mod_stride, batch,
+                            tokens, width);
+        cpu->to_operand(cpu, copy.on_cpu, rx.on_cpu, count);
+        gpu->gated_residual_to_operand(gpu, copy.on_gpu, rx.on_gpu, ry.on_gpu, mod.on_gpu + 5 * dim,
+                                       mod_stride, batch, tokens, width);
+        snprintf(what, sizeof what, "gated_residual_to_operand %s width %d copy", type_name, width);
+        twin_check(what, copy, 1e-2);
+        snprintf(what, sizeof what, "gated_residual_to_operand %s width %d x", type_name, width);
+        twin_check(what, rx, 1e-5);
+        twin_free(rx);
+        twin_free(ry);
+        twin_free(copy);
+    }
     cpu->activation(cpu, out.on_cpu, x.on_cpu, n, BACKEND_ACT_SILU);
     gpu->activation(gpu, out.on_gpu, x.on_gpu, n, BACKEND_ACT_SILU);
     snprintf(what, sizeof what, "activation silu %s out", type_name);
