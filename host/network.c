@@ -337,7 +337,7 @@ static void fixed_point_iteration(const fpdm_model *model, network_state *st) {
  * writes (this iteration's state and next included), every weight and every
  * size, so a recording is only replayed where it computes the same thing. */
 enum {
-    ITERATION_SHAPE_AND_BUFFER_WORDS = 14,
+    ITERATION_SHAPE_AND_BUFFER_WORDS = 15,
     ITERATION_LINEARS = 6,
     LINEAR_KEY_WORDS = 6,
     ITERATION_KEY_WORDS = ITERATION_SHAPE_AND_BUFFER_WORDS + ITERATION_LINEARS * LINEAR_KEY_WORDS
@@ -365,7 +365,7 @@ static void iteration_key(const fpdm_model *model, const network_state *st, uint
         (uintptr_t)st->next, (uintptr_t)st->wide, (uintptr_t)st->injection,
         (uintptr_t)st->normed, (uintptr_t)st->qkv, (uintptr_t)st->proj_out,
         (uintptr_t)st->attn_scratch,
-        (uintptr_t)st->fixed_point_modulation};
+        (uintptr_t)st->fixed_point_modulation, (uintptr_t)st->state_operand};
     for (int i = 0; i < ITERATION_SHAPE_AND_BUFFER_WORDS; i++) *key++ = fixed[i];
     for (int i = 0; i < ITERATION_LINEARS; i++) key = put_linear(key, linears[i]);
 }

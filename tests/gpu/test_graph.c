@@ -6,7 +6,10 @@
  *   an initial solution (output and final solution compared), and sampling
  *   runs whose iteration count changes from step to step (an explicit
  *   per-step list with reuse; early exit on tol with carry-over), fp32 and
- *   bf16. Both sides run the same kernels, so they agree to rounding.
+ *   bf16. The op-by-op side also keeps the older way of rounding the state
+ *   into operands (see open_cuda), so rows stopped by tol check the fused
+ *   path's copy. Both sides compute the same roundings of the same numbers,
+ *   so they agree to rounding.
  * Exits 77 (SKIPPED) without a GPU. */
 #include <math.h>
 #include <stdlib.h>
@@ -32,8 +35,15 @@ static fpdm_context *open_cuda(fpdm_precision precision, int graphs) {
     }
     CHECK_MSG(ctx->be->graph_launch && ctx->be->graph_begin && ctx->be->graph_end,
               "the CUDA backend has no graph ops");
-    /* The network issues the iterations op by op when graph_launch is NULL. */
-    if (!graphs) ctx->be->graph_launch = NULL;
+    /* The network issues the iterations op by op when graph_launch is NULL,
+     * and rounds the state into operands at each iteration's start (the
+     * path before gated_residual_to_operand) when that op is NULL: the
+     * direct side checks the fused path's bookkeeping too (the same
+     * roundings of the same numbers). */
+    if (!graphs) {
+        ctx->be->graph_launch = NULL;
+        ctx->be->gated_residual_to_operand = NULL;
+    }
     return ctx;
 }
 
