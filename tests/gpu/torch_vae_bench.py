@@ -12,9 +12,9 @@ beside fpdm-bench --mode vae --device cpu.
 
 Appends one JSON object per latent size ({"dtype", "batch", "latent_size",
 "image_size", "ms_min", "ms_mean", "images_per_second", "peak_allocated_bytes"
-and "layout") to --json and prints it. --dtype fp32 leaves cuDNN's TF32 on (PyTorch's
-default for convolutions). Exits 77 when torch
-or (without --device cpu) a CUDA device is missing.
+and "layout") to --json and prints it. --dtype fp32 leaves cuDNN's TF32 on
+(PyTorch's default for convolutions). Exits 77 when torch or (without
+--device cpu) a CUDA device is missing.
 """
 import argparse
 import json
