@@ -55,12 +55,15 @@ if(FPDM_HAVE_CUDA)
     add_test(NAME gpu_${test_name} COMMAND gpu_${test_name} WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
     set_tests_properties(gpu_${test_name} PROPERTIES SKIP_RETURN_CODE 77 LABELS gpu)
   endforeach()
-  # A benchmark, not a test: tests/gpu/run.sh runs it.
-  add_executable(bench_attention ${PROJECT_SOURCE_DIR}/tests/gpu/bench_attention.c
-                 ${PROJECT_SOURCE_DIR}/tests/test_util.c)
-  target_include_directories(bench_attention PRIVATE ${PROJECT_SOURCE_DIR}/host
-                             ${PROJECT_SOURCE_DIR}/kernels ${PROJECT_SOURCE_DIR}/tests)
-  target_link_libraries(bench_attention PRIVATE fpdm_tool_support OpenMP::OpenMP_C)
+  # Benchmarks (tests/gpu/bench_*.c), not tests: tests/gpu/run.sh runs them.
+  file(GLOB FPDM_GPU_BENCHES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/gpu/bench_*.c)
+  foreach(bench_source ${FPDM_GPU_BENCHES})
+    get_filename_component(bench_name ${bench_source} NAME_WE)
+    add_executable(${bench_name} ${bench_source} ${PROJECT_SOURCE_DIR}/tests/test_util.c)
+    target_include_directories(${bench_name} PRIVATE ${PROJECT_SOURCE_DIR}/host
+                               ${PROJECT_SOURCE_DIR}/kernels ${PROJECT_SOURCE_DIR}/tests)
+    target_link_libraries(${bench_name} PRIVATE fpdm_tool_support OpenMP::OpenMP_C)
+  endforeach()
 endif()
 # test_out_of_memory fails the library's allocations one by one through
 # wrappers the linker puts in place of malloc and its kin (and mmap).

@@ -62,6 +62,19 @@ const char *backend_cuda_attention_variant_name(int variant);
 void backend_cuda_attention_variant(backend *be, int variant, void *out, const void *qkv, int batch,
                                     int tokens, int heads, int head_dim);
 
+/* For tests/gpu/bench_linear.c: backend.h's linear product (out, output,
+ * in, rows, w, add, act) through each of the first `candidates` (at most 16)
+ * algorithms cuBLASLt's heuristic offers, the first being the one the
+ * backend runs: one warm-up, then `repeats` timed; ms[i] gets each one's
+ * mean milliseconds (NAN where one would not run). Only the product with
+ * its epilogue is timed, not a bias or activation that runs after it.
+ * Returns how many the heuristic offered (0: none; the backend then uses
+ * cublasGemmEx), -1 on a failure (recorded as for any op). Synchronizes. */
+int backend_cuda_linear_candidates(backend *be, void *out, backend_output output, const void *in,
+                                   int rows, const backend_linear *w, const void *add,
+                                   backend_activation act, int candidates, int repeats,
+                                   double *ms);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,7 +7,8 @@
 # FPDM-XL/2 time against --iters 1,2,4,8 (a straight line: the iterations are
 # replayed CUDA graphs); the SD-VAE decoder (random weights) at 256 and 512 px;
 # the attention kernel's variants (bench_attention) beside PyTorch's fused
-# attention (torch_attention_bench.py); and tests/gpu/torch_bench.py and
+# attention (torch_attention_bench.py); cuBLASLt's algorithm choice against
+# the fastest of 8 (bench_linear); and tests/gpu/torch_bench.py and
 # torch_vae_bench.py on the same shapes. The summary table, printed last,
 # gives our ms, torch's ms, their ratio, our fraction of the reference matrix
 # product's rate and peak memory. Every step has a timeout and the
@@ -138,7 +139,9 @@ for test_source in "$ROOT"/tests/gpu/test_*.c; do
 done
 [ -f "$ROOT/tools/fpdm_bench.c" ] && TARGETS+=(fpdm-bench)
 [ -f "$ROOT/tools/fpdm_sample.c" ] && TARGETS+=(fpdm-sample)
-[ -f "$ROOT/tests/gpu/bench_attention.c" ] && TARGETS+=(bench_attention)
+for bench_source in "$ROOT"/tests/gpu/bench_*.c; do
+  [ -f "$bench_source" ] && TARGETS+=("$(basename "$bench_source" .c)")
+done
 if ! run_step 240 build cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" > "$LOGS/build.log" 2>&1; then
   note "build FAILED (see $LOGS/build.log)"; grep -E "error|Error" "$LOGS/build.log" | head -30; exit 1
 fi
@@ -312,6 +315,16 @@ if [ -x "$BENCH" ]; then
         >> "$LOGS/torch.log" 2>&1 || note "torch_bench $config $dtype did not run (see $LOGS/torch.log)"
     done
   done
+  # cuBLASLt's first algorithm (ours) against the fastest of its first 8 on
+  # each product of a block: what autotuning the products would give.
+  : > "$LOGS/linear.txt"
+  if [ -x "$BUILD/bench_linear" ]; then
+    run_step 60 "linear algorithms" "$BUILD/bench_linear" > "$LOGS/linear.txt" 2>&1
+    case $? in
+      0 | 77) ;;
+      *) note "bench_linear failed or timed out (see $LOGS/linear.txt)" ;;
+    esac
+  fi
   # PyTorch's fused attention on the shapes of the variants' timings.
   run_step 60 "torch attention" python3 "$ROOT/tests/gpu/torch_attention_bench.py" \
     >> "$LOGS/attention.txt" 2>> "$LOGS/torch.log" || note "torch_attention_bench did not run (see $LOGS/torch.log)"
@@ -573,6 +586,7 @@ if ours or theirs:
 PY
   [ -s "$LOGS/sampling.txt" ] && { echo; cat "$LOGS/sampling.txt"; }
   [ -s "$LOGS/attention.txt" ] && { echo; cat "$LOGS/attention.txt"; }
+  [ -s "$LOGS/linear.txt" ] && { echo; cat "$LOGS/linear.txt"; }
   [ -s "$LOGS/profile-top.txt" ] && { echo; cat "$LOGS/profile-top.txt"; }
   [ -s "$LOGS/registers.txt" ] && { echo; echo "registers (ptxas -v):"; cat "$LOGS/registers.txt"; }
   [ -s "$LOGS/nsys-top.txt" ] && { echo; cat "$LOGS/nsys-top.txt"; }
