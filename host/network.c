@@ -68,13 +68,18 @@ double fpdm_min_activation_bytes(const fpdm_model_info *info, int rows, int oper
 }
 
 /* Buffers share memory where their lives do not overlap, which puts the
- * arena at the analytic minimum (fpdm_min_activation_bytes) for DiT in float32. In a block:
+ * arena at the analytic minimum (fpdm_min_activation_bytes) for DiT in
+ * float32. In a block:
  *   normed: LN1 output -> (qkv product) -> attention output -> (proj) ->
  *           LN2 output -> (fc1) -> fc2's float32 output (mlp_out)
  *   work:   qkv -> (attention) -> proj's float32 output (proj_out) ->
  *           (gated residual) -> the MLP hidden layer (wide) -> (fc2)
  * Outside blocks `work` holds the patches, the final layer's output and, in
- * the solve's set-up, the pre-projection. */
+ * the solve's set-up, the pre-projection. Two fused paths use `work` more:
+ * DiT's chained blocks keep LN1's output there behind qkv, and FPDM's
+ * iterations (16-bit operands) keep the state's operand copy there from a
+ * block's last op to the next iteration's first product, whose [B, T, 2D]
+ * output then goes to normed. */
 void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch, float *base,
                     network_state *st) {
     layout_sizes s = sizes_for(ctx, cfg, batch);
