@@ -59,10 +59,17 @@ if(FPDM_HAVE_CUDA)
   file(GLOB FPDM_GPU_BENCHES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/gpu/bench_*.c)
   foreach(bench_source ${FPDM_GPU_BENCHES})
     get_filename_component(bench_name ${bench_source} NAME_WE)
+    # bench_conv calls cuDNN itself: only where the build found it.
+    if(bench_name STREQUAL "bench_conv" AND NOT (CUDNN_INCLUDE_DIR AND CUDNN_LIBRARY))
+      continue()
+    endif()
     add_executable(${bench_name} ${bench_source} ${PROJECT_SOURCE_DIR}/tests/test_util.c)
     target_include_directories(${bench_name} PRIVATE ${PROJECT_SOURCE_DIR}/host
                                ${PROJECT_SOURCE_DIR}/kernels ${PROJECT_SOURCE_DIR}/tests)
     target_link_libraries(${bench_name} PRIVATE fpdm_tool_support OpenMP::OpenMP_C)
+    if(bench_name STREQUAL "bench_conv")
+      target_include_directories(${bench_name} PRIVATE ${CUDNN_INCLUDE_DIR})
+    endif()
   endforeach()
 endif()
 # test_out_of_memory fails the library's allocations one by one through

@@ -8,7 +8,8 @@
 # replayed CUDA graphs); the SD-VAE decoder (random weights) at 256 and 512 px;
 # the attention kernel's variants (bench_attention) beside PyTorch's fused
 # attention (torch_attention_bench.py); cuBLASLt's algorithm choice against
-# the fastest of 8 (bench_linear); and tests/gpu/torch_bench.py and
+# the fastest of 8 (bench_linear); cuDNN's convolutions in NCHW and NHWC
+# (bench_conv); and tests/gpu/torch_bench.py and
 # torch_vae_bench.py on the same shapes. The summary table, printed last,
 # gives our ms, torch's ms, their ratio, our fraction of the reference matrix
 # product's rate and peak memory. Every step has a timeout and the
@@ -140,7 +141,10 @@ done
 [ -f "$ROOT/tools/fpdm_bench.c" ] && TARGETS+=(fpdm-bench)
 [ -f "$ROOT/tools/fpdm_sample.c" ] && TARGETS+=(fpdm-sample)
 for bench_source in "$ROOT"/tests/gpu/bench_*.c; do
-  [ -f "$bench_source" ] && TARGETS+=("$(basename "$bench_source" .c)")
+  bench_name=$(basename "$bench_source" .c)
+  # bench_conv exists only where the build found cuDNN.
+  if [ "$bench_name" = bench_conv ] && grep -q "fpdm: cuDNN not found" "$LOGS/configure.log"; then continue; fi
+  [ -f "$bench_source" ] && TARGETS+=("$bench_name")
 done
 if ! run_step 240 build cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" > "$LOGS/build.log" 2>&1; then
   note "build FAILED (see $LOGS/build.log)"; grep -E "error|Error" "$LOGS/build.log" | head -30; exit 1
@@ -403,6 +407,16 @@ done
 run_step 100 "torch_vae_bench 8 bf16 nchw" python3 "$ROOT/tests/gpu/torch_vae_bench.py" \
   --batch 8 --latent-sizes 32,64 --dtype bf16 --layout nchw --json "$LOGS/torch_vae.jsonl" \
   >> "$LOGS/torch.log" 2>&1 || note "torch_vae_bench 8 bf16 nchw did not run (see $LOGS/torch.log)"
+# The same question for our own convolutions: cuDNN's bf16 3x3 products of
+# the decoder's heaviest shapes in NCHW (ours) and NHWC.
+: > "$LOGS/conv.txt"
+if [ -x "$BUILD/bench_conv" ]; then
+  run_step 60 "conv layouts" "$BUILD/bench_conv" > "$LOGS/conv.txt" 2>&1
+  case $? in
+    0 | 77) ;;
+    *) note "bench_conv failed or timed out (see $LOGS/conv.txt)" ;;
+  esac
+fi
 
 # Where an FPDM-XL/2 bf16 forward spends its time, kernel by kernel (Nsight
 # Compute's per-kernel durations over one forward with 2 iterations; the
@@ -587,6 +601,7 @@ PY
   [ -s "$LOGS/sampling.txt" ] && { echo; cat "$LOGS/sampling.txt"; }
   [ -s "$LOGS/attention.txt" ] && { echo; cat "$LOGS/attention.txt"; }
   [ -s "$LOGS/linear.txt" ] && { echo; cat "$LOGS/linear.txt"; }
+  [ -s "$LOGS/conv.txt" ] && { echo; cat "$LOGS/conv.txt"; }
   [ -s "$LOGS/profile-top.txt" ] && { echo; cat "$LOGS/profile-top.txt"; }
   [ -s "$LOGS/registers.txt" ] && { echo; echo "registers (ptxas -v):"; cat "$LOGS/registers.txt"; }
   [ -s "$LOGS/nsys-top.txt" ] && { echo; cat "$LOGS/nsys-top.txt"; }
