@@ -56,6 +56,19 @@ run_step() {
   if [ "$limit" = 0 ]; then note "skipped $name: the run's time budget is spent"; return 124; fi
   timeout "$limit" "$@"
 }
+# run_bench LIMIT NAME OUTPUT: the benchmark tests/gpu/NAME.c, where built,
+# into OUTPUT (emptied first); a note unless it ran through (0) or saw no
+# GPU (77).
+run_bench() {
+  local limit=$1 name=$2 output=$3 rc=0
+  : > "$output"
+  [ -x "$BUILD/$name" ] || return 0
+  run_step "$limit" "$name" "$BUILD/$name" > "$output" 2>&1 || rc=$?
+  case $rc in
+    0 | 77) ;;
+    *) note "$name failed, disagreed or timed out (see $output)" ;;
+  esac
+}
 
 # ---- toolchain ---------------------------------------------------------------
 NVCC=$(command -v nvcc || true)
@@ -177,17 +190,11 @@ PY
 # variant 0 by more than 3% on DiT-XL/2's 256-token shape, the library is
 # rebuilt to run it (FPDM_ATTENTION_VARIANT) before any test or timing, and
 # the summary names it.
-: > "$LOGS/attention.txt"
 # A variant that failed or disagreed with 0 is printed without a time and
 # cannot be picked.
 ATTENTION_VARIANT=0
-if [ -x "$BUILD/bench_attention" ]; then
-  run_step 60 "attention variants" "$BUILD/bench_attention" > "$LOGS/attention.txt" 2>&1
-  case $? in
-    0) ;;
-    77) note "bench_attention: no GPU visible" ;;
-    *) note "bench_attention: a variant failed or disagreed, or the step timed out (see $LOGS/attention.txt)" ;;
-  esac
+run_bench 60 bench_attention "$LOGS/attention.txt"
+if [ -s "$LOGS/attention.txt" ]; then
   ATTENTION_VARIANT=$(awk '$2 == 128 && $3 == 256 && $4 ~ /^[0-9.]+$/ {
       if ($1 == 0) base = $4
       if (best == "" || $4 < best) { best = $4; variant = $1 } }
@@ -321,14 +328,7 @@ if [ -x "$BENCH" ]; then
   done
   # cuBLASLt's first algorithm (ours) against the fastest of its first 8 on
   # each product of a block: what autotuning the products would give.
-  : > "$LOGS/linear.txt"
-  if [ -x "$BUILD/bench_linear" ]; then
-    run_step 60 "linear algorithms" "$BUILD/bench_linear" > "$LOGS/linear.txt" 2>&1
-    case $? in
-      0 | 77) ;;
-      *) note "bench_linear failed or timed out (see $LOGS/linear.txt)" ;;
-    esac
-  fi
+  run_bench 60 bench_linear "$LOGS/linear.txt"
   # PyTorch's fused attention on the shapes of the variants' timings.
   run_step 60 "torch attention" python3 "$ROOT/tests/gpu/torch_attention_bench.py" \
     >> "$LOGS/attention.txt" 2>> "$LOGS/torch.log" || note "torch_attention_bench did not run (see $LOGS/torch.log)"
@@ -409,14 +409,7 @@ run_step 100 "torch_vae_bench 8 bf16 nchw" python3 "$ROOT/tests/gpu/torch_vae_be
   >> "$LOGS/torch.log" 2>&1 || note "torch_vae_bench 8 bf16 nchw did not run (see $LOGS/torch.log)"
 # The same question for our own convolutions: cuDNN's bf16 3x3 products of
 # the decoder's heaviest shapes in NCHW (ours) and NHWC.
-: > "$LOGS/conv.txt"
-if [ -x "$BUILD/bench_conv" ]; then
-  run_step 60 "conv layouts" "$BUILD/bench_conv" > "$LOGS/conv.txt" 2>&1
-  case $? in
-    0 | 77) ;;
-    *) note "bench_conv failed or timed out (see $LOGS/conv.txt)" ;;
-  esac
-fi
+run_bench 60 bench_conv "$LOGS/conv.txt"
 
 # Where an FPDM-XL/2 bf16 forward spends its time, kernel by kernel (Nsight
 # Compute's per-kernel durations over one forward with 2 iterations; the
