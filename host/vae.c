@@ -669,8 +669,7 @@ static void decode_chunk(const vae_ops *ops, const fpdm_vae *vae, const vae_buff
     int widened = activation_type(ops) != BACKEND_F32;
     const float *z = latents;
     if (widened) {
-        ops->to_activation(ops, buf->b, latents,
-                           (size_t)batch * vae->info.latent_channels * size * size);
+        ops->to_activation(ops, buf->b, latents, batch, vae->info.latent_channels, size * size);
         z = buf->b;
     }
     run_conv(ops, &vae->post_quant_conv, buf->a, z, NULL, batch, size, buf->scratch);
@@ -683,7 +682,7 @@ static void decode_chunk(const vae_ops *ops, const fpdm_vae *vae, const vae_buff
             run_resnet(ops, vae, &vae->resnets[i * per_block + j], buf, batch, size);
         if (i < vae->num_blocks - 1) {
             const vae_conv *up = &vae->upsamplers[i];
-            ops->upsample_nearest2x(ops, buf->a, buf->x, batch * up->in_channels, size, size);
+            ops->upsample_nearest2x(ops, buf->a, buf->x, batch, up->in_channels, size, size);
             size *= 2;
             run_conv(ops, up, buf->x, buf->a, NULL, batch, size, buf->scratch);
         }
@@ -692,8 +691,7 @@ static void decode_chunk(const vae_ops *ops, const fpdm_vae *vae, const vae_buff
     run_conv(ops, &vae->conv_out, widened ? buf->b : images, buf->a, NULL, batch, size,
              buf->scratch);
     if (widened)
-        ops->from_activation(ops, images, buf->b,
-                             (size_t)batch * vae->info.image_channels * size * size);
+        ops->from_activation(ops, images, buf->b, batch, vae->info.image_channels, size * size);
 }
 
 static fpdm_status device_mismatch(fpdm_context *ctx, const fpdm_vae *vae, const char *who) {
@@ -826,13 +824,14 @@ static void prepare_only_group_norm(const vae_ops *ops, float *out, const float 
     (void)pixels, (void)groups, (void)eps, (void)silu;
 }
 
-static void prepare_only_upsample(const vae_ops *ops, float *out, const float *in, int planes,
-                                  int height, int width) {
-    (void)ops, (void)out, (void)in, (void)planes, (void)height, (void)width;
+static void prepare_only_upsample(const vae_ops *ops, float *out, const float *in, int batch,
+                                  int channels, int height, int width) {
+    (void)ops, (void)out, (void)in, (void)batch, (void)channels, (void)height, (void)width;
 }
 
-static void prepare_only_convert(const vae_ops *ops, float *out, const float *in, size_t n) {
-    (void)ops, (void)out, (void)in, (void)n;
+static void prepare_only_convert(const vae_ops *ops, float *out, const float *in, int batch,
+                                 int channels, int pixels) {
+    (void)ops, (void)out, (void)in, (void)batch, (void)channels, (void)pixels;
 }
 
 static void prepare_only_attention(const vae_ops *ops, float *out, const float *q,

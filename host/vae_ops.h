@@ -3,12 +3,16 @@
  * same table. The CPU implementation (vae_ops_cpu.c, float32, OpenBLAS,
  * OpenMP) is the reference.
  *
- * Activations are a batch of images, each channel-major: [batch, channels,
- * height, width] (a [channels, tokens] matrix per image for attention), in the
- * backend's memory, of the table's activation type: float32 unless
- * activation_type says otherwise (the CUDA table in bf16/fp16 precision keeps
- * them in bf16); the `float *` of an activation then points at 16-bit
- * elements, and sizes stay counted in elements. Weights use PyTorch's layouts,
+ * Activations are a batch of images in the backend's memory, in the table's
+ * layout and activation type: channel-major [batch, channels, height, width]
+ * float32 (a [channels, tokens] matrix per image for attention) unless the
+ * table says otherwise. The CUDA table in bf16/fp16 precision keeps them in
+ * bf16 and pixel-major, [batch, height, width, channels] ([tokens, channels]
+ * per image), the layout cuDNN's tensor-core convolutions run without
+ * converting; the `float *` of an activation then points at 16-bit elements,
+ * and sizes stay counted in elements. vae.c only sizes activations, never
+ * indexes them: the table converts at the ends (to_activation and
+ * from_activation), and the ops below take the shapes they need. Weights use PyTorch's layouts,
  * float32. Operations never allocate:
  * an operation that needs room takes a `scratch` pointer of at least the size
  * its *_scratch_floats function reports, so the caller can take all memory
@@ -30,10 +34,14 @@ struct vae_ops {
     /* Optional (NULL: float32 activations, as on the CPU). The type the
      * activations hold while the table is bound (see begin). */
     backend_dtype (*activation_type)(const vae_ops *ops);
-    /* Needed where activation_type can answer other than float32: n elements
-     * from float32 into the activation type, and back. */
-    void (*to_activation)(const vae_ops *ops, float *out, const float *in, size_t n);
-    void (*from_activation)(const vae_ops *ops, float *out, const float *in, size_t n);
+    /* Needed where activation_type can answer other than float32 (and the
+     * layout with it): [batch, channels, pixels] float32 channel-major, as
+     * latents come and images go, into the activations' type and layout, and
+     * back. */
+    void (*to_activation)(const vae_ops *ops, float *out, const float *in, int batch,
+                          int channels, int pixels);
+    void (*from_activation)(const vae_ops *ops, float *out, const float *in, int batch,
+                            int channels, int pixels);
     /* Optional: called once the weights are in place (on be's device), for
      * a table that keeps its own copy of them (the CUDA table's bf16 copy,
      * which its 16-bit convolutions read); 0, or -1 with a message in err. */
@@ -57,16 +65,16 @@ struct vae_ops {
     void (*group_norm)(const vae_ops *ops, float *out, const float *in, const float *gamma,
                        const float *beta, int batch, int channels, int pixels, int groups,
                        float eps, int silu);
-    /* out [planes, 2h, 2w] = nearest-neighbour 2x upsampling of in [planes,
-     * h, w] (planes = batch x channels: the images need not be told apart). */
-    void (*upsample_nearest2x)(const vae_ops *ops, float *out, const float *in, int planes,
-                               int height, int width);
+    /* out [batch, channels, 2h, 2w] = nearest-neighbour 2x upsampling of in
+     * [batch, channels, h, w] (each in the table's layout). */
+    void (*upsample_nearest2x)(const vae_ops *ops, float *out, const float *in, int batch,
+                               int channels, int height, int width);
 
     /* Floats of scratch attention needs for these sizes (one image's worth:
      * the images of a batch take turns with it). */
     size_t (*attention_scratch_floats)(const vae_ops *ops, int channels, int tokens);
     /* Single-head attention over each image's tokens: q, k, v, out are
-     * [batch, channels, tokens];
+     * [batch, channels, tokens] (pixel-major: [batch, tokens, channels]);
      * out[:, i] = sum_j softmax_j(q[:, i] . k[:, j] / sqrt(channels)) v[:, j].
      * out must not overlap q, k or v. */
     void (*attention)(const vae_ops *ops, float *out, const float *q, const float *k,

@@ -370,12 +370,14 @@ static void cpu_group_norm(const vae_ops *ops, float *out, const float *in, cons
     }
 }
 
-static void cpu_upsample_nearest2x(const vae_ops *ops, float *out, const float *in, int planes,
-                                   int height, int width) {
+static void cpu_upsample_nearest2x(const vae_ops *ops, float *out, const float *in, int batch,
+                                   int channels, int height, int width) {
     int nt = ops->num_threads;
+    /* Channel-major: the images' channel planes one after another. */
+    long planes = (long)batch * channels;
     int out_width = 2 * width;
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (long cy = 0; cy < (long)planes * height; cy++) {
+    for (long cy = 0; cy < planes * height; cy++) {
         const float *src = in + (size_t)cy * width;
         float *dst = out + (size_t)cy * 2 * out_width;
         for (int x = 0; x < width; x++) dst[2 * x] = dst[2 * x + 1] = src[x];

@@ -1,28 +1,33 @@
 /* vae_ops_cuda.cu - the VAE decoder's operations (host/vae_ops.h) on a CUDA
  * backend, with the semantics of host/vae_ops_cpu.c. Activations are float32
- * in fp32 precision and bf16 in bf16/fp16 precision (activation_type), the
- * kernels templates over that type T:
- *   conv2d     cuDNN (legacy convolution API, NCHW, the whole batch in one
- *              call; bf16 data reads a bf16 copy of the weights that
- *              adopt_weights made at load, float32 accumulation). A kernel
- *              first writes bias + residual into the output, and cuDNN adds
- *              the convolution to it (beta = 1), the same order as the CPU's
- *              GEMM with beta 1; this works for every algorithm, unlike
- *              cudnnConvolutionBiasActivationForward, which serves identity
- *              activations with one algorithm only. The algorithm of each
- *              shape (batch included) is chosen once by
- *              cudnnGetConvolutionForwardAlgorithm_v7
- *              (fastest first) among those whose workspace fits the scratch
- *              conv2d_scratch_floats promised, and cached; fpdm_vae_prepare
- *              chooses them before a decode (prepare_conv2d).
+ * and channel-major (NCHW) in fp32 precision, bf16 and pixel-major (NHWC) in
+ * bf16/fp16 precision (activation_type): cuDNN's tensor-core convolutions
+ * run NHWC natively and convert NCHW tensors around each call. The kernels
+ * are templates over the type T and take the layout as an argument:
+ *   conv2d     cuDNN (legacy convolution API, the whole batch in one call;
+ *              bf16 data reads a bf16 copy of the weights that adopt_weights
+ *              made at load, each 3x3 filter rearranged from KCRS to KRSC
+ *              (nhwc_filter) the first time it is used, float32
+ *              accumulation). A kernel first writes bias + residual into the
+ *              output, and cuDNN adds the convolution to it (beta = 1), the
+ *              same order as the CPU's GEMM with beta 1; this works for every
+ *              algorithm, unlike cudnnConvolutionBiasActivationForward, which
+ *              serves identity activations with one algorithm only. The
+ *              algorithm of each shape (batch included) is chosen once by
+ *              cudnnGetConvolutionForwardAlgorithm_v7 (fastest first) among
+ *              those whose workspace fits the scratch conv2d_scratch_floats
+ *              promised, and cached; fpdm_vae_prepare chooses them before a
+ *              decode (prepare_conv2d).
  *   group_norm three kernels: the group sums, then the sums of squared
  *              deviations from the mean (both accumulated in double, as the
  *              CPU does), then the affine map and SiLU; every group of every
  *              image is one row of the grid (up to VAE_MAX_GROUPS at a time).
- *   attention  two cuBLAS products around a row softmax kernel, with
- *              tokens x tokens float32 scores as scratch that the images of a
- *              batch take in turn (in bf16, the bf16 softmax weights the
- *              second product reads follow them: 1.5 times that).
+ *              In NHWC a group is a stripe of channels across the pixels.
+ *   attention  two cuBLAS products (transposed to suit the layout) around
+ *              a row softmax kernel, with tokens x tokens float32 scores as
+ *              scratch that the images of a batch take in turn (in bf16, the
+ *              bf16 softmax weights the second product reads follow them:
+ *              1.5 times that).
  * Precision comes from the backend a decode binds to (begin): fp32 restricts
  * cuDNN to FMA kernels (CUDNN_FMA_MATH: no TF32) and cuBLAS to
  * CUBLAS_COMPUTE_32F; bf16 and fp16 run bf16 convolutions on tensor cores
@@ -59,6 +64,12 @@ extern "C" {
 #define VAE_CONV_WORKSPACE_MIN_FLOATS ((size_t)1 << 20)
 #define VAE_CONV_WORKSPACE_MAX_FLOATS ((size_t)1 << 24)
 #define VAE_THREADS 256
+/* The channels a pixel-major GroupNorm serves (its scales and shifts sit in
+ * 2 x channels floats of shared memory: 32 KB). */
+#define VAE_MAX_NHWC_CHANNELS 4096
+/* 3x3 filters of the bf16 copy rearranged for NHWC (the SD decoder has about
+ * thirty). */
+#define VAE_NHWC_FILTERS 512
 
 typedef struct conv_algo {
     int used;
@@ -81,6 +92,10 @@ typedef struct vae_cuda {
     const float *weights;
     __nv_bfloat16 *weights_bf16;
     size_t weight_floats;
+    /* Offsets into the bf16 copy of the filters already rearranged KCRS ->
+     * KRSC (nhwc_filter); 1x1 filters need nothing. */
+    size_t nhwc_filters[VAE_NHWC_FILTERS];
+    int nhwc_filter_count;
     conv_algo algos[VAE_CONV_ALGOS];
     int next_algo_victim;
     /* One decode at a time: the descriptors, the algorithm cache and the
@@ -95,6 +110,10 @@ static vae_cuda *vae_cuda_of(const vae_ops *ops) { return (vae_cuda *)ops->impl;
 static int bound_bf16(const vae_cuda *vc) {
     return vc->bound && vc->bound->base.operand_type != BACKEND_F32 && vc->weights_bf16;
 }
+
+/* Activations are pixel-major exactly when they are bf16: the bf16
+ * convolutions run on tensor cores, whose cuDNN kernels are NHWC. */
+static int bound_nhwc(const vae_cuda *vc) { return bound_bf16(vc); }
 
 static backend_dtype cuda_vae_activation_type(const vae_ops *ops) {
     return bound_bf16(vae_cuda_of(ops)) ? BACKEND_BF16 : BACKEND_F32;
@@ -126,16 +145,63 @@ static void convert(cuda_backend *cb, To *out, const From *in, size_t n) {
     cuda_check_launch(cb, "convert_kernel");
 }
 
-static void cuda_vae_to_activation(const vae_ops *ops, float *out, const float *in, size_t n) {
-    vae_cuda *vc = vae_cuda_of(ops);
-    if (!cuda_enter(vc->bound)) return;
-    ACTIVATION_DISPATCH(vc, convert<float, T>(vc->bound, (T *)out, in, n));
+/* Between [batch, channels, pixels] channel-major and the activations'
+ * layout: out[i] from in[source] where, for out index i,
+ *   TO_PIXEL_MAJOR:   i = (b P + p) C + c, source = (b C + c) P + p
+ *   FROM_PIXEL_MAJOR: i = (b C + c) P + p, source = (b P + p) C + c
+ *   SAME_LAYOUT:      source = i.
+ * Latents and images have three or four channels: nothing here needs speed. */
+enum layout_change { SAME_LAYOUT, TO_PIXEL_MAJOR, FROM_PIXEL_MAJOR };
+
+template <typename From, typename To, int CHANGE>
+__global__ void convert_layout_kernel(To *out, const From *in, int channels, size_t pixels,
+                                      size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t source = i;
+        if (CHANGE == TO_PIXEL_MAJOR) {
+            size_t c = i % channels, bp = i / channels, p = bp % pixels, b = bp / pixels;
+            source = (b * channels + c) * pixels + p;
+        } else if (CHANGE == FROM_PIXEL_MAJOR) {
+            size_t p = i % pixels, bc = i / pixels, c = bc % channels, b = bc / channels;
+            source = (b * pixels + p) * channels + c;
+        }
+        out[i] = operand_from_float<To>(operand_to_float(in[source]));
+    }
 }
 
-static void cuda_vae_from_activation(const vae_ops *ops, float *out, const float *in, size_t n) {
+template <typename From, typename To, int CHANGE>
+static void convert_layout(cuda_backend *cb, To *out, const From *in, int batch, int channels,
+                           int pixels) {
+    size_t n = (size_t)batch * channels * pixels;
+    convert_layout_kernel<From, To, CHANGE>
+        <<<cuda_blocks_for(n, VAE_THREADS), VAE_THREADS, 0, cb->stream>>>(out, in, channels,
+                                                                          (size_t)pixels, n);
+    cuda_check_launch(cb, "convert_layout_kernel");
+}
+
+static void cuda_vae_to_activation(const vae_ops *ops, float *out, const float *in, int batch,
+                                   int channels, int pixels) {
     vae_cuda *vc = vae_cuda_of(ops);
     if (!cuda_enter(vc->bound)) return;
-    ACTIVATION_DISPATCH(vc, convert<T, float>(vc->bound, out, (const T *)in, n));
+    if (bound_nhwc(vc))
+        ACTIVATION_DISPATCH(vc, convert_layout<float, T, TO_PIXEL_MAJOR>(
+                                    vc->bound, (T *)out, in, batch, channels, pixels));
+    else
+        ACTIVATION_DISPATCH(vc, convert_layout<float, T, SAME_LAYOUT>(vc->bound, (T *)out, in,
+                                                                      batch, channels, pixels));
+}
+
+static void cuda_vae_from_activation(const vae_ops *ops, float *out, const float *in, int batch,
+                                     int channels, int pixels) {
+    vae_cuda *vc = vae_cuda_of(ops);
+    if (!cuda_enter(vc->bound)) return;
+    if (bound_nhwc(vc))
+        ACTIVATION_DISPATCH(vc, convert_layout<T, float, FROM_PIXEL_MAJOR>(
+                                    vc->bound, out, (const T *)in, batch, channels, pixels));
+    else
+        ACTIVATION_DISPATCH(vc, convert_layout<T, float, SAME_LAYOUT>(
+                                    vc->bound, out, (const T *)in, batch, channels, pixels));
 }
 
 /* The bf16 copy of the weights, converted once on the loading context's
@@ -189,33 +255,36 @@ static size_t cuda_vae_conv2d_scratch_floats(const vae_ops *ops, int batch, int 
     return conv_workspace_floats(batch * in_channels, height, width);
 }
 
-/* out[b, o, p] = bias[o] + residual[b, o, p]; either may be absent, and
- * residual may be out itself (each element is read before it is written). */
+/* out = bias[o] + residual, element by element (o the element's channel:
+ * the fastest index in NHWC); either may be absent, and residual may be out
+ * itself (each element is read before it is written). */
 template <typename T>
 __global__ void conv_init_kernel(T *out, const float *bias, const T *residual, size_t plane,
-                                 int out_channels, size_t n) {
+                                 int out_channels, size_t n, int nhwc) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        float value = bias ? bias[(i / plane) % out_channels] : 0.0f;
+        size_t channel = nhwc ? i % out_channels : (i / plane) % out_channels;
+        float value = bias ? bias[channel] : 0.0f;
         if (residual) value += operand_to_float(residual[i]);
         out[i] = operand_from_float<T>(value);
     }
 }
 
-/* Tensors in float32 or bf16; the convolution accumulates in float32 either way. */
+/* Tensors in float32 NCHW or bf16 NHWC (filters KCRS or KRSC to match); the
+ * convolution accumulates in float32 either way. */
 static int set_conv_descriptors(vae_cuda *vc, cuda_backend *cb, int batch, int in_channels,
                                 int out_channels, int height, int width, int kernel, int bf16) {
     int pad = kernel / 2;
     cudnnDataType_t type = bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
-    return cudnn_check(cb, cudnnSetTensor4dDescriptor(vc->in_desc, CUDNN_TENSOR_NCHW, type,
-                                                      batch, in_channels, height, width),
+    cudnnTensorFormat_t format = bf16 ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+    return cudnn_check(cb, cudnnSetTensor4dDescriptor(vc->in_desc, format, type, batch,
+                                                      in_channels, height, width),
                        "cudnnSetTensor4dDescriptor") ||
-           cudnn_check(cb, cudnnSetTensor4dDescriptor(vc->out_desc, CUDNN_TENSOR_NCHW, type,
-                                                      batch, out_channels, height, width),
+           cudnn_check(cb, cudnnSetTensor4dDescriptor(vc->out_desc, format, type, batch,
+                                                      out_channels, height, width),
                        "cudnnSetTensor4dDescriptor") ||
-           cudnn_check(cb, cudnnSetFilter4dDescriptor(vc->filter_desc, type,
-                                                      CUDNN_TENSOR_NCHW, out_channels,
-                                                      in_channels, kernel, kernel),
+           cudnn_check(cb, cudnnSetFilter4dDescriptor(vc->filter_desc, type, format,
+                                                      out_channels, in_channels, kernel, kernel),
                        "cudnnSetFilter4dDescriptor") ||
            cudnn_check(cb, cudnnSetConvolution2dDescriptor(vc->conv_desc, pad, pad, 1, 1, 1, 1,
                                                            CUDNN_CROSS_CORRELATION,
@@ -304,6 +373,44 @@ static void cuda_vae_prepare_conv2d(const vae_ops *ops, int batch, int in_channe
         conv_ready(vc, vc->bound, batch, in_channels, out_channels, height, width, kernel);
 }
 
+/* out[k, r, s, c] = in[k, c, r, s] in bf16: a filter from PyTorch's KCRS to
+ * the KRSC an NHWC convolution reads. */
+__global__ void filter_krsc_kernel(__nv_bfloat16 *out, const float *in, int in_channels,
+                                   int taps, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t c = i % in_channels, kt = i / in_channels, tap = kt % taps, k = kt / taps;
+        out[i] = __float2bfloat16_rn(in[(k * in_channels + c) * taps + tap]);
+    }
+}
+
+/* The bf16 filter an NHWC convolution reads for `weight` (float32, in the
+ * adopted weights): its place in the bf16 copy, rearranged to KRSC the first
+ * time a filter wider than 1x1 comes by (the copy serves NHWC convolutions
+ * only). NULL after recording a failure. */
+static const void *nhwc_filter(vae_cuda *vc, cuda_backend *cb, const float *weight,
+                               int out_channels, int in_channels, int kernel) {
+    size_t floats = (size_t)out_channels * in_channels * kernel * kernel;
+    if (weight < vc->weights || weight + floats > vc->weights + vc->weight_floats) {
+        cuda_fail(cb, "VAE conv2d: a weight outside the adopted weights");
+        return NULL;
+    }
+    size_t offset = (size_t)(weight - vc->weights);
+    __nv_bfloat16 *filter = vc->weights_bf16 + offset;
+    if (kernel == 1) return filter;
+    for (int i = 0; i < vc->nhwc_filter_count; i++)
+        if (vc->nhwc_filters[i] == offset) return filter;
+    if (vc->nhwc_filter_count == VAE_NHWC_FILTERS) {
+        cuda_fail(cb, "VAE conv2d: more than %d filters wider than 1x1", VAE_NHWC_FILTERS);
+        return NULL;
+    }
+    filter_krsc_kernel<<<cuda_blocks_for(floats, VAE_THREADS), VAE_THREADS, 0, cb->stream>>>(
+        filter, weight, in_channels, kernel * kernel, floats);
+    cuda_check_launch(cb, "filter_krsc_kernel");
+    vc->nhwc_filters[vc->nhwc_filter_count++] = offset;
+    return filter;
+}
+
 static void cuda_vae_conv2d(const vae_ops *ops, float *out, const float *in, const float *weight,
                             const float *bias, const float *residual, int batch, int in_channels,
                             int out_channels, int height, int width, int kernel, float *scratch) {
@@ -317,20 +424,16 @@ static void cuda_vae_conv2d(const vae_ops *ops, float *out, const float *in, con
     if (bias || (residual && residual != out)) {
         ACTIVATION_DISPATCH(vc, conv_init_kernel<T><<<cuda_blocks_for(n, VAE_THREADS), VAE_THREADS,
                                                       0, cb->stream>>>(
-                                    (T *)out, bias, (const T *)residual, plane, out_channels, n));
+                                    (T *)out, bias, (const T *)residual, plane, out_channels, n,
+                                    bound_nhwc(vc)));
         cuda_check_launch(cb, "conv_init_kernel");
     }
     const conv_algo *a =
         conv_ready(vc, cb, batch, in_channels, out_channels, height, width, kernel);
     if (!a) return;
-    const void *filter = weight;
-    if (bf16) {
-        if (weight < vc->weights || weight >= vc->weights + vc->weight_floats) {
-            cuda_fail(cb, "VAE conv2d: a weight outside the adopted weights");
-            return;
-        }
-        filter = vc->weights_bf16 + (weight - vc->weights);
-    }
+    const void *filter =
+        bf16 ? nhwc_filter(vc, cb, weight, out_channels, in_channels, kernel) : weight;
+    if (!filter) return;
     const float one = 1.0f;
     if (cudnn_check(cb, cudnnSetConvolutionMathType(vc->conv_desc, a->math),
                     "cudnnSetConvolutionMathType"))
@@ -357,17 +460,23 @@ __device__ double block_sum_double(double value) {
 }
 
 /* Block (chunk, g) adds its share of group g's values (centered on the
- * group's mean when `sums` is given) to target[g]. */
-template <typename T>
+ * group's mean when `sums` is given) to target[g], g = image * groups +
+ * group. Channel-major, a group is group_floats values in a row; pixel-major
+ * (NHWC), per_group channels at each of the image's pixels. */
+template <typename T, bool NHWC>
 __global__ void __launch_bounds__(VAE_THREADS)
-group_reduce_kernel(double *target, const double *sums, const T *in, size_t group_floats) {
+group_reduce_kernel(double *target, const double *sums, const T *in, size_t group_floats,
+                    int groups, int channels, int per_group) {
     int g = blockIdx.y;
-    const T *src = in + (size_t)g * group_floats;
+    const T *src = NHWC ? in + (size_t)(g / groups) * channels * (group_floats / per_group) +
+                              (size_t)(g % groups) * per_group
+                        : in + (size_t)g * group_floats;
     double mean = sums ? sums[g] / (double)group_floats : 0.0;
     double partial = 0.0;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < group_floats;
          i += (size_t)gridDim.x * blockDim.x) {
-        double d = (double)operand_to_float(src[i]) - mean;
+        size_t at = NHWC ? (i / per_group) * channels + i % per_group : i;
+        double d = (double)operand_to_float(src[at]) - mean;
         partial += sums ? d * d : d;
     }
     double total = block_sum_double(partial);
@@ -400,6 +509,36 @@ group_apply_kernel(T *out, const T *in, const double *sums, const double *square
     }
 }
 
+/* Pixel-major: block (chunk, image) normalises a share of one image's
+ * pixels x channels values, with every channel's scale and shift worked out
+ * once per block into shared memory (2 x channels floats). */
+template <typename T>
+__global__ void __launch_bounds__(VAE_THREADS)
+group_apply_nhwc_kernel(T *out, const T *in, const double *sums, const double *squares,
+                        const float *gamma, const float *beta, int groups, int channels,
+                        int pixels, int per_group, float eps, int silu) {
+    extern __shared__ float affine[]; /* [channels] scales, then [channels] shifts */
+    int image = blockIdx.y;
+    for (int c = threadIdx.x; c < channels; c += blockDim.x) {
+        int g = image * groups + c / per_group;
+        double n = (double)per_group * pixels;
+        double mean = sums[g] / n;
+        double rstd = 1.0 / sqrt(squares[g] / n + (double)eps);
+        affine[c] = (float)(rstd * gamma[c]);
+        affine[channels + c] = (float)(beta[c] - mean * rstd * gamma[c]);
+    }
+    __syncthreads();
+    size_t image_floats = (size_t)pixels * channels;
+    const T *x = in + (size_t)image * image_floats;
+    T *y = out + (size_t)image * image_floats;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < image_floats;
+         i += (size_t)gridDim.x * blockDim.x) {
+        int c = (int)(i % channels);
+        float v = operand_to_float(x[i]) * affine[c] + affine[channels + c];
+        y[i] = operand_from_float<T>(silu ? v / (1.0f + expf(-v)) : v);
+    }
+}
+
 /* Blocks along a stretch of `floats`, about 8 values a thread, at most 256. */
 static unsigned int chunks_for(size_t floats) {
     size_t chunks = (floats + 8 * VAE_THREADS - 1) / (8 * VAE_THREADS);
@@ -415,6 +554,13 @@ static void group_norm(vae_cuda *vc, T *out, const T *in, const float *gamma, co
     if (groups > VAE_MAX_GROUPS) {
         cuda_fail(cb, "GroupNorm with %d groups (the CUDA VAE decoder serves up to %d)", groups,
                   VAE_MAX_GROUPS);
+        return;
+    }
+    const int nhwc = bound_nhwc(vc);
+    /* The pixel-major apply kernel keeps 2 x channels floats of shared memory. */
+    if (nhwc && channels > VAE_MAX_NHWC_CHANNELS) {
+        cuda_fail(cb, "GroupNorm over %d channels (the CUDA VAE decoder serves up to %d in bf16)",
+                  channels, VAE_MAX_NHWC_CHANNELS);
         return;
     }
     int per_group = channels / groups;
@@ -438,16 +584,31 @@ static void group_norm(vae_cuda *vc, T *out, const T *in, const float *gamma, co
                        "GroupNorm statistics reset"))
             return;
         dim3 reduce_grid(chunks_for(group_floats), (unsigned int)(images * groups));
-        group_reduce_kernel<T><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(sums, NULL, src,
-                                                                             group_floats);
-        cuda_check_launch(cb, "group_reduce_kernel (sums)");
-        group_reduce_kernel<T><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(squares, sums, src,
-                                                                             group_floats);
-        cuda_check_launch(cb, "group_reduce_kernel (squares)");
-        dim3 apply_grid(chunks_for((size_t)pixels), (unsigned int)(images * channels));
-        group_apply_kernel<T><<<apply_grid, VAE_THREADS, 0, cb->stream>>>(
-            dst, src, sums, squares, gamma, beta, channels, pixels, per_group, eps, silu);
-        cuda_check_launch(cb, "group_apply_kernel");
+        if (nhwc) {
+            group_reduce_kernel<T, true><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(
+                sums, NULL, src, group_floats, groups, channels, per_group);
+            group_reduce_kernel<T, true><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(
+                squares, sums, src, group_floats, groups, channels, per_group);
+        } else {
+            group_reduce_kernel<T, false><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(
+                sums, NULL, src, group_floats, groups, channels, per_group);
+            group_reduce_kernel<T, false><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(
+                squares, sums, src, group_floats, groups, channels, per_group);
+        }
+        cuda_check_launch(cb, "group_reduce_kernel");
+        if (nhwc) {
+            dim3 apply_grid(chunks_for(image_floats), (unsigned int)images);
+            group_apply_nhwc_kernel<T><<<apply_grid, VAE_THREADS, 2 * channels * sizeof(float),
+                                         cb->stream>>>(dst, src, sums, squares, gamma, beta,
+                                                       groups, channels, pixels, per_group, eps,
+                                                       silu);
+            cuda_check_launch(cb, "group_apply_nhwc_kernel");
+        } else {
+            dim3 apply_grid(chunks_for((size_t)pixels), (unsigned int)(images * channels));
+            group_apply_kernel<T><<<apply_grid, VAE_THREADS, 0, cb->stream>>>(
+                dst, src, sums, squares, gamma, beta, channels, pixels, per_group, eps, silu);
+            cuda_check_launch(cb, "group_apply_kernel");
+        }
     }
 }
 
@@ -461,28 +622,39 @@ static void cuda_vae_group_norm(const vae_ops *ops, float *out, const float *in,
 
 /* ---- upsampling --------------------------------------------------------- */
 
-template <typename T>
-__global__ void upsample_nearest2x_kernel(T *out, const T *in, int height, int width, size_t n) {
+/* Channel-major, element i of out is (plane, y, x) with plane = image x
+ * channels + channel; pixel-major (NHWC) it is (image, y, x, channel). */
+template <typename T, bool NHWC>
+__global__ void upsample_nearest2x_kernel(T *out, const T *in, int channels, int height,
+                                          int width, size_t n) {
     int out_width = 2 * width, out_height = 2 * height;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        int x = (int)(i % out_width);
-        size_t row = i / out_width;
+        size_t pixel = NHWC ? i / channels : i;
+        int x = (int)(pixel % out_width);
+        size_t row = pixel / out_width;
         int y = (int)(row % out_height);
-        size_t c = row / out_height;
-        out[i] = in[(c * height + y / 2) * width + x / 2];
+        size_t plane = row / out_height; /* NHWC: the image */
+        size_t source = (plane * height + y / 2) * width + x / 2;
+        out[i] = NHWC ? in[source * channels + i % channels] : in[source];
     }
 }
 
 static void cuda_vae_upsample_nearest2x(const vae_ops *ops, float *out, const float *in,
-                                        int planes, int height, int width) {
+                                        int batch, int channels, int height, int width) {
     vae_cuda *vc = vae_cuda_of(ops);
     cuda_backend *cb = vc->bound;
     if (!cuda_enter(cb)) return;
-    size_t n = (size_t)planes * 4 * height * width;
-    ACTIVATION_DISPATCH(vc, upsample_nearest2x_kernel<T><<<cuda_blocks_for(n, VAE_THREADS),
-                                                          VAE_THREADS, 0, cb->stream>>>(
-                                (T *)out, (const T *)in, height, width, n));
+    size_t n = (size_t)batch * channels * 4 * height * width;
+    unsigned int blocks = cuda_blocks_for(n, VAE_THREADS);
+    if (bound_nhwc(vc))
+        ACTIVATION_DISPATCH(vc, upsample_nearest2x_kernel<T, true>
+                                <<<blocks, VAE_THREADS, 0, cb->stream>>>(
+                                    (T *)out, (const T *)in, channels, height, width, n));
+    else
+        ACTIVATION_DISPATCH(vc, upsample_nearest2x_kernel<T, false>
+                                <<<blocks, VAE_THREADS, 0, cb->stream>>>(
+                                    (T *)out, (const T *)in, channels, height, width, n));
     cuda_check_launch(cb, "upsample_nearest2x_kernel");
 }
 
@@ -537,33 +709,44 @@ __global__ void __launch_bounds__(VAE_THREADS) softmax_rows_kernel(P *probs, flo
         out[j] = operand_from_float<P>(row[j] * row_inverse);
 }
 
-/* In cuBLAS's column-major view a [channels, tokens] row-major matrix is
- * tokens x channels (leading dimension tokens), and the row-major scores
- * S[query, key] are key x query:
+/* In cuBLAS's column-major view the row-major scores S[query, key] are
+ * key x query. A channel-major image ([channels, tokens] row-major) is
+ * tokens x channels with leading dimension tokens:
  *   S^T = K Q^T * scale     (tokens x tokens, reduction over channels)
- *   out = P^T V             (tokens x channels, reduction over keys).
+ *   out = P^T V             (tokens x channels, reduction over keys);
+ * a pixel-major one ([tokens, channels]) is channels x tokens with leading
+ * dimension channels:
+ *   S^T = K^T Q * scale,  out = V P^T   (out channels x tokens).
  * Scores are float32 either way; with bf16 activations the products take
  * bf16 inputs (P rounded to bf16, as a bf16 framework would) and
  * accumulate in float32. */
 template <typename T>
 static void attention_image(cuda_backend *cb, T *out, const T *q, const T *k, const T *v,
-                            int channels, int tokens, float *scratch) {
+                            int channels, int tokens, float *scratch, int nhwc) {
     const int is_float = sizeof(T) == sizeof(float);
     const cudaDataType_t type = is_float ? CUDA_R_32F : CUDA_R_16BF;
     const cublasComputeType_t compute = is_float ? cb->compute_type : CUBLAS_COMPUTE_32F;
     T *probs = is_float ? (T *)scratch : (T *)(scratch + probs_offset_floats(tokens));
     const float scale = (float)(1.0 / sqrt((double)channels)), one = 1.0f, zero = 0.0f;
-    if (cublas_check(cb, cublasGemmEx(cb->blas, CUBLAS_OP_N, CUBLAS_OP_T, tokens, tokens,
-                                      channels, &scale, k, type, tokens, q, type, tokens, &zero,
-                                      scratch, CUDA_R_32F, tokens, compute, CUBLAS_GEMM_DEFAULT),
+    const int ld = nhwc ? channels : tokens;
+    if (cublas_check(cb, cublasGemmEx(cb->blas, nhwc ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                      nhwc ? CUBLAS_OP_N : CUBLAS_OP_T, tokens, tokens, channels,
+                                      &scale, k, type, ld, q, type, ld, &zero, scratch, CUDA_R_32F,
+                                      tokens, compute, CUBLAS_GEMM_DEFAULT),
                      "cublasGemmEx (attention scores)"))
         return;
     softmax_rows_kernel<T><<<tokens, VAE_THREADS, 0, cb->stream>>>(probs, scratch, tokens);
     cuda_check_launch(cb, "softmax_rows_kernel");
-    cublas_check(cb, cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, tokens, channels, tokens,
-                                  &one, probs, type, tokens, v, type, tokens, &zero, out, type,
-                                  tokens, compute, CUBLAS_GEMM_DEFAULT),
-                 "cublasGemmEx (attention output)");
+    if (nhwc)
+        cublas_check(cb, cublasGemmEx(cb->blas, CUBLAS_OP_N, CUBLAS_OP_N, channels, tokens, tokens,
+                                      &one, v, type, channels, probs, type, tokens, &zero, out,
+                                      type, channels, compute, CUBLAS_GEMM_DEFAULT),
+                     "cublasGemmEx (attention output)");
+    else
+        cublas_check(cb, cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, tokens, channels, tokens,
+                                      &one, probs, type, tokens, v, type, tokens, &zero, out, type,
+                                      tokens, compute, CUBLAS_GEMM_DEFAULT),
+                     "cublasGemmEx (attention output)");
 }
 
 /* The images take turns with one image's scratch (a batch's scores at
@@ -580,7 +763,7 @@ static void cuda_vae_attention(const vae_ops *ops, float *out, const float *q, c
                                 attention_image<T>(cb, (T *)out + b * image, (const T *)q + b * image,
                                                    (const T *)k + b * image,
                                                    (const T *)v + b * image, channels, tokens,
-                                                   scratch));
+                                                   scratch, bound_nhwc(vc)));
 }
 
 /* ---- lifetime ----------------------------------------------------------- */

@@ -7,7 +7,9 @@
  *     at a time (within 1e-5 of it at once; also 1100 images, more than one
  *     GroupNorm pass serves) and a one-pixel latent too;
  *     in bf16 within 2e-2, and an fp16 context (bf16 activations as well)
- *     within 2e-2 of diffusers and 1e-5 of the bf16 context;
+ *     within 2e-2 of diffusers and 1e-5 of the bf16 context (bf16
+ *     activations are pixel-major, NHWC: these checks cover that layout,
+ *     fp32 ones the channel-major one);
  *   - a VAE loaded on a CUDA context is refused by a CPU context and the
  *     other way round;
  *   - Stable Diffusion's decoder size with random weights (the writer of
