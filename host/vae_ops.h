@@ -51,7 +51,8 @@ struct vae_ops {
     /* Floats of scratch conv2d needs for these sizes. */
     size_t (*conv2d_scratch_floats)(const vae_ops *ops, int batch, int in_channels,
                                     int out_channels, int height, int width, int kernel);
-    /* Per image: out[o, y, x] = bias[o] + residual[o, y, x] + sum_{c, i, j}
+    /* Per image (indices as channel, row, column, whatever the layout):
+     * out[o, y, x] = bias[o] + residual[o, y, x] + sum_{c, i, j}
      *     weight[o, c, i, j] * in[c, y + i - kernel/2, x + j - kernel/2]
      * with zero padding (stride 1, odd kernel, output as big as the input).
      * weight is [out_channels, in_channels, kernel, kernel]; residual may be

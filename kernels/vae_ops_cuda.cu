@@ -96,6 +96,10 @@ typedef struct vae_cuda {
      * KRSC (nhwc_filter); 1x1 filters need nothing. */
     size_t nhwc_filters[VAE_NHWC_FILTERS];
     int nhwc_filter_count;
+    /* This decode rearranged a filter: end waits for its stream, so that a
+     * decode through another context (another stream) never reads a filter
+     * half rearranged, even after this one stopped early. */
+    int rearranged;
     conv_algo algos[VAE_CONV_ALGOS];
     int next_algo_victim;
     /* One decode at a time: the descriptors, the algorithm cache and the
@@ -407,7 +411,9 @@ static const void *nhwc_filter(vae_cuda *vc, cuda_backend *cb, const float *weig
     filter_krsc_kernel<<<cuda_blocks_for(floats, VAE_THREADS), VAE_THREADS, 0, cb->stream>>>(
         filter, weight, in_channels, kernel * kernel, floats);
     cuda_check_launch(cb, "filter_krsc_kernel");
+    if (cb->failed) return NULL;
     vc->nhwc_filters[vc->nhwc_filter_count++] = offset;
+    vc->rearranged = 1;
     return filter;
 }
 
@@ -788,6 +794,12 @@ static int cuda_vae_begin(const vae_ops *ops, backend *be, char *err, size_t err
 
 static void cuda_vae_end(const vae_ops *ops) {
     vae_cuda *vc = vae_cuda_of(ops);
+    if (vc->rearranged) {
+        /* A failure here is the decode's own, already recorded or to come
+         * at its download. */
+        cudaStreamSynchronize(vc->bound->stream);
+        vc->rearranged = 0;
+    }
     vc->bound = NULL;
     vc->decode_lock.unlock();
 }

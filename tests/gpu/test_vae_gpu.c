@@ -9,7 +9,8 @@
  *     in bf16 within 2e-2, and an fp16 context (bf16 activations as well)
  *     within 2e-2 of diffusers and 1e-5 of the bf16 context (bf16
  *     activations are pixel-major, NHWC: these checks cover that layout,
- *     fp32 ones the channel-major one);
+ *     fp32 ones the channel-major one), and the 1100 images in bf16 within
+ *     2e-2 of fp32;
  *   - a VAE loaded on a CUDA context is refused by a CPU context and the
  *     other way round;
  *   - Stable Diffusion's decoder size with random weights (the writer of
@@ -180,8 +181,6 @@ static int test_golden(fpdm_context *cpu, fpdm_context *fp32, fpdm_context *bf16
             check_close("fp32 1100 images at once vs one at a time", many_images, many_single,
                         MANY * one_image, 1e-5);
         }
-        free(many_latents);
-        free(many_images);
         free(many_single);
 
         /* One pixel a side: 3x3 convolutions see nothing but padding around it. */
@@ -216,6 +215,18 @@ static int test_golden(fpdm_context *cpu, fpdm_context *fp32, fpdm_context *bf16
                                          latents, image_floats);
         if (bf16_images)
             check_close("bf16 vs diffusers (float64)", bf16_images, expected, image_floats, 2e-2);
+        /* bf16 activations are pixel-major, with a GroupNorm of their own:
+         * the 1100 images again (two GroupNorm passes), against fp32. */
+        if (many_latents && many_images) {
+            float *bf16_many = decode_file(bf16, GOLDEN_WEIGHTS, "bf16 decode of 1100 images", MANY,
+                                           latent_size, many_latents, MANY * one_image);
+            if (bf16_many)
+                check_close("bf16 1100 images vs fp32", bf16_many, many_images, MANY * one_image,
+                            2e-2);
+            free(bf16_many);
+        }
+        free(many_latents);
+        free(many_images);
 
         /* An fp16 context decodes with bf16 activations too (fp16 would
          * overflow in SD decoders): the bf16 path's images. */
