@@ -64,9 +64,10 @@ extern "C" {
 #define VAE_CONV_WORKSPACE_MIN_FLOATS ((size_t)1 << 20)
 #define VAE_CONV_WORKSPACE_MAX_FLOATS ((size_t)1 << 24)
 #define VAE_THREADS 256
-/* The channels a pixel-major GroupNorm serves (its scales and shifts sit in
- * 2 x channels floats of shared memory: 32 KB). */
-#define VAE_MAX_NHWC_CHANNELS 4096
+/* The channels a pixel-major GroupNorm serves: its statistics kernel gives
+ * each thread of a block one channel (so at most 1024), and its apply
+ * kernel keeps 2 x channels floats of shared memory. */
+#define VAE_MAX_NHWC_CHANNELS 1024
 /* 3x3 filters of the bf16 copy rearranged for NHWC (the SD decoder has about
  * thirty). */
 #define VAE_NHWC_FILTERS 512
@@ -466,23 +467,18 @@ __device__ double block_sum_double(double value) {
 }
 
 /* Block (chunk, g) adds its share of group g's values (centered on the
- * group's mean when `sums` is given) to target[g], g = image * groups +
- * group. Channel-major, a group is group_floats values in a row; pixel-major
- * (NHWC), per_group channels at each of the image's pixels. */
-template <typename T, bool NHWC>
+ * group's mean when `sums` is given) to target[g] (channel-major: a group's
+ * values are group_floats in a row). */
+template <typename T>
 __global__ void __launch_bounds__(VAE_THREADS)
-group_reduce_kernel(double *target, const double *sums, const T *in, size_t group_floats,
-                    int groups, int channels, int per_group) {
+group_reduce_kernel(double *target, const double *sums, const T *in, size_t group_floats) {
     int g = blockIdx.y;
-    const T *src = NHWC ? in + (size_t)(g / groups) * channels * (group_floats / per_group) +
-                              (size_t)(g % groups) * per_group
-                        : in + (size_t)g * group_floats;
+    const T *src = in + (size_t)g * group_floats;
     double mean = sums ? sums[g] / (double)group_floats : 0.0;
     double partial = 0.0;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < group_floats;
          i += (size_t)gridDim.x * blockDim.x) {
-        size_t at = NHWC ? (i / per_group) * channels + i % per_group : i;
-        double d = (double)operand_to_float(src[at]) - mean;
+        double d = (double)operand_to_float(src[i]) - mean;
         partial += sums ? d * d : d;
     }
     double total = block_sum_double(partial);
@@ -513,6 +509,41 @@ group_apply_kernel(T *out, const T *in, const double *sums, const double *square
         float v = operand_to_float(x[p]) * scale + shift;
         y[p] = operand_from_float<T>(silu ? v / (1.0f + expf(-v)) : v);
     }
+}
+
+/* Pixel-major statistics: block (chunk, image) reads a share of the image's
+ * pixels whole rows at a time (a block is a whole number of rows, so thread
+ * t always meets channel t % channels), adds its values (centered on their
+ * group's mean when `sums` is given) in a double of its own, and the block
+ * then adds them up per group in shared memory ([groups] doubles) and into
+ * target[image * groups + group]. */
+template <typename T>
+__global__ void group_reduce_nhwc_kernel(double *target, const double *sums, const T *in,
+                                         int groups, int channels, int pixels, int per_group) {
+    extern __shared__ double group_slots[];
+    for (int g = threadIdx.x; g < groups; g += blockDim.x) group_slots[g] = 0.0;
+    __syncthreads();
+    const int image = blockIdx.y, c = threadIdx.x % channels, g = c / per_group;
+    const size_t image_floats = (size_t)pixels * channels;
+    const T *src = in + (size_t)image * image_floats;
+    const double mean =
+        sums ? sums[image * groups + g] / ((double)per_group * pixels) : 0.0;
+    double partial = 0.0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < image_floats;
+         i += (size_t)gridDim.x * blockDim.x) {
+        double d = (double)operand_to_float(src[i]) - mean;
+        partial += sums ? d * d : d;
+    }
+    atomicAdd(&group_slots[g], partial);
+    __syncthreads();
+    for (int slot = threadIdx.x; slot < groups; slot += blockDim.x)
+        atomicAdd(&target[image * groups + slot], group_slots[slot]);
+}
+
+/* Threads of a pixel-major statistics block: a whole number of channel
+ * rows, about 256 (channels <= VAE_MAX_NHWC_CHANNELS). */
+static int nhwc_reduce_threads(int channels) {
+    return channels >= VAE_THREADS ? channels : (VAE_THREADS / channels) * channels;
 }
 
 /* Pixel-major: block (chunk, image) normalises a share of one image's
@@ -589,19 +620,23 @@ static void group_norm(vae_cuda *vc, T *out, const T *in, const float *gamma, co
                                            2 * VAE_MAX_GROUPS * sizeof(double), cb->stream),
                        "GroupNorm statistics reset"))
             return;
-        dim3 reduce_grid(chunks_for(group_floats), (unsigned int)(images * groups));
         if (nhwc) {
-            group_reduce_kernel<T, true><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(
-                sums, NULL, src, group_floats, groups, channels, per_group);
-            group_reduce_kernel<T, true><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(
-                squares, sums, src, group_floats, groups, channels, per_group);
+            int threads = nhwc_reduce_threads(channels);
+            dim3 reduce_grid(chunks_for(image_floats), (unsigned int)images);
+            size_t slots = (size_t)groups * sizeof(double);
+            group_reduce_nhwc_kernel<T><<<reduce_grid, threads, slots, cb->stream>>>(
+                sums, NULL, src, groups, channels, pixels, per_group);
+            group_reduce_nhwc_kernel<T><<<reduce_grid, threads, slots, cb->stream>>>(
+                squares, sums, src, groups, channels, pixels, per_group);
+            cuda_check_launch(cb, "group_reduce_nhwc_kernel");
         } else {
-            group_reduce_kernel<T, false><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(
-                sums, NULL, src, group_floats, groups, channels, per_group);
-            group_reduce_kernel<T, false><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(
-                squares, sums, src, group_floats, groups, channels, per_group);
+            dim3 reduce_grid(chunks_for(group_floats), (unsigned int)(images * groups));
+            group_reduce_kernel<T><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(sums, NULL, src,
+                                                                                 group_floats);
+            group_reduce_kernel<T><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(squares, sums, src,
+                                                                                 group_floats);
+            cuda_check_launch(cb, "group_reduce_kernel");
         }
-        cuda_check_launch(cb, "group_reduce_kernel");
         if (nhwc) {
             dim3 apply_grid(chunks_for(image_floats), (unsigned int)images);
             group_apply_nhwc_kernel<T><<<apply_grid, VAE_THREADS, 2 * channels * sizeof(float),
