@@ -20,9 +20,10 @@
  *              decode (prepare_conv2d).
  *   group_norm three kernels: the group sums, then the sums of squared
  *              deviations from the mean (both accumulated in double, as the
- *              CPU does), then the affine map and SiLU; every group of every
- *              image is one row of the grid (up to VAE_MAX_GROUPS at a time).
- *              In NHWC a group is a stripe of channels across the pixels.
+ *              CPU does), then the affine map and SiLU. Channel-major, every
+ *              group of every image is one row of the grid (up to
+ *              VAE_MAX_GROUPS at a time); pixel-major, every image is, its
+ *              blocks reading whole pixel rows, a thread per channel.
  *   attention  two cuBLAS products (transposed to suit the layout) around
  *              a row softmax kernel, with tokens x tokens float32 scores as
  *              scratch that the images of a batch take in turn (in bf16, the
@@ -518,7 +519,7 @@ group_apply_kernel(T *out, const T *in, const double *sums, const double *square
  * then adds them up per group in shared memory ([groups] doubles) and into
  * target[image * groups + group]. */
 template <typename T>
-__global__ void group_reduce_nhwc_kernel(double *target, const double *sums, const T *in,
+__global__ void __launch_bounds__(VAE_MAX_NHWC_CHANNELS) group_reduce_nhwc_kernel(double *target, const double *sums, const T *in,
                                          int groups, int channels, int pixels, int per_group) {
     extern __shared__ double group_slots[];
     for (int g = threadIdx.x; g < groups; g += blockDim.x) group_slots[g] = 0.0;
@@ -544,6 +545,15 @@ __global__ void group_reduce_nhwc_kernel(double *target, const double *sums, con
  * rows, about 256 (channels <= VAE_MAX_NHWC_CHANNELS). */
 static int nhwc_reduce_threads(int channels) {
     return channels >= VAE_THREADS ? channels : (VAE_THREADS / channels) * channels;
+}
+
+/* Blocks along one image for it: about 16 values a thread, up to 1024, so a
+ * single large image still fills the GPU (the channel-major kernel has a
+ * grid row per group instead). */
+static unsigned int nhwc_reduce_chunks(size_t image_floats, int threads) {
+    size_t chunks = image_floats / (16 * (size_t)threads);
+    if (chunks > 1024) chunks = 1024;
+    return (unsigned int)(chunks ? chunks : 1);
 }
 
 /* Pixel-major: block (chunk, image) normalises a share of one image's
@@ -594,7 +604,7 @@ static void group_norm(vae_cuda *vc, T *out, const T *in, const float *gamma, co
         return;
     }
     const int nhwc = bound_nhwc(vc);
-    /* The pixel-major apply kernel keeps 2 x channels floats of shared memory. */
+    /* The pixel-major statistics kernel gives each thread of a block one channel. */
     if (nhwc && channels > VAE_MAX_NHWC_CHANNELS) {
         cuda_fail(cb, "GroupNorm over %d channels (the CUDA VAE decoder serves up to %d in bf16)",
                   channels, VAE_MAX_NHWC_CHANNELS);
@@ -622,7 +632,7 @@ static void group_norm(vae_cuda *vc, T *out, const T *in, const float *gamma, co
             return;
         if (nhwc) {
             int threads = nhwc_reduce_threads(channels);
-            dim3 reduce_grid(chunks_for(image_floats), (unsigned int)images);
+            dim3 reduce_grid(nhwc_reduce_chunks(image_floats, threads), (unsigned int)images);
             size_t slots = (size_t)groups * sizeof(double);
             group_reduce_nhwc_kernel<T><<<reduce_grid, threads, slots, cb->stream>>>(
                 sums, NULL, src, groups, channels, pixels, per_group);

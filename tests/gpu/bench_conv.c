@@ -137,7 +137,9 @@ int main(void) {
                             (isnan(fastest_ms) || perf[i].time < fastest_ms))
                             fastest_ms = perf[i].time;
             }
-            if (isnan(heuristic_ms) || isnan(fastest_ms)) failed = 1;
+            /* The few-channel shapes are there to find out whether cuDNN
+             * serves them: a gap there is a finding, not a failure. */
+            if ((int)s < heavy && (isnan(heuristic_ms) || isnan(fastest_ms))) failed = 1;
             if ((int)s < heavy) {
                 totals[f][0] += heuristic_ms;
                 totals[f][1] += fastest_ms;

@@ -161,9 +161,10 @@ static int test_golden(fpdm_context *cpu, fpdm_context *fp32, fpdm_context *bf16
             check_close("fp32 one image at a time vs the batch", chunked, images, image_floats, 1e-5);
         free(chunked);
 
-        /* A batch past what one GroupNorm pass serves (1023 images of 64
-         * channels fill the grid's 65535 planes): the default decodes it in
-         * one chunk, GroupNorm in two passes; against one image at a time. */
+        /* A batch past what one GroupNorm pass serves (the statistics of
+         * VAE_MAX_GROUPS groups: 1024 images of the golden decoder's 4): the
+         * default decodes it in one chunk, GroupNorm in two passes; against
+         * one image at a time. */
         enum { MANY = 1100 };
         size_t one_latent = latent_floats / batch, one_image = image_floats / batch;
         float *many_latents = malloc(MANY * one_latent * sizeof(float));
