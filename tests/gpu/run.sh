@@ -234,7 +234,7 @@ if [ -n "${BASELINE:-}" ]; then
 fi
 
 # ---- tests -------------------------------------------------------------------
-run_step 150 ctest ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 120 \
+run_step 200 ctest ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 120 \
   > "$LOGS/ctest.log" 2>&1
 CTEST_RC=$?
 cat "$LOGS/ctest.log"
