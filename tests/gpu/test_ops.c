@@ -157,6 +157,10 @@ static void test_operand_outputs(backend *device, const char *type_name) {
      * float32 token stream) exactly as in float32, the output rounded. */
     if (gpu->residual_layernorm_modulate) {
         twin y = twin_random(n, 1.0f);
+        /* A fresh poisoned output: an element the fused kernel leaves
+         * unwritten must show, not keep the last op's value. */
+        twin_free(out);
+        out = twin_operand_nan(n);
         cpu->gated_residual(cpu, x.on_cpu, y.on_cpu, mod.on_cpu + 2 * dim, mod_stride, batch, tokens,
                             dim);
         cpu->layernorm_modulate(cpu, out.on_cpu, x.on_cpu, mod.on_cpu + 3 * dim,
