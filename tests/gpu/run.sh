@@ -482,27 +482,31 @@ for total, calls, average, name in kernels[:14]:
 PY
 fi
 
-# ---- memory checks (what the budget leaves) ------------------------------------
-# The kernel tests once more under compute-sanitizer's memcheck, which reports
-# reads and writes outside an allocation that agree with the CPU all the same
-# (the arena is one allocation, so it sees only the ends of it). Last, since
-# it runs tens of times slower: a test cut short by the budget is noted, not
+# ---- memory and race checks (what the budget leaves) -----------------------------
+# Kernel tests once more under compute-sanitizer: memcheck reports reads and
+# writes outside an allocation that agree with the CPU all the same (the arena
+# is one allocation, so it sees only its ends); racecheck, shared-memory
+# hazards between a block's threads; synccheck, barriers misused. The last two
+# on the attention kernels' quick cases (FPDM_TEST_QUICK=1). Last, since they
+# run tens of times slower: a check cut short by the budget is noted, not
 # failed.
 SANITIZER=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer 2>/dev/null | head -1 || true)
 MEMCHECK_LINES=
 if [ -n "$SANITIZER" ]; then
-  for test_name in gpu_test_ops gpu_test_noise gpu_test_vae_gpu; do
+  for check in memcheck:gpu_test_ops racecheck:gpu_test_attention synccheck:gpu_test_attention \
+               memcheck:gpu_test_vae_gpu memcheck:gpu_test_noise; do
+    tool=${check%%:*} test_name=${check#*:}
     [ -x "$BUILD/$test_name" ] || continue
     rc=0
-    (cd "$ROOT" && run_step 90 "memcheck $test_name" "$SANITIZER" --tool memcheck --error-exitcode 99 \
-        "$BUILD/$test_name") > "$LOGS/memcheck-$test_name.txt" 2>&1 || rc=$?
+    (cd "$ROOT" && FPDM_TEST_QUICK=1 run_step 90 "$tool $test_name" "$SANITIZER" --tool "$tool" \
+        --error-exitcode 99 "$BUILD/$test_name") > "$LOGS/$tool-$test_name.txt" 2>&1 || rc=$?
     case $rc in
       0) outcome="clean" ;;
-      99) outcome="ERRORS (see $LOGS/memcheck-$test_name.txt)" ;;
+      99) outcome="ERRORS (see $LOGS/$tool-$test_name.txt)" ;;
       124) outcome="cut short by the time budget" ;;
-      *) outcome="exit $rc (see $LOGS/memcheck-$test_name.txt)" ;;
+      *) outcome="exit $rc (see $LOGS/$tool-$test_name.txt)" ;;
     esac
-    MEMCHECK_LINES+="  $test_name: $outcome"$'\n'
+    MEMCHECK_LINES+="  $tool $test_name: $outcome"$'\n'
   done
 else
   MEMCHECK_LINES="  compute-sanitizer not found"$'\n'
@@ -514,7 +518,7 @@ fi
   echo "GPU: ${GPU_NAME:-unknown} (sm_$ARCH), $(( $(date +%s) - RUN_START )) s"
   echo "GPU tests (ctest -L gpu, exit $CTEST_RC): ${TEST_TOTAL:-no result}; attention variant $ATTENTION_VARIANT"
   echo "${TEST_LINES:-  (no test lines)}" | sed 's/^/  /'
-  echo "memcheck (compute-sanitizer):"
+  echo "compute-sanitizer:"
   printf "%s" "$MEMCHECK_LINES"
   python3 - "$LOGS/ours.jsonl" "$LOGS/torch.jsonl" "$BENCH_BATCH" <<'PY'
 import json, sys
