@@ -26,6 +26,8 @@
 # libraries" below); there, from this machine:
 #   run command: OUT_DIR=$OUT; OUT=/tmp/logs bash tests/gpu/run.sh; tar czf $OUT_DIR/logs.tgz -C /tmp/logs .
 #   carry: .deps
+# (add compute-sanitizer, where the machine's toolkit lacks it, with
+#   python3 -m pip download --no-deps -d .deps "nvidia-cuda-sanitizer-api==13.0.*")
 # and, to time a change against the last verified commit on the same card,
 #   mkdir -p .baseline && git archive main | tar -x -C .baseline     (here; carry .baseline too)
 #   BASELINE=.baseline bash tests/gpu/run.sh
@@ -490,7 +492,22 @@ fi
 # on the attention kernels' quick cases (FPDM_TEST_QUICK=1). Last, since they
 # run tens of times slower: a check cut short by the budget is noted, not
 # failed.
-SANITIZER=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer 2>/dev/null | head -1 || true)
+# The toolkit's compute-sanitizer, else the one in a nvidia-cuda-sanitizer-api
+# wheel carried in .deps/ (`python3 -m pip download --no-deps -d .deps
+# "nvidia-cuda-sanitizer-api==13.0.*"`), unpacked into the build folder.
+SANITIZER=$(command -v compute-sanitizer ||
+  ls "$CUDA_HOME"/bin/compute-sanitizer "$CUDA_HOME"/compute-sanitizer/compute-sanitizer 2>/dev/null |
+  head -1 || true)
+SANITIZER_WHEEL=$(ls "$ROOT"/.deps/nvidia_cuda_sanitizer_api-*.whl 2>/dev/null | head -1 || true)
+if [ -z "$SANITIZER" ] && [ -n "$SANITIZER_WHEEL" ]; then
+  # The binary sits in bin/ (13.0 wheels) or compute-sanitizer/ (later ones),
+  # its helpers beside it or in lib/; zip keeps no permissions.
+  python3 -m zipfile -e "$SANITIZER_WHEEL" "$BUILD/sanitizer" > /dev/null 2>&1 &&
+    chmod -R +x "$BUILD"/sanitizer/nvidia &&
+    SANITIZER=$(ls "$BUILD"/sanitizer/nvidia/cu*/compute-sanitizer/compute-sanitizer \
+      "$BUILD"/sanitizer/nvidia/cu*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
+  [ -n "$SANITIZER" ] && note "compute-sanitizer from $(basename "$SANITIZER_WHEEL")"
+fi
 MEMCHECK_LINES=
 if [ -n "$SANITIZER" ]; then
   for check in memcheck:gpu_test_ops racecheck:gpu_test_attention synccheck:gpu_test_attention \
