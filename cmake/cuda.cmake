@@ -28,10 +28,11 @@ if(FPDM_CUDA_SOURCES)
   else()
     message(STATUS "fpdm: cuDNN not found: the VAE decoder runs on CPU contexts only")
   endif()
-  # Which variant of the tensor-core attention kernel the backend runs
-  # (kernels/attention.cu); tests/gpu/run.sh times them all on the GPU at
-  # hand and rebuilds with the fastest.
-  set(FPDM_ATTENTION_VARIANT 0 CACHE STRING "The tensor-core attention variant the CUDA backend runs")
+  # Which variant of the tensor-core attention kernel the backend runs for
+  # head widths 49 to 80 (kernels/attention.cu): 2, the fastest on an H100;
+  # tests/gpu/run.sh times them all on the GPU at hand and rebuilds with
+  # another where it is faster there.
+  set(FPDM_ATTENTION_VARIANT 2 CACHE STRING "The tensor-core attention variant the CUDA backend runs")
   if(NOT FPDM_ATTENTION_VARIANT MATCHES "^[0-9]$")
     message(FATAL_ERROR "FPDM_ATTENTION_VARIANT must be a variant number, not '${FPDM_ATTENTION_VARIANT}'")
   endif()

@@ -53,8 +53,9 @@ const char *backend_cuda_error(const backend *be);
 /* The tensor-core attention kernel of bf16 and fp16 backends comes in
  * variants (kernels/attention.cu), each checked against the CPU by
  * tests/gpu/test_attention.c and timed side by side by
- * tests/gpu/bench_attention.c; the backend's attention op runs variant 0, or
- * the one CMake's FPDM_ATTENTION_VARIANT names (for head_dim 49 to 80).
+ * tests/gpu/bench_attention.c; the backend's attention op runs the one
+ * CMake's FPDM_ATTENTION_VARIANT names (2 by default) for head_dim 49 to 80,
+ * and variant 0 for the rest.
  * Variants above 0 serve head_dim 49 to 80 only. A variant call is backend.h's
  * attention through that variant (failures recorded as for any op). */
 int backend_cuda_attention_variant_count(void);

@@ -189,29 +189,30 @@ PY
 # ---- attention variant ---------------------------------------------------------
 # The tensor-core attention kernel's variants timed on this GPU
 # (bench_attention, which also checks each against variant 0); when one beats
-# variant 0 by more than 3% on DiT-XL/2's 256-token shape, the library is
-# rebuilt to run it (FPDM_ATTENTION_VARIANT) before any test or timing, and
-# the summary names it.
+# the build's default (CMake's FPDM_ATTENTION_VARIANT) by more than 3% on
+# DiT-XL/2's 256-token shape, the library is rebuilt to run it before any
+# test or timing, and the summary names it.
 # A variant that failed or disagreed with 0 is printed without a time and
 # cannot be picked.
-ATTENTION_VARIANT=0
+DEFAULT_VARIANT=$(sed -n 's/^FPDM_ATTENTION_VARIANT:STRING=//p' "$BUILD/CMakeCache.txt")
+ATTENTION_VARIANT=$DEFAULT_VARIANT
 run_bench 60 bench_attention "$LOGS/attention.txt"
 if [ -s "$LOGS/attention.txt" ]; then
-  ATTENTION_VARIANT=$(awk '$2 == 128 && $3 == 256 && $4 ~ /^[0-9.]+$/ {
-      if ($1 == 0) base = $4
+  ATTENTION_VARIANT=$(awk -v default="$DEFAULT_VARIANT" '$2 == 128 && $3 == 256 && $4 ~ /^[0-9.]+$/ {
+      if ($1 == default) base = $4
       if (best == "" || $4 < best) { best = $4; variant = $1 } }
-    END { if (base != "" && best < 0.97 * base) print variant; else print 0 }' "$LOGS/attention.txt")
+    END { if (base != "" && best < 0.97 * base) print variant; else print default }' "$LOGS/attention.txt")
 fi
-if [ "$ATTENTION_VARIANT" != 0 ]; then
+if [ "$ATTENTION_VARIANT" != "$DEFAULT_VARIANT" ]; then
   if run_step 60 "reconfigure" cmake -S "$ROOT" -B "$BUILD" -DFPDM_ATTENTION_VARIANT="$ATTENTION_VARIANT" \
         > "$LOGS/configure-variant.log" 2>&1 &&
       run_step 200 "rebuild" cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" \
         > "$LOGS/build-variant.log" 2>&1; then
     note "attention: variant $ATTENTION_VARIANT is the fastest here; the library now runs it"
   else
-    note "rebuild with attention variant $ATTENTION_VARIANT FAILED (see $LOGS/build-variant.log); back to 0"
-    ATTENTION_VARIANT=0
-    cmake -S "$ROOT" -B "$BUILD" -DFPDM_ATTENTION_VARIANT=0 > /dev/null 2>&1
+    note "rebuild with attention variant $ATTENTION_VARIANT FAILED (see $LOGS/build-variant.log); back to $DEFAULT_VARIANT"
+    ATTENTION_VARIANT=$DEFAULT_VARIANT
+    cmake -S "$ROOT" -B "$BUILD" -DFPDM_ATTENTION_VARIANT="$DEFAULT_VARIANT" > /dev/null 2>&1
     cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" > /dev/null 2>&1
   fi
 fi
