@@ -18,12 +18,15 @@
  *              those whose workspace fits the scratch conv2d_scratch_floats
  *              promised, and cached; fpdm_vae_prepare chooses them before a
  *              decode (prepare_conv2d).
- *   group_norm three kernels: the group sums, then the sums of squared
- *              deviations from the mean (both accumulated in double, as the
- *              CPU does), then the affine map and SiLU. Channel-major, every
- *              group of every image is one row of the grid (up to
- *              VAE_MAX_GROUPS at a time); pixel-major, every image is, its
- *              blocks reading whole pixel rows, a thread per channel.
+ *   group_norm the group sums, then the sums of squared deviations from
+ *              the mean (both accumulated in double, as the CPU does), then
+ *              the affine map and SiLU. Channel-major, every group of every
+ *              image is one row of the grid (up to VAE_MAX_GROUPS at a
+ *              time); pixel-major, every image is, its blocks reading whole
+ *              pixel rows, a thread per channel. Each block writes its own
+ *              partial sum and a second kernel adds a group's partials in
+ *              block order: no atomics, so a decode gives the same bits on
+ *              every run (and whatever runs beside it).
  *   attention  two cuBLAS products (transposed to suit the layout) around
  *              a row softmax kernel, with tokens x tokens float32 scores as
  *              scratch that the images of a batch take in turn (in bf16, the
@@ -61,6 +64,9 @@ extern "C" {
 /* GroupNorm statistics live in a buffer of this many groups (two doubles
  * each): 128 images of 32 groups in one pass. */
 #define VAE_MAX_GROUPS 4096
+/* The blocks' partial sums of one pass: groups x blocks a group doubles
+ * (8 MB; a pass takes fewer images where its blocks would need more). */
+#define VAE_GROUP_PARTIALS ((size_t)1 << 20)
 /* Workspace a convolution may use: its input's size, within these bounds. */
 #define VAE_CONV_WORKSPACE_MIN_FLOATS ((size_t)1 << 20)
 #define VAE_CONV_WORKSPACE_MAX_FLOATS ((size_t)1 << 24)
@@ -90,6 +96,7 @@ typedef struct vae_cuda {
     cudnnFilterDescriptor_t filter_desc;
     cudnnConvolutionDescriptor_t conv_desc;
     double *group_stats; /* [VAE_MAX_GROUPS] sums, then [VAE_MAX_GROUPS] squares */
+    double *group_partials; /* [VAE_GROUP_PARTIALS]: [group][block] partial sums */
     /* The weights as loaded (float32) and their bf16 copy, same offsets. */
     const float *weights;
     __nv_bfloat16 *weights_bf16;
@@ -98,10 +105,6 @@ typedef struct vae_cuda {
      * KRSC (nhwc_filter); 1x1 filters need nothing. */
     size_t nhwc_filters[VAE_NHWC_FILTERS];
     int nhwc_filter_count;
-    /* This decode rearranged a filter: end waits for its stream, so that a
-     * decode through another context (another stream) never reads a filter
-     * half rearranged, even after this one stopped early. */
-    int rearranged;
     conv_algo algos[VAE_CONV_ALGOS];
     int next_algo_victim;
     /* One decode at a time: the descriptors, the algorithm cache and the
@@ -415,7 +418,6 @@ static const void *nhwc_filter(vae_cuda *vc, cuda_backend *cb, const float *weig
     cuda_check_launch(cb, "filter_krsc_kernel");
     if (cb->failed) return NULL;
     vc->nhwc_filters[vc->nhwc_filter_count++] = offset;
-    vc->rearranged = 1;
     return filter;
 }
 
@@ -467,12 +469,12 @@ __device__ double block_sum_double(double value) {
     return total; /* meaningful in thread 0 */
 }
 
-/* Block (chunk, g) adds its share of group g's values (centered on the
- * group's mean when `sums` is given) to target[g] (channel-major: a group's
- * values are group_floats in a row). */
+/* Block (chunk, g) sums its share of group g's values (centered on the
+ * group's mean when `sums` is given) into partials[g * chunks + chunk]
+ * (channel-major: a group's values are group_floats in a row). */
 template <typename T>
 __global__ void __launch_bounds__(VAE_THREADS)
-group_reduce_kernel(double *target, const double *sums, const T *in, size_t group_floats) {
+group_reduce_kernel(double *partials, const double *sums, const T *in, size_t group_floats) {
     int g = blockIdx.y;
     const T *src = in + (size_t)g * group_floats;
     double mean = sums ? sums[g] / (double)group_floats : 0.0;
@@ -483,7 +485,17 @@ group_reduce_kernel(double *target, const double *sums, const T *in, size_t grou
         partial += sums ? d * d : d;
     }
     double total = block_sum_double(partial);
-    if (threadIdx.x == 0) atomicAdd(&target[g], total);
+    if (threadIdx.x == 0) partials[(size_t)g * gridDim.x + blockIdx.x] = total;
+}
+
+/* target[i] = the sum of partials[i * chunks ...] in chunk order. */
+__global__ void group_partials_sum_kernel(double *target, const double *partials, int targets,
+                                          int chunks) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= targets) return;
+    double total = 0.0;
+    for (int c = 0; c < chunks; c++) total += partials[(size_t)i * chunks + c];
+    target[i] = total;
 }
 
 /* Block (chunk, plane) normalises a share of one channel plane of the
@@ -515,15 +527,14 @@ group_apply_kernel(T *out, const T *in, const double *sums, const double *square
 /* Pixel-major statistics: block (chunk, image) reads a share of the image's
  * pixels whole rows at a time (a block is a whole number of rows, so thread
  * t always meets channel t % channels), adds its values (centered on their
- * group's mean when `sums` is given) in a double of its own, and the block
- * then adds them up per group in shared memory ([groups] doubles) and into
- * target[image * groups + group]. */
+ * group's mean when `sums` is given) in a double of its own, and thread g of
+ * the block then adds up group g's threads in thread order (shared memory,
+ * a double a thread) into partials[(image * groups + g) * chunks + chunk]. */
 template <typename T>
-__global__ void __launch_bounds__(VAE_MAX_NHWC_CHANNELS) group_reduce_nhwc_kernel(double *target, const double *sums, const T *in,
-                                         int groups, int channels, int pixels, int per_group) {
-    extern __shared__ double group_slots[];
-    for (int g = threadIdx.x; g < groups; g += blockDim.x) group_slots[g] = 0.0;
-    __syncthreads();
+__global__ void __launch_bounds__(VAE_MAX_NHWC_CHANNELS)
+group_reduce_nhwc_kernel(double *partials, const double *sums, const T *in, int groups,
+                         int channels, int pixels, int per_group) {
+    extern __shared__ double thread_sums[];
     const int image = blockIdx.y, c = threadIdx.x % channels, g = c / per_group;
     const size_t image_floats = (size_t)pixels * channels;
     const T *src = in + (size_t)image * image_floats;
@@ -535,10 +546,14 @@ __global__ void __launch_bounds__(VAE_MAX_NHWC_CHANNELS) group_reduce_nhwc_kerne
         double d = (double)operand_to_float(src[i]) - mean;
         partial += sums ? d * d : d;
     }
-    atomicAdd(&group_slots[g], partial);
+    thread_sums[threadIdx.x] = partial;
     __syncthreads();
-    for (int slot = threadIdx.x; slot < groups; slot += blockDim.x)
-        atomicAdd(&target[image * groups + slot], group_slots[slot]);
+    for (int group = threadIdx.x; group < groups; group += blockDim.x) {
+        double total = 0.0;
+        for (int row = 0; row < (int)blockDim.x; row += channels)
+            for (int k = 0; k < per_group; k++) total += thread_sums[row + group * per_group + k];
+        partials[((size_t)image * groups + group) * gridDim.x + blockIdx.x] = total;
+    }
 }
 
 /* Threads of a pixel-major statistics block: a whole number of channel
@@ -613,10 +628,18 @@ static void group_norm(vae_cuda *vc, T *out, const T *in, const float *gamma, co
     int per_group = channels / groups;
     size_t group_floats = (size_t)per_group * pixels, image_floats = (size_t)channels * pixels;
     double *sums = vc->group_stats, *squares = vc->group_stats + VAE_MAX_GROUPS;
-    /* Bounded by the statistics buffer and by the apply grid's y dimension
-     * (at most 65535 channel planes). */
+    /* Blocks a group's (channel-major) or an image's (pixel-major) statistics
+     * take, and the threads of the pixel-major ones. */
+    const int nhwc_threads = nhwc ? nhwc_reduce_threads(channels) : 0;
+    const unsigned int chunks = nhwc ? nhwc_reduce_chunks(image_floats, nhwc_threads)
+                                     : chunks_for(group_floats);
+    /* Bounded by the statistics buffer, the partial sums' and the apply
+     * grid's y dimension (at most 65535 channel planes). */
     int images_per_pass = VAE_MAX_GROUPS / groups;
     if (images_per_pass > 65535 / channels) images_per_pass = 65535 / channels;
+    const size_t partials_per_image = (size_t)groups * chunks;
+    if ((size_t)images_per_pass * partials_per_image > VAE_GROUP_PARTIALS)
+        images_per_pass = (int)(VAE_GROUP_PARTIALS / partials_per_image);
     if (images_per_pass < 1) {
         cuda_fail(cb, "GroupNorm over %d channels (the CUDA VAE decoder serves up to 65535)",
                   channels);
@@ -626,26 +649,27 @@ static void group_norm(vae_cuda *vc, T *out, const T *in, const float *gamma, co
         int images = batch - first < images_per_pass ? batch - first : images_per_pass;
         const T *src = in + first * image_floats;
         T *dst = out + first * image_floats;
-        if (cuda_check(cb, cudaMemsetAsync(vc->group_stats, 0,
-                                           2 * VAE_MAX_GROUPS * sizeof(double), cb->stream),
-                       "GroupNorm statistics reset"))
-            return;
-        if (nhwc) {
-            int threads = nhwc_reduce_threads(channels);
-            dim3 reduce_grid(nhwc_reduce_chunks(image_floats, threads), (unsigned int)images);
-            size_t slots = (size_t)groups * sizeof(double);
-            group_reduce_nhwc_kernel<T><<<reduce_grid, threads, slots, cb->stream>>>(
-                sums, NULL, src, groups, channels, pixels, per_group);
-            group_reduce_nhwc_kernel<T><<<reduce_grid, threads, slots, cb->stream>>>(
-                squares, sums, src, groups, channels, pixels, per_group);
-            cuda_check_launch(cb, "group_reduce_nhwc_kernel");
-        } else {
-            dim3 reduce_grid(chunks_for(group_floats), (unsigned int)(images * groups));
-            group_reduce_kernel<T><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(sums, NULL, src,
-                                                                                 group_floats);
-            group_reduce_kernel<T><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(squares, sums, src,
-                                                                                 group_floats);
-            cuda_check_launch(cb, "group_reduce_kernel");
+        const int targets = images * groups;
+        const unsigned int sum_blocks = (unsigned int)((targets + VAE_THREADS - 1) / VAE_THREADS);
+        /* The sums first: the second pass centres on their means. */
+        for (int pass = 0; pass < 2; pass++) {
+            double *target = pass ? squares : sums;
+            const double *means = pass ? sums : NULL;
+            if (nhwc) {
+                dim3 reduce_grid(chunks, (unsigned int)images);
+                group_reduce_nhwc_kernel<T>
+                    <<<reduce_grid, nhwc_threads, nhwc_threads * sizeof(double), cb->stream>>>(
+                        vc->group_partials, means, src, groups, channels, pixels, per_group);
+                cuda_check_launch(cb, "group_reduce_nhwc_kernel");
+            } else {
+                dim3 reduce_grid(chunks, (unsigned int)targets);
+                group_reduce_kernel<T><<<reduce_grid, VAE_THREADS, 0, cb->stream>>>(
+                    vc->group_partials, means, src, group_floats);
+                cuda_check_launch(cb, "group_reduce_kernel");
+            }
+            group_partials_sum_kernel<<<sum_blocks, VAE_THREADS, 0, cb->stream>>>(
+                target, vc->group_partials, targets, (int)chunks);
+            cuda_check_launch(cb, "group_partials_sum_kernel");
         }
         if (nhwc) {
             dim3 apply_grid(chunks_for(image_floats), (unsigned int)images);
@@ -839,12 +863,13 @@ static int cuda_vae_begin(const vae_ops *ops, backend *be, char *err, size_t err
 
 static void cuda_vae_end(const vae_ops *ops) {
     vae_cuda *vc = vae_cuda_of(ops);
-    if (vc->rearranged) {
-        /* A failure here is the decode's own, already recorded or to come
-         * at its download. */
-        cudaStreamSynchronize(vc->bound->stream);
-        vc->rearranged = 0;
-    }
+    /* The next decode may come from another context, on another stream: it
+     * reuses the GroupNorm statistics buffers and reads the filters this one
+     * rearranged, so this one's kernels must be done first (after a download
+     * they are; not after a failure).
+     * A failure here is the decode's own, already recorded or to come at its
+     * download. */
+    cudaStreamSynchronize(vc->bound->stream);
     vc->bound = NULL;
     vc->decode_lock.unlock();
 }
@@ -859,6 +884,7 @@ static void cuda_vae_destroy(vae_ops *ops) {
     if (vc->in_desc) cudnnDestroyTensorDescriptor(vc->in_desc);
     if (vc->cudnn) cudnnDestroy(vc->cudnn);
     if (vc->group_stats) cudaFree(vc->group_stats);
+    if (vc->group_partials) cudaFree(vc->group_partials);
     if (vc->weights_bf16) cudaFree(vc->weights_bf16);
     delete vc;
     ops->impl = NULL;
@@ -899,6 +925,8 @@ extern "C" int vae_ops_cuda_init(vae_ops *ops, backend *be, char *err, size_t er
     cudaError_t cuda_status = cudaSetDevice(vc->device);
     if (cuda_status == cudaSuccess)
         cuda_status = cudaMalloc((void **)&vc->group_stats, 2 * VAE_MAX_GROUPS * sizeof(double));
+    if (cuda_status == cudaSuccess)
+        cuda_status = cudaMalloc((void **)&vc->group_partials, VAE_GROUP_PARTIALS * sizeof(double));
     if (cuda_status != cudaSuccess) {
         cudaGetLastError();
         return init_failed(ops, err, err_size, "device memory", cudaGetErrorString(cuda_status));
