@@ -20,6 +20,7 @@
 #
 #   bash tests/gpu/run.sh            (from the repository root; under 3 minutes on an H100)
 #   PROFILE=1 bash tests/gpu/run.sh  (adds ncu's per-kernel times of one FPDM-XL/2 forward)
+#   QUICK=1 bash tests/gpu/run.sh    (build, GPU tests and sanitizers only: about 2 minutes)
 #
 # On a machine without Debian packages (the lent GPU machines), the CPU
 # backend's libraries travel as .deb files in .deps/ (see "CPU-side
@@ -42,6 +43,12 @@ SUMMARY=$LOGS/summary.txt
 : > "$SUMMARY"
 note() { echo "== $*" | tee -a "$SUMMARY"; }
 
+# QUICK=1: build, the GPU tests (their quick cases) and the sanitizer checks
+# only, for a check of a fix in what is left of a session's device time.
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+  for empty in ours.jsonl torch.jsonl torch_vae.jsonl baseline.jsonl; do : > "$LOGS/$empty"; done
+fi
 RUN_START=$(date +%s)
 RUN_BUDGET_S=${RUN_BUDGET_S:-470}
 # The timeout for a step: its own limit, cut to what is left of the budget;
@@ -186,6 +193,10 @@ for line in open(sys.argv[1], errors="replace"):
         function = None
 PY
 
+DEFAULT_VARIANT=$(sed -n 's/^FPDM_ATTENTION_VARIANT:STRING=//p' "$BUILD/CMakeCache.txt")
+ATTENTION_VARIANT=$DEFAULT_VARIANT
+BENCH_BATCH=${BENCH_BATCH:-64}
+if [ "$QUICK" != 1 ]; then
 # ---- attention variant ---------------------------------------------------------
 # The tensor-core attention kernel's variants timed on this GPU
 # (bench_attention, which also checks each against variant 0); when one beats
@@ -194,8 +205,6 @@ PY
 # test or timing, and the summary names it.
 # A variant that failed or disagreed with 0 is printed without a time and
 # cannot be picked.
-DEFAULT_VARIANT=$(sed -n 's/^FPDM_ATTENTION_VARIANT:STRING=//p' "$BUILD/CMakeCache.txt")
-ATTENTION_VARIANT=$DEFAULT_VARIANT
 run_bench 60 bench_attention "$LOGS/attention.txt"
 if [ -s "$LOGS/attention.txt" ]; then
   ATTENTION_VARIANT=$(awk -v default="$DEFAULT_VARIANT" '$2 == 128 && $3 == 256 && $4 ~ /^[0-9.]+$/ {
@@ -236,7 +245,10 @@ if [ -n "${BASELINE:-}" ]; then
   fi
 fi
 
+
+fi  # QUICK
 # ---- tests -------------------------------------------------------------------
+[ "$QUICK" = 1 ] && export FPDM_TEST_QUICK=1
 run_step 200 ctest ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 120 \
   > "$LOGS/ctest.log" 2>&1
 CTEST_RC=$?
@@ -246,6 +258,7 @@ TEST_LINES=$(grep -E "^ *[0-9]+/[0-9]+ Test +#[0-9]+: gpu_" "$LOGS/ctest.log" |
 TEST_TOTAL=$(grep -E "tests passed|tests failed" "$LOGS/ctest.log" | tail -1)
 note "tests done ($(( $(date +%s) - RUN_START )) s in)"
 
+if [ "$QUICK" != 1 ]; then
 # ---- end to end ---------------------------------------------------------------
 # The command line as users run it, on the GPU: the shipped FPDM model (the
 # default model), 16 digits as PNGs and a grid; then whole sampling loops of
@@ -285,7 +298,6 @@ fi
 
 # ---- benchmarks --------------------------------------------------------------
 # BENCH_BATCH images, doubled by classifier-free guidance into network rows.
-BENCH_BATCH=${BENCH_BATCH:-64}
 BENCH_ROWS=$((2 * BENCH_BATCH))
 BENCH_CONFIGS=${BENCH_CONFIGS:-"DiT-XL/2 FPDM-XL/2"}
 : > "$LOGS/ours.jsonl"
@@ -485,6 +497,8 @@ for total, calls, average, name in kernels[:14]:
 PY
 fi
 
+
+fi  # QUICK
 # ---- memory and race checks (what the budget leaves) -----------------------------
 # Kernel tests once more under compute-sanitizer: memcheck reports reads and
 # writes outside an allocation that agree with the CPU all the same (the arena
@@ -511,8 +525,8 @@ if [ -z "$SANITIZER" ] && [ -n "$SANITIZER_WHEEL" ]; then
 fi
 MEMCHECK_LINES=
 if [ -n "$SANITIZER" ]; then
-  for check in memcheck:gpu_test_ops racecheck:gpu_test_attention synccheck:gpu_test_attention \
-               memcheck:gpu_test_vae_gpu memcheck:gpu_test_noise; do
+  for check in memcheck:gpu_test_vae_gpu memcheck:gpu_test_noise memcheck:gpu_test_ops \
+               racecheck:gpu_test_attention synccheck:gpu_test_attention; do
     tool=${check%%:*} test_name=${check#*:}
     [ -x "$BUILD/$test_name" ] || continue
     rc=0
