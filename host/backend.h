@@ -87,6 +87,9 @@ struct backend {
     int (*upload)(backend *be, float *device_dst, const float *host_src, size_t n);
     int (*download)(backend *be, float *host_dst, const float *device_src, size_t n);
     int (*synchronize)(backend *be);
+    /* Why upload, download or synchronize returned -1: the first failure the
+     * backend recorded ("" when none). */
+    const char *(*failure)(const backend *be);
     void (*destroy)(backend *be);
 
     /* out[rows, out_dim] = act(in[rows, in_dim] W^T + bias + add), where `add`

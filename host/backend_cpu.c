@@ -54,6 +54,12 @@ static int cpu_synchronize(backend *be) {
     return 0;
 }
 
+/* Host memory operations cannot fail. */
+static const char *cpu_failure(const backend *be) {
+    (void)be;
+    return "";
+}
+
 static void cpu_destroy(backend *be) { free(be->impl); }
 
 /* out[i] = act(in[i]) (out may be in): one loop per function, each of
@@ -372,6 +378,7 @@ backend *backend_cpu_create(int num_threads) {
     be->upload = cpu_upload;
     be->download = cpu_download;
     be->synchronize = cpu_synchronize;
+    be->failure = cpu_failure;
     be->destroy = cpu_destroy;
     be->linear = cpu_linear;
     be->layernorm_modulate = cpu_layernorm_modulate;

@@ -43,6 +43,12 @@ fpdm_status context_fail(fpdm_context *ctx, fpdm_status status, const char *form
     return status;
 }
 
+fpdm_status context_device_fail(fpdm_context *ctx, const char *what) {
+    const char *why = ctx->be && ctx->be->failure ? ctx->be->failure(ctx->be) : "";
+    return context_fail(ctx, FPDM_ERR_DEVICE, "%s: %s failed%s%s", ctx->device_name, what,
+                        why[0] ? ": " : "", why);
+}
+
 void context_log(fpdm_context *ctx, fpdm_log_level level, const char *format, ...) {
     if (!ctx->params.log_callback) return;
     char message[1024];
@@ -174,8 +180,14 @@ fpdm_precision fpdm_context_precision(const fpdm_context *ctx) {
 
 int fpdm_context_num_threads(const fpdm_context *ctx) { return ctx ? ctx->num_threads : 0; }
 
-/* Checks that a context can run a model (it has a backend, and the model's
- * weights live on the same device). */
+static const char *dtype_name(backend_dtype type) {
+    return type == BACKEND_BF16 ? "bf16" : type == BACKEND_F16 ? "fp16" : "float32";
+}
+
+/* Checks that a context can run a model: it has a backend, the model's
+ * weights live on the same device, and they are stored in the operand type
+ * this context's products read (a model loaded through a bf16 context holds
+ * 16-bit weights an fp32 context cannot use, and the reverse). */
 fpdm_status context_check_model(fpdm_context *ctx, const fpdm_model *model) {
     if (!ctx->be) return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "the context has no device (its creation failed)");
     if (!model) return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "model is NULL");
@@ -183,6 +195,12 @@ fpdm_status context_check_model(fpdm_context *ctx, const fpdm_model *model) {
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
                             "the model was loaded on another device than this context's (%s)",
                             ctx->device_name);
+    if (model->be->operand_type != ctx->be->operand_type)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "the model was loaded through a context of another precision (its "
+                            "weights are %s, this context's products read %s): load it through a "
+                            "context of this precision",
+                            dtype_name(model->be->operand_type), dtype_name(ctx->be->operand_type));
     return FPDM_OK;
 }
 
@@ -222,7 +240,7 @@ fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch, 
     size_t in_floats = (size_t)batch * cfg->in_channels * cfg->input_size * cfg->input_size;
     if (be->upload(be, st.x, x, in_floats) != 0 ||
         (device_init && be->upload(be, device_init, init_solution, solution_floats) != 0))
-        return context_fail(ctx, FPDM_ERR_DEVICE, "%s: upload failed", ctx->device_name);
+        return context_device_fail(ctx, "upload");
     network_solve solve = {iters, 0.0f, 0, device_init, device_solution, 0, -1.0f, NULL, NULL};
     status = network_forward(ctx, model, &st, timesteps, labels, &solve);
     if (status != FPDM_OK) return status;
@@ -230,7 +248,7 @@ fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch, 
     if (be->download(be, out, st.out, out_floats) != 0 ||
         (solution_out && device_solution &&
          be->download(be, solution_out, device_solution, solution_floats) != 0))
-        return context_fail(ctx, FPDM_ERR_DEVICE, "%s: download failed", ctx->device_name);
+        return context_device_fail(ctx, "download");
     return FPDM_OK;
 }
 

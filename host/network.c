@@ -85,6 +85,7 @@ void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch,
     layout_sizes s = sizes_for(ctx, cfg, batch);
     size_t offset = 0;
 #define CARVE(field, n) (st->field = (n) && base ? (void *)(base + offset) : NULL, offset += aligned(n))
+    st->be = ctx->be;
     st->batch = batch;
     CARVE(x, s.image_in);
     CARVE(out, s.image_out);
@@ -143,7 +144,7 @@ static const void *as_operand(backend *be, const float *values, size_t n, void *
 void network_embed(const fpdm_model *model, network_state *st, const float *host_timesteps,
                    const int *host_labels) {
     const model_config *cfg = &model->config;
-    backend *be = model->be;
+    backend *be = st->be;
     int b = st->batch, t = cfg->num_tokens, d = cfg->hidden_size;
     be->patchify(be, st->wide, st->x, b, cfg->in_channels, cfg->input_size, cfg->patch_size);
     be->linear(be, st->hidden, BACKEND_OUT_F32, st->wide, b * t, &model->patch_embed, NULL,
@@ -176,7 +177,7 @@ typedef struct block_links {
 static void block_body(const fpdm_model *model, network_state *st, const block_weights *block,
                        float *tokens, const float *modulation, const block_links *links) {
     const model_config *cfg = &model->config;
-    backend *be = model->be;
+    backend *be = st->be;
     int b = st->batch, t = cfg->num_tokens, d = cfg->hidden_size, rows = b * t;
     int stride = 6 * d;
     /* modulation chunks: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp */
@@ -224,7 +225,7 @@ void network_block(const fpdm_model *model, network_state *st, const block_weigh
  * modulation is made before this block ends, into the second buffer. */
 static void run_blocks_chained(const fpdm_model *model, network_state *st) {
     const model_config *cfg = &model->config;
-    backend *be = model->be;
+    backend *be = st->be;
     float *modulation = st->modulation, *next_modulation = st->next_modulation;
     be->linear(be, modulation, BACKEND_OUT_F32, st->silu_cond, st->batch,
                &model->blocks[0].modulation, NULL, BACKEND_ACT_NONE);
@@ -244,7 +245,7 @@ static void run_blocks_chained(const fpdm_model *model, network_state *st) {
 
 static void run_block(const fpdm_model *model, network_state *st, const block_weights *block,
                       float *tokens, const void *silu_cond) {
-    model->be->linear(model->be, st->modulation, BACKEND_OUT_F32, silu_cond, st->batch,
+    st->be->linear(st->be, st->modulation, BACKEND_OUT_F32, silu_cond, st->batch,
                       &block->modulation, NULL, BACKEND_ACT_NONE);
     network_block(model, st, block, tokens, st->modulation);
 }
@@ -252,7 +253,7 @@ static void run_block(const fpdm_model *model, network_state *st, const block_we
 static void final_layer(const fpdm_model *model, network_state *st, const float *tokens,
                         const void *silu_cond) {
     const model_config *cfg = &model->config;
-    backend *be = model->be;
+    backend *be = st->be;
     int b = st->batch, t = cfg->num_tokens, d = cfg->hidden_size;
     be->linear(be, st->modulation, BACKEND_OUT_F32, silu_cond, b, &model->final_modulation, NULL,
                BACKEND_ACT_NONE);
@@ -318,7 +319,7 @@ static void copy_stopped_rows(backend *be, float *dst, const float *src, const u
  * first), fc1's output goes to normed and the block's final op writes the
  * new state's operand copy: no separate pass to round the state. */
 static void fixed_point_iteration(const fpdm_model *model, network_state *st) {
-    backend *be = model->be;
+    backend *be = st->be;
     int rows = st->batch * model->config.num_tokens;
     const block_weights *block = &model->fixed_point_block;
     if (st->state_operand) {
@@ -384,7 +385,7 @@ static void iteration_key(const fpdm_model *model, const network_state *st, uint
  * replacing the swap by a device copy would cost a [B, T, D] copy on every
  * iteration (a few percent of an FPDM-XL/2 iteration in bf16). */
 static void run_iteration(const fpdm_model *model, network_state *st) {
-    backend *be = model->be;
+    backend *be = st->be;
     if (!be->graph_launch) {
         fixed_point_iteration(model, st);
         return;
@@ -409,7 +410,7 @@ static void run_iteration(const fpdm_model *model, network_state *st) {
 static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model, network_state *st,
                                      network_solve *solve) {
     const model_config *cfg = &model->config;
-    backend *be = model->be;
+    backend *be = st->be;
     int b = st->batch, rows = b * cfg->num_tokens;
     size_t per_image = (size_t)cfg->num_tokens * cfg->hidden_size;
 
@@ -459,8 +460,7 @@ static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model,
         for (int r = 0; r < b; r++) ends_a_row |= !stopped[r] && limit[r] == k + 1;
         int measure = solve->tol > 0 || (solve->measure_final && ends_a_row);
         if (measure && row_residuals(be, st->next, st->state, b, per_image, &book, residual) != 0)
-            return context_fail(ctx, FPDM_ERR_DEVICE, "%s: computing the residual failed",
-                                ctx->device_name);
+            return context_device_fail(ctx, "computing the residual");
         float *done = st->next;
         st->next = st->state;
         st->state = done;

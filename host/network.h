@@ -8,6 +8,10 @@
 #include "model.h"
 
 typedef struct network_state {
+    /* The calling context's backend: every op runs on its stream, handles and
+     * graphs. Not the model's (model->be, the loading context's, which only
+     * owns the weights' memory): contexts on several threads share a model. */
+    backend *be;
     int batch;
     /* Activations (backend memory, inside the arena). Buffers typed void *
      * hold the backend's operand type (backend.h); the rest float32. Buffers

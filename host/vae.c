@@ -884,15 +884,6 @@ static int decode_chunks(fpdm_context *ctx, const fpdm_vae *vae, const decode_se
     return 0;
 }
 
-static fpdm_status device_failure(fpdm_context *ctx, const char *what) {
-#ifdef FPDM_HAVE_CUDNN
-    return context_fail(ctx, FPDM_ERR_DEVICE, "%s: %s failed: %s", ctx->device_name, what,
-                        backend_cuda_error(ctx->be));
-#else
-    return context_fail(ctx, FPDM_ERR_DEVICE, "%s: %s failed", ctx->device_name, what);
-#endif
-}
-
 fpdm_status vae_decode_in_chunks(fpdm_context *ctx, const fpdm_vae *vae, int batch,
                                  int latent_size, const float *latents, float *images,
                                  size_t chunk_bytes) {
@@ -906,7 +897,7 @@ fpdm_status vae_decode_in_chunks(fpdm_context *ctx, const fpdm_vae *vae, int bat
     if (status != FPDM_OK) return status;
     int failed = decode_chunks(ctx, vae, &ds, batch, latent_size, latents, images);
     finish_decode(&ds);
-    return failed ? device_failure(ctx, "VAE decode") : FPDM_OK;
+    return failed ? context_device_fail(ctx, "VAE decode") : FPDM_OK;
 }
 
 fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch, int latent_size,
@@ -923,5 +914,5 @@ fpdm_status fpdm_vae_prepare(fpdm_context *ctx, const fpdm_vae *vae, int batch, 
     prepare_shapes(&ds, vae, batch, latent_size);
     int failed = ds.on_device && ctx->be->synchronize(ctx->be) != 0;
     finish_decode(&ds);
-    return failed ? device_failure(ctx, "VAE preparation") : FPDM_OK;
+    return failed ? context_device_fail(ctx, "VAE preparation") : FPDM_OK;
 }

@@ -272,6 +272,7 @@ extern "C" backend *backend_cuda_create(int device_index, fpdm_precision precisi
     be->upload = cuda_upload;
     be->download = cuda_download;
     be->synchronize = cuda_synchronize;
+    be->failure = backend_cuda_error;
     be->destroy = cuda_destroy;
     be->linear = cuda_linear;
     be->layernorm_modulate = cuda_layernorm_modulate;

@@ -9,6 +9,7 @@
  *
  *   ./build/test_shared_model
  */
+#include <math.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -119,6 +120,26 @@ int main(void) {
                                 (LATENT_SIZE * info->upscale) * (LATENT_SIZE * info->upscale);
     CHECK(image_floats <= MAX_FLOATS);
     const shared models = {fpdm, dit, vae};
+#ifdef SHARED_MODEL_NEEDS_GPU
+    /* The loader is bf16 (the GPU's default): its 16-bit weights cannot serve
+     * an fp32 context's products, and sampling through one says so. */
+    {
+        fpdm_context_params fp32_params = fpdm_context_default_params();
+        fp32_params.device = SHARED_MODEL_DEVICE;
+        fp32_params.precision = FPDM_PRECISION_FP32;
+        fpdm_context *fp32 = NULL;
+        CHECK(fpdm_context_create(&fp32_params, &fp32) == FPDM_OK);
+        const int label = 1;
+        float latents[MAX_FLOATS];
+        fpdm_sample_params params = fpdm_sample_default_params(fpdm);
+        params.num_steps = 2;
+        CHECK(fpdm_sample(fp32, fpdm, &params, 1, &label, latents, NULL) ==
+              FPDM_ERR_INVALID_ARGUMENT);
+        CHECK_MSG(strstr(fpdm_last_error(fp32), "another precision") != NULL, "%s",
+                  fpdm_last_error(fp32));
+        fpdm_context_free(fp32);
+    }
+#endif
 
     static request alone[WORKERS], together[WORKERS];
     for (int w = 0; w < WORKERS; w++) {
@@ -141,16 +162,32 @@ int main(void) {
         for (int w = 0; w < WORKERS; w++) {
             CHECK_MSG(together[w].status == FPDM_OK, "round %d worker %d: %s", round, w,
                       together[w].message);
-            int same =
-                memcmp(together[w].fpdm_latents, alone[w].fpdm_latents,
-                       fpdm_sample_output_size(fpdm, NUM_IMAGES) * sizeof(float)) == 0 &&
-                memcmp(together[w].dit_latents, alone[w].dit_latents,
-                       fpdm_sample_output_size(dit, NUM_IMAGES) * sizeof(float)) == 0 &&
-                memcmp(together[w].images, alone[w].images, image_floats * sizeof(float)) == 0;
-            if (!same) {
+            const struct {
+                const char *name;
+                const float *got, *want;
+                size_t n;
+            } outputs[] = {
+                {"FPDM latents", together[w].fpdm_latents, alone[w].fpdm_latents,
+                 fpdm_sample_output_size(fpdm, NUM_IMAGES)},
+                {"DiT latents", together[w].dit_latents, alone[w].dit_latents,
+                 fpdm_sample_output_size(dit, NUM_IMAGES)},
+                {"decoded images", together[w].images, alone[w].images, image_floats},
+            };
+            for (int o = 0; o < 3; o++) {
+                if (memcmp(outputs[o].got, outputs[o].want, outputs[o].n * sizeof(float)) == 0)
+                    continue;
                 mismatches++;
-                fprintf(stderr, "  round %d worker %d: results differ from the serial run\n",
-                        round, w);
+                size_t differing = 0;
+                double worst = 0.0;
+                for (size_t i = 0; i < outputs[o].n; i++) {
+                    double d = fabs((double)outputs[o].got[i] - outputs[o].want[i]);
+                    if (outputs[o].got[i] != outputs[o].want[i]) differing++;
+                    if (d > worst || d != d) worst = d;
+                }
+                fprintf(stderr,
+                        "  round %d worker %d: %s differ from the serial run's (%zu of %zu, "
+                        "largest difference %.3g)\n",
+                        round, w, outputs[o].name, differing, outputs[o].n, worst);
             }
         }
     }
