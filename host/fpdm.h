@@ -6,9 +6,11 @@
  *                 context per thread.
  *   fpdm_model    weights loaded from a .safetensors model file through a
  *                 context, living on that context's device. Read-only after
- *                 loading: any number of contexts on the same device may use one
- *                 model at once. Free it before the context it was loaded
- *                 through (that context's backend owns its memory).
+ *                 loading: any number of contexts on the same device and of the
+ *                 same precision (its weights are stored in that precision's
+ *                 operand type) may use one model at once, each on its own
+ *                 stream. Free it before the context it was loaded through
+ *                 (that context's backend owns its memory).
  *
  * Every function that can fail returns an fpdm_status; on failure the context
  * keeps a one-line message (fpdm_last_error) and also passes it to the log
