@@ -62,7 +62,10 @@ check "the good run's outputs kept" [ -f "$out/previous/fpdm-mnist.safetensors" 
 check "where they went is said" grep -q "the previous run's outputs are in $out/previous" "$tmp/no-t10k.err"
 
 # Both trainings refuse their arguments: nothing of the earlier runs is reported.
-run bad-args --seconds 6 --data "$tmp/data" -- --num-heads 3
+# They stop at argument parsing, after torch's import: a long limit costs
+# nothing, where 6 s could end a slow import first (seen on a loaded machine:
+# exit 124, the normal end of a training, and no message).
+run bad-args --seconds 120 --data "$tmp/data" -- --num-heads 3
 check "failed trainings exit 1" [ "$rc" = 1 ]
 check "failed training says why" grep -q "fpdm: training failed (exit 2): train.py: error: hidden_size 64 is not divisible" "$tmp/bad-args.err"
 check "no stale model" [ ! -e "$out/fpdm-mnist.safetensors" -a ! -e "$out/dit-mnist.safetensors" ]
