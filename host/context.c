@@ -43,10 +43,14 @@ fpdm_status context_fail(fpdm_context *ctx, fpdm_status status, const char *form
     return status;
 }
 
-fpdm_status context_device_fail(fpdm_context *ctx, const char *what) {
+fpdm_status context_device_fail(fpdm_context *ctx, const char *format, ...) {
+    char what[512];
+    va_list args;
+    va_start(args, format);
+    vsnprintf(what, sizeof what, format, args);
+    va_end(args);
     const char *why = ctx->be && ctx->be->failure ? ctx->be->failure(ctx->be) : "";
-    return context_fail(ctx, FPDM_ERR_DEVICE, "%s: %s failed%s%s", ctx->device_name, what,
-                        why[0] ? ": " : "", why);
+    return context_fail(ctx, FPDM_ERR_DEVICE, "%s failed%s%s", what, why[0] ? ": " : "", why);
 }
 
 void context_log(fpdm_context *ctx, fpdm_log_level level, const char *format, ...) {
@@ -240,7 +244,7 @@ fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch, 
     size_t in_floats = (size_t)batch * cfg->in_channels * cfg->input_size * cfg->input_size;
     if (be->upload(be, st.x, x, in_floats) != 0 ||
         (device_init && be->upload(be, device_init, init_solution, solution_floats) != 0))
-        return context_device_fail(ctx, "upload");
+        return context_device_fail(ctx, "%s: upload", ctx->device_name);
     network_solve solve = {iters, 0.0f, 0, device_init, device_solution, 0, -1.0f, NULL, NULL};
     status = network_forward(ctx, model, &st, timesteps, labels, &solve);
     if (status != FPDM_OK) return status;
@@ -248,7 +252,7 @@ fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch, 
     if (be->download(be, out, st.out, out_floats) != 0 ||
         (solution_out && device_solution &&
          be->download(be, solution_out, device_solution, solution_floats) != 0))
-        return context_device_fail(ctx, "download");
+        return context_device_fail(ctx, "%s: download", ctx->device_name);
     return FPDM_OK;
 }
 
@@ -274,7 +278,7 @@ fpdm_status fpdm_benchmark_matmul(fpdm_context *ctx, int m, int n, int k, int re
     if (!ctx->be->benchmark_matmul)
         return context_fail(ctx, FPDM_ERR_UNSUPPORTED, "%s: no matrix-product benchmark", ctx->device_name);
     if (ctx->be->benchmark_matmul(ctx->be, m, n, k, repeats, seconds) != 0)
-        return context_fail(ctx, FPDM_ERR_DEVICE, "%s: the %dx%dx%d benchmark product failed",
-                            ctx->device_name, m, n, k);
+        return context_device_fail(ctx, "%s: the %dx%dx%d benchmark product", ctx->device_name, m,
+                                   n, k);
     return FPDM_OK;
 }

@@ -30,9 +30,11 @@ struct fpdm_context {
  *   return context_fail(ctx, FPDM_ERR_BAD_FILE, "%s: ...", path); */
 fpdm_status context_fail(fpdm_context *ctx, fpdm_status status, const char *format, ...)
     __attribute__((format(printf, 3, 4)));
-/* context_fail for FPDM_ERR_DEVICE: "<device>: <what> failed: <the
- * backend's recorded failure>", so the message says what the device said. */
-fpdm_status context_device_fail(fpdm_context *ctx, const char *what);
+/* context_fail for FPDM_ERR_DEVICE: the printf-style subject, then " failed:
+ * <the backend's recorded failure>", so the message says what the device
+ * said. */
+fpdm_status context_device_fail(fpdm_context *ctx, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
 void context_log(fpdm_context *ctx, fpdm_log_level level, const char *format, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -256,8 +256,7 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
         free(operand_host);
     }
     if (upload_failed) {
-        status = context_fail(ctx, FPDM_ERR_DEVICE, "%s: copying the weights to %s failed", path,
-                              ctx->device_name);
+        status = context_device_fail(ctx, "%s: copying the weights to %s", path, ctx->device_name);
         goto done;
     }
     fill_info(model);

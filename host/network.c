@@ -460,7 +460,7 @@ static fpdm_status solve_fixed_point(fpdm_context *ctx, const fpdm_model *model,
         for (int r = 0; r < b; r++) ends_a_row |= !stopped[r] && limit[r] == k + 1;
         int measure = solve->tol > 0 || (solve->measure_final && ends_a_row);
         if (measure && row_residuals(be, st->next, st->state, b, per_image, &book, residual) != 0)
-            return context_device_fail(ctx, "computing the residual");
+            return context_device_fail(ctx, "%s: computing the residual", ctx->device_name);
         float *done = st->next;
         st->next = st->state;
         st->state = done;

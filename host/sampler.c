@@ -144,7 +144,7 @@ static fpdm_status upload_noise(run *r, float *device_dst, const float *host_noi
     if (host_noise) {
         if (be->upload(be, device_dst, host_noise + (size_t)first * r->image_floats,
                        (size_t)count * r->image_floats) != 0)
-            return context_device_fail(r->ctx, "upload");
+            return context_device_fail(r->ctx, "%s: upload", r->ctx->device_name);
         return FPDM_OK;
     }
     be->normal_noise(be, device_dst, r->params->noise_seed,
@@ -218,7 +218,7 @@ static fpdm_status sample_batch(run *r, int batch_index, int num_batches, int fi
     }
     if (be->download(be, latents_out + (size_t)first * r->image_floats, b->latents,
                      (size_t)count * r->image_floats) != 0)
-        return context_device_fail(r->ctx, "download");
+        return context_device_fail(r->ctx, "%s: download", r->ctx->device_name);
     return FPDM_OK;
 }
 

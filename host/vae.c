@@ -31,10 +31,6 @@
 #include "vae.h"
 #include "vae_ops.h"
 
-#ifdef FPDM_HAVE_CUDNN
-#include "backend_cuda.h"
-#endif
-
 #define VAE_MAX_BLOCKS 8
 #define VAE_NORM_EPS 1e-6f
 #define VAE_DEFAULT_GROUPS 32
@@ -454,8 +450,8 @@ static fpdm_status load_from_file(fpdm_context *ctx, const safetensors_file *fil
         int failed = ctx->be->upload(ctx->be, vae->weights, host, num_floats);
         free(host);
         if (failed)
-            return context_fail(ctx, FPDM_ERR_DEVICE, "%s: uploading the VAE weights to %s failed",
-                                file->path, ctx->device_name);
+            return context_device_fail(ctx, "%s: uploading the VAE weights to %s", file->path,
+                                       ctx->device_name);
         char err[512];
         const vae_ops *ops = &vae->device_ops;
         if (ops->adopt_weights &&
@@ -897,7 +893,7 @@ fpdm_status vae_decode_in_chunks(fpdm_context *ctx, const fpdm_vae *vae, int bat
     if (status != FPDM_OK) return status;
     int failed = decode_chunks(ctx, vae, &ds, batch, latent_size, latents, images);
     finish_decode(&ds);
-    return failed ? context_device_fail(ctx, "VAE decode") : FPDM_OK;
+    return failed ? context_device_fail(ctx, "%s: VAE decode", ctx->device_name) : FPDM_OK;
 }
 
 fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch, int latent_size,
@@ -914,5 +910,5 @@ fpdm_status fpdm_vae_prepare(fpdm_context *ctx, const fpdm_vae *vae, int batch, 
     prepare_shapes(&ds, vae, batch, latent_size);
     int failed = ds.on_device && ctx->be->synchronize(ctx->be) != 0;
     finish_decode(&ds);
-    return failed ? context_device_fail(ctx, "VAE preparation") : FPDM_OK;
+    return failed ? context_device_fail(ctx, "%s: VAE preparation", ctx->device_name) : FPDM_OK;
 }
