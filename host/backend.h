@@ -112,22 +112,25 @@ struct backend {
                       int heads, int head_dim, float *scratch);
     /* out (operand)[i] = in[i], rounded to the operand type. */
     void (*to_operand)(backend *be, void *out, const float *in, size_t n);
-    /* x[b, t, :] += gate[b, :] * y[b, t, :]; gate rows are gate_stride apart. */
-    void (*gated_residual)(backend *be, float *x, const float *y, const float *gate,
+    /* x[b, t, :] += gate[b, :] * y[b, t, :]; gate rows are gate_stride apart.
+     * y is an operand buffer (the output of proj or fc2, which a 16-bit
+     * backend stores in 16 bits as PyTorch's bf16 run does: half the bytes
+     * of the passes over the token stream); x stays float32. */
+    void (*gated_residual)(backend *be, float *x, const void *y, const float *gate,
                            int gate_stride, int batch, int tokens, int dim);
     /* Optional (NULL: the caller runs the two ops): gated_residual(x, y, gate)
      * then layernorm_modulate(out, x, shift, scale), in one pass over x; gate,
      * shift and scale rows are mod_stride apart. out must not overlap x or y
      * (in 16-bit operands its rows are narrower than y's, so a row written
      * early would clobber rows of y not yet read). */
-    void (*residual_layernorm_modulate)(backend *be, void *out, float *x, const float *y,
+    void (*residual_layernorm_modulate)(backend *be, void *out, float *x, const void *y,
                                         const float *gate, const float *shift, const float *scale,
                                         int mod_stride, int batch, int tokens, int dim);
     /* Optional (NULL: the caller runs the two ops): gated_residual(x, y,
      * gate), then out (operand) = x rounded to the operand type, in one pass
      * (FPDM's iteration keeps its state's operand copy this way). out must
      * not overlap x or y. */
-    void (*gated_residual_to_operand)(backend *be, void *out, float *x, const float *y,
+    void (*gated_residual_to_operand)(backend *be, void *out, float *x, const void *y,
                                       const float *gate, int gate_stride, int batch, int tokens,
                                       int dim);
     /* out (operand)[i] = act(in[i]) */

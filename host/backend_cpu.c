@@ -166,8 +166,9 @@ static void cpu_attention(backend *be, void *out_buffer, const void *qkv_buffer,
     }
 }
 
-static void cpu_gated_residual(backend *be, float *x, const float *y, const float *gate,
+static void cpu_gated_residual(backend *be, float *x, const void *y_buffer, const float *gate,
                                int gate_stride, int batch, int tokens, int dim) {
+    const float *y = y_buffer;
     int nt = threads_for(be, (size_t)batch * tokens * dim);
     long long rows = (long long)batch * tokens;
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -181,7 +182,7 @@ static void cpu_gated_residual(backend *be, float *x, const float *y, const floa
 
 /* The two ops one after the other: fusing them buys the CPU nothing, and with
  * the op the network's chained blocks (network.c) run on the oracle too. */
-static void cpu_residual_layernorm_modulate(backend *be, void *out, float *x, const float *y,
+static void cpu_residual_layernorm_modulate(backend *be, void *out, float *x, const void *y,
                                             const float *gate, const float *shift,
                                             const float *scale, int mod_stride, int batch,
                                             int tokens, int dim) {

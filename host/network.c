@@ -30,9 +30,10 @@ static layout_sizes sizes_for(const fpdm_context *ctx, const model_config *cfg, 
     s.image_out = b * cfg->out_channels * cfg->input_size * cfg->input_size;
     s.hidden = b * t * d;
     s.state = cfg->fixed_point ? b * t * d : 0;
-    /* An operand [B, T, D], or fc2's float32 output. */
+    /* An operand [B, T, D]; in 16-bit operands FPDM's iterations put fc1's
+     * [B, T, 2D] output here (network_layout), the same bytes. */
     s.normed = max_size(backend_dtype_floats(operand, b * t * d), b * t * d);
-    /* qkv, proj's float32 output, the MLP hidden layer, the patches, the
+    /* qkv, proj's output, the MLP hidden layer, the patches, the
      * final layer's output, the solve's pre-projection (see network_layout). */
     size_t work_operand_cols = max_size(max_size(3 * d, (size_t)cfg->mlp_hidden),
                                         max_size(2 * d, pp * cfg->in_channels));
@@ -71,8 +72,8 @@ double fpdm_min_activation_bytes(const fpdm_model_info *info, int rows, int oper
  * arena at the analytic minimum (fpdm_min_activation_bytes) for DiT in
  * float32. In a block:
  *   normed: LN1 output -> (qkv product) -> attention output -> (proj) ->
- *           LN2 output -> (fc1) -> fc2's float32 output (mlp_out)
- *   work:   qkv -> (attention) -> proj's float32 output (proj_out) ->
+ *           LN2 output -> (fc1) -> fc2's output (mlp_out)
+ *   work:   qkv -> (attention) -> proj's output (proj_out) ->
  *           (gated residual) -> the MLP hidden layer (wide) -> (fc2)
  * Outside blocks `work` holds the patches, the final layer's output and, in
  * the solve's set-up, the pre-projection. Two fused paths use `work` more:
@@ -93,9 +94,9 @@ void network_layout(const fpdm_context *ctx, const model_config *cfg, int batch,
     CARVE(state, s.state);
     CARVE(next, s.state);
     CARVE(normed, s.normed);
-    st->mlp_out = (float *)st->normed;
+    st->mlp_out = st->normed;
     CARVE(qkv, s.work);
-    st->proj_out = (float *)st->qkv;
+    st->proj_out = st->qkv;
     st->wide = st->qkv;
     /* DiT chains its blocks (run_blocks_chained) where the backend fuses
      * residual_layernorm_modulate and `work` holds qkv [B, T, 3D] and a
@@ -187,7 +188,10 @@ static void block_body(const fpdm_model *model, network_state *st, const block_w
     be->linear(be, st->qkv, BACKEND_OUT_OPERAND, ln1, rows, &block->qkv, NULL, BACKEND_ACT_NONE);
     void *attn_out = st->normed;
     be->attention(be, attn_out, st->qkv, b, t, cfg->num_heads, cfg->head_dim, st->attn_scratch);
-    be->linear(be, st->proj_out, BACKEND_OUT_F32, attn_out, rows, &block->proj, NULL,
+    /* proj's and fc2's outputs are operands: in 16 bits they halve the bytes
+     * of the residual passes that read them, and round where PyTorch's bf16
+     * forward rounds. */
+    be->linear(be, st->proj_out, BACKEND_OUT_OPERAND, attn_out, rows, &block->proj, NULL,
                BACKEND_ACT_NONE);
     if (be->residual_layernorm_modulate) {
         be->residual_layernorm_modulate(be, st->normed, tokens, st->proj_out, modulation + 2 * d,
@@ -199,7 +203,7 @@ static void block_body(const fpdm_model *model, network_state *st, const block_w
     }
     be->linear(be, st->wide, BACKEND_OUT_OPERAND, st->normed, rows, &block->fc1, NULL,
                BACKEND_ACT_GELU_TANH);
-    be->linear(be, st->mlp_out, BACKEND_OUT_F32, st->wide, rows, &block->fc2, NULL,
+    be->linear(be, st->mlp_out, BACKEND_OUT_OPERAND, st->wide, rows, &block->fc2, NULL,
                BACKEND_ACT_NONE);
     if (links->next_modulation) {
         const float *next = links->next_modulation;

@@ -22,9 +22,9 @@ typedef struct network_state {
     float *state, *next;  /* [B, T, D] FPDM: fixed-point iterate and the one being computed */
     void *injection;      /* [B, T, 2D] FPDM: fc1's injection half plus its bias, once per solve */
     void *normed;         /* [B, T, D] LayerNorm outputs, the attention output, the state as operand */
-    float *mlp_out;       /* [B, T, D] fc2's output (in normed's memory) */
+    void *mlp_out;        /* [B, T, D] fc2's output, an operand (in normed's memory) */
     void *qkv;            /* [B, T, 3D] */
-    float *proj_out;      /* [B, T, D] proj's output (in qkv's memory) */
+    void *proj_out;       /* [B, T, D] proj's output, an operand (in qkv's memory) */
     void *wide;           /* [B, T, max(M, 2D, C p p)] MLP hidden, fc1 output, patches;
                            * float32 [B, T, p p out_C] from the final layer (in qkv's memory) */
     void *t_freq;         /* [B, 256] */

@@ -119,16 +119,16 @@ void cuda_linear(backend *be, void *out, backend_output output, const void *in, 
 void cuda_linear_plans_destroy(cuda_backend *cb);
 void cuda_layernorm_modulate(backend *be, void *out, const float *x, const float *shift,
                              const float *scale, int mod_stride, int batch, int tokens, int dim);
-void cuda_residual_layernorm_modulate(backend *be, void *out, float *x, const float *y,
+void cuda_residual_layernorm_modulate(backend *be, void *out, float *x, const void *y,
                                       const float *gate, const float *shift, const float *scale,
                                       int mod_stride, int batch, int tokens, int dim);
 size_t cuda_attention_scratch_floats(backend *be, int batch, int tokens, int heads, int head_dim);
 void cuda_attention(backend *be, void *out, const void *qkv, int batch, int tokens, int heads,
                     int head_dim, float *scratch);
 void cuda_to_operand(backend *be, void *out, const float *in, size_t n);
-void cuda_gated_residual(backend *be, float *x, const float *y, const float *gate,
+void cuda_gated_residual(backend *be, float *x, const void *y, const float *gate,
                          int gate_stride, int batch, int tokens, int dim);
-void cuda_gated_residual_to_operand(backend *be, void *out, float *x, const float *y,
+void cuda_gated_residual_to_operand(backend *be, void *out, float *x, const void *y,
                                     const float *gate, int gate_stride, int batch, int tokens,
                                     int dim);
 void cuda_activation(backend *be, void *out, const float *in, size_t n, backend_activation act);

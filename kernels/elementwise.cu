@@ -12,22 +12,23 @@
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);               \
          i += (size_t)gridDim.x * blockDim.x)
 
-/* x[r, :] += gate[r / tokens, :] * y[r, :]: a block per row at a time, so
- * the image's gate is found once per row (no 64-bit division per element),
- * in float4 where VEC4 (dim, gate_stride and the pointers allow it). With
- * `copy`, the new x also goes there rounded to T (gated_residual_to_operand). */
+/* x[r, :] += gate[r / tokens, :] * y[r, :], y in the operand type T: a
+ * block per row at a time, so the image's gate is found once per row (no
+ * 64-bit division per element), in fours where VEC4 (dim, gate_stride and
+ * the pointers allow it). With `copy`, the new x also goes there rounded to
+ * T (gated_residual_to_operand). */
 template <bool VEC4, typename T>
-__global__ void gated_residual_kernel(float *x, const float *y, const float *gate, int gate_stride,
+__global__ void gated_residual_kernel(float *x, const T *y, const float *gate, int gate_stride,
                                       int tokens, int dim, long long rows, T *copy) {
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         const float *g = gate + (size_t)(r / tokens) * (size_t)gate_stride;
         float *xr = x + (size_t)r * dim;
-        const float *yr = y + (size_t)r * dim;
+        const T *yr = y + (size_t)r * dim;
         T *cr = copy ? copy + (size_t)r * dim : nullptr;
         if (VEC4) {
             for (int c = threadIdx.x; c < dim / 4; c += blockDim.x) {
                 float4 xv = reinterpret_cast<float4 *>(xr)[c];
-                float4 yv = reinterpret_cast<const float4 *>(yr)[c];
+                float4 yv = load4(yr + 4 * c);
                 float4 gv = reinterpret_cast<const float4 *>(g)[c];
                 xv.x += gv.x * yv.x;
                 xv.y += gv.y * yv.y;
@@ -38,7 +39,7 @@ __global__ void gated_residual_kernel(float *x, const float *y, const float *gat
             }
         } else {
             for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-                float v = xr[c] + g[c] * yr[c];
+                float v = xr[c] + g[c] * operand_to_float(yr[c]);
                 xr[c] = v;
                 if (cr) cr[c] = operand_from_float<T>(v);
             }
@@ -47,13 +48,14 @@ __global__ void gated_residual_kernel(float *x, const float *y, const float *gat
 }
 
 template <typename T>
-static void launch_gated_residual(cuda_backend *cb, float *x, const float *y, const float *gate,
+static void launch_gated_residual(cuda_backend *cb, float *x, const T *y, const float *gate,
                                   int gate_stride, int batch, int tokens, int dim, T *copy) {
     long long rows = (long long)batch * tokens;
     unsigned int blocks = rows < (1 << 20) ? (unsigned int)rows : (1u << 20);
+    /* Four elements of T at a time from y and copy, four floats from x and gate. */
     bool vec4 = dim % 4 == 0 && gate_stride % 4 == 0 &&
-                (((uintptr_t)x | (uintptr_t)y | (uintptr_t)gate) & 15) == 0 &&
-                ((uintptr_t)copy & (4 * sizeof(T) - 1)) == 0;
+                (((uintptr_t)x | (uintptr_t)gate) & 15) == 0 &&
+                (((uintptr_t)y | (uintptr_t)copy) & (4 * sizeof(T) - 1)) == 0;
     if (vec4)
         gated_residual_kernel<true, T><<<blocks, 128, 0, cb->stream>>>(x, y, gate, gate_stride,
                                                                        tokens, dim, rows, copy);
@@ -63,20 +65,23 @@ static void launch_gated_residual(cuda_backend *cb, float *x, const float *y, co
     cuda_check_launch(cb, "gated_residual_kernel");
 }
 
-void cuda_gated_residual(backend *be, float *x, const float *y, const float *gate,
+void cuda_gated_residual(backend *be, float *x, const void *y, const float *gate,
                          int gate_stride, int batch, int tokens, int dim) {
     cuda_backend *cb = cuda_of(be);
     if (batch <= 0 || tokens <= 0 || dim <= 0 || !cuda_enter(cb)) return;
-    launch_gated_residual<float>(cb, x, y, gate, gate_stride, batch, tokens, dim, nullptr);
+    OPERAND_DISPATCH(be->operand_type, launch_gated_residual<T>(cb, x, (const T *)y, gate,
+                                                                gate_stride, batch, tokens, dim,
+                                                                (T *)nullptr));
 }
 
-void cuda_gated_residual_to_operand(backend *be, void *out, float *x, const float *y,
+void cuda_gated_residual_to_operand(backend *be, void *out, float *x, const void *y,
                                     const float *gate, int gate_stride, int batch, int tokens,
                                     int dim) {
     cuda_backend *cb = cuda_of(be);
     if (batch <= 0 || tokens <= 0 || dim <= 0 || !cuda_enter(cb)) return;
-    OPERAND_DISPATCH(be->operand_type, launch_gated_residual<T>(cb, x, y, gate, gate_stride, batch,
-                                                                tokens, dim, (T *)out));
+    OPERAND_DISPATCH(be->operand_type, launch_gated_residual<T>(cb, x, (const T *)y, gate,
+                                                                gate_stride, batch, tokens, dim,
+                                                                (T *)out));
 }
 
 __global__ void add_kernel(float *out, const float *a, const float *b, size_t b_period, size_t n) {

@@ -1,7 +1,7 @@
 /* layernorm.cu - backend.h's `layernorm_modulate`: LayerNorm without affine
  * (eps 1e-6) followed by the adaLN modulation x * (1 + scale) + shift, and
  * `residual_layernorm_modulate`, which first adds a gated residual to x
- * (gated_residual's x += gate * y) in the same pass. One warp per row; mean
+ * (gated_residual's x += gate * y, y in the operand type) in the same pass. One warp per row; mean
  * and variance are accumulated in double in two passes, like the CPU oracle,
  * and the row is normalised in float. Rows of up to 128 * CACHED_VECTORS
  * floats whose pointers allow 16-byte access (DiT's) are read once, in
@@ -18,9 +18,10 @@ __device__ __forceinline__ double warp_sum(double v) {
 }
 
 /* residual == NULL: x is only read. Otherwise x += gate * residual first
- * (written back), gate sharing mod_stride with shift and scale. */
+ * (written back), gate sharing mod_stride with shift and scale; the residual
+ * is in the operand type T, like out. */
 template <typename T>
-__global__ void layernorm_modulate_kernel(T *out, float *x, const float *residual,
+__global__ void layernorm_modulate_kernel(T *out, float *x, const T *residual,
                                           const float *gate, const float *shift,
                                           const float *scale, int mod_stride, int tokens, int dim,
                                           long long rows) {
@@ -34,8 +35,8 @@ __global__ void layernorm_modulate_kernel(T *out, float *x, const float *residua
     const float *sc = scale + (size_t)(row / tokens) * mod_stride;
     if (residual) {
         const float *g = gate + (size_t)(row / tokens) * mod_stride;
-        const float *yr = residual + row * dim;
-        for (int i = lane; i < dim; i += 32) xr[i] += g[i] * yr[i];
+        const T *yr = residual + row * dim;
+        for (int i = lane; i < dim; i += 32) xr[i] += g[i] * operand_to_float(yr[i]);
         __syncwarp();
     }
     double sum = 0;
@@ -58,7 +59,7 @@ __global__ void layernorm_modulate_kernel(T *out, float *x, const float *residua
 #define CACHED_VECTORS 12
 
 template <typename T>
-__global__ void layernorm_modulate_cached_kernel(T *out, float *x, const float *residual,
+__global__ void layernorm_modulate_cached_kernel(T *out, float *x, const T *residual,
                                                  const float *gate, const float *shift,
                                                  const float *scale, int mod_stride, int tokens,
                                                  int dim, long long rows) {
@@ -71,7 +72,7 @@ __global__ void layernorm_modulate_cached_kernel(T *out, float *x, const float *
     const float4 *sc = reinterpret_cast<const float4 *>(scale + (size_t)(row / tokens) * mod_stride);
     const float4 *g4 = residual ? reinterpret_cast<const float4 *>(gate + (size_t)(row / tokens) * mod_stride)
                                 : nullptr;
-    const float4 *y4 = residual ? reinterpret_cast<const float4 *>(residual + row * dim) : nullptr;
+    const T *yr = residual ? residual + row * dim : nullptr;
     float4 v[CACHED_VECTORS];
     double sum = 0;
 #pragma unroll
@@ -80,7 +81,7 @@ __global__ void layernorm_modulate_cached_kernel(T *out, float *x, const float *
         if (i < vectors) {
             v[k] = xr[i];
             if (residual) {
-                float4 g = g4[i], y = y4[i];
+                float4 g = g4[i], y = load4(yr + 4 * i);
                 v[k].x += g.x * y.x;
                 v[k].y += g.y * y.y;
                 v[k].z += g.z * y.z;
@@ -120,7 +121,7 @@ static bool aligned16(const void *pointer) { return (reinterpret_cast<uintptr_t>
 
 /* Both ops; residual and gate NULL for plain layernorm_modulate (x is then
  * only read, though the kernels take it writable). */
-static void launch_layernorm(backend *be, void *out, float *x, const float *residual,
+static void launch_layernorm(backend *be, void *out, float *x, const void *residual,
                              const float *gate, const float *shift, const float *scale,
                              int mod_stride, int batch, int tokens, int dim) {
     cuda_backend *cb = cuda_of(be);
@@ -131,25 +132,26 @@ static void launch_layernorm(backend *be, void *out, float *x, const float *resi
         cuda_fail(cb, "layernorm_modulate: %lld rows is too many", rows);
         return;
     }
-    /* out rows start 4 elements apart, so 8-byte (16-bit) or 16-byte (float)
-     * aligned when out is. */
-    size_t out_alignment = 4 * backend_dtype_bytes(be->operand_type);
+    /* out and residual rows start 4 elements apart, so 8-byte (16-bit) or
+     * 16-byte (float) aligned when out and residual are. */
+    size_t operand_alignment = 4 * backend_dtype_bytes(be->operand_type);
     bool cached = dim % 4 == 0 && dim <= 128 * CACHED_VECTORS && mod_stride % 4 == 0 &&
                   aligned16(x) && aligned16(shift) && aligned16(scale) &&
-                  (!residual || (aligned16(residual) && aligned16(gate))) &&
-                  reinterpret_cast<uintptr_t>(out) % out_alignment == 0;
+                  (!residual || (reinterpret_cast<uintptr_t>(residual) % operand_alignment == 0 &&
+                                 aligned16(gate))) &&
+                  reinterpret_cast<uintptr_t>(out) % operand_alignment == 0;
     if (cached)
         OPERAND_DISPATCH(be->operand_type,
                          layernorm_modulate_cached_kernel<T>
                          <<<(unsigned int)blocks, LAYERNORM_WARPS * 32, 0, cb->stream>>>(
-                             (T *)out, x, residual, gate, shift, scale, mod_stride, tokens, dim,
-                             rows));
+                             (T *)out, x, (const T *)residual, gate, shift, scale, mod_stride,
+                             tokens, dim, rows));
     else
         OPERAND_DISPATCH(be->operand_type,
                          layernorm_modulate_kernel<T>
                          <<<(unsigned int)blocks, LAYERNORM_WARPS * 32, 0, cb->stream>>>(
-                             (T *)out, x, residual, gate, shift, scale, mod_stride, tokens, dim,
-                             rows));
+                             (T *)out, x, (const T *)residual, gate, shift, scale, mod_stride,
+                             tokens, dim, rows));
     cuda_check_launch(cb, residual ? "residual_layernorm_modulate_kernel" : "layernorm_modulate_kernel");
 }
 
@@ -159,7 +161,7 @@ void cuda_layernorm_modulate(backend *be, void *out, const float *x, const float
                      tokens, dim);
 }
 
-void cuda_residual_layernorm_modulate(backend *be, void *out, float *x, const float *y,
+void cuda_residual_layernorm_modulate(backend *be, void *out, float *x, const void *y,
                                       const float *gate, const float *shift, const float *scale,
                                       int mod_stride, int batch, int tokens, int dim) {
     launch_layernorm(be, out, x, y, gate, shift, scale, mod_stride, batch, tokens, dim);

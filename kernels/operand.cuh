@@ -32,6 +32,24 @@ __device__ __forceinline__ float operand_to_float(float v) { return v; }
 __device__ __forceinline__ float operand_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float operand_to_float(__half v) { return __half2float(v); }
 
+/* Four values read as one 16-byte (float) or 8-byte (16-bit) load (src
+ * aligned to 4 elements). */
+__device__ __forceinline__ float4 load4(const float *src) {
+    return *reinterpret_cast<const float4 *>(src);
+}
+__device__ __forceinline__ float4 load4(const __nv_bfloat16 *src) {
+    uint2 bits = *reinterpret_cast<const uint2 *>(src);
+    float2 low = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&bits.x));
+    float2 high = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&bits.y));
+    return make_float4(low.x, low.y, high.x, high.y);
+}
+__device__ __forceinline__ float4 load4(const __half *src) {
+    uint2 bits = *reinterpret_cast<const uint2 *>(src);
+    float2 low = __half22float2(*reinterpret_cast<const __half2 *>(&bits.x));
+    float2 high = __half22float2(*reinterpret_cast<const __half2 *>(&bits.y));
+    return make_float4(low.x, low.y, high.x, high.y);
+}
+
 /* Four results, stored as one 16-byte (float) or 8-byte (16-bit) write. */
 __device__ __forceinline__ void store4(float *dst, float a, float b, float c, float d) {
     *reinterpret_cast<float4 *>(dst) = make_float4(a, b, c, d);

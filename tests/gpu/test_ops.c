@@ -156,7 +156,7 @@ static void test_operand_outputs(backend *device, const char *type_name) {
     /* The fused gated residual + LayerNorm the bf16 forward runs: x (the
      * float32 token stream) exactly as in float32, the output rounded. */
     if (gpu->residual_layernorm_modulate) {
-        twin y = twin_random(n, 1.0f);
+        twin y = twin_operand_random(n, 1.0f);
         /* A fresh poisoned output: an element the fused kernel leaves
          * unwritten must show, not keep the last op's value. */
         twin_free(out);
@@ -181,7 +181,7 @@ static void test_operand_outputs(backend *device, const char *type_name) {
     for (int pass = 0; pass < 2 && gpu->gated_residual_to_operand; pass++) {
         int width = pass ? 37 : dim;
         size_t count = (size_t)batch * tokens * width;
-        twin rx = twin_random(count, 2.0f), ry = twin_random(count, 1.0f);
+        twin rx = twin_random(count, 2.0f), ry = twin_operand_random(count, 1.0f);
         twin copy = twin_operand_nan(count);
         cpu->gated_residual(cpu, rx.on_cpu, ry.on_cpu, mod.on_cpu + 5 * dim, mod_stride, batch,
                             tokens, width);
@@ -195,6 +195,21 @@ static void test_operand_outputs(backend *device, const char *type_name) {
         twin_free(rx);
         twin_free(ry);
         twin_free(copy);
+    }
+    /* The plain gated residual with a 16-bit y (FPDM's pre and post blocks):
+     * float4 path and scalar path. */
+    for (int pass = 0; pass < 2; pass++) {
+        int width = pass ? 37 : dim;
+        size_t count = (size_t)batch * tokens * width;
+        twin rx = twin_random(count, 2.0f), ry = twin_operand_random(count, 1.0f);
+        cpu->gated_residual(cpu, rx.on_cpu, ry.on_cpu, mod.on_cpu + 5 * dim, mod_stride, batch,
+                            tokens, width);
+        gpu->gated_residual(gpu, rx.on_gpu, ry.on_gpu, mod.on_gpu + 5 * dim, mod_stride, batch,
+                            tokens, width);
+        snprintf(what, sizeof what, "gated_residual %s y, width %d", type_name, width);
+        twin_check(what, rx, 1e-5);
+        twin_free(rx);
+        twin_free(ry);
     }
     cpu->activation(cpu, out.on_cpu, x.on_cpu, n, BACKEND_ACT_SILU);
     gpu->activation(gpu, out.on_gpu, x.on_gpu, n, BACKEND_ACT_SILU);
@@ -310,7 +325,7 @@ static void test_layernorm(void) {
         for (int c = 0; c < 2; c++) {
             int cd = dims[c], cs = strides[c];
             size_t cn = (size_t)batch * tokens * cd;
-            twin residual_x = twin_random(cn, 2.0f), residual_y = twin_random(cn, 1.0f);
+            twin residual_x = twin_random(cn, 2.0f), residual_y = twin_operand_random(cn, 1.0f);
             twin fused_out = twin_nan(cn);
             cpu->gated_residual(cpu, residual_x.on_cpu, residual_y.on_cpu, mod.on_cpu + 2 * cd, cs,
                                 batch, tokens, cd);
@@ -340,7 +355,7 @@ static void test_layernorm(void) {
 static void test_pointwise(void) {
     const int batch = 4, tokens = 33, dim = 200;
     size_t n = (size_t)batch * tokens * dim;
-    twin x = twin_random(n, 1.0f), y = twin_random(n, 1.0f);
+    twin x = twin_random(n, 1.0f), y = twin_operand_random(n, 1.0f);
     twin gate = twin_random((size_t)batch * 3 * dim, 1.0f);
     cpu->gated_residual(cpu, x.on_cpu, y.on_cpu, gate.on_cpu + dim, 3 * dim, batch, tokens, dim);
     gpu->gated_residual(gpu, x.on_gpu, y.on_gpu, gate.on_gpu + dim, 3 * dim, batch, tokens, dim);
@@ -349,7 +364,7 @@ static void test_pointwise(void) {
         /* An odd width (and a gate stride to match) takes the scalar path. */
         const int odd_dim = 201;
         size_t odd_n = (size_t)batch * tokens * odd_dim;
-        twin ox = twin_random(odd_n, 1.0f), oy = twin_random(odd_n, 1.0f);
+        twin ox = twin_random(odd_n, 1.0f), oy = twin_operand_random(odd_n, 1.0f);
         twin ogate = twin_random((size_t)batch * 3 * odd_dim, 1.0f);
         cpu->gated_residual(cpu, ox.on_cpu, oy.on_cpu, ogate.on_cpu + odd_dim, 3 * odd_dim, batch,
                             tokens, odd_dim);
