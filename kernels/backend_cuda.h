@@ -63,6 +63,19 @@ const char *backend_cuda_attention_variant_name(int variant);
 void backend_cuda_attention_variant(backend *be, int variant, void *out, const void *qkv, int batch,
                                     int tokens, int heads, int head_dim);
 
+/* The cached LayerNorm kernel (rows of DiT's widths) comes in variants
+ * (kernels/layernorm.cu): 0 reads each row's shift, scale and gate from
+ * global memory, 1 stages the block's image's modulation in shared memory.
+ * tests/gpu/test_ops.c checks each against the CPU, tests/gpu/bench_layernorm.c
+ * times them; the backend runs FPDM_LAYERNORM_VARIANT (1 unless the build
+ * says otherwise). A variant call is backend.h's residual_layernorm_modulate
+ * (y and gate given) or layernorm_modulate (both NULL) through that variant;
+ * shapes the cached kernel does not serve take the plain one either way. */
+int backend_cuda_layernorm_variant_count(void);
+void backend_cuda_layernorm_variant(backend *be, int variant, void *out, float *x, const void *y,
+                                    const float *gate, const float *shift, const float *scale,
+                                    int mod_stride, int batch, int tokens, int dim);
+
 /* For tests/gpu/bench_linear.c: backend.h's linear product (out, output,
  * in, rows, w, add, act) through each of the first `candidates` (at most 16)
  * algorithms cuBLASLt's heuristic offers, the first being the one the

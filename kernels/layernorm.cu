@@ -6,7 +6,16 @@
  * and the row is normalised in float. Rows of up to 128 * CACHED_VECTORS
  * floats whose pointers allow 16-byte access (DiT's) are read once, in
  * float4s kept in registers for the three passes; others go through the plain
- * kernel, which reads x three times (after the residual pass, if any). */
+ * kernel, which reads x three times (after the residual pass, if any).
+ *
+ * The cached kernel comes in two variants (backend_cuda.h), checked against
+ * the CPU by tests/gpu/test_ops.c and timed by tests/gpu/bench_layernorm.c:
+ * 0 reads every row's shift, scale and gate (the image's modulation, 3 x dim
+ * floats) from global memory, 1 stages the rows of the block's image in
+ * shared memory once, so that the eight rows of a block read them from there
+ * instead of eight times through L2 (at DiT-XL/2's width that is 13.8 KB a
+ * row, as many bytes as the row itself moves to and from device memory). The
+ * backend runs FPDM_LAYERNORM_VARIANT. */
 #include "cuda_backend.cuh"
 #include "operand.cuh"
 
@@ -57,21 +66,50 @@ __global__ void layernorm_modulate_kernel(T *out, float *x, const T *residual,
 }
 
 #define CACHED_VECTORS 12
+#ifndef FPDM_LAYERNORM_VARIANT
+#define FPDM_LAYERNORM_VARIANT 1
+#endif
+#define LAYERNORM_VARIANTS 2
+static_assert(FPDM_LAYERNORM_VARIANT >= 0 && FPDM_LAYERNORM_VARIANT < LAYERNORM_VARIANTS,
+              "FPDM_LAYERNORM_VARIANT names no variant");
 
-template <typename T>
-__global__ void layernorm_modulate_cached_kernel(T *out, float *x, const T *residual,
-                                                 const float *gate, const float *shift,
-                                                 const float *scale, int mod_stride, int tokens,
-                                                 int dim, long long rows) {
-    long long row = (long long)blockIdx.x * LAYERNORM_WARPS + threadIdx.x / 32;
+/* STAGED: variant 1 (see the top of the file). A block's rows may reach into
+ * the next image (tokens not a multiple of LAYERNORM_WARPS); those rows read
+ * their own image's modulation from global memory. */
+template <typename T, bool STAGED>
+__global__ void __launch_bounds__(LAYERNORM_WARPS * 32)
+layernorm_modulate_cached_kernel(T *out, float *x, const T *residual, const float *gate,
+                                 const float *shift, const float *scale, int mod_stride,
+                                 int tokens, int dim, long long rows) {
+    __shared__ float4 staged[STAGED ? 3 * 32 * CACHED_VECTORS : 1];
+    const long long first_row = (long long)blockIdx.x * LAYERNORM_WARPS;
+    const long long block_image = first_row / tokens;
+    long long row = first_row + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
-    if (row >= rows) return;
     const int vectors = dim / 4;
+    if (STAGED) {
+        /* [vectors] shift, then scale, then gate (with a residual). */
+        const int parts = residual ? 3 : 2;
+        const size_t image_offset = (size_t)block_image * mod_stride;
+        for (int i = threadIdx.x; i < parts * vectors; i += blockDim.x) {
+            const int part = i / vectors;
+            const float *source = part == 0 ? shift : part == 1 ? scale : gate;
+            staged[i] = reinterpret_cast<const float4 *>(source + image_offset)[i % vectors];
+        }
+        __syncthreads();
+    }
+    /* Whole warps leave together, after the block's only barrier. */
+    if (row >= rows) return;
     float4 *xr = reinterpret_cast<float4 *>(x + row * dim);
-    const float4 *sh = reinterpret_cast<const float4 *>(shift + (size_t)(row / tokens) * mod_stride);
-    const float4 *sc = reinterpret_cast<const float4 *>(scale + (size_t)(row / tokens) * mod_stride);
-    const float4 *g4 = residual ? reinterpret_cast<const float4 *>(gate + (size_t)(row / tokens) * mod_stride)
-                                : nullptr;
+    const long long image = row / tokens;
+    const bool from_stage = STAGED && image == block_image;
+    const size_t image_offset = (size_t)image * mod_stride;
+    const float4 *sh = from_stage ? staged : reinterpret_cast<const float4 *>(shift + image_offset);
+    const float4 *sc = from_stage ? staged + vectors
+                                  : reinterpret_cast<const float4 *>(scale + image_offset);
+    const float4 *g4 = !residual  ? nullptr
+                       : from_stage ? staged + 2 * vectors
+                                    : reinterpret_cast<const float4 *>(gate + image_offset);
     const T *yr = residual ? residual + row * dim : nullptr;
     float4 v[CACHED_VECTORS];
     double sum = 0;
@@ -121,7 +159,7 @@ static bool aligned16(const void *pointer) { return (reinterpret_cast<uintptr_t>
 
 /* Both ops; residual and gate NULL for plain layernorm_modulate (x is then
  * only read, though the kernels take it writable). */
-static void launch_layernorm(backend *be, void *out, float *x, const void *residual,
+static void launch_layernorm(backend *be, int variant, void *out, float *x, const void *residual,
                              const float *gate, const float *shift, const float *scale,
                              int mod_stride, int batch, int tokens, int dim) {
     cuda_backend *cb = cuda_of(be);
@@ -140,9 +178,15 @@ static void launch_layernorm(backend *be, void *out, float *x, const void *resid
                   (!residual || (reinterpret_cast<uintptr_t>(residual) % operand_alignment == 0 &&
                                  aligned16(gate))) &&
                   reinterpret_cast<uintptr_t>(out) % operand_alignment == 0;
-    if (cached)
+    if (cached && variant == 1)
         OPERAND_DISPATCH(be->operand_type,
-                         layernorm_modulate_cached_kernel<T>
+                         layernorm_modulate_cached_kernel<T, true>
+                         <<<(unsigned int)blocks, LAYERNORM_WARPS * 32, 0, cb->stream>>>(
+                             (T *)out, x, (const T *)residual, gate, shift, scale, mod_stride,
+                             tokens, dim, rows));
+    else if (cached)
+        OPERAND_DISPATCH(be->operand_type,
+                         layernorm_modulate_cached_kernel<T, false>
                          <<<(unsigned int)blocks, LAYERNORM_WARPS * 32, 0, cb->stream>>>(
                              (T *)out, x, (const T *)residual, gate, shift, scale, mod_stride,
                              tokens, dim, rows));
@@ -157,12 +201,26 @@ static void launch_layernorm(backend *be, void *out, float *x, const void *resid
 
 void cuda_layernorm_modulate(backend *be, void *out, const float *x, const float *shift,
                              const float *scale, int mod_stride, int batch, int tokens, int dim) {
-    launch_layernorm(be, out, const_cast<float *>(x), NULL, NULL, shift, scale, mod_stride, batch,
-                     tokens, dim);
+    launch_layernorm(be, FPDM_LAYERNORM_VARIANT, out, const_cast<float *>(x), NULL, NULL, shift,
+                     scale, mod_stride, batch, tokens, dim);
 }
 
 void cuda_residual_layernorm_modulate(backend *be, void *out, float *x, const void *y,
                                       const float *gate, const float *shift, const float *scale,
                                       int mod_stride, int batch, int tokens, int dim) {
-    launch_layernorm(be, out, x, y, gate, shift, scale, mod_stride, batch, tokens, dim);
+    launch_layernorm(be, FPDM_LAYERNORM_VARIANT, out, x, y, gate, shift, scale, mod_stride, batch,
+                     tokens, dim);
+}
+
+int backend_cuda_layernorm_variant_count(void) { return LAYERNORM_VARIANTS; }
+
+void backend_cuda_layernorm_variant(backend *be, int variant, void *out, float *x, const void *y,
+                                    const float *gate, const float *shift, const float *scale,
+                                    int mod_stride, int batch, int tokens, int dim) {
+    if (variant < 0 || variant >= LAYERNORM_VARIANTS) {
+        cuda_fail(cuda_of(be), "layernorm: no variant %d (there are %d)", variant,
+                  LAYERNORM_VARIANTS);
+        return;
+    }
+    launch_layernorm(be, variant, out, x, y, gate, shift, scale, mod_stride, batch, tokens, dim);
 }

@@ -49,9 +49,9 @@ int main(void) {
     test_seed_random("bench_linear");
     const product products[] = {
         {"qkv", HIDDEN, 3 * HIDDEN, 1, 0, BACKEND_OUT_OPERAND, BACKEND_ACT_NONE},
-        {"proj", HIDDEN, HIDDEN, 1, 0, BACKEND_OUT_F32, BACKEND_ACT_NONE},
+        {"proj", HIDDEN, HIDDEN, 1, 0, BACKEND_OUT_OPERAND, BACKEND_ACT_NONE},
         {"fc1 + GELU", HIDDEN, 4 * HIDDEN, 1, 0, BACKEND_OUT_OPERAND, BACKEND_ACT_GELU_TANH},
-        {"fc2", 4 * HIDDEN, HIDDEN, 1, 0, BACKEND_OUT_F32, BACKEND_ACT_NONE},
+        {"fc2", 4 * HIDDEN, HIDDEN, 1, 0, BACKEND_OUT_OPERAND, BACKEND_ACT_NONE},
         {"FPDM fc1_state + injection + GELU", HIDDEN, 2 * HIDDEN, 0, 1, BACKEND_OUT_OPERAND,
          BACKEND_ACT_GELU_TANH},
         {"FPDM fc2", 2 * HIDDEN, HIDDEN, 1, 0, BACKEND_OUT_F32, BACKEND_ACT_NONE},

@@ -8,7 +8,8 @@
 # replayed CUDA graphs); the SD-VAE decoder (random weights) at 256 and 512 px;
 # the attention kernel's variants (bench_attention) beside PyTorch's fused
 # attention (torch_attention_bench.py); cuBLASLt's algorithm choice against
-# the fastest of 8 (bench_linear); cuDNN's convolutions in NCHW and NHWC
+# the fastest of 8 (bench_linear); the LayerNorm kernel's variants
+# (bench_layernorm); cuDNN's convolutions in NCHW and NHWC
 # (bench_conv); and tests/gpu/torch_bench.py and
 # torch_vae_bench.py on the same shapes. The summary table, printed last,
 # gives our ms, torch's ms, their ratio, our fraction of the reference matrix
@@ -344,6 +345,9 @@ if [ -x "$BENCH" ]; then
   # cuBLASLt's first algorithm (ours) against the fastest of its first 8 on
   # each product of a block: what autotuning the products would give.
   run_bench 60 bench_linear "$LOGS/linear.txt"
+  # The cached LayerNorm kernel's variants (modulation from global memory or
+  # staged in shared memory) on DiT-XL/2's rows, plain and with the residual.
+  run_bench 60 bench_layernorm "$LOGS/layernorm.txt"
   # PyTorch's fused attention on the shapes of the variants' timings.
   run_step 60 "torch attention" python3 "$ROOT/tests/gpu/torch_attention_bench.py" \
     >> "$LOGS/attention.txt" 2>> "$LOGS/torch.log" || note "torch_attention_bench did not run (see $LOGS/torch.log)"
@@ -658,6 +662,7 @@ PY
   [ -s "$LOGS/sampling.txt" ] && { echo; cat "$LOGS/sampling.txt"; }
   [ -s "$LOGS/attention.txt" ] && { echo; cat "$LOGS/attention.txt"; }
   [ -s "$LOGS/linear.txt" ] && { echo; cat "$LOGS/linear.txt"; }
+  [ -s "$LOGS/layernorm.txt" ] && { echo; cat "$LOGS/layernorm.txt"; }
   [ -s "$LOGS/conv.txt" ] && { echo; cat "$LOGS/conv.txt"; }
   [ -s "$LOGS/profile-top.txt" ] && { echo; cat "$LOGS/profile-top.txt"; }
   [ -s "$LOGS/registers.txt" ] && { echo; echo "registers (ptxas -v):"; cat "$LOGS/registers.txt"; }

@@ -136,6 +136,44 @@ static void test_linear_case(backend *device, const char *what, int rows, int ou
     gpu = saved;
 }
 
+/* Every variant of the cached LayerNorm kernel (backend_cuda.h) against the
+ * CPU, plain and with the gated residual, at DiT-XL/2's width with 17 tokens
+ * an image, so that blocks of rows reach into the next image (variant 1
+ * stages one image's modulation and must read the others' from global
+ * memory). Outputs in the operand type, checked to `tolerance`. */
+static void test_layernorm_variants(const char *type_name, double tolerance) {
+    const int batch = 3, tokens = 17, dim = 1152, mod_stride = 6 * dim;
+    size_t n = (size_t)batch * tokens * dim;
+    twin mod = twin_random((size_t)batch * mod_stride, 1.0f);
+    for (int variant = 0; variant < backend_cuda_layernorm_variant_count(); variant++) {
+        for (int with_residual = 0; with_residual < 2; with_residual++) {
+            char what[128];
+            twin x = twin_random(n, 2.0f), y = twin_operand_random(n, 1.0f);
+            twin out = twin_operand_nan(n);
+            if (with_residual)
+                cpu->gated_residual(cpu, x.on_cpu, y.on_cpu, mod.on_cpu + 2 * dim, mod_stride,
+                                    batch, tokens, dim);
+            cpu->layernorm_modulate(cpu, out.on_cpu, x.on_cpu, mod.on_cpu + 3 * dim,
+                                    mod.on_cpu + 4 * dim, mod_stride, batch, tokens, dim);
+            backend_cuda_layernorm_variant(gpu, variant, out.on_gpu, x.on_gpu,
+                                           with_residual ? y.on_gpu : NULL,
+                                           with_residual ? mod.on_gpu + 2 * dim : NULL,
+                                           mod.on_gpu + 3 * dim, mod.on_gpu + 4 * dim, mod_stride,
+                                           batch, tokens, dim);
+            snprintf(what, sizeof what, "layernorm variant %d%s %s out", variant,
+                     with_residual ? " with residual" : "", type_name);
+            twin_check(what, out, tolerance);
+            snprintf(what, sizeof what, "layernorm variant %d%s %s x", variant,
+                     with_residual ? " with residual" : "", type_name);
+            twin_check(what, x, 1e-5);
+            twin_free(x);
+            twin_free(y);
+            twin_free(out);
+        }
+    }
+    twin_free(mod);
+}
+
 /* The ops whose output is an operand, on a 16-bit backend: the output's own
  * rounding is the only difference from the CPU. */
 static void test_operand_outputs(backend *device, const char *type_name) {
@@ -283,6 +321,12 @@ static void test_linear(void) {
         HALF_CASE("silu -> operand", 33, 384, 256, 0, 1, 0, BACKEND_ACT_SILU, operand, 1e-2);
 #undef HALF_CASE
         test_operand_outputs(half, names[p]);
+        {
+            backend *saved = gpu;
+            gpu = half;
+            test_layernorm_variants(names[p], 1e-2);
+            gpu = saved;
+        }
         half->destroy(half);
     }
 }
@@ -582,6 +626,7 @@ int main(void) {
     }
     test_linear();
     test_layernorm();
+    test_layernorm_variants("fp32", 1e-5);
     test_pointwise();
     test_conditioning();
     test_patches();
