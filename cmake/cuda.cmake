@@ -38,6 +38,14 @@ if(FPDM_CUDA_SOURCES)
   endif()
   set_property(SOURCE ${PROJECT_SOURCE_DIR}/kernels/attention.cu APPEND PROPERTY
                COMPILE_DEFINITIONS FPDM_ATTENTION_VARIANT=${FPDM_ATTENTION_VARIANT})
+  # Which variant of the cached LayerNorm kernel the backend runs
+  # (kernels/layernorm.cu; tests/gpu/bench_layernorm.c times them).
+  set(FPDM_LAYERNORM_VARIANT 1 CACHE STRING "The cached LayerNorm kernel variant the CUDA backend runs")
+  if(NOT FPDM_LAYERNORM_VARIANT MATCHES "^[01]$")
+    message(FATAL_ERROR "FPDM_LAYERNORM_VARIANT must be 0 or 1, not '${FPDM_LAYERNORM_VARIANT}'")
+  endif()
+  set_property(SOURCE ${PROJECT_SOURCE_DIR}/kernels/layernorm.cu APPEND PROPERTY
+               COMPILE_DEFINITIONS FPDM_LAYERNORM_VARIANT=${FPDM_LAYERNORM_VARIANT})
   target_compile_options(fpdm PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
   if(FPDM_WERROR)
     target_compile_options(fpdm PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings>

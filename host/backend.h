@@ -121,8 +121,8 @@ struct backend {
     /* Optional (NULL: the caller runs the two ops): gated_residual(x, y, gate)
      * then layernorm_modulate(out, x, shift, scale), in one pass over x; gate,
      * shift and scale rows are mod_stride apart. out must not overlap x or y
-     * (in 16-bit operands its rows are narrower than y's, so a row written
-     * early would clobber rows of y not yet read). */
+     * (rows are processed in no fixed order, so a row of out written early
+     * could clobber a row of y not yet read). */
     void (*residual_layernorm_modulate)(backend *be, void *out, float *x, const void *y,
                                         const float *gate, const float *shift, const float *scale,
                                         int mod_stride, int batch, int tokens, int dim);

@@ -67,8 +67,8 @@ void backend_cuda_attention_variant(backend *be, int variant, void *out, const v
  * (kernels/layernorm.cu): 0 reads each row's shift, scale and gate from
  * global memory, 1 stages the block's image's modulation in shared memory.
  * tests/gpu/test_ops.c checks each against the CPU, tests/gpu/bench_layernorm.c
- * times them; the backend runs FPDM_LAYERNORM_VARIANT (1 unless the build
- * says otherwise). A variant call is backend.h's residual_layernorm_modulate
+ * times them; the backend runs the one CMake's FPDM_LAYERNORM_VARIANT names
+ * (1 by default). A variant call is backend.h's residual_layernorm_modulate
  * (y and gate given) or layernorm_modulate (both NULL) through that variant;
  * shapes the cached kernel does not serve take the plain one either way. */
 int backend_cuda_layernorm_variant_count(void);

@@ -529,20 +529,28 @@ if [ -z "$SANITIZER" ] && [ -n "$SANITIZER_WHEEL" ]; then
 fi
 MEMCHECK_LINES=
 if [ -n "$SANITIZER" ]; then
+  # TOOL:TEST[:KERNELS]: KERNELS limits the check to kernels whose names
+  # contain it (test_ops' shared-memory kernels are the LayerNorm ones; its
+  # cuBLAS products would only make racecheck slow).
   for check in memcheck:gpu_test_vae_gpu memcheck:gpu_test_noise memcheck:gpu_test_ops \
-               racecheck:gpu_test_attention synccheck:gpu_test_attention; do
-    tool=${check%%:*} test_name=${check#*:}
+               racecheck:gpu_test_attention synccheck:gpu_test_attention \
+               racecheck:gpu_test_ops:layernorm synccheck:gpu_test_ops:layernorm; do
+    tool=${check%%:*} test_name=${check#*:} kernels=
+    case $test_name in *:*) kernels=${test_name#*:} test_name=${test_name%%:*} ;; esac
     [ -x "$BUILD/$test_name" ] || continue
+    filter=()
+    [ -n "$kernels" ] && filter=(--kernel-name "kns=$kernels")
     rc=0
     (cd "$ROOT" && FPDM_TEST_QUICK=1 run_step 90 "$tool $test_name" "$SANITIZER" --tool "$tool" \
-        --error-exitcode 99 "$BUILD/$test_name") > "$LOGS/$tool-$test_name.txt" 2>&1 || rc=$?
+        "${filter[@]}" --error-exitcode 99 "$BUILD/$test_name") \
+      > "$LOGS/$tool-$test_name${kernels:+-$kernels}.txt" 2>&1 || rc=$?
     case $rc in
       0) outcome="clean" ;;
-      99) outcome="ERRORS (see $LOGS/$tool-$test_name.txt)" ;;
+      99) outcome="ERRORS (see $LOGS/$tool-$test_name${kernels:+-$kernels}.txt)" ;;
       124) outcome="cut short by the time budget" ;;
-      *) outcome="exit $rc (see $LOGS/$tool-$test_name.txt)" ;;
+      *) outcome="exit $rc (see $LOGS/$tool-$test_name${kernels:+-$kernels}.txt)" ;;
     esac
-    MEMCHECK_LINES+="  $tool $test_name: $outcome"$'\n'
+    MEMCHECK_LINES+="  $tool $test_name${kernels:+ ($kernels kernels)}: $outcome"$'\n'
   done
 else
   MEMCHECK_LINES="  compute-sanitizer not found"$'\n'

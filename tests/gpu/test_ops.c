@@ -137,41 +137,50 @@ static void test_linear_case(backend *device, const char *what, int rows, int ou
 }
 
 /* Every variant of the cached LayerNorm kernel (backend_cuda.h) against the
- * CPU, plain and with the gated residual, at DiT-XL/2's width with 17 tokens
- * an image, so that blocks of rows reach into the next image (variant 1
- * stages one image's modulation and must read the others' from global
- * memory). Outputs in the operand type, checked to `tolerance`. */
-static void test_layernorm_variants(const char *type_name, double tolerance) {
-    const int batch = 3, tokens = 17, dim = 1152, mod_stride = 6 * dim;
+ * CPU, plain and with the gated residual, outputs in the operand type checked
+ * to `tolerance`. Shapes: DiT-XL/2's width with 17 tokens an image, so that a
+ * block's 8 rows reach into the next image (variant 1 stages one image's
+ * modulation and must read the others' from global memory); 5 tokens, so a
+ * block spans up to three images; and width 72, whose rows leave most lanes
+ * idle and stage fewer vectors than a warp has lanes. */
+static void test_layernorm_variant(int variant, int batch, int tokens, int dim,
+                                   const char *type_name, double tolerance) {
+    const int mod_stride = 6 * dim;
     size_t n = (size_t)batch * tokens * dim;
     twin mod = twin_random((size_t)batch * mod_stride, 1.0f);
-    for (int variant = 0; variant < backend_cuda_layernorm_variant_count(); variant++) {
-        for (int with_residual = 0; with_residual < 2; with_residual++) {
-            char what[128];
-            twin x = twin_random(n, 2.0f), y = twin_operand_random(n, 1.0f);
-            twin out = twin_operand_nan(n);
-            if (with_residual)
-                cpu->gated_residual(cpu, x.on_cpu, y.on_cpu, mod.on_cpu + 2 * dim, mod_stride,
-                                    batch, tokens, dim);
-            cpu->layernorm_modulate(cpu, out.on_cpu, x.on_cpu, mod.on_cpu + 3 * dim,
-                                    mod.on_cpu + 4 * dim, mod_stride, batch, tokens, dim);
-            backend_cuda_layernorm_variant(gpu, variant, out.on_gpu, x.on_gpu,
-                                           with_residual ? y.on_gpu : NULL,
-                                           with_residual ? mod.on_gpu + 2 * dim : NULL,
-                                           mod.on_gpu + 3 * dim, mod.on_gpu + 4 * dim, mod_stride,
-                                           batch, tokens, dim);
-            snprintf(what, sizeof what, "layernorm variant %d%s %s out", variant,
-                     with_residual ? " with residual" : "", type_name);
-            twin_check(what, out, tolerance);
-            snprintf(what, sizeof what, "layernorm variant %d%s %s x", variant,
-                     with_residual ? " with residual" : "", type_name);
-            twin_check(what, x, 1e-5);
-            twin_free(x);
-            twin_free(y);
-            twin_free(out);
-        }
+    for (int with_residual = 0; with_residual < 2; with_residual++) {
+        char what[128];
+        twin x = twin_random(n, 2.0f), y = twin_operand_random(n, 1.0f);
+        twin out = twin_operand_nan(n);
+        if (with_residual)
+            cpu->gated_residual(cpu, x.on_cpu, y.on_cpu, mod.on_cpu + 2 * dim, mod_stride, batch,
+                                tokens, dim);
+        cpu->layernorm_modulate(cpu, out.on_cpu, x.on_cpu, mod.on_cpu + 3 * dim,
+                                mod.on_cpu + 4 * dim, mod_stride, batch, tokens, dim);
+        backend_cuda_layernorm_variant(gpu, variant, out.on_gpu, x.on_gpu,
+                                       with_residual ? y.on_gpu : NULL,
+                                       with_residual ? mod.on_gpu + 2 * dim : NULL,
+                                       mod.on_gpu + 3 * dim, mod.on_gpu + 4 * dim, mod_stride,
+                                       batch, tokens, dim);
+        snprintf(what, sizeof what, "layernorm variant %d%s %s, %d x %d x %d: out", variant,
+                 with_residual ? " with residual" : "", type_name, batch, tokens, dim);
+        twin_check(what, out, tolerance);
+        snprintf(what, sizeof what, "layernorm variant %d%s %s, %d x %d x %d: x", variant,
+                 with_residual ? " with residual" : "", type_name, batch, tokens, dim);
+        twin_check(what, x, 1e-5);
+        twin_free(x);
+        twin_free(y);
+        twin_free(out);
     }
     twin_free(mod);
+}
+
+static void test_layernorm_variants(const char *type_name, double tolerance) {
+    for (int variant = 0; variant < backend_cuda_layernorm_variant_count(); variant++) {
+        test_layernorm_variant(variant, 3, 17, 1152, type_name, tolerance);
+        test_layernorm_variant(variant, 4, 5, 1152, type_name, tolerance);
+        test_layernorm_variant(variant, 5, 7, 72, type_name, tolerance);
+    }
 }
 
 /* The ops whose output is an operand, on a 16-bit backend: the output's own
