@@ -28,24 +28,25 @@ if(FPDM_CUDA_SOURCES)
   else()
     message(STATUS "fpdm: cuDNN not found: the VAE decoder runs on CPU contexts only")
   endif()
-  # Which variant of the tensor-core attention kernel the backend runs for
-  # head widths 49 to 80 (kernels/attention.cu): 2, the fastest on an H100;
-  # tests/gpu/run.sh times them all on the GPU at hand and rebuilds with
-  # another where it is faster there.
-  set(FPDM_ATTENTION_VARIANT 2 CACHE STRING "The tensor-core attention variant the CUDA backend runs")
-  if(NOT FPDM_ATTENTION_VARIANT MATCHES "^[0-9]$")
-    message(FATAL_ERROR "FPDM_ATTENTION_VARIANT must be a variant number, not '${FPDM_ATTENTION_VARIANT}'")
-  endif()
-  set_property(SOURCE ${PROJECT_SOURCE_DIR}/kernels/attention.cu APPEND PROPERTY
-               COMPILE_DEFINITIONS FPDM_ATTENTION_VARIANT=${FPDM_ATTENTION_VARIANT})
-  # Which variant of the cached LayerNorm kernel the backend runs
-  # (kernels/layernorm.cu; tests/gpu/bench_layernorm.c times them).
-  set(FPDM_LAYERNORM_VARIANT 1 CACHE STRING "The cached LayerNorm kernel variant the CUDA backend runs")
-  if(NOT FPDM_LAYERNORM_VARIANT MATCHES "^[01]$")
-    message(FATAL_ERROR "FPDM_LAYERNORM_VARIANT must be 0 or 1, not '${FPDM_LAYERNORM_VARIANT}'")
-  endif()
-  set_property(SOURCE ${PROJECT_SOURCE_DIR}/kernels/layernorm.cu APPEND PROPERTY
-               COMPILE_DEFINITIONS FPDM_LAYERNORM_VARIANT=${FPDM_LAYERNORM_VARIANT})
+  # Kernels that come in variants (llm.c-style, each checked by a GPU test and
+  # timed by a bench in tests/gpu/): which one the backend runs is a cache
+  # option, compiled into the kernel's source file alone.
+  function(fpdm_kernel_variant option default source description)
+    set(${option} ${default} CACHE STRING "${description}")
+    if(NOT ${option} MATCHES "^[0-9]$")
+      message(FATAL_ERROR "${option} must be a variant number, not '${${option}}'")
+    endif()
+    set_property(SOURCE ${PROJECT_SOURCE_DIR}/${source} APPEND PROPERTY
+                 COMPILE_DEFINITIONS ${option}=${${option}})
+  endfunction()
+  # The tensor-core attention for head widths 49 to 80: 2, the fastest on an
+  # H100; tests/gpu/run.sh times them all on the GPU at hand and rebuilds
+  # with another where it is faster there.
+  fpdm_kernel_variant(FPDM_ATTENTION_VARIANT 2 kernels/attention.cu
+                      "The tensor-core attention variant the CUDA backend runs")
+  # The cached LayerNorm (tests/gpu/bench_layernorm.c times both).
+  fpdm_kernel_variant(FPDM_LAYERNORM_VARIANT 1 kernels/layernorm.cu
+                      "The cached LayerNorm kernel variant the CUDA backend runs")
   target_compile_options(fpdm PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
   if(FPDM_WERROR)
     target_compile_options(fpdm PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings>
