@@ -196,33 +196,46 @@ PY
 
 DEFAULT_VARIANT=$(sed -n 's/^FPDM_ATTENTION_VARIANT:STRING=//p' "$BUILD/CMakeCache.txt")
 ATTENTION_VARIANT=$DEFAULT_VARIANT
+DEFAULT_LAYERNORM=$(sed -n 's/^FPDM_LAYERNORM_VARIANT:STRING=//p' "$BUILD/CMakeCache.txt")
+LAYERNORM_VARIANT=$DEFAULT_LAYERNORM
 BENCH_BATCH=${BENCH_BATCH:-64}
 if [ "$QUICK" != 1 ]; then
-# ---- attention variant ---------------------------------------------------------
-# The tensor-core attention kernel's variants timed on this GPU
-# (bench_attention, which also checks each against variant 0); when one beats
-# the build's default (CMake's FPDM_ATTENTION_VARIANT) by more than 3% on
-# DiT-XL/2's 256-token shape, the library is rebuilt to run it before any
-# test or timing, and the summary names it.
-# A variant that failed or disagreed with 0 is printed without a time and
-# cannot be picked.
+# ---- kernel variants -----------------------------------------------------------
+# The tensor-core attention kernel's variants (bench_attention, which also
+# checks each against variant 0) and the cached LayerNorm's (bench_layernorm,
+# each against variant 0 bit for bit) timed on this GPU; where one beats the
+# build's default (CMake's FPDM_ATTENTION_VARIANT, FPDM_LAYERNORM_VARIANT) by
+# more than 3% on DiT-XL/2's shapes (attention at 256 tokens, LayerNorm with
+# the residual, the form a DiT block runs twice), the library is rebuilt to
+# run it before any test or timing, and the summary names it.
+# A variant that failed or disagreed is printed without a time and cannot be
+# picked.
+# fastest_variant FILE DEFAULT AWK-CONDITION TIME-FIELD: the variant (field 1)
+# of the rows meeting the condition whose time is lowest, if 3% under the
+# default's; else the default.
+fastest_variant() {
+  awk -v default="$2" "$3"' && $'"$4"' ~ /^[0-9.]+$/ {
+      if ($1 == default) base = $'"$4"'
+      if (best == "" || $'"$4"' < best) { best = $'"$4"'; variant = $1 } }
+    END { if (base != "" && best < 0.97 * base) print variant; else print default }' "$1"
+}
 run_bench 60 bench_attention "$LOGS/attention.txt"
-if [ -s "$LOGS/attention.txt" ]; then
-  ATTENTION_VARIANT=$(awk -v default="$DEFAULT_VARIANT" '$2 == 128 && $3 == 256 && $4 ~ /^[0-9.]+$/ {
-      if ($1 == default) base = $4
-      if (best == "" || $4 < best) { best = $4; variant = $1 } }
-    END { if (base != "" && best < 0.97 * base) print variant; else print default }' "$LOGS/attention.txt")
-fi
-if [ "$ATTENTION_VARIANT" != "$DEFAULT_VARIANT" ]; then
+[ -s "$LOGS/attention.txt" ] &&
+  ATTENTION_VARIANT=$(fastest_variant "$LOGS/attention.txt" "$DEFAULT_VARIANT" '$2 == 128 && $3 == 256' 4)
+run_bench 60 bench_layernorm "$LOGS/layernorm.txt"
+[ -s "$LOGS/layernorm.txt" ] &&
+  LAYERNORM_VARIANT=$(fastest_variant "$LOGS/layernorm.txt" "$DEFAULT_LAYERNORM" '$2 == "residual"' 3)
+if [ "$ATTENTION_VARIANT" != "$DEFAULT_VARIANT" ] || [ "$LAYERNORM_VARIANT" != "$DEFAULT_LAYERNORM" ]; then
   if run_step 60 "reconfigure" cmake -S "$ROOT" -B "$BUILD" -DFPDM_ATTENTION_VARIANT="$ATTENTION_VARIANT" \
-        > "$LOGS/configure-variant.log" 2>&1 &&
+        -DFPDM_LAYERNORM_VARIANT="$LAYERNORM_VARIANT" > "$LOGS/configure-variant.log" 2>&1 &&
       run_step 200 "rebuild" cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" \
         > "$LOGS/build-variant.log" 2>&1; then
-    note "attention: variant $ATTENTION_VARIANT is the fastest here; the library now runs it"
+    note "the fastest here: attention variant $ATTENTION_VARIANT, LayerNorm variant $LAYERNORM_VARIANT; the library now runs them"
   else
-    note "rebuild with attention variant $ATTENTION_VARIANT FAILED (see $LOGS/build-variant.log); back to $DEFAULT_VARIANT"
-    ATTENTION_VARIANT=$DEFAULT_VARIANT
-    cmake -S "$ROOT" -B "$BUILD" -DFPDM_ATTENTION_VARIANT="$DEFAULT_VARIANT" > /dev/null 2>&1
+    note "rebuild with attention variant $ATTENTION_VARIANT, LayerNorm variant $LAYERNORM_VARIANT FAILED (see $LOGS/build-variant.log); back to the defaults"
+    ATTENTION_VARIANT=$DEFAULT_VARIANT LAYERNORM_VARIANT=$DEFAULT_LAYERNORM
+    cmake -S "$ROOT" -B "$BUILD" -DFPDM_ATTENTION_VARIANT="$DEFAULT_VARIANT" \
+      -DFPDM_LAYERNORM_VARIANT="$DEFAULT_LAYERNORM" > /dev/null 2>&1
     cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" > /dev/null 2>&1
   fi
 fi
@@ -345,9 +358,6 @@ if [ -x "$BENCH" ]; then
   # cuBLASLt's first algorithm (ours) against the fastest of its first 8 on
   # each product of a block: what autotuning the products would give.
   run_bench 60 bench_linear "$LOGS/linear.txt"
-  # The cached LayerNorm kernel's variants (modulation from global memory or
-  # staged in shared memory) on DiT-XL/2's rows, plain and with the residual.
-  run_bench 60 bench_layernorm "$LOGS/layernorm.txt"
   # PyTorch's fused attention on the shapes of the variants' timings.
   run_step 60 "torch attention" python3 "$ROOT/tests/gpu/torch_attention_bench.py" \
     >> "$LOGS/attention.txt" 2>> "$LOGS/torch.log" || note "torch_attention_bench did not run (see $LOGS/torch.log)"
@@ -560,7 +570,7 @@ fi
 {
   echo
   echo "GPU: ${GPU_NAME:-unknown} (sm_$ARCH), $(( $(date +%s) - RUN_START )) s"
-  echo "GPU tests (ctest -L gpu, exit $CTEST_RC): ${TEST_TOTAL:-no result}; attention variant $ATTENTION_VARIANT"
+  echo "GPU tests (ctest -L gpu, exit $CTEST_RC): ${TEST_TOTAL:-no result}; attention variant $ATTENTION_VARIANT, LayerNorm variant $LAYERNORM_VARIANT"
   echo "${TEST_LINES:-  (no test lines)}" | sed 's/^/  /'
   echo "compute-sanitizer:"
   printf "%s" "$MEMCHECK_LINES"
