@@ -30,9 +30,10 @@ static layout_sizes sizes_for(const fpdm_context *ctx, const model_config *cfg, 
     s.image_out = b * cfg->out_channels * cfg->input_size * cfg->input_size;
     s.hidden = b * t * d;
     s.state = cfg->fixed_point ? b * t * d : 0;
-    /* An operand [B, T, D]; in 16-bit operands FPDM's iterations put fc1's
-     * [B, T, 2D] output here (network_layout), the same bytes. */
-    s.normed = max_size(backend_dtype_floats(operand, b * t * d), b * t * d);
+    /* An operand [B, T, D]; FPDM's iterations put fc1's [B, T, 2D] output
+     * here in 16-bit operands (network_layout), float32 [B, T, D]'s bytes. */
+    s.normed = cfg->fixed_point ? max_size(backend_dtype_floats(operand, b * t * d), b * t * d)
+                                : backend_dtype_floats(operand, b * t * d);
     /* qkv, proj's output, the MLP hidden layer, the patches, the
      * final layer's output, the solve's pre-projection (see network_layout). */
     size_t work_operand_cols = max_size(max_size(3 * d, (size_t)cfg->mlp_hidden),
