@@ -29,23 +29,28 @@ if(FPDM_CUDA_SOURCES)
     message(STATUS "fpdm: cuDNN not found: the VAE decoder runs on CPU contexts only")
   endif()
   # Kernels that come in variants (llm.c-style, each checked by a GPU test and
-  # timed by a bench in tests/gpu/): which one the backend runs is a cache
-  # option, compiled into the kernel's source file alone.
-  function(fpdm_kernel_variant option default source description)
-    set(${option} ${default} CACHE STRING "${description}")
+  # timed by a bench in tests/gpu/): the backend runs the variant the
+  # kernel's source names (its #define), or the one this cache option names.
+  # The option is empty by default, so that a build folder made before the
+  # source's default changed follows it rather than keeping the old number.
+  function(fpdm_kernel_variant option source description)
+    set(${option} "" CACHE STRING "${description} (empty: the default in ${source})")
+    if("${${option}}" STREQUAL "")
+      return()
+    endif()
     if(NOT ${option} MATCHES "^[0-9]$")
-      message(FATAL_ERROR "${option} must be a variant number, not '${${option}}'")
+      message(FATAL_ERROR "${option} must be empty or a variant number, not '${${option}}'")
     endif()
     set_property(SOURCE ${PROJECT_SOURCE_DIR}/${source} APPEND PROPERTY
                  COMPILE_DEFINITIONS ${option}=${${option}})
   endfunction()
-  # The tensor-core attention for head widths 49 to 80: 2, the fastest on an
-  # H100; tests/gpu/run.sh times them all on the GPU at hand and rebuilds
-  # with another where it is faster there.
-  fpdm_kernel_variant(FPDM_ATTENTION_VARIANT 2 kernels/attention.cu
+  # The tensor-core attention for head widths 49 to 80 (2 by default, the
+  # fastest on an H100); tests/gpu/run.sh times them all on the GPU at hand
+  # and rebuilds with another where it is faster there.
+  fpdm_kernel_variant(FPDM_ATTENTION_VARIANT kernels/attention.cu
                       "The tensor-core attention variant the CUDA backend runs")
-  # The cached LayerNorm (tests/gpu/bench_layernorm.c times both).
-  fpdm_kernel_variant(FPDM_LAYERNORM_VARIANT 1 kernels/layernorm.cu
+  # The cached LayerNorm (1 by default; tests/gpu/bench_layernorm.c times both).
+  fpdm_kernel_variant(FPDM_LAYERNORM_VARIANT kernels/layernorm.cu
                       "The cached LayerNorm kernel variant the CUDA backend runs")
   target_compile_options(fpdm PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
   if(FPDM_WERROR)

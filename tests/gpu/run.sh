@@ -194,9 +194,17 @@ for line in open(sys.argv[1], errors="replace"):
         function = None
 PY
 
-DEFAULT_VARIANT=$(sed -n 's/^FPDM_ATTENTION_VARIANT:STRING=//p' "$BUILD/CMakeCache.txt")
+# The variant a build runs: the CMake option where set, else the default the
+# kernel's source defines.
+build_variant() {  # build_variant OPTION SOURCE
+  local chosen
+  chosen=$(sed -n "s/^$1:STRING=//p" "$BUILD/CMakeCache.txt")
+  [ -n "$chosen" ] || chosen=$(sed -n "s/^#define $1 \([0-9]\)\$/\1/p" "$ROOT/$2")
+  echo "$chosen"
+}
+DEFAULT_VARIANT=$(build_variant FPDM_ATTENTION_VARIANT kernels/attention.cu)
 ATTENTION_VARIANT=$DEFAULT_VARIANT
-DEFAULT_LAYERNORM=$(sed -n 's/^FPDM_LAYERNORM_VARIANT:STRING=//p' "$BUILD/CMakeCache.txt")
+DEFAULT_LAYERNORM=$(build_variant FPDM_LAYERNORM_VARIANT kernels/layernorm.cu)
 LAYERNORM_VARIANT=$DEFAULT_LAYERNORM
 BENCH_BATCH=${BENCH_BATCH:-64}
 if [ "$QUICK" != 1 ]; then
