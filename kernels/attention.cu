@@ -554,24 +554,32 @@ static void launch_tc(cuda_backend *cb, void *out, const void *qkv, int batch, i
 }
 
 /* The variants. 0, the one the backend runs for head widths outside 49 to
- * 80: 4 warps of 16 queries, 4 blocks
- * a Hopper multiprocessor (128 registers a thread; head widths 64 and 72
- * spill a few). 1: 8 warps of 16 (a key/value tile serves twice the queries:
- * half the tile loads per product). 2: 4 warps of 32 queries read from
- * shared memory (two row tiles per fragment read). 3: 16 warps of 16, a whole
- * 256-token (image, head) in one block (keys and values read once). 4: 0 with
- * 3 blocks a Hopper multiprocessor (no spills, less latency hidden). Variants
- * above 0 are built for head_dim 49 to 80 only (DiT's 64 and 72), to keep
- * the build short. */
+ * 80: 4 warps of 16 queries, 4 blocks a Hopper multiprocessor (128 registers
+ * a thread; head widths 64 and 72 spill a few). 1: 8 warps of 16 (a
+ * key/value tile serves twice the queries: half the tile loads per product).
+ * 2: 4 warps of 32 queries read from shared memory (two row tiles per
+ * fragment read; 247 registers, 2 blocks a multiprocessor). 3: 16 warps of
+ * 16, a whole 256-token (image, head) in one block (keys and values read
+ * once). 4: 0 with 3 blocks a Hopper multiprocessor (no spills, less latency
+ * hidden). 5: 2 at 3 blocks a multiprocessor (168 registers: a few bytes
+ * spill, half as many warps again in flight). 6: 8 warps of 32 queries, a
+ * whole 256-token (image, head) in one block with 2's fragment reuse (238
+ * registers, no spills; keys and values read once). Variants above 0 are
+ * built for head_dim 49 to 80 only (DiT's 64 and 72), to keep the build
+ * short. */
 typedef tc_shape<4, 1, true, 4> tc_variant_0;
 typedef tc_shape<8, 1, true, 2> tc_variant_1;
 typedef tc_shape<4, 2, false, 2> tc_variant_2;
 typedef tc_shape<16, 1, true, 1> tc_variant_3;
 typedef tc_shape<4, 1, true, 3> tc_variant_4;
+typedef tc_shape<4, 2, false, 3> tc_variant_5;
+typedef tc_shape<8, 2, false, 1> tc_variant_6;
 static const char *const tc_variant_names[] = {
     "4 warps x 16 queries, q in registers", "8 warps x 16 queries, q in registers",
     "4 warps x 32 queries, q in shared memory", "16 warps x 16 queries, q in registers",
-    "4 warps x 16 queries, q in registers, 3 blocks"};
+    "4 warps x 16 queries, q in registers, 3 blocks",
+    "4 warps x 32 queries, q in shared memory, 3 blocks",
+    "8 warps x 32 queries, q in shared memory"};
 #define TC_VARIANTS ((int)(sizeof tc_variant_names / sizeof tc_variant_names[0]))
 /* The variant the backend runs for head widths 49 to 80: 2 unless the build
  * names another (CMake's FPDM_ATTENTION_VARIANT, which tests/gpu/run.sh sets
@@ -615,6 +623,8 @@ static void attention_16bit_variant(cuda_backend *cb, int variant, void *out, co
     case 2: attention_16bit<T, tc_variant_2, false>(cb, out, qkv, batch, tokens, heads, head_dim); return;
     case 3: attention_16bit<T, tc_variant_3, false>(cb, out, qkv, batch, tokens, heads, head_dim); return;
     case 4: attention_16bit<T, tc_variant_4, false>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+    case 5: attention_16bit<T, tc_variant_5, false>(cb, out, qkv, batch, tokens, heads, head_dim); return;
+    case 6: attention_16bit<T, tc_variant_6, false>(cb, out, qkv, batch, tokens, heads, head_dim); return;
     default: cuda_fail(cb, "attention: no variant %d (there are %d)", variant, TC_VARIANTS);
     }
 }
