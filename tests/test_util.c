@@ -134,6 +134,27 @@ void test_remove_temp_dir(const char *dir) {
     if (system(command) != 0) fprintf(stderr, "could not remove %s\n", dir);
 }
 
+double test_now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+double test_fastest_launch_ms(backend *be, void (*launch)(void *arg), void *arg, int rounds,
+                              int launches) {
+    for (int warmup = 0; warmup < 2; warmup++) launch(arg);
+    if (be->synchronize(be)) return -1;
+    double best = -1;
+    for (int round = 0; round < rounds; round++) {
+        double start = test_now_seconds();
+        for (int i = 0; i < launches; i++) launch(arg);
+        if (be->synchronize(be)) return -1;
+        double ms = 1e3 * (test_now_seconds() - start) / launches;
+        if (best < 0 || ms < best) best = ms;
+    }
+    return best;
+}
+
 int test_finish(const char *name) {
     if (test_failures) {
         fprintf(stderr, "%s: %d check(s) failed\n", name, test_failures);

@@ -70,6 +70,14 @@ float *test_upload_operand(backend *be, float *values, size_t n);
  * backend's non-zero status. */
 int test_download_operand(backend *be, float *values, const float *device, size_t n);
 
+/* Benchmarks (tests/gpu/bench_*.c): a monotonic clock in seconds, and the
+ * fastest mean milliseconds of one launch(arg) over `rounds` rounds of
+ * `launches` launches each, after two untimed ones; the backend is
+ * synchronized around every round. -1 when a synchronize fails. */
+double test_now_seconds(void);
+double test_fastest_launch_ms(backend *be, void (*launch)(void *arg), void *arg, int rounds,
+                              int launches);
+
 /* A fresh folder "/tmp/fpdm_NAME.XXXXXX" into dir (size bytes); 0, or -1. */
 int test_make_temp_dir(char *dir, size_t size, const char *name);
 /* Removes that folder and everything in it (a note on stderr if it cannot). */

@@ -11,11 +11,9 @@
  *   build-gpu/bench_attention [rounds]
  *
  * Exits 77 without a GPU, 1 when a variant fails or disagrees. */
-#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "backend.h"
 #include "backend_cuda.h"
@@ -25,28 +23,18 @@
 /* Two variants differ only in the rounding of P and of the output to bf16. */
 #define MAX_DISTANCE 1e-2
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
+/* One launch of a variant, as test_fastest_launch_ms times it. */
+typedef struct attention_launch {
+    backend *gpu;
+    int variant, batch, tokens, heads, head_dim;
+    float *out;
+    const float *qkv;
+} attention_launch;
 
-/* Fastest mean launch time over `rounds` rounds, in ms; -1 on a failure. */
-static double time_variant(backend *gpu, int variant, float *out, const float *qkv, int batch,
-                           int tokens, int heads, int head_dim, int rounds) {
-    for (int warmup = 0; warmup < 2; warmup++)
-        backend_cuda_attention_variant(gpu, variant, out, qkv, batch, tokens, heads, head_dim);
-    if (gpu->synchronize(gpu)) return -1;
-    double best = -1;
-    for (int round = 0; round < rounds; round++) {
-        double start = now_seconds();
-        for (int launch = 0; launch < LAUNCHES_PER_ROUND; launch++)
-            backend_cuda_attention_variant(gpu, variant, out, qkv, batch, tokens, heads, head_dim);
-        if (gpu->synchronize(gpu)) return -1;
-        double ms = 1e3 * (now_seconds() - start) / LAUNCHES_PER_ROUND;
-        if (best < 0 || ms < best) best = ms;
-    }
-    return best;
+static void launch_attention(void *arg) {
+    const attention_launch *a = arg;
+    backend_cuda_attention_variant(a->gpu, a->variant, a->out, a->qkv, a->batch, a->tokens,
+                                   a->heads, a->head_dim);
 }
 
 int main(int argc, char **argv) {
@@ -95,8 +83,9 @@ int main(int argc, char **argv) {
             for (size_t i = 0; i < out_floats; i++) host_out[i] = NAN;
             float *qkv = test_upload_operand(gpu, host_qkv, qkv_floats);
             float *out = test_upload_operand(gpu, host_out, out_floats);
-            double ms = qkv && out ? time_variant(gpu, variant, out, qkv, batch, tokens, heads,
-                                                  head_dim, rounds)
+            attention_launch launch = {gpu, variant, batch, tokens, heads, head_dim, out, qkv};
+            double ms = qkv && out ? test_fastest_launch_ms(gpu, launch_attention, &launch, rounds,
+                                                            LAUNCHES_PER_ROUND)
                                    : -1;
             if (ms < 0 || test_download_operand(gpu, host_out, out, out_floats)) {
                 printf("%7d %5d %6d %9s %8s %10s  %s: FAILED (%s)\n", variant, batch, tokens, "-",

@@ -15,12 +15,10 @@
  *   build-gpu/bench_layernorm [rounds]
  *
  * Exits 77 without a GPU, 1 when a variant fails or differs from 0. */
-#define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "backend.h"
 #include "backend_cuda.h"
@@ -31,12 +29,6 @@
 #define TOKENS 256
 #define DIM 1152
 #define MOD_STRIDE (6 * DIM)
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
 
 typedef struct buffers {
     float *x, *x_start, *mod;
@@ -49,22 +41,17 @@ static void run(backend *gpu, int variant, int with_residual, const buffers *b) 
                                    b->mod + 4 * DIM, MOD_STRIDE, BATCH, TOKENS, DIM);
 }
 
-/* Fastest mean launch time over `rounds` rounds, in ms; -1 on a failure. The
- * residual form keeps adding to x: the gate is small, so x stays finite. */
-static double time_variant(backend *gpu, int variant, int with_residual, const buffers *b,
-                           int rounds) {
-    for (int warmup = 0; warmup < 2; warmup++) run(gpu, variant, with_residual, b);
-    if (gpu->synchronize(gpu)) return -1;
-    double best = -1;
-    for (int round = 0; round < rounds; round++) {
-        double start = now_seconds();
-        for (int launch = 0; launch < LAUNCHES_PER_ROUND; launch++)
-            run(gpu, variant, with_residual, b);
-        if (gpu->synchronize(gpu)) return -1;
-        double ms = 1e3 * (now_seconds() - start) / LAUNCHES_PER_ROUND;
-        if (best < 0 || ms < best) best = ms;
-    }
-    return best;
+/* One launch, as test_fastest_launch_ms times it. The residual form keeps
+ * adding to x: the gate is small, so x stays finite. */
+typedef struct layernorm_launch {
+    backend *gpu;
+    int variant, with_residual;
+    const buffers *b;
+} layernorm_launch;
+
+static void launch_layernorm(void *arg) {
+    const layernorm_launch *l = arg;
+    run(l->gpu, l->variant, l->with_residual, l->b);
 }
 
 /* One launch from the starting x; the output and the new x, downloaded. */
@@ -139,7 +126,9 @@ int main(int argc, char **argv) {
                 continue;
             }
             gpu->copy(gpu, b.x, b.x_start, n);
-            double ms = time_variant(gpu, variant, with_residual, &b, rounds);
+            layernorm_launch launch = {gpu, variant, with_residual, &b};
+            double ms = test_fastest_launch_ms(gpu, launch_layernorm, &launch, rounds,
+                                               LAUNCHES_PER_ROUND);
             if (ms < 0) {
                 printf("%7d %-9s FAILED (%s)\n", variant, form, backend_cuda_error(gpu));
                 failed = 1;
