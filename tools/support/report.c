@@ -2,13 +2,12 @@
 #define _POSIX_C_SOURCE 200809L
 #include "report.h"
 #include "cli.h"
+#include "temp_path.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 struct report {
     cJSON *root;
@@ -160,27 +159,13 @@ int report_write(const report *r, const char *path, char *err, size_t err_size)
         snprintf(err, err_size, "%s: out of memory while formatting the report", path);
         return -1;
     }
-    size_t tmp_size = strlen(path) + 32;
-    char *tmp_path = malloc(tmp_size);
-    if (!tmp_path) {
-        free(text);
-        snprintf(err, err_size, "%s: out of memory", path);
-        return -1;
+    temp_file out;
+    int rc = temp_file_create(&out, path, err, err_size);
+    if (rc == 0) {
+        temp_file_write(&out, text, strlen(text));
+        temp_file_write(&out, "\n", 1);
+        rc = temp_file_commit(&out, path, err, err_size);
     }
-    snprintf(tmp_path, tmp_size, "%s.tmp%ld", path, (long)getpid());
-    FILE *f = fopen(tmp_path, "wb");
-    int ok = f != NULL;
-    if (ok) {
-        ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-        ok = (fclose(f) == 0) && ok;
-    }
-    if (ok)
-        ok = rename(tmp_path, path) == 0;
-    if (!ok) {
-        snprintf(err, err_size, "%s: cannot write: %s", path, strerror(errno));
-        remove(tmp_path);
-    }
-    free(tmp_path);
     free(text);
-    return ok ? 0 : -1;
+    return rc;
 }
