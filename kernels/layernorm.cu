@@ -157,6 +157,20 @@ layernorm_modulate_cached_kernel(T *out, float *x, const T *residual, const floa
 
 static bool aligned16(const void *pointer) { return (reinterpret_cast<uintptr_t>(pointer) & 15) == 0; }
 
+/* The kernels of a warp a row, which share their parameters and launch
+ * shape: the cached kernel's variant 0 or 1, or (variant -1) the plain one. */
+template <typename T>
+static void launch_warp_rows(cudaStream_t stream, int variant, unsigned int blocks, T *out,
+                             float *x, const T *residual, const float *gate, const float *shift,
+                             const float *scale, int mod_stride, int tokens, int dim,
+                             long long rows) {
+    auto kernel = variant < 0    ? layernorm_modulate_kernel<T>
+                  : variant == 1 ? layernorm_modulate_cached_kernel<T, true>
+                                 : layernorm_modulate_cached_kernel<T, false>;
+    kernel<<<blocks, LAYERNORM_WARPS * 32, 0, stream>>>(out, x, residual, gate, shift, scale,
+                                                        mod_stride, tokens, dim, rows);
+}
+
 /* Both ops; residual and gate NULL for plain layernorm_modulate (x is then
  * only read, though the kernels take it writable). */
 static void launch_layernorm(backend *be, int variant, void *out, float *x, const void *residual,
@@ -178,24 +192,10 @@ static void launch_layernorm(backend *be, int variant, void *out, float *x, cons
                   (!residual || (reinterpret_cast<uintptr_t>(residual) % operand_alignment == 0 &&
                                  aligned16(gate))) &&
                   reinterpret_cast<uintptr_t>(out) % operand_alignment == 0;
-    if (cached && variant == 1)
-        OPERAND_DISPATCH(be->operand_type,
-                         layernorm_modulate_cached_kernel<T, true>
-                         <<<(unsigned int)blocks, LAYERNORM_WARPS * 32, 0, cb->stream>>>(
-                             (T *)out, x, (const T *)residual, gate, shift, scale, mod_stride,
-                             tokens, dim, rows));
-    else if (cached)
-        OPERAND_DISPATCH(be->operand_type,
-                         layernorm_modulate_cached_kernel<T, false>
-                         <<<(unsigned int)blocks, LAYERNORM_WARPS * 32, 0, cb->stream>>>(
-                             (T *)out, x, (const T *)residual, gate, shift, scale, mod_stride,
-                             tokens, dim, rows));
-    else
-        OPERAND_DISPATCH(be->operand_type,
-                         layernorm_modulate_kernel<T>
-                         <<<(unsigned int)blocks, LAYERNORM_WARPS * 32, 0, cb->stream>>>(
-                             (T *)out, x, (const T *)residual, gate, shift, scale, mod_stride,
-                             tokens, dim, rows));
+    OPERAND_DISPATCH(be->operand_type,
+                     launch_warp_rows<T>(cb->stream, cached ? variant : -1, (unsigned int)blocks,
+                                         (T *)out, x, (const T *)residual, gate, shift, scale,
+                                         mod_stride, tokens, dim, rows));
     cuda_check_launch(cb, residual ? "residual_layernorm_modulate_kernel" : "layernorm_modulate_kernel");
 }
 
