@@ -293,6 +293,47 @@ static void test_operand_outputs(backend *device, const char *type_name) {
     gpu = saved;
 }
 
+/* Runs `check` with a fresh bf16, then fp16 CUDA backend as `gpu`, the
+ * precision's name passed for its messages; the float32 backend is `gpu`
+ * again after. */
+static void on_half_backends(void (*check)(const char *type_name)) {
+    const fpdm_precision precisions[2] = {FPDM_PRECISION_BF16, FPDM_PRECISION_FP16};
+    const char *names[2] = {"bf16", "fp16"};
+    for (int p = 0; p < 2; p++) {
+        char err[256];
+        backend *half = backend_cuda_create(0, precisions[p], err, sizeof err);
+        CHECK_MSG(half != NULL, "%s", err);
+        if (!half) continue;
+        backend *saved = gpu;
+        gpu = half;
+        check(names[p]);
+        gpu = saved;
+        half->destroy(half);
+    }
+}
+
+/* Products on a 16-bit backend (`gpu` here, see on_half_backends). */
+static void test_linear_half(const char *type_name) {
+    const backend_output f32 = BACKEND_OUT_F32, operand = BACKEND_OUT_OPERAND;
+    char what[96];
+#define HALF_CASE(label, rows, out, in, offset, bias, add, act, output, tol)                   \
+    (snprintf(what, sizeof what, "linear %s %s", type_name, label),                            \
+     test_linear_case(gpu, what, rows, out, in, offset, bias, add, act, output, tol))
+    HALF_CASE("bias gelu -> operand", 257, 4608, 1152, 0, 1, 0, BACKEND_ACT_GELU_TANH, operand,
+              1e-2);
+    HALF_CASE("bias -> f32", 300, 1152, 4608, 0, 1, 0, BACKEND_ACT_NONE, f32, 1e-4);
+    HALF_CASE("add gelu -> operand", 100, 2304, 1152, 0, 1, 1, BACKEND_ACT_GELU_TANH, operand,
+              1e-2);
+    HALF_CASE("add in place -> f32", 100, 384, 384, 0, 1, 2, BACKEND_ACT_NONE, f32, 1e-4);
+    HALF_CASE("column block -> operand", 70, 1152, 1152, 1152, 1, 0, BACKEND_ACT_NONE, operand,
+              1e-2);
+    HALF_CASE("odd column block, unaligned bias", 70, 130, 64, 3, 2, 0, BACKEND_ACT_GELU_TANH,
+              f32, 1e-4);
+    HALF_CASE("silu -> operand", 33, 384, 256, 0, 1, 0, BACKEND_ACT_SILU, operand, 1e-2);
+#undef HALF_CASE
+    test_operand_outputs(gpu, type_name);
+}
+
 static void test_linear(void) {
     const backend_output f32 = BACKEND_OUT_F32, operand = BACKEND_OUT_OPERAND;
     /* rows, out, in, column offset, bias (0 none, 1 aligned, 2 offset by one), add, act */
@@ -310,31 +351,7 @@ static void test_linear(void) {
     test_linear_case(gpu, "linear unaligned bias gelu", 70, 130, 64, 0, 2, 0,
                      BACKEND_ACT_GELU_TANH, f32, 1e-5);
     test_linear_case(gpu, "linear odd small", 1, 7, 13, 1, 2, 1, BACKEND_ACT_SILU, f32, 1e-5);
-    const fpdm_precision precisions[2] = {FPDM_PRECISION_BF16, FPDM_PRECISION_FP16};
-    const char *names[2] = {"bf16", "fp16"};
-    for (int p = 0; p < 2; p++) {
-        char err[256], what[96];
-        backend *half = backend_cuda_create(0, precisions[p], err, sizeof err);
-        CHECK_MSG(half != NULL, "%s", err);
-        if (!half) continue;
-#define HALF_CASE(label, rows, out, in, offset, bias, add, act, output, tol)                   \
-    (snprintf(what, sizeof what, "linear %s %s", names[p], label),                             \
-     test_linear_case(half, what, rows, out, in, offset, bias, add, act, output, tol))
-        HALF_CASE("bias gelu -> operand", 257, 4608, 1152, 0, 1, 0, BACKEND_ACT_GELU_TANH, operand,
-                  1e-2);
-        HALF_CASE("bias -> f32", 300, 1152, 4608, 0, 1, 0, BACKEND_ACT_NONE, f32, 1e-4);
-        HALF_CASE("add gelu -> operand", 100, 2304, 1152, 0, 1, 1, BACKEND_ACT_GELU_TANH, operand,
-                  1e-2);
-        HALF_CASE("add in place -> f32", 100, 384, 384, 0, 1, 2, BACKEND_ACT_NONE, f32, 1e-4);
-        HALF_CASE("column block -> operand", 70, 1152, 1152, 1152, 1, 0, BACKEND_ACT_NONE, operand,
-                  1e-2);
-        HALF_CASE("odd column block, unaligned bias", 70, 130, 64, 3, 2, 0, BACKEND_ACT_GELU_TANH,
-                  f32, 1e-4);
-        HALF_CASE("silu -> operand", 33, 384, 256, 0, 1, 0, BACKEND_ACT_SILU, operand, 1e-2);
-#undef HALF_CASE
-        test_operand_outputs(half, names[p]);
-        half->destroy(half);
-    }
+    on_half_backends(test_linear_half);
 }
 
 static void test_layernorm(void) {
@@ -617,26 +634,14 @@ static void test_error_reporting(void) {
 
 /* The cached LayerNorm's variants with 16-bit operands (outputs rounded to
  * them: 1e-2). */
-static void test_layernorm_half(void) {
-    const fpdm_precision precisions[2] = {FPDM_PRECISION_BF16, FPDM_PRECISION_FP16};
-    const char *names[2] = {"bf16", "fp16"};
-    for (int p = 0; p < 2; p++) {
-        char err[256];
-        backend *half = backend_cuda_create(0, precisions[p], err, sizeof err);
-        CHECK_MSG(half != NULL, "%s", err);
-        if (!half) continue;
-        backend *saved = gpu;
-        gpu = half;
-        test_layernorm_variants(names[p], 1e-2);
-        gpu = saved;
-        half->destroy(half);
-    }
+static void test_layernorm_variants_half(const char *type_name) {
+    test_layernorm_variants(type_name, 1e-2);
 }
 
 static void test_layernorm_all(void) {
     test_layernorm();
     test_layernorm_variants("fp32", 1e-5);
-    test_layernorm_half();
+    on_half_backends(test_layernorm_variants_half);
 }
 
 int main(int argc, char **argv) {
