@@ -4,7 +4,7 @@
 #   cc prog.c $(pkg-config --cflags --libs fpdm)
 # builds against it (fpdm.pc finds the prefix from its own place, so the
 # folder may move). libfpdm.a is static: fpdm.pc lists what it needs
-# (OpenBLAS, cJSON, OpenMP, and for a CUDA build the CUDA runtime, cuBLAS(Lt),
+# (OpenBLAS, OpenMP, and for a CUDA build the CUDA runtime, cuBLAS(Lt),
 # cuDNN and the C++ runtime the .cu files use), with run paths for the
 # libraries outside the system folders (the OpenMP OpenBLAS, CUDA's).
 include(GNUInstallDirs)
@@ -31,7 +31,7 @@ function(fpdm_pc_library library)
 endfunction()
 
 set(FPDM_PC_LIBS "")
-foreach(library ${BLAS_LIBRARIES} ${CJSON_LIBRARY})
+foreach(library ${BLAS_LIBRARIES})
   fpdm_pc_library(${library})
 endforeach()
 string(APPEND FPDM_PC_LIBS " ${OpenMP_C_FLAGS}")

@@ -7,11 +7,10 @@
 #include "safetensors.h"
 #include "error_message.h"
 #include "float16.h"
+#include "json.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +20,6 @@
 
 /* A header larger than this is not a model file but an attack on memory. */
 #define MAX_HEADER_BYTES ((uint64_t)100 * 1024 * 1024)
-/* JSON numbers are doubles; above 2^53 they no longer name one integer. */
-#define MAX_EXACT_INTEGER 9007199254740992.0
 
 static char *copy_string(const char *s) {
     size_t n = strlen(s) + 1;
@@ -82,40 +79,37 @@ const char *safetensors_metadata(const safetensors_file *file, const char *key) 
 
 /* ---- header parsing --------------------------------------------------- */
 
-/* A JSON number that is an exact non-negative integer a double can hold. */
-static int json_to_count(const cJSON *item, uint64_t *out) {
-    if (!cJSON_IsNumber(item)) return 0;
-    double v = item->valuedouble;
-    if (!(v >= 0 && v <= MAX_EXACT_INTEGER) || floor(v) != v) return 0;
-    *out = (uint64_t)v;
+static int json_to_count(const json_value *item, uint64_t *out) {
+    if (!item || item->type != JSON_NUMBER || !item->is_count) return 0;
+    *out = item->count;
     return 1;
 }
 
-static int parse_dtype(const char *path, const char *name, const cJSON *item,
+static int parse_dtype(const char *path, const char *name, const json_value *item,
                        safetensors_tensor *t, char *err, size_t err_size) {
-    if (!cJSON_IsString(item)) {
+    if (item->type != JSON_STRING) {
         set_error(err, err_size, "%s: tensor %s: dtype is not a string", path, name);
         return -1;
     }
     for (size_t i = 0; i < NUM_DTYPES; i++) {
-        if (strcmp(item->valuestring, dtype_table[i].name) == 0) {
+        if (strcmp(item->string, dtype_table[i].name) == 0) {
             t->dtype = dtype_table[i].dtype;
             return 0;
         }
     }
     set_error(err, err_size,
               "%s: tensor %s: unsupported dtype \"%s\" (supported: F32, F16, BF16, F64, I64, I32)",
-              path, name, item->valuestring);
+              path, name, item->string);
     return -1;
 }
 
-static int parse_shape(const char *path, const char *name, const cJSON *item,
+static int parse_shape(const char *path, const char *name, const json_value *item,
                        safetensors_tensor *t, char *err, size_t err_size) {
-    if (!cJSON_IsArray(item)) {
+    if (item->type != JSON_ARRAY) {
         set_error(err, err_size, "%s: tensor %s: shape is not an array", path, name);
         return -1;
     }
-    int ndim = cJSON_GetArraySize(item);
+    int ndim = item->num_children;
     if (ndim > SAFETENSORS_MAX_DIMS) {
         set_error(err, err_size, "%s: tensor %s: shape has %d dims, at most %d are supported",
                   path, name, ndim, SAFETENSORS_MAX_DIMS);
@@ -123,7 +117,7 @@ static int parse_shape(const char *path, const char *name, const cJSON *item,
     }
     int64_t count = 1;
     int d = 0;
-    for (const cJSON *dim = item->child; dim; dim = dim->next, d++) {
+    for (const json_value *dim = item->first_child; dim; dim = dim->next, d++) {
         uint64_t size;
         if (!json_to_count(dim, &size)) {
             set_error(err, err_size,
@@ -146,11 +140,11 @@ typedef struct span {
     uint64_t begin, end;
 } span;
 
-static int parse_offsets(const char *path, const char *name, const cJSON *item, uint64_t data_size,
+static int parse_offsets(const char *path, const char *name, const json_value *item, uint64_t data_size,
                          span *out, char *err, size_t err_size) {
     uint64_t begin, end;
-    if (!cJSON_IsArray(item) || cJSON_GetArraySize(item) != 2 ||
-        !json_to_count(item->child, &begin) || !json_to_count(item->child->next, &end)) {
+    if (item->type != JSON_ARRAY || item->num_children != 2 ||
+        !json_to_count(item->first_child, &begin) || !json_to_count(item->first_child->next, &end)) {
         set_error(err, err_size,
                   "%s: tensor %s: data_offsets is not a pair of non-negative integers", path, name);
         return -1;
@@ -172,28 +166,28 @@ static int parse_offsets(const char *path, const char *name, const cJSON *item, 
 }
 
 /* One tensor entry: {"dtype", "shape", "data_offsets"} and nothing else. */
-static int parse_tensor(const char *path, const cJSON *entry, const uint8_t *data,
+static int parse_tensor(const char *path, const json_value *entry, const uint8_t *data,
                         uint64_t data_size, safetensors_tensor *t, span *s, char *err,
                         size_t err_size) {
-    const char *name = entry->string;
-    if (!cJSON_IsObject(entry)) {
+    const char *name = entry->name;
+    if (entry->type != JSON_OBJECT) {
         set_error(err, err_size, "%s: tensor %s: entry is not an object", path, name);
         return -1;
     }
-    const cJSON *dtype = NULL, *shape = NULL, *offsets = NULL;
-    for (const cJSON *field = entry->child; field; field = field->next) {
-        const cJSON **slot = strcmp(field->string, "dtype") == 0          ? &dtype
-                             : strcmp(field->string, "shape") == 0        ? &shape
-                             : strcmp(field->string, "data_offsets") == 0 ? &offsets
+    const json_value *dtype = NULL, *shape = NULL, *offsets = NULL;
+    for (const json_value *field = entry->first_child; field; field = field->next) {
+        const json_value **slot = strcmp(field->name, "dtype") == 0          ? &dtype
+                             : strcmp(field->name, "shape") == 0        ? &shape
+                             : strcmp(field->name, "data_offsets") == 0 ? &offsets
                                                                           : NULL;
         if (!slot) {
             set_error(err, err_size, "%s: tensor %s: unexpected field \"%s\"", path, name,
-                      field->string);
+                      field->name);
             return -1;
         }
         if (*slot) {
             set_error(err, err_size, "%s: tensor %s: field \"%s\" appears twice", path, name,
-                      field->string);
+                      field->name);
             return -1;
         }
         *slot = field;
@@ -243,13 +237,13 @@ static int find_repeated(char *const *names, int n, const char **repeated) {
     return 0;
 }
 
-static int parse_metadata(const char *path, const cJSON *meta, safetensors_file *file, char *err,
+static int parse_metadata(const char *path, const json_value *meta, safetensors_file *file, char *err,
                           size_t err_size) {
-    if (!cJSON_IsObject(meta)) {
+    if (meta->type != JSON_OBJECT) {
         set_error(err, err_size, "%s: __metadata__ is not an object", path);
         return -1;
     }
-    int n = cJSON_GetArraySize(meta);
+    int n = meta->num_children;
     if (n == 0) return 0;
     file->metadata_keys = calloc((size_t)n, sizeof(char *));
     file->metadata_values = calloc((size_t)n, sizeof(char *));
@@ -257,15 +251,15 @@ static int parse_metadata(const char *path, const cJSON *meta, safetensors_file 
         set_error(err, err_size, "%s: out of memory reading metadata", path);
         return ERROR_OUT_OF_MEMORY;
     }
-    for (const cJSON *item = meta->child; item; item = item->next) {
-        if (!cJSON_IsString(item)) {
+    for (const json_value *item = meta->first_child; item; item = item->next) {
+        if (item->type != JSON_STRING) {
             set_error(err, err_size, "%s: __metadata__ value of key %s is not a string", path,
-                      item->string);
+                      item->name);
             return -1;
         }
         int i = file->num_metadata;
-        file->metadata_keys[i] = copy_string(item->string);
-        file->metadata_values[i] = copy_string(item->valuestring);
+        file->metadata_keys[i] = copy_string(item->name);
+        file->metadata_values[i] = copy_string(item->string);
         file->num_metadata++;
         if (!file->metadata_keys[i] || !file->metadata_values[i]) {
             set_error(err, err_size, "%s: out of memory reading metadata", path);
@@ -291,7 +285,7 @@ static int compare_span(const void *a, const void *b) {
     return 0;
 }
 
-/* Names must be unique (cJSON keeps duplicate keys) and non-empty byte spans
+/* Names must be unique (the JSON reader keeps repeated names) and non-empty byte spans
  * must be disjoint, or one tensor's bytes would be read as another's. */
 static int check_unique(const char *path, safetensors_file *file, span *spans, char *err,
                         size_t err_size) {
@@ -336,31 +330,30 @@ static int parse_header(const char *header, size_t header_size, const uint8_t *d
         set_error(err, err_size, "%s: header contains a NUL byte", path);
         return -1;
     }
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(header, header_size, &end, 0);
-    if (!root) {
-        size_t at = end && end >= header && end <= header + header_size ? (size_t)(end - header) : 0;
-        set_error(err, err_size, "%s: header is not valid JSON (error near byte %zu of %zu)", path,
-                  at, header_size);
+    json_document document;
+    size_t error_offset = 0;
+    const char *error_reason = NULL;
+    json_result parsed = json_parse(header, header_size, &document, &error_offset, &error_reason);
+    if (parsed == JSON_OUT_OF_MEMORY) {
+        set_error(err, err_size, "%s: out of memory reading the %zu-byte header", path, header_size);
+        return ERROR_OUT_OF_MEMORY;
+    }
+    if (parsed != JSON_OK) {
+        set_error(err, err_size, "%s: header is not valid JSON: %s (byte %zu of %zu)", path,
+                  error_reason, error_offset, header_size);
         return -1;
     }
+    const json_value *root = document.root;
     int status = ERROR_REFUSED;
     span *spans = NULL;
-    for (const char *p = end; p < header + header_size; p++) {
-        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            set_error(err, err_size, "%s: header has text after the JSON object (byte %zu)", path,
-                      (size_t)(p - header));
-            goto done;
-        }
-    }
-    if (!cJSON_IsObject(root)) {
+    if (root->type != JSON_OBJECT) {
         set_error(err, err_size, "%s: header is not a JSON object", path);
         goto done;
     }
-    int num_entries = cJSON_GetArraySize(root);
-    const cJSON *meta = NULL;
-    for (const cJSON *item = root->child; item; item = item->next) {
-        if (strcmp(item->string, "__metadata__") != 0) continue;
+    int num_entries = root->num_children;
+    const json_value *meta = NULL;
+    for (const json_value *item = root->first_child; item; item = item->next) {
+        if (strcmp(item->name, "__metadata__") != 0) continue;
         if (meta) {
             set_error(err, err_size, "%s: __metadata__ appears twice", path);
             goto done;
@@ -380,12 +373,12 @@ static int parse_header(const char *header, size_t header_size, const uint8_t *d
             goto done;
         }
     }
-    for (const cJSON *item = root->child; item; item = item->next) {
+    for (const json_value *item = root->first_child; item; item = item->next) {
         if (item == meta) continue;
         int i = file->num_tensors;
         safetensors_tensor *t = &file->tensors[i];
         if (parse_tensor(path, item, data, data_size, t, &spans[i], err, err_size)) goto done;
-        t->name = copy_string(item->string);
+        t->name = copy_string(item->name);
         if (!t->name) {
             set_error(err, err_size, "%s: out of memory for tensor names", path);
             status = ERROR_OUT_OF_MEMORY;
@@ -396,7 +389,7 @@ static int parse_header(const char *header, size_t header_size, const uint8_t *d
     status = check_unique(path, file, spans, err, err_size);
 done:
     free(spans);
-    cJSON_Delete(root);
+    json_free(&document);
     return status;
 }
 

@@ -15,8 +15,9 @@
  * The library's malloc, calloc, realloc and aligned_alloc calls, and its
  * mmap of model files (which fails with ENOMEM when address space runs out),
  * reach the wrappers below through the linker's --wrap (cmake/tests.cmake);
- * the C library's own allocations (inside fopen, say) and OpenBLAS's,
- * OpenMP's and cJSON's are not counted.
+ * the C library's own allocations (inside fopen, say) and OpenBLAS's and
+ * OpenMP's are not counted. The JSON reader of model headers is the
+ * library's own (host/json.c), so its allocations are.
  * Run: ctest -R test_out_of_memory (from the build folder's ctest). */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>

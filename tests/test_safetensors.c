@@ -82,11 +82,13 @@ static void expect_header_failure(const char *what, const char *header, const ch
 
 /* ---- the valid file ---------------------------------------------------------- */
 
+/* Whole numbers may be written any way JSON allows (w's shape, b's offsets),
+ * and strings may hold escapes (the note). */
 static const char valid_header[] =
-    "{\"__metadata__\":{\"format\":\"pt\",\"fpdm.note\":\"hello\"},"
+    "{\"__metadata__\":{\"format\":\"pt\",\"fpdm.note\":\"h\\u0065llo\"},"
     "\"h\":{\"dtype\":\"F16\",\"shape\":[2,4],\"data_offsets\":[0,16]},"
-    "\"w\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[16,40]},"
-    "\"b\":{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[40,46]},"
+    "\"w\":{\"dtype\":\"F32\",\"shape\":[2.0,3e0],\"data_offsets\":[16,40]},"
+    "\"b\":{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[0.4e2,46]},"
     "\"u\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[47,51]},"
     "\"i\":{\"dtype\":\"I64\",\"shape\":[2],\"data_offsets\":[51,67]},"
     "\"e\":{\"dtype\":\"F32\",\"shape\":[0,5],\"data_offsets\":[67,67]},"
@@ -273,7 +275,7 @@ static void test_length_failures(void) {
 #define T(dtype, shape, offsets) "{\"dtype\":\"" dtype "\",\"shape\":" shape ",\"data_offsets\":" offsets "}"
 
 static void test_header_failures(void) {
-    expect_header_failure("not JSON", "{\"a\": nope}", "not valid JSON");
+    expect_header_failure("not JSON", "{\"a\": nope}", "not valid JSON: expected a value (byte 6 of 11)");
     expect_header_failure("truncated JSON", "{\"a\":{\"dtype\":", "not valid JSON");
     expect_header_failure("JSON array", "[1, 2, 3]", "not a JSON object");
     expect_header_failure("JSON string", "\"text\"", "not a JSON object");
@@ -312,7 +314,12 @@ static void test_header_failures(void) {
     expect_header_failure("offsets past data", "{\"a\":" T("F32", "[20]", "[0,80]") "}", "out of range");
     expect_header_failure("end before begin", "{\"a\":" T("F32", "[1]", "[8,4]") "}", "before begin");
     expect_header_failure("size mismatch", "{\"a\":" T("F32", "[2,2]", "[0,12]") "}", "data_offsets span 12 bytes");
+    /* Offsets are read exactly up to 2^64 - 1 (a double would round them). */
     expect_header_failure("offsets 2^64-1", "{\"a\":" T("F32", "[1]", "[0,18446744073709551615]") "}",
+                          "end 18446744073709551615 is out of range");
+    expect_header_failure("offsets 2^53+1", "{\"a\":" T("F32", "[1]", "[9007199254740989,9007199254740993]") "}",
+                          "end 9007199254740993 is out of range");
+    expect_header_failure("offsets 2^64", "{\"a\":" T("F32", "[1]", "[0,18446744073709551616]") "}",
                           "data_offsets is not a pair");
     expect_header_failure("negative offset", "{\"a\":" T("F32", "[1]", "[-4,0]") "}", "data_offsets is not a pair");
     expect_header_failure("three offsets", "{\"a\":" T("F32", "[1]", "[0,4,8]") "}", "data_offsets is not a pair");
@@ -330,8 +337,8 @@ static void test_header_failures(void) {
     expect_header_failure("metadata twice", "{\"__metadata__\":{},\"__metadata__\":{}}", "__metadata__ appears twice");
     expect_header_failure("metadata key twice", "{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", "key k appears twice");
 
-    /* A NUL inside the header would let cJSON see a different name than the
-     * file holds. */
+    /* A NUL inside the header would make a C-string name differ from the
+     * name the file holds. */
     char path[128];
     uint8_t buffer[64];
     const char with_nul[] = "{\"a\0b\":{}}";

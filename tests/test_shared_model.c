@@ -2,9 +2,11 @@
  * requests at once: one model and one VAE, loaded once, shared by contexts on
  * several threads (a context each). Four threads sample at the same time, each
  * its own seed and classes, FPDM with reuse, DiT with DDIM and a VAE decode,
- * three rounds over; every result must equal, bit for bit, the same request
- * run alone beforehand. Everything runs on one OpenMP thread per caller, as
- * the serial runs do, so the products sum in the same order.
+ * three rounds over; then four threads load their own copies of the files at
+ * the same time and serve the same requests with them. Every result must
+ * equal, bit for bit, the same request run alone beforehand. Everything runs
+ * on one OpenMP thread per caller, as the serial runs do, so the products sum
+ * in the same order.
  * tests/gpu/test_shared_model.c builds this file for contexts on the GPU.
  *
  *   ./build/test_shared_model
@@ -37,7 +39,7 @@ typedef struct shared {
 } shared;
 
 typedef struct request {
-    const shared *models;
+    const shared *models; /* NULL: the worker loads its own */
     int worker;
     fpdm_status status;
     char message[256];
@@ -65,26 +67,39 @@ static void serve(request *r) {
         snprintf(r->message, sizeof r->message, "no context");
         return;
     }
+    fpdm_model *own_fpdm = NULL, *own_dit = NULL;
+    fpdm_vae *own_vae = NULL;
+    fpdm_status status = FPDM_OK;
+    shared models = r->models ? *r->models : (shared){0};
+    if (!r->models) {
+        status = fpdm_model_load(ctx, FPDM_MODEL, &own_fpdm);
+        if (status == FPDM_OK) status = fpdm_model_load(ctx, DIT_MODEL, &own_dit);
+        if (status == FPDM_OK) status = fpdm_vae_load(ctx, VAE_FILE, &own_vae);
+        models = (shared){own_fpdm, own_dit, own_vae};
+    }
     const int labels[NUM_IMAGES] = {r->worker % 10, (3 * r->worker + 1) % 10};
-    fpdm_sample_params params = fpdm_sample_default_params(r->models->fpdm);
-    params.num_steps = 4;
-    params.noise_seed = 100 + (uint64_t)r->worker;
-    params.reuse = 1;
-    fpdm_status status =
-        fpdm_sample(ctx, r->models->fpdm, &params, NUM_IMAGES, labels, r->fpdm_latents, NULL);
+    if (status == FPDM_OK) {
+        fpdm_sample_params params = fpdm_sample_default_params(models.fpdm);
+        params.num_steps = 4;
+        params.noise_seed = 100 + (uint64_t)r->worker;
+        params.reuse = 1;
+        status = fpdm_sample(ctx, models.fpdm, &params, NUM_IMAGES, labels, r->fpdm_latents, NULL);
+    }
     if (status == FPDM_OK)
-        status = fpdm_vae_decode(ctx, r->models->vae, NUM_IMAGES, LATENT_SIZE, r->fpdm_latents,
+        status = fpdm_vae_decode(ctx, models.vae, NUM_IMAGES, LATENT_SIZE, r->fpdm_latents,
                                  r->images);
     if (status == FPDM_OK) {
-        params = fpdm_sample_default_params(r->models->dit);
+        fpdm_sample_params params = fpdm_sample_default_params(models.dit);
         params.num_steps = 4;
         params.noise_seed = 200 + (uint64_t)r->worker;
         params.sampler = FPDM_SAMPLER_DDIM;
-        status = fpdm_sample(ctx, r->models->dit, &params, NUM_IMAGES, labels, r->dit_latents,
-                             NULL);
+        status = fpdm_sample(ctx, models.dit, &params, NUM_IMAGES, labels, r->dit_latents, NULL);
     }
     r->status = status;
     if (status != FPDM_OK) snprintf(r->message, sizeof r->message, "%s", fpdm_last_error(ctx));
+    fpdm_vae_free(own_vae);
+    fpdm_model_free(own_dit);
+    fpdm_model_free(own_fpdm);
     fpdm_context_free(ctx);
 }
 
@@ -151,11 +166,13 @@ int main(void) {
      * from one thread's output landing in another's buffers. */
     CHECK(memcmp(alone[0].images, alone[1].images, image_floats * sizeof(float)) != 0);
 
+    /* ROUNDS rounds on the shared models, then one where each worker loads
+     * its own copies at the same time as the others. */
     int mismatches = 0;
-    for (int round = 0; round < ROUNDS; round++) {
+    for (int round = 0; round <= ROUNDS; round++) {
         pthread_t threads[WORKERS];
         for (int w = 0; w < WORKERS; w++) {
-            together[w] = (request){.models = &models, .worker = w};
+            together[w] = (request){.models = round < ROUNDS ? &models : NULL, .worker = w};
             CHECK(pthread_create(&threads[w], NULL, serve_thread, &together[w]) == 0);
         }
         for (int w = 0; w < WORKERS; w++) pthread_join(threads[w], NULL);
