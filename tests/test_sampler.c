@@ -113,10 +113,21 @@ static void test_batch_independence(fixture *f) {
     fpdm_sample_params p = base_params(f);
     p.reuse = 1;
     p.batch_size = 0;
-    float *together = sample(f, &p, NULL);
+    fpdm_sample_report together_report, one_by_one_report;
+    float *together = sample(f, &p, &together_report);
     p.batch_size = 1;
-    float *one_by_one = sample(f, &p, NULL);
+    float *one_by_one = sample(f, &p, &one_by_one_report);
     check_close("batch 3 vs batch 1", one_by_one, together, f->floats, 1e-6);
+    /* The report sums over the batches it counts: each batch runs every
+     * planned iteration here. */
+    CHECK(together_report.num_batches == 1 && one_by_one_report.num_batches == NUM_IMAGES);
+    for (int k = 0; k < STEPS; k++) {
+        CHECK(together_report.steps[k].iters_used == together_report.steps[k].iters_planned);
+        CHECK(one_by_one_report.steps[k].iters_used ==
+              NUM_IMAGES * one_by_one_report.steps[k].iters_planned);
+    }
+    fpdm_sample_report_free(&together_report);
+    fpdm_sample_report_free(&one_by_one_report);
 
     /* A shard of the last image alone, with first_image_index, matches too. */
     size_t per_image = f->floats / NUM_IMAGES;

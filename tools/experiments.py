@@ -185,8 +185,7 @@ def run_setting(args, spec, models, scorer):
     images = np.load(latents_path).astype(np.float32)
     labels = np.arange(args.num_images) % NUM_CLASSES
     scores = scorer(images, labels)
-    num_batches = math.ceil(args.num_images / args.batch_size)
-    iters_used = [step["iters_used"] / num_batches for step in report["steps"]]
+    iters_used = [step["iters_used"] / report["totals"]["batches"] for step in report["steps"]]
     if spec["model"] == "fpdm":
         blocks = spec["steps"] * (info["pre_depth"] + info["post_depth"]) + sum(iters_used)
     else:

@@ -162,7 +162,8 @@ static void print_help(FILE *out)
 "                           (resumed runs' earlier images too), into FILE's uint8\n"
 "                           array arr_0 [N, H, W, C]: the official sample_ddp.py's\n"
 "                           .npz, which ADM's FID evaluator reads\n"
-"      --report FILE.json   per-step iterations and residuals, totals, settings\n"
+"      --report FILE.json   per-step iterations (summed over the batches run) and\n"
+"                           residuals, totals, settings\n"
 "      --verbose            model details, the iteration plan, library debug messages\n"
 "      --quiet              no progress or summary\n"
 "  -h, --help               this help\n",
@@ -612,6 +613,7 @@ typedef struct run_state {
     char **paths;             /* [PNG_CHUNK] file names, PATH_MAX each */
     fpdm_step_report *steps;  /* summed over batches */
     long long model_evaluations, fixed_point_iterations;
+    int num_batches;          /* the batches those sums cover (skipped ones are not run) */
     int images_sampled, images_skipped;
     /* --overwrite: the settings description the file gets when the run completes */
     const char *pending_settings;
@@ -640,6 +642,7 @@ static void add_batch_report(run_state *rs, const fpdm_sample_report *batch)
     }
     rs->model_evaluations += batch->model_evaluations;
     rs->fixed_point_iterations += batch->fixed_point_iterations;
+    rs->num_batches += batch->num_batches;
 }
 
 /* rs->paths[0..count-1]: the file names of images start .. start+count-1. */
@@ -803,6 +806,7 @@ static void fill_report(report *r, const run_state *rs, const fpdm_sample_params
         .model_evaluations = rs->model_evaluations,
         .fixed_point_iterations = rs->fixed_point_iterations,
         .seconds = seconds,
+        .num_batches = rs->num_batches,
     };
     report_set_sample(r, &totals, rs->images_sampled);
     report_set_number(r, "totals", "images_skipped", rs->images_skipped);

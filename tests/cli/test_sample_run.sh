@@ -44,6 +44,7 @@ for s in steps:
 ts = [s["timestep"] for s in steps]
 assert ts == sorted(ts, reverse=True) and ts[0] > ts[-1], ts
 # Three batches (2, 2, 1) each run every planned iteration without --tol.
+assert totals["batches"] == 3, totals
 assert all(s["iters_used"] == 3 * s["iters_planned"] for s in steps), steps
 assert all(s["iters_planned"] == 4 for s in steps), steps   # tiny-fpdm: 6 - 1 - 1
 assert totals["images"] == 5 and totals["images_skipped"] == 0, totals
@@ -69,8 +70,13 @@ check "resume skips" [ "$(old_files)" = 5 ]
 check "resume says so" grep -q "0 images in .*5 images already on disk" "$tmp/resume.err"
 # A missing file makes only its batch (images 2 and 3) run again.
 rm "$tmp/a/00002-2.png"
-check "partial resume" run partial "${common[@]}" -b 2 --out "$tmp/a"
+check "partial resume" run partial "${common[@]}" -b 2 --out "$tmp/a" --report "$tmp/partial.json"
 check "partial resume redraws one batch" grep -q "2 images in .*3 images already on disk" "$tmp/partial.err"
+check "partial resume's report sums over the one batch run" /usr/bin/python3 -c "
+import json; r = json.load(open('$tmp/partial.json')); t = r['totals']
+assert t['batches'] == 1 and t['images'] == 2 and t['images_skipped'] == 3, t
+assert all(s['iters_used'] == s['iters_planned'] for s in r['steps']), r['steps']
+"
 check "partial resume keeps the rest" [ "$(old_files)" = 3 ]
 check "partial resume redraws the missing file" [ -f "$tmp/a/00002-2.png" ]
 

@@ -121,6 +121,7 @@ void report_set_sample(report *r, const fpdm_sample_report *run, int num_images)
     report_set_number(r, "totals", "model_evaluations", (double)run->model_evaluations);
     report_set_number(r, "totals", "fixed_point_iterations",
                       (double)run->fixed_point_iterations);
+    report_set_number(r, "totals", "batches", run->num_batches);
 }
 
 void report_add_row(report *r, const char *array, const report_field *fields, int count)

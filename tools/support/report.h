@@ -28,9 +28,10 @@ void report_set_context(report *r, const char *section, const fpdm_context *ctx)
 void report_set_int_array(report *r, const char *section, const char *key, const int *values,
                           int count);
 
-/* "steps": one object per sampling step (timestep, iters_planned, iters_used,
- * residual or null when not measured) and "totals" (images, seconds,
- * images_per_second, model_evaluations, fixed_point_iterations). */
+/* "steps": one object per sampling step (timestep, iters_planned, iters_used
+ * summed over the batches, residual or null when not measured) and "totals"
+ * (images, seconds, images_per_second, model_evaluations,
+ * fixed_point_iterations, batches: what the sums are over). */
 void report_set_sample(report *r, const fpdm_sample_report *run, int num_images);
 
 typedef struct report_field {
