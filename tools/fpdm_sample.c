@@ -6,8 +6,11 @@
  *   fpdm-sample --help
  *
  * Exit status: 0 done, 1 runtime failure (files, library), 2 usage error,
- * 130 interrupted by Ctrl-C (images finished so far are kept). Every check of
- * the arguments happens before any output file or folder is created.
+ * 128 + the signal when stopped by SIGINT (130, Ctrl-C), SIGTERM (143, what a
+ * batch scheduler sends at its time limit) or SIGHUP (129, a closed terminal):
+ * the run stops after the current step, images finished so far are kept and
+ * nothing is left half-written. Every check of the arguments happens before
+ * any output file or folder is created.
  *
  * Resuming: image i is written as {i:05d}-{class}.png, and both its class and
  * its noise depend only on (--seed, i), never on the batch it falls in, so a
@@ -37,7 +40,7 @@
 #include "progress.h"
 #include "report.h"
 
-enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
+enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 /* 128 + SIGINT */ };
 
 #define PROGRAM "fpdm-sample"
 #define DEFAULT_MODEL "models/fpdm-mnist.safetensors"
@@ -91,13 +94,18 @@ typedef struct options {
     const char *vae_path;
 } options;
 
-/* Set by the SIGINT handler, read by the progress callback. */
+/* The stopping signal's number, set by its handler, read by the progress
+ * callback; 0 while none came. */
 static volatile sig_atomic_t interrupted;
 
-static void on_sigint(int signal_number)
+static void on_stop_signal(int signal_number)
 {
-    (void)signal_number;
-    interrupted = 1;
+    interrupted = signal_number;
+}
+
+static const char *stop_signal_name(void)
+{
+    return interrupted == SIGTERM ? "SIGTERM" : interrupted == SIGHUP ? "SIGHUP" : "Ctrl-C";
 }
 
 static void print_help(FILE *out)
@@ -166,7 +174,11 @@ static void print_help(FILE *out)
 "                           residuals, totals, settings\n"
 "      --verbose            model details, the iteration plan, library debug messages\n"
 "      --quiet              no progress or summary\n"
-"  -h, --help               this help\n",
+"  -h, --help               this help\n"
+"\n"
+"Exit status: 0 done, 1 runtime failure, 2 bad arguments, 128 + the signal on\n"
+"SIGINT (Ctrl-C), SIGTERM or SIGHUP: the run stops after the current step and\n"
+"keeps its finished images; a rerun resumes it.\n",
             DEFAULT_NUM_IMAGES, MAX_DEFAULT_BATCH, DEFAULT_STEPS, (double)DEFAULT_CFG_SCALE);
 }
 
@@ -855,8 +867,8 @@ static int write_npz(run_state *rs)
         npz_u8_abort(npz);
     free(pixels);
     if (rc == EXIT_INTERRUPTED)
-        fprintf(stderr, PROGRAM ": interrupted; --npz %s not written (the images are in %s)\n",
-                opt->npz_path, opt->out_dir);
+        fprintf(stderr, PROGRAM ": interrupted (%s); --npz %s not written (the images are in "
+                "%s)\n", stop_signal_name(), opt->npz_path, opt->out_dir);
     else if (rc != 0)
         fprintf(stderr, PROGRAM ": --npz: %s\n", err);
     return rc;
@@ -1464,11 +1476,14 @@ int main(int argc, char **argv)
 
     struct sigaction action;
     memset(&action, 0, sizeof action);
-    action.sa_handler = on_sigint;
-    /* A second Ctrl-C kills at once, for when a step takes too long. */
+    action.sa_handler = on_stop_signal;
+    /* A second signal of the same kind kills at once, for when a step takes
+     * too long. */
     action.sa_flags = SA_RESETHAND;
     sigemptyset(&action.sa_mask);
     sigaction(SIGINT, &action, NULL);
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGHUP, &action, NULL);
 
     run_progress rp = {0};
     progress_start(&rp.bar, stderr, opt.quiet,
@@ -1481,11 +1496,11 @@ int main(int argc, char **argv)
     progress_end(&rp.bar);
     if (rc == EXIT_INTERRUPTED) {
         if (rs.write_pngs)
-            fprintf(stderr, PROGRAM ": interrupted; %d finished images kept in %s\n",
-                    rs.images_sampled, opt.out_dir);
+            fprintf(stderr, PROGRAM ": interrupted (%s); %d finished images kept in %s\n",
+                    stop_signal_name(), rs.images_sampled, opt.out_dir);
         else
-            fprintf(stderr, PROGRAM ": interrupted; nothing written (--latents-out is written "
-                    "when the whole run is done)\n");
+            fprintf(stderr, PROGRAM ": interrupted (%s); nothing written (--latents-out is "
+                    "written when the whole run is done)\n", stop_signal_name());
         goto done;
     }
     if (rc != 0)
@@ -1505,5 +1520,8 @@ done:
     free_run(&rs);
     free(opt.classes);
     free(opt.iters_per_step);
+    /* 128 + the signal, as a shell reports a process the signal stopped. */
+    if (rc == EXIT_INTERRUPTED && interrupted)
+        rc = 128 + interrupted;
     return rc < 0 ? 0 : rc;
 }

@@ -195,21 +195,27 @@ for name in names:
         assert (width, height) == (32, 32), (name, width, height)
 PY
 
-# 10. Ctrl-C: exit 130, finished images kept, no temporary files left. Only
-#    checked when the run is still going when the signal arrives.
-"$sample" -m "$fpdm" -n 400 -b 1 --steps 1000 --out "$tmp/k" >/dev/null 2>"$tmp/int.err" &
-pid=$!
-sleep 1
-kill -INT $pid
-wait $pid
-rc=$?
-if [ $rc = 0 ]; then
-    echo "note: the interrupt test run finished before Ctrl-C; not checked"
-else
-    check "interrupt exit code" [ $rc = 130 ]
-    check "interrupt message" grep -q "fpdm-sample: interrupted; [0-9]* finished images kept" "$tmp/int.err"
-    check "no temporary files" [ -z "$(ls -A "$tmp/k" | grep -v -e '^[0-9]\{5\}-[0-9]*\.png$' -e '^\.fpdm-sample-settings$')" ]
-fi
+# 10. Ctrl-C (SIGINT), a batch scheduler's SIGTERM and a closed terminal's
+#    SIGHUP: exit 128 + the signal, finished images kept, no temporary files
+#    left. Only checked when the run is still going when the signal arrives.
+for stop in INT:130:Ctrl-C TERM:143:SIGTERM HUP:129:SIGHUP; do
+    IFS=: read -r signal code name <<<"$stop"
+    "$sample" -m "$fpdm" -n 400 -b 1 --steps 1000 --out "$tmp/k$signal" --report "$tmp/k$signal.json" \
+        >/dev/null 2>"$tmp/int$signal.err" &
+    pid=$!
+    sleep 1
+    kill -$signal $pid
+    wait $pid
+    rc=$?
+    if [ $rc = 0 ]; then
+        echo "note: the $signal test run finished before the signal; not checked"
+    else
+        check "$signal exit code" [ $rc = $code ]
+        check "$signal message" grep -q "fpdm-sample: interrupted ($name); [0-9]* finished images kept" "$tmp/int$signal.err"
+        check "$signal: no temporary files" [ -z "$(ls -A "$tmp/k$signal" | grep -v -e '^[0-9]\{5\}-[0-9]*\.png$' -e '^\.fpdm-sample-settings$')" ]
+        check "$signal: no report" [ ! -e "$tmp/k$signal.json" ]
+    fi
+done
 
 # 11. --overwrite with other settings records them only when the run
 #     completes: interrupted, the folder holds images of both settings and
