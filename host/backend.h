@@ -78,9 +78,13 @@ struct backend {
     void *impl;
     backend_dtype operand_type; /* see "Operands" above */
     /* 1 when alloc returns host memory the library may write directly (the
-     * CPU backend): a model is then loaded in place, without a staging copy
-     * to upload (which took a third copy of the weights at load). */
+     * CPU backend): a model is then loaded in place. Otherwise a load
+     * converts the weights into a host chunk of staging_bytes (0: model.c's
+     * default, 64 MB; a chunk always holds the largest tensor) and uploads it
+     * whenever the next tensor would not fit, so that it never holds a whole
+     * converted copy of the weights in host memory. */
     int host_memory;
+    size_t staging_bytes;
     /* Memory: used at setup only, never inside the sampling loop. */
     float *(*alloc)(backend *be, size_t num_floats);
     void (*release)(backend *be, float *device_ptr);

@@ -4,7 +4,9 @@
  * embeddings, tables) in float32. With float32 operands that is one
  * allocation; with 16-bit operands the weights go to a second allocation,
  * stored in 16 bits only, each padded to 16 bytes for the matrix units, with a
- * 16-bit copy of each bias beside them. */
+ * 16-bit copy of each bias beside them. A host-memory backend (the CPU's) is
+ * written in place; a device's through bounded staging chunks (placement
+ * below). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,50 +17,88 @@
 #include "model.h"
 #include "position_embedding.h"
 
-/* Placement runs twice: first with no host buffers, counting what goes
- * where, then for real into host staging buffers uploaded afterwards. */
+/* Where one of the two weight arrays (float32, 16-bit operands) is written.
+ * A host-memory backend's array is written in place. A device's goes through
+ * a staging chunk in host memory, uploaded whenever the next tensor would not
+ * fit in it: tensors are placed in address order, so each upload covers the
+ * span placed since the one before, and a load holds one chunk of weights
+ * besides the file's pages rather than a whole copy. */
+typedef struct placement {
+    unsigned char *host;      /* in place: the array; else the chunk; NULL while counting */
+    float *device;            /* the backend allocation */
+    size_t element_bytes;     /* 4 or 2 */
+    size_t chunk_elements;    /* 0 when written in place */
+    size_t chunk_start;       /* the element the chunk holds first */
+    size_t used;              /* elements placed so far */
+    size_t largest;           /* elements of the largest tensor (with padding) */
+} placement;
+
+/* Placement runs twice: first with no host memory, counting what goes where
+ * (and the largest tensor, which a chunk must hold), then for real. */
 typedef struct weight_layout {
     const safetensors_file *file;
+    backend *be;
     backend_dtype operand_type;
-    float *host;                  /* float32 staging (NULL while counting) */
-    float *device;                /* its backend allocation */
-    size_t used;                  /* floats placed so far */
-    uint16_t *operand_host;       /* 16-bit staging (NULL while counting) */
-    uint16_t *operand_device;     /* its backend allocation */
-    size_t operand_used;          /* 16-bit elements placed so far */
-    float *converted;             /* one tensor in float32, on its way to 16 bits */
-    size_t largest_operand;       /* elements of the largest 16-bit tensor */
+    placement floats;         /* biases, embeddings, tables; every weight with float32 operands */
+    placement operands;       /* 16-bit operands: linear weights and a copy of each bias */
+    float *converted;         /* one tensor in float32, on its way to 16 bits */
+    int upload_failed;
 } weight_layout;
 
 /* 16-bit tensors start 16 bytes apart at least. */
 enum { OPERAND_ALIGN_ELEMENTS = 8 };
+/* Host memory a load for a device stages each weight array through, unless
+ * the backend names its own (backend.h's staging_bytes). */
+#define MODEL_STAGING_BYTES ((size_t)64 << 20)
+
+/* Sends the chunk's elements [chunk_start, end) to the device and starts an
+ * empty (zeroed: padding must read as zero) chunk at `end`. */
+static void upload_chunk(weight_layout *layout, placement *to, size_t end) {
+    size_t count = end - to->chunk_start;
+    if (count && !layout->upload_failed)
+        layout->upload_failed =
+            layout->be->upload(layout->be, to->device + to->chunk_start * to->element_bytes / 4,
+                               (const float *)to->host, count * to->element_bytes / 4) != 0;
+    memset(to->host, 0, to->chunk_elements * to->element_bytes);
+    to->chunk_start = end;
+}
+
+/* Reserves `span` elements for a tensor: its host address to write, or NULL
+ * while counting; its backend address is `offset` elements into device. */
+static void *reserve(weight_layout *layout, placement *to, size_t span, size_t *offset) {
+    *offset = to->used;
+    to->used += span;
+    if (span > to->largest) to->largest = span;
+    if (!to->host) return NULL;
+    if (!to->chunk_elements) return to->host + *offset * to->element_bytes;
+    if (*offset + span > to->chunk_start + to->chunk_elements) upload_chunk(layout, to, *offset);
+    return to->host + (*offset - to->chunk_start) * to->element_bytes;
+}
 
 /* Places one validated tensor in float32 and returns its backend address. */
 static const float *place(weight_layout *layout, const char *name) {
     const safetensors_tensor *t = safetensors_find(layout->file, name);
-    if (layout->host) safetensors_to_f32(t, layout->host + layout->used);
-    const float *device = layout->device + layout->used;
-    layout->used += (size_t)t->num_elements;
-    return device;
+    size_t n = (size_t)t->num_elements, offset;
+    float *host = reserve(layout, &layout->floats, n, &offset);
+    if (host) safetensors_to_f32(t, host);
+    return layout->floats.device + offset;
 }
 
 /* Places one tensor in the operand type and returns its backend address. */
 static const void *place_operand(weight_layout *layout, const char *name) {
     if (layout->operand_type == BACKEND_F32) return place(layout, name);
     const safetensors_tensor *t = safetensors_find(layout->file, name);
-    size_t n = (size_t)t->num_elements;
-    if (layout->operand_host) {
-        uint16_t *dst = layout->operand_host + layout->operand_used;
+    size_t n = (size_t)t->num_elements, offset;
+    size_t span =
+        (n + OPERAND_ALIGN_ELEMENTS - 1) / OPERAND_ALIGN_ELEMENTS * OPERAND_ALIGN_ELEMENTS;
+    uint16_t *host = reserve(layout, &layout->operands, span, &offset);
+    if (host) {
         safetensors_to_f32(t, layout->converted);
         for (size_t i = 0; i < n; i++)
-            dst[i] = layout->operand_type == BACKEND_BF16 ? f32_to_bf16(layout->converted[i])
+            host[i] = layout->operand_type == BACKEND_BF16 ? f32_to_bf16(layout->converted[i])
                                                           : f32_to_f16(layout->converted[i]);
     }
-    const uint16_t *device = layout->operand_device + layout->operand_used;
-    layout->operand_used += (n + OPERAND_ALIGN_ELEMENTS - 1) / OPERAND_ALIGN_ELEMENTS *
-                            OPERAND_ALIGN_ELEMENTS;
-    if (n > layout->largest_operand) layout->largest_operand = n;
-    return device;
+    return (const uint16_t *)layout->operands.device + offset;
 }
 
 static backend_linear place_linear(weight_layout *layout, const char *prefix, int out_dim,
@@ -102,13 +142,16 @@ static void place_blocks(weight_layout *layout, const model_config *cfg, const c
 }
 
 /* Official checkpoints store the fixed sin-cos table; one that differs is
- * used as stored (as the official code would) but is worth a warning. */
+ * used as stored (as the official code would) but is worth a warning. Read
+ * from the file: a device's copy is not at hand. */
 static void check_position_embedding(fpdm_context *ctx, const model_config *cfg,
-                                     const float *stored, const char *path) {
+                                     const safetensors_tensor *stored_tensor, const char *path) {
     size_t n = (size_t)cfg->num_tokens * cfg->hidden_size;
-    float *computed = malloc(n * sizeof(float));
+    float *computed = malloc(2 * n * sizeof(float));
     if (!computed) return;
+    float *stored = computed + n;
     position_embedding_2d(cfg->hidden_size, cfg->grid_size, computed);
+    safetensors_to_f32(stored_tensor, stored);
     double max_diff = 0;
     for (size_t i = 0; i < n; i++) max_diff = fmax(max_diff, fabs((double)stored[i] - computed[i]));
     free(computed);
@@ -117,6 +160,16 @@ static void check_position_embedding(fpdm_context *ctx, const model_config *cfg,
         context_log(ctx, FPDM_LOG_WARN,
                     "%s: pos_embed differs from the fixed 2-D sin-cos embedding by up to %.3g; "
                     "using the stored table", path, max_diff);
+}
+
+/* A staging chunk holds the backend's staging_bytes (or MODEL_STAGING_BYTES),
+ * at least the largest tensor, at most the whole array. */
+static size_t staging_chunk_elements(const backend *be, const placement *array) {
+    size_t bytes = be->staging_bytes ? be->staging_bytes : MODEL_STAGING_BYTES;
+    size_t elements = bytes / array->element_bytes;
+    if (elements < array->largest) elements = array->largest;
+    if (elements > array->used) elements = array->used;
+    return elements ? elements : 1;
 }
 
 static void fill_info(fpdm_model *model) {
@@ -214,51 +267,60 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
     }
     model->be = be;
     model->device_index = ctx->device_index;
-    weight_layout layout = {.file = &file, .operand_type = be->operand_type};
+    weight_layout layout = {.file = &file, .be = be, .operand_type = be->operand_type,
+                            .floats.element_bytes = 4, .operands.element_bytes = 2};
     place_all(&layout, model);
-    size_t operand_floats = backend_dtype_floats(layout.operand_type, layout.operand_used);
-    model->weight_bytes = (layout.used + operand_floats) * sizeof(float);
-    model->weights = be->alloc(be, layout.used);
+    size_t operand_floats = backend_dtype_floats(layout.operand_type, layout.operands.used);
+    model->weight_floats = layout.floats.used;
+    model->operand_floats = operand_floats;
+    model->weight_bytes = (model->weight_floats + operand_floats) * sizeof(float);
+    model->weights = be->alloc(be, model->weight_floats);
     model->operand_weights = operand_floats ? be->alloc(be, operand_floats) : NULL;
-    /* Host memory is filled in place; a device's is staged and uploaded. */
+    placement floats = {.device = model->weights, .element_bytes = layout.floats.element_bytes};
+    placement operands = {.device = model->operand_weights,
+                          .element_bytes = layout.operands.element_bytes};
     int in_place = be->host_memory;
-    float *host = in_place ? model->weights : malloc(layout.used * sizeof(float));
-    uint16_t *operand_host = !operand_floats ? NULL
-                             : in_place      ? (uint16_t *)model->operand_weights
-                                             : calloc(operand_floats, 2 * sizeof(uint16_t));
-    float *converted = malloc((layout.largest_operand ? layout.largest_operand : 1) * sizeof(float));
-    if (!host || !converted || !model->weights || (operand_floats && !operand_host) ||
+    if (in_place) {
+        floats.host = (unsigned char *)model->weights;
+        operands.host = (unsigned char *)model->operand_weights;
+    } else {
+        floats.chunk_elements = staging_chunk_elements(be, &layout.floats);
+        floats.host = calloc(floats.chunk_elements, floats.element_bytes);
+        if (operand_floats) {
+            operands.chunk_elements = staging_chunk_elements(be, &layout.operands);
+            operands.host = calloc(operands.chunk_elements, operands.element_bytes);
+        }
+    }
+    size_t converted_floats = layout.operands.largest ? layout.operands.largest : 1;
+    float *converted = malloc(converted_floats * sizeof(float));
+    if (!floats.host || !converted || !model->weights || (operand_floats && !operands.host) ||
         (operand_floats && !model->operand_weights)) {
         if (!in_place) {
-            free(host);
-            free(operand_host);
+            free(floats.host);
+            free(operands.host);
         }
         free(converted);
         status = context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %.1f MB of weights",
                               path, (double)model->weight_bytes / (1 << 20));
         goto done;
     }
-    /* The 16-bit weights' padding starts zeroed, as the staging copy did. */
-    if (in_place && operand_floats) memset(operand_host, 0, operand_floats * sizeof(float));
-    layout = (weight_layout){.file = &file, .operand_type = be->operand_type, .host = host,
-                             .device = model->weights, .operand_host = operand_host,
-                             .operand_device = (uint16_t *)model->operand_weights,
-                             .converted = converted};
+    /* The 16-bit weights' padding must read as zero (a chunk starts zeroed). */
+    if (in_place && operand_floats) memset(operands.host, 0, operand_floats * sizeof(float));
+    layout = (weight_layout){.file = &file, .be = be, .operand_type = be->operand_type,
+                             .floats = floats, .operands = operands, .converted = converted};
     place_all(&layout, model);
     free(converted);
-    check_position_embedding(ctx, cfg, host + (model->pos_embed - model->weights), path);
-    int upload_failed = 0;
     if (!in_place) {
-        upload_failed = be->upload(be, model->weights, host, layout.used) ||
-                        (operand_floats && be->upload(be, model->operand_weights,
-                                                      (const float *)operand_host, operand_floats));
-        free(host);
-        free(operand_host);
+        upload_chunk(&layout, &layout.floats, layout.floats.used);
+        if (operand_floats) upload_chunk(&layout, &layout.operands, layout.operands.used);
+        free(layout.floats.host);
+        free(layout.operands.host);
     }
-    if (upload_failed) {
+    if (layout.upload_failed) {
         status = context_device_fail(ctx, "%s: copying the weights to %s", path, ctx->device_name);
         goto done;
     }
+    check_position_embedding(ctx, cfg, safetensors_find(&file, "pos_embed"), path);
     fill_info(model);
     context_log(ctx, FPDM_LOG_INFO, "%s: %s, hidden %d, %d heads, patch %d, %zu parameters", path,
                 cfg->fixed_point ? "FPDM" : "DiT", cfg->hidden_size, cfg->num_heads,

@@ -20,6 +20,7 @@ struct fpdm_model {
     int device_index;         /* -1: CPU */
     float *weights;           /* backend allocation: the float32 tensors */
     float *operand_weights;   /* backend allocation: 16-bit linear weights, or NULL */
+    size_t weight_floats, operand_floats; /* the two allocations' sizes */
     size_t num_parameters;    /* elements of every tensor in the file */
     size_t weight_bytes;      /* both allocations */
 

@@ -5,7 +5,12 @@
  * weight must hold the file's values rounded to 16 bits, 16-byte aligned;
  * every bias must be there in float32 exactly and in 16 bits rounded;
  * FPDM's fc1 must be split into its state and injection column blocks;
- * weight_bytes must count both allocations. Run: ctest -R test_model_operands. */
+ * weight_bytes must count both allocations. And the loader's path for a
+ * device (backend.h's host_memory 0: weights converted into a host staging
+ * chunk, uploaded whenever the next tensor would not fit) must give both
+ * allocations the very bytes of a load in place, for float32, bf16 and fp16
+ * operands and chunks from smaller than any tensor to larger than the model.
+ * Run: ctest -R test_model_operands. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,12 +108,60 @@ static void check_model(const char *path, backend_dtype type) {
     fpdm_context_free(ctx);
 }
 
+/* Loads path with operand type `type`, in place (staging_bytes 0) or staged
+ * through chunks of staging_bytes; NULL after a failed check. */
+static fpdm_model *load_as(fpdm_context **ctx, const char *path, backend_dtype type,
+                           size_t staging_bytes) {
+    fpdm_context_params params = fpdm_context_default_params();
+    CHECK(fpdm_context_create(&params, ctx) == FPDM_OK);
+    if (!*ctx) return NULL;
+    (*ctx)->be->operand_type = type;
+    if (staging_bytes) {
+        (*ctx)->be->host_memory = 0;
+        (*ctx)->be->staging_bytes = staging_bytes;
+    }
+    fpdm_model *model = NULL;
+    CHECK_MSG(fpdm_model_load(*ctx, path, &model) == FPDM_OK, "%s: %s", path,
+              fpdm_last_error(*ctx));
+    return model;
+}
+
+static void check_staged_load(const char *path, backend_dtype type) {
+    fpdm_context *in_place_ctx = NULL;
+    fpdm_model *in_place = load_as(&in_place_ctx, path, type, 0);
+    /* 4 bytes: a chunk of the largest tensor, uploaded at every tensor; 20000
+     * bytes: several tensors a chunk; 1 GB: one chunk of the whole model. */
+    const size_t chunk_bytes[3] = {4, 20000, (size_t)1 << 30};
+    for (int c = 0; c < 3 && in_place; c++) {
+        fpdm_context *ctx = NULL;
+        fpdm_model *staged = load_as(&ctx, path, type, chunk_bytes[c]);
+        int same = staged && staged->weight_floats == in_place->weight_floats &&
+                   staged->operand_floats == in_place->operand_floats &&
+                   staged->weight_bytes == in_place->weight_bytes &&
+                   memcmp(staged->weights, in_place->weights,
+                          in_place->weight_floats * sizeof(float)) == 0 &&
+                   (!in_place->operand_floats ||
+                    memcmp(staged->operand_weights, in_place->operand_weights,
+                           in_place->operand_floats * sizeof(float)) == 0);
+        CHECK_MSG(same,
+                  "%s, %s operands, staged through %zu-byte chunks: weights differ from a load "
+                  "in place", path, type == BACKEND_F32 ? "float32" : "16-bit", chunk_bytes[c]);
+        fpdm_model_free(staged);
+        fpdm_context_free(ctx);
+    }
+    fpdm_model_free(in_place);
+    fpdm_context_free(in_place_ctx);
+}
+
 int main(void) {
     const char *paths[2] = {"tests/golden/forward-dit-p2.model.safetensors",
                             "tests/golden/forward-fpdm.model.safetensors"};
     for (int i = 0; i < 2; i++) {
         check_model(paths[i], BACKEND_BF16);
         check_model(paths[i], BACKEND_F16);
+        check_staged_load(paths[i], BACKEND_F32);
+        check_staged_load(paths[i], BACKEND_BF16);
+        check_staged_load(paths[i], BACKEND_F16);
     }
     return test_finish("test_model_operands");
 }

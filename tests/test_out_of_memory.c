@@ -2,15 +2,15 @@
  * (SQLite's way): a context, an FPDM model sampled with guidance, reuse and
  * residuals, then in batches of one with a tolerance and carried-over
  * iterations, then cancelled from its progress callback; its latents decoded
- * by a VAE; and a DiT model sampled with DDIM; run once for each allocation
- * with that one allocation failing. Each run
- * must either fail cleanly (FPDM_ERR_OUT_OF_MEMORY, never a status that
- * blames the file or the arguments, and a message saying "out of memory",
- * "cannot allocate" or ENOMEM's text) or,
- * where the library can do without the memory, give the very bits of the run
- * that failed nothing. Everything is freed either way: under
- * test.sh's sanitizer pass, LeakSanitizer checks that, and AddressSanitizer
- * that no failure path touches freed or unallocated memory.
+ * by a VAE; a DiT model sampled with DDIM, then loaded as for a GPU
+ * (through staging chunks); run once for each allocation with that one
+ * allocation failing. Each run must either fail cleanly
+ * (FPDM_ERR_OUT_OF_MEMORY, never a status that blames the file or the
+ * arguments, and a message saying "out of memory", "cannot allocate" or
+ * ENOMEM's text) or, where the library can do without the memory, give the
+ * very bits of the run that failed nothing. Everything is freed either way:
+ * under test.sh's sanitizer pass, LeakSanitizer checks that, and
+ * AddressSanitizer that no failure path touches freed or unallocated memory.
  *
  * The library's malloc, calloc, realloc and aligned_alloc calls, and its
  * mmap of model files (which fails with ENOMEM when address space runs out),
@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "context.h"
 #include "fpdm.h"
 #include "test_util.h"
 
@@ -163,6 +164,16 @@ static void run_scenario(outcome *out) {
     }
     if (status == FPDM_OK)
         status = sample(ctx, DIT_MODEL, DDIM, out->dit_latents, &out->dit_floats);
+    /* Last, the loader's path for a device: the context is set to load as a
+     * GPU context does (bf16 weights through small staging chunks). */
+    if (status == FPDM_OK) {
+        ctx->be->host_memory = 0;
+        ctx->be->operand_type = BACKEND_BF16;
+        ctx->be->staging_bytes = 4096;
+        fpdm_model *staged = NULL;
+        status = fpdm_model_load(ctx, DIT_MODEL, &staged);
+        fpdm_model_free(staged);
+    }
     out->status = status;
     /* Without memory for the context itself, fpdm_context_create returns no
      * context to hold a message (fpdm.h): the status says it all. */
