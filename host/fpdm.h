@@ -285,8 +285,10 @@ typedef struct fpdm_sample_report {
     long long model_evaluations;       /* network forwards, counted per batch row */
     long long fixed_point_iterations;  /* summed over batches */
     double seconds;
-    int num_batches;          /* network batches run: the sums above are over these (divide
-                                 iters_used by it for a batch's iterations at that step) */
+    int num_batches;          /* network batches run to the end: the sums above are over
+                                 these (divide iters_used by it for a batch's iterations at
+                                 that step); a cancelled or failed run's last batch is not
+                                 counted, though its steps so far are in the sums */
 } fpdm_sample_report;
 
 FPDM_API void fpdm_sample_report_free(fpdm_sample_report *report);

@@ -321,7 +321,8 @@ static int parse_literal(parser *p, const char *word, json_value *value, json_ty
     return 0;
 }
 
-_Static_assert(JSON_MAX_DEPTH == 64, "parse_value's message names the limit");
+_Static_assert(JSON_MAX_DEPTH == 64 && JSON_MAX_TEXT_BYTES == (size_t)1 << 30,
+               "the messages name the limits");
 
 /* depth: how many arrays and objects enclose the value. */
 static int parse_value(parser *p, json_value *value, int depth) {
@@ -350,8 +351,12 @@ json_result json_parse(const char *text, size_t size, json_document *doc, size_t
     memset(doc, 0, sizeof(*doc));
     parser p = {.text = text, .at = text, .end = text + size, .doc = doc,
                 .next_block_bytes = FIRST_BLOCK_BYTES};
-    json_value *root = new_value(&p);
-    int failed = !root || parse_value(&p, root, 0);
+    json_value *root = NULL;
+    int failed;
+    if (size > JSON_MAX_TEXT_BYTES)
+        failed = fail(&p, text, "a text longer than 1 GiB");
+    else
+        failed = !(root = new_value(&p)) || parse_value(&p, root, 0);
     if (!failed) {
         skip_whitespace(&p);
         if (p.at < p.end) failed = fail(&p, p.at, "text after the JSON value");

@@ -13,8 +13,9 @@
  * written (12, 12.0, 1.2e1).
  *
  * It takes RFC 8259 text: one value with optional whitespace around it.
- * Stricter where that costs real files nothing: values nest at most
- * JSON_MAX_DEPTH deep (the recursion stays small on any input), strings may
+ * Stricter where that costs real files nothing: texts of at most
+ * JSON_MAX_TEXT_BYTES, values nested at most JSON_MAX_DEPTH deep (the
+ * recursion stays small on any input), strings may
  * not hold the escape \u0000 (names become C strings) or unpaired
  * surrogates. Repeated member names are kept, in order, for the caller to
  * judge. Bytes above 0x7f pass through unchecked.
@@ -28,6 +29,9 @@
 #include <stdint.h>
 
 #define JSON_MAX_DEPTH 64
+/* Longer texts are refused: within this, counts fit an int and exponents
+ * beyond a billion never change an answer. */
+#define JSON_MAX_TEXT_BYTES ((size_t)1 << 30)
 
 typedef enum json_type {
     JSON_NULL,

@@ -52,14 +52,15 @@ enum { OPERAND_ALIGN_ELEMENTS = 8 };
 #define MODEL_STAGING_BYTES ((size_t)64 << 20)
 
 /* Sends the chunk's elements [chunk_start, end) to the device and starts an
- * empty (zeroed: padding must read as zero) chunk at `end`. */
+ * empty chunk at `end`, zeroed where it was written (padding must read as
+ * zero; the rest still is). */
 static void upload_chunk(weight_layout *layout, placement *to, size_t end) {
     size_t count = end - to->chunk_start;
     if (count && !layout->upload_failed)
         layout->upload_failed =
             layout->be->upload(layout->be, to->device + to->chunk_start * to->element_bytes / 4,
                                (const float *)to->host, count * to->element_bytes / 4) != 0;
-    memset(to->host, 0, to->chunk_elements * to->element_bytes);
+    memset(to->host, 0, count * to->element_bytes);
     to->chunk_start = end;
 }
 

@@ -324,8 +324,8 @@ fpdm_status fpdm_sample(fpdm_context *ctx, const fpdm_model *model, const fpdm_s
     for (int bi = 0; status == FPDM_OK && bi < num_batches; bi++) {
         int first = bi * r.batch;
         int count = num_images - first < r.batch ? num_images - first : r.batch;
-        if (report) report->num_batches++;
         status = sample_batch(&r, bi, num_batches, first, count, labels, latents_out);
+        if (report && status == FPDM_OK) report->num_batches++;
     }
     if (report) report->seconds = seconds_now() - start;
     diffusion_free(&r.schedule);

@@ -1,14 +1,16 @@
 /* test_json.c - the JSON reader of model headers (host/json.h): every kind
  * of value, whole numbers however written (exact to 2^64 - 1), escapes to
- * UTF-8, each way text can be bad with the byte and reason given, the depth
- * limit, documents spanning many memory blocks, every prefix of a valid text
- * refused, and two threads parsing at once (test.sh runs this test under
- * ThreadSanitizer too).
- * Running out of memory is walked by test_out_of_memory, through model loads.
+ * UTF-8, each way text can be bad with the byte and reason given, the length
+ * and depth limits, documents spanning many memory blocks, every prefix of a
+ * valid text refused, and two threads parsing at once (test.sh runs this
+ * test under ThreadSanitizer too). Running out of memory is walked by
+ * test_out_of_memory, through model loads.
  * Run: ctest -R test_json (from the build folder's ctest). */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS, MAP_NORESERVE */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "json.h"
 #include "test_util.h"
@@ -233,6 +235,17 @@ static char *nested(int depth) {
     return text;
 }
 
+/* A text over JSON_MAX_TEXT_BYTES is refused unread: it lies in a reserved
+ * (never touched, so never backed) mapping of zero pages. */
+static void test_length_limit(void) {
+    size_t size = JSON_MAX_TEXT_BYTES + 1;
+    void *text = mmap(NULL, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    CHECK(text != MAP_FAILED);
+    if (text == MAP_FAILED) return;
+    expect_bad(text, size, 0, "longer than 1 GiB");
+    munmap(text, size);
+}
+
 static void test_depth(void) {
     char *deepest = nested(JSON_MAX_DEPTH), *too_deep = nested(JSON_MAX_DEPTH + 1);
     json_document doc;
@@ -335,6 +348,7 @@ int main(void) {
     test_strings();
     test_bad_text();
     test_prefixes();
+    test_length_limit();
     test_depth();
     test_large();
     test_threads();

@@ -164,10 +164,16 @@ static void test_cancel_and_progress(fixture *f) {
     p.progress_callback = cancel_at_three;
     p.progress_user_data = &calls;
     float *out = malloc(f->floats * sizeof(float));
-    fpdm_status status = fpdm_sample(f->ctx, f->model, &p, NUM_IMAGES, LABELS, out, NULL);
+    fpdm_sample_report report;
+    fpdm_status status = fpdm_sample(f->ctx, f->model, &p, NUM_IMAGES, LABELS, out, &report);
     CHECK(status == FPDM_ERR_CANCELLED);
     CHECK(calls == 3);
     CHECK(strstr(fpdm_last_error(f->ctx), "cancelled") != NULL);
+    /* The batch did not run to the end: its three steps are in the sums, but
+     * it is not counted. */
+    CHECK(report.num_batches == 0 && report.steps[2].iters_used > 0 &&
+          report.steps[3].iters_used == 0);
+    fpdm_sample_report_free(&report);
     free(out);
 }
 

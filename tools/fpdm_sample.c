@@ -5,12 +5,14 @@
  *   fpdm-sample -m models/fpdm-mnist.safetensors -n 16 --steps 20 --out samples
  *   fpdm-sample --help
  *
- * Exit status: 0 done, 1 runtime failure (files, library), 2 usage error,
- * 128 + the signal when stopped by SIGINT (130, Ctrl-C), SIGTERM (143, what a
- * batch scheduler sends at its time limit) or SIGHUP (129, a closed terminal):
- * the run stops after the current step, images finished so far are kept and
- * nothing is left half-written. Every check of the arguments happens before
- * any output file or folder is created.
+ * Exit status: 0 done, 1 runtime failure (files, library), 2 usage error.
+ * On SIGINT (Ctrl-C), SIGTERM (what a batch scheduler sends at its time
+ * limit) or SIGHUP (a closed terminal) the run stops after the current step,
+ * keeps the images finished so far, leaves nothing half-written and then ends
+ * by that signal (a shell reports 128 + its number: 130, 143, 129). Once the
+ * last batch is drawn, a signal lets the outputs finish, except --npz's
+ * packing, which stops. Every check of the arguments happens before any
+ * output file or folder is created.
  *
  * Resuming: image i is written as {i:05d}-{class}.png, and both its class and
  * its noise depend only on (--seed, i), never on the batch it falls in, so a
@@ -1484,6 +1486,9 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &action, NULL);
     sigaction(SIGTERM, &action, NULL);
     sigaction(SIGHUP, &action, NULL);
+    /* A closed terminal or Ctrl-C also ends a `| tee log` reading stderr:
+     * progress lines then go nowhere instead of killing the run mid-batch. */
+    signal(SIGPIPE, SIG_IGN);
 
     run_progress rp = {0};
     progress_start(&rp.bar, stderr, opt.quiet,
@@ -1520,8 +1525,13 @@ done:
     free_run(&rs);
     free(opt.classes);
     free(opt.iters_per_step);
-    /* 128 + the signal, as a shell reports a process the signal stopped. */
-    if (rc == EXIT_INTERRUPTED && interrupted)
+    /* Everything is cleaned up: end by the signal itself, so that a calling
+     * shell sees it (bash goes on with a script whose child merely exited
+     * 130 after Ctrl-C, taking it as handled). */
+    if (rc == EXIT_INTERRUPTED && interrupted) {
+        signal(interrupted, SIG_DFL);
+        raise(interrupted);
         rc = 128 + interrupted;
+    }
     return rc < 0 ? 0 : rc;
 }
