@@ -6,6 +6,7 @@
 #include "temp_path.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,35 +138,110 @@ static const char *color_name(int channels) {
     return channels == 1 ? "gray" : channels == 2 ? "gray and alpha" : channels == 3 ? "RGB" : "RGBA";
 }
 
-int png_read_image(const char *path, int channels, int height, int width, uint8_t *pixels,
-                   char *err, size_t err_size) {
+/* CRC-32 as PNG (and zlib) define it, four bits a step. */
+static uint32_t crc32_of(const uint8_t *bytes, size_t n) {
+    static const uint32_t nibble[16] = {
+        0x00000000, 0x1db71064, 0x3b6e20c8, 0x26d930ac, 0x76dc4190, 0x6b6b51f4,
+        0x4db26158, 0x5005713c, 0xedb88320, 0xf00f9344, 0xd6d6a3e8, 0xcb61b38c,
+        0x9b64c2b0, 0x86d3d2d4, 0xa00ae278, 0xbdbdf21c};
+    uint32_t crc = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= bytes[i];
+        crc = (crc >> 4) ^ nibble[crc & 15];
+        crc = (crc >> 4) ^ nibble[crc & 15];
+    }
+    return ~crc;
+}
+
+static uint32_t big_endian32(const uint8_t *bytes) {
+    return (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 | (uint32_t)bytes[2] << 8 |
+           bytes[3];
+}
+
+/* The PNG framing stb_image does not check: after the signature, chunks up
+ * to IEND, each inside the file and with the CRC-32 it carries. Without it a
+ * bit flipped on disk in the image data decodes to other pixels, and a
+ * chunk length past the end of a small file has stb allocate gigabytes. */
+static int check_chunks(const char *path, const uint8_t *bytes, size_t size, char *err,
+                        size_t err_size) {
+    for (size_t at = 8;;) {
+        if (size - at < 12) {
+            support_set_error(err, err_size, "%s: truncated PNG (it ends at byte %zu without an "
+                              "IEND chunk)", path, size);
+            return -1;
+        }
+        uint32_t length = big_endian32(bytes + at);
+        const uint8_t *type = bytes + at + 4;
+        if (length > size - at - 12) {
+            support_set_error(err, err_size, "%s: truncated PNG (chunk '%.4s' at byte %zu holds "
+                              "%u bytes, the file %zu more)", path, (const char *)type, at,
+                              length, size - at - 12);
+            return -1;
+        }
+        if (crc32_of(type, 4 + (size_t)length) != big_endian32(type + 4 + length)) {
+            support_set_error(err, err_size, "%s: damaged PNG (chunk '%.4s' at byte %zu fails its "
+                              "CRC-32 check)", path, (const char *)type, at);
+            return -1;
+        }
+        at += 12 + (size_t)length;
+        if (memcmp(type, "IEND", 4) == 0) return 0;
+    }
+}
+
+/* The whole file, when it is a PNG no larger than max_bytes; NULL after
+ * setting err. */
+static uint8_t *read_png_file(const char *path, size_t max_bytes, size_t *size, char *err,
+                              size_t err_size) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         support_set_error(err, err_size, "%s: cannot open: %s", path, strerror(errno));
-        return -1;
+        return NULL;
     }
+    uint8_t *bytes = NULL;
+    long length = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (length < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        support_set_error(err, err_size, "%s: cannot read: %s", path, strerror(errno));
+    } else if ((size_t)length > max_bytes) {
+        support_set_error(err, err_size, "%s: %ld bytes, more than a PNG of the expected size "
+                          "takes (at most %zu)", path, length, max_bytes);
+    } else if (!(bytes = malloc(length ? (size_t)length : 1))) {
+        support_set_error(err, err_size, "%s: out of memory reading %ld bytes", path, length);
+    } else if (fread(bytes, 1, (size_t)length, f) != (size_t)length) {
+        support_set_error(err, err_size, "%s: cannot read: %s", path,
+                          ferror(f) ? strerror(errno) : "the file shrank while being read");
+        free(bytes);
+        bytes = NULL;
+    }
+    fclose(f);
+    *size = (size_t)(length > 0 ? length : 0);
+    return bytes;
+}
+
+/* Decodes a whole file's bytes into pixels [height, width, channels]: 0, or
+ * -1 after saying in err what the file holds. */
+static int decode_png(const char *path, const uint8_t *bytes, size_t size, int channels,
+                      int height, int width, uint8_t *pixels, char *err, size_t err_size) {
     static const unsigned char signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-    unsigned char first[8];
-    int file_width, file_height, file_channels;
-    int is_png = fread(first, 1, 8, f) == 8 && memcmp(first, signature, 8) == 0;
-    rewind(f);
-    if (!is_png || !stbi_info_from_file(f, &file_width, &file_height, &file_channels)) {
-        support_set_error(err, err_size, "%s: not a PNG file%s%s", path, is_png ? ": " : "",
-                          is_png ? stbi_failure_reason() : "");
-        fclose(f);
+    if (size < 8 || memcmp(bytes, signature, 8) != 0) {
+        support_set_error(err, err_size, "%s: not a PNG file", path);
         return -1;
     }
-    const int file_bits = stbi_is_16_bit_from_file(f) ? 16 : 8;
+    if (check_chunks(path, bytes, size, err, err_size) != 0) return -1;
+    int file_width, file_height, file_channels;
+    if (!stbi_info_from_memory(bytes, (int)size, &file_width, &file_height, &file_channels)) {
+        support_set_error(err, err_size, "%s: not a PNG file: %s", path, stbi_failure_reason());
+        return -1;
+    }
+    const int file_bits = stbi_is_16_bit_from_memory(bytes, (int)size) ? 16 : 8;
     if (file_bits != 8 || file_channels != channels || file_height != height ||
         file_width != width) {
         support_set_error(err, err_size, "%s: a PNG of %dx%d pixels, %d-bit %s (expected: "
                           "%dx%d pixels, 8-bit %s)", path, file_height, file_width, file_bits,
                           color_name(file_channels), height, width, color_name(channels));
-        fclose(f);
         return -1;
     }
-    uint8_t *decoded = stbi_load_from_file(f, &file_width, &file_height, &file_channels, channels);
-    fclose(f);
+    uint8_t *decoded = stbi_load_from_memory(bytes, (int)size, &file_width, &file_height,
+                                             &file_channels, channels);
     if (!decoded) {
         support_set_error(err, err_size, "%s: cannot decode the PNG: %s", path,
                           stbi_failure_reason());
@@ -174,6 +250,21 @@ int png_read_image(const char *path, int channels, int height, int width, uint8_
     memcpy(pixels, decoded, (size_t)height * width * channels);
     stbi_image_free(decoded);
     return 0;
+}
+
+int png_read_image(const char *path, int channels, int height, int width, uint8_t *pixels,
+                   char *err, size_t err_size) {
+    /* Even stored without compression, the pixels take about their own size;
+     * a megabyte more leaves room for other tools' metadata chunks. stb takes
+     * an int size. */
+    size_t max_bytes = 2 * (size_t)height * width * channels + ((size_t)1 << 20);
+    if (max_bytes > INT_MAX) max_bytes = INT_MAX;
+    size_t size;
+    uint8_t *bytes = read_png_file(path, max_bytes, &size, err, err_size);
+    if (!bytes) return -1;
+    int rc = decode_png(path, bytes, size, channels, height, width, pixels, err, err_size);
+    free(bytes);
+    return rc;
 }
 
 /* The failure of a parallel loop with the lowest index, so that the message
