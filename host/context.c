@@ -109,10 +109,13 @@ static int parse_device(const char *device) {
 #endif
     }
     if (strcmp(device, "cuda") == 0) return 0;
-    if (strncmp(device, "cuda:", 5) != 0 || !device[5]) return -2;
-    char *end;
-    long index = strtol(device + 5, &end, 10);
-    if (*end || index < 0 || index > 1024) return -2;
+    if (strncmp(device, "cuda:", 5) != 0) return -2;
+    /* Digits only: strtol would also take " 1", "+1" and "-0". */
+    long index = 0;
+    const char *digit = device + 5;
+    for (; *digit >= '0' && *digit <= '9' && index <= 1024; digit++)
+        index = index * 10 + (*digit - '0');
+    if (*digit || digit == device + 5 || index > 1024) return -2;
     return (int)index;
 }
 

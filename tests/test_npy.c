@@ -17,10 +17,12 @@ static void path_for(char *out, size_t size, const char *name) {
     snprintf(out, size, "%s/%s", dir, name);
 }
 
-/* Writes magic, version, a padded header and data_bytes of data. */
-static void write_raw(const char *path, int major, const char *dict, size_t data_bytes) {
+/* Writes magic, version, a padded header of dict's len bytes (which may hold
+ * NULs) and data_bytes of data. */
+static void write_raw_bytes(const char *path, int major, const char *dict, size_t len,
+                            size_t data_bytes) {
     FILE *f = fopen(path, "wb");
-    size_t len = strlen(dict), prefix = major == 1 ? 10 : 12;
+    size_t prefix = major == 1 ? 10 : 12;
     size_t header_len = (prefix + len + 1 + 63) / 64 * 64 - prefix;
     unsigned char head[12] = {0x93, 'N', 'U', 'M', 'P', 'Y', (unsigned char)major, 0,
                               (unsigned char)(header_len & 0xff),
@@ -31,6 +33,10 @@ static void write_raw(const char *path, int major, const char *dict, size_t data
     fputc('\n', f);
     for (size_t i = 0; i < data_bytes; i++) fputc(0, f);
     fclose(f);
+}
+
+static void write_raw(const char *path, int major, const char *dict, size_t data_bytes) {
+    write_raw_bytes(path, major, dict, strlen(dict), data_bytes);
 }
 
 static void expect_reject(const char *name, const char *expected_fragment) {
@@ -137,6 +143,23 @@ static void test_rejections(void) {
     path_for(path, sizeof path, "bad_shape.npy");
     write_raw(path, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, -1), }", 8);
     expect_reject("bad_shape.npy", "malformed");
+    /* numpy refuses these too: a dimension with a leading zero, a NUL inside a
+     * key or a dtype (strcmp would stop at it and match). */
+    path_for(path, sizeof path, "leading_zero.npy");
+    write_raw(path, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (02,), }", 8);
+    expect_reject("leading_zero.npy", "malformed");
+    const char nul_in_key[] = "{'descr\0x': '<f4', 'fortran_order': False, 'shape': (2,), }";
+    path_for(path, sizeof path, "nul_key.npy");
+    write_raw_bytes(path, 1, nul_in_key, sizeof nul_in_key - 1, 8);
+    expect_reject("nul_key.npy", "malformed");
+    const char nul_in_dtype[] = "{'descr': '<f4\0i8', 'fortran_order': False, 'shape': (2,), }";
+    path_for(path, sizeof path, "nul_dtype.npy");
+    write_raw_bytes(path, 1, nul_in_dtype, sizeof nul_in_dtype - 1, 8);
+    expect_reject("nul_dtype.npy", "malformed");
+    path_for(path, sizeof path, "huge_dim.npy");
+    write_raw(path, 1,
+              "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }", 8);
+    expect_reject("huge_dim.npy", "dimension 0 of the shape is too large");
     path_for(path, sizeof path, "not_tuple.npy");
     write_raw(path, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2), }", 8);
     expect_reject("not_tuple.npy", "malformed");

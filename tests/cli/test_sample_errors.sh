@@ -62,6 +62,10 @@ expect "unknown flag"        2 "unknown option '--bogus'"                 -m "$f
 expect "missing value"       2 "--steps: missing value"                   -m "$fpdm" --steps
 expect "non-numeric steps"   2 "--steps: 'abc' is not an integer"         -m "$fpdm" --steps abc
 expect "trailing garbage"    2 "--steps: '5x' is not an integer"          -m "$fpdm" --steps 5x
+expect "leading space"       2 "--steps: ' 5' is not an integer"          -m "$fpdm" --steps " 5"
+expect "plus sign"           2 "--steps: '\+5' is not an integer"         -m "$fpdm" --steps +5
+expect "space in a list"     2 "--class: ' 2' is not an integer"          -m "$fpdm" --class "1, 2"
+expect "shard with a sign"   2 "--shard N: '\+2' is not an integer"       -m "$fpdm" --shard 0/+2
 expect "negative images"     2 "--num-images: -3 is out of range"         -m "$fpdm" -n -3
 expect "zero batch"          2 "--batch-size: 0 is out of range"          -m "$fpdm" -b 0
 expect "zero steps"          2 "--steps: 0 is out of range"               -m "$fpdm" --steps 0
@@ -72,6 +76,9 @@ expect "fixed budget not a multiple" 2 "multiple of the 4 steps"          -m "$f
 expect "empty class entry"   2 "--class: '1,,2' has an empty entry"       -m "$fpdm" --class 1,,2
 expect "cfg below one"       2 "--cfg-scale: 0.5 is out of range \(allowed: 1\.\." -m "$fpdm" --cfg-scale 0.5
 expect "cfg not a number"    2 "--cfg-scale: 'x' is not a number"         -m "$fpdm" --cfg-scale x
+expect "cfg in hex"          2 "--cfg-scale: '0x4' is not a number"       -m "$fpdm" --cfg-scale 0x4
+expect "cfg infinite"        2 "--cfg-scale: 'inf' is not a number"       -m "$fpdm" --cfg-scale inf
+expect "cfg leading space"   2 "--cfg-scale: ' 4' is not a number"        -m "$fpdm" --cfg-scale " 4"
 expect "negative tol"        2 "--tol: -1 is out of range \(allowed: 0\.\." -m "$fpdm" --tol -1
 expect "negative eta"        2 "--eta: -0.5 is out of range"              -m "$fpdm" --eta -0.5
 expect "tol rounds to 0"     2 "--tol: 1e-50 is too close to 0 for a float" -m "$fpdm" --tol 1e-50
@@ -138,6 +145,10 @@ fi
 rm -f "$tmp/read-only/probe"
 expect "unknown device"      1 "--device gpu: unknown device \"gpu\": use auto, cpu, cuda or cuda:N" -m "$fpdm" --steps 3 --device gpu
 FPDM_DEVICE=gpu expect "unknown FPDM_DEVICE" 1 "FPDM_DEVICE=gpu: unknown device"    -m "$fpdm" --steps 3
+# Device numbers are digits only (strtol would take " 1", "+0" and "-0").
+for device in "cuda: 1" "cuda:+0" "cuda:-0" "cuda:" "cuda:1x" "cuda:99999999999999999999"; do
+    expect "device '$device'" 1 "unknown device \"${device//+/\\+}\""    -m "$fpdm" --steps 3 --device "$device"
+done
 if ! command -v nvidia-smi >/dev/null 2>&1; then
     expect "cuda without a gpu" 1 "fpdm-sample: --device cuda: ."                    -m "$fpdm" --steps 3 --device cuda
 fi

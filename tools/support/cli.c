@@ -17,13 +17,22 @@ const char *cli_device(const char *device_flag, const char **source)
     return device_flag ? device_flag : from_env ? from_env : "auto";
 }
 
+/* Whether text starts as a number is written: a digit, or a '-' and a digit
+ * ('.' too for decimals). strtoll and strtod also skip leading whitespace and
+ * take '+', which would let " 5" or "cuda: +1" through. */
+static int starts_as_number(const char *text, int decimal)
+{
+    const char *first = text[0] == '-' ? text + 1 : text;
+    return (*first >= '0' && *first <= '9') || (decimal && *first == '.');
+}
+
 int cli_parse_int(const char *flag, const char *text, long long min, long long max, int *out,
                   char *err, size_t err_size)
 {
     char *end = NULL;
     errno = 0;
     long long value = strtoll(text, &end, 10);
-    if (text[0] == '\0' || *end != '\0' || end == text) {
+    if (!starts_as_number(text, 0) || *end != '\0' || end == text) {
         snprintf(err, err_size, "%s: '%s' is not an integer (allowed: %lld..%lld)", flag, text,
                  min, max);
         return -1;
@@ -69,12 +78,14 @@ int cli_parse_float(const char *flag, const char *text, double min, double max, 
     errno = 0;
     double value = strtod(text, &end);
     int underflow = errno == ERANGE && !isinf(value);
-    if (text[0] == '\0' || *end != '\0' || end == text || isnan(value)) {
+    /* Decimal only: strtod also reads hex ("0x10" is 16) and "inf". */
+    if (!starts_as_number(text, 1) || strpbrk(text, "xX") || *end != '\0' || end == text ||
+        isnan(value)) {
         snprintf(err, err_size, "%s: '%s' is not a number (allowed: %g..%g)", flag, text, min,
                  max);
         return -1;
     }
-    if (isinf(value) || value < min || value > max) {
+    if (isinf((float)value) || value < min || value > max) {
         snprintf(err, err_size, "%s: %s is out of range (allowed: %g..%g)", flag, text, min, max);
         return -1;
     }
@@ -85,7 +96,7 @@ int cli_parse_float(const char *flag, const char *text, double min, double max, 
                  "magnitude of at least %g)", flag, text, (double)FLT_TRUE_MIN);
         return -1;
     }
-    *out = (float)value;
+    *out = value == 0.0 ? 0.0f : (float)value; /* "-0" is 0 */
     return 0;
 }
 

@@ -52,7 +52,8 @@ static int parse_string(header_cursor *c, char *out, size_t out_size) {
     char quote = *c->p++;
     size_t len = 0;
     while (c->p < c->end && *c->p != quote) {
-        if (*c->p == '\\' || len + 1 >= out_size) return -1;
+        /* A NUL would end the C string early: "'<f4\0i8'" would read as '<f4'. */
+        if (*c->p == '\\' || *c->p == '\0' || len + 1 >= out_size) return -1;
         out[len++] = *c->p++;
     }
     if (c->p >= c->end) return -1;
@@ -71,7 +72,9 @@ static int accept_word(header_cursor *c, const char *word) {
     return 0;
 }
 
-/* A tuple of non-negative integers: (), (3,), (2, 3) or (2, 3,). */
+/* A tuple of non-negative integers as Python writes them (no leading
+ * zeros): (), (3,), (2, 3) or (2, 3,). Returns 0, -1 when malformed, -2 for
+ * too many dimensions, -3 for a dimension over INT64_MAX (in *ndim). */
 static int parse_shape(header_cursor *c, int *ndim, int64_t shape[NPY_MAX_DIMS]) {
     if (!accept_char(c, '(')) return -1;
     *ndim = 0;
@@ -79,10 +82,12 @@ static int parse_shape(header_cursor *c, int *ndim, int64_t shape[NPY_MAX_DIMS])
     for (;;) {
         skip_spaces(c);
         if (c->p >= c->end || *c->p < '0' || *c->p > '9') return -1;
+        if (*c->p == '0' && c->end - c->p > 1 && c->p[1] >= '0' && c->p[1] <= '9') return -1;
         int64_t value = 0;
         while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
-            if (value > (INT64_MAX - 9) / 10) return -1;
-            value = value * 10 + (*c->p++ - '0');
+            int digit = *c->p++ - '0';
+            if (value > (INT64_MAX - digit) / 10) return -3;
+            value = value * 10 + digit;
         }
         if (*ndim >= NPY_MAX_DIMS) return -2;
         shape[(*ndim)++] = value;
@@ -121,6 +126,11 @@ static int parse_header(const char *path, const char *text, size_t len, int *ndi
             if (status == -2) {
                 support_set_error(err, err_size, "%s: more than %d dimensions (allowed: 0..%d)", path,
                           NPY_MAX_DIMS, NPY_MAX_DIMS);
+                return -1;
+            }
+            if (status == -3) {
+                support_set_error(err, err_size, "%s: dimension %d of the shape is too large", path,
+                                  *ndim);
                 return -1;
             }
             if (status != 0) goto malformed;
