@@ -11,6 +11,21 @@ foreach(test_source ${FPDM_C_TESTS})
   add_test(NAME ${test_name} COMMAND ${test_name} WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(${test_name} PROPERTIES SKIP_RETURN_CODE 77 LABELS cpu)
 endforeach()
+# test_vae reads metadata decimals under a locale whose decimal point is ','
+# (as in a program that called setlocale(LC_ALL, "") in Germany): one is
+# built into the build folder where this machine has localedef and Debian's
+# locale sources (the locales package); without them that check says so and
+# reads in the C locale only.
+find_program(FPDM_LOCALEDEF localedef)
+set(FPDM_COMMA_LOCALE ${CMAKE_BINARY_DIR}/locales/de_DE.UTF-8)
+if(FPDM_LOCALEDEF AND EXISTS /usr/share/i18n/locales/de_DE AND NOT EXISTS ${FPDM_COMMA_LOCALE})
+  file(MAKE_DIRECTORY ${CMAKE_BINARY_DIR}/locales)
+  execute_process(COMMAND ${FPDM_LOCALEDEF} -i de_DE -f UTF-8 ${FPDM_COMMA_LOCALE}
+                  OUTPUT_QUIET ERROR_QUIET)
+endif()
+if(EXISTS ${FPDM_COMMA_LOCALE})
+  set_tests_properties(test_vae PROPERTIES ENVIRONMENT LOCPATH=${CMAKE_BINARY_DIR}/locales)
+endif()
 # host/vector_math.h's functions in the portable variant too (test_vector_math
 # runs the one this CPU picks): the test and host/vector_math.c's reductions
 # built with VM_NO_CLONES (their symbols then come from here, not libfpdm).

@@ -3,6 +3,7 @@
  * models.py) that architecture needs, and checks a file against that list.
  * Limits keep a hostile file from asking for absurd allocations. */
 #include "model_config.h"
+#include "decimal.h"
 #include "error_message.h"
 
 #include <limits.h>
@@ -117,64 +118,6 @@ static int get_bool(const safetensors_file *file, const char *key, int fallback,
                       err_size);
 }
 
-/* Python writes a float's shortest round-trip digits, up to 17 significant. */
-#define MAX_RATIO_SIGNIFICANT_DIGITS 17
-/* 5^27 < 2^63, so parse_ratio's doubled remainder fits in 64 bits. */
-#define MAX_RATIO_FRACTION_DIGITS 27
-
-/* A plain decimal ("4", "2.5", "0.3333333333333333") converted to the nearest
- * double: the same double Python's float() gives, which is what the reference
- * multiplies by hidden_size, so (int)(hidden_size * ratio) gives the
- * checkpoint's MLP width. Not strtod, whose decimal point follows the caller's
- * locale. digits / 10^k = digits / 5^k * 2^-k: the division by 5^k runs bit by
- * bit in integers and is rounded once, to nearest-even; the power of two is
- * exact. (One division of doubles rounds correctly only while the digits stay
- * below 2^53, about 15 of them.) */
-static int parse_ratio(const char *text, double *out) {
-    uint64_t digits = 0;
-    int num_digits = 0, significant_digits = 0, fraction_digits = 0, seen_point = 0;
-    for (const char *p = text; *p; p++) {
-        if (*p == '.' && !seen_point) {
-            seen_point = 1;
-        } else if (*p >= '0' && *p <= '9') {
-            num_digits++;
-            if ((digits || *p != '0') && ++significant_digits > MAX_RATIO_SIGNIFICANT_DIGITS)
-                return 0;
-            if ((fraction_digits += seen_point) > MAX_RATIO_FRACTION_DIGITS) return 0;
-            digits = digits * 10 + (uint64_t)(*p - '0');
-        } else {
-            return 0;
-        }
-    }
-    if (num_digits == 0) return 0;
-    if (digits == 0) {
-        *out = 0;
-        return 1;
-    }
-    uint64_t divisor = 1;
-    for (int i = 0; i < fraction_digits; i++) divisor *= 5;
-    /* digits / divisor = (quotient + remainder / divisor) * 2^exponent, with
-     * quotient brought to 54 bits: a double's 53 and one to round on. */
-    uint64_t quotient = digits / divisor, remainder = digits % divisor;
-    int exponent = -fraction_digits;
-    while (quotient < UINT64_C(1) << 53) {
-        remainder *= 2;
-        quotient = quotient * 2 + (remainder >= divisor);
-        if (remainder >= divisor) remainder -= divisor;
-        exponent--;
-    }
-    int sticky = remainder != 0;
-    while (quotient >= UINT64_C(1) << 54) {
-        sticky |= (int)(quotient & 1);
-        quotient >>= 1;
-        exponent++;
-    }
-    uint64_t mantissa = quotient >> 1;
-    if ((quotient & 1) && (sticky || (mantissa & 1))) mantissa++;
-    *out = ldexp((double)mantissa, exponent + 1);
-    return 1;
-}
-
 /* ---- model_config_from_file ------------------------------------------------ */
 
 static int check_known_keys(const safetensors_file *file, int fixed_point, char *err,
@@ -268,12 +211,15 @@ static int read_sizes(const safetensors_file *file, model_config *c, char *err, 
     c->num_tokens = c->grid_size * c->grid_size;
     c->out_channels = c->learn_sigma ? 2 * c->in_channels : c->in_channels;
 
+    /* The double Python's float() gives, which the reference multiplies by
+     * hidden_size: (int)(hidden_size * ratio) is then the checkpoint's MLP
+     * width. */
     const char *ratio_text = lookup(file, "fpdm.mlp_ratio", 0, err, err_size);
     double ratio = 4.0;
-    if (ratio_text && !parse_ratio(ratio_text, &ratio)) {
+    if (ratio_text && !decimal_parse(ratio_text, &ratio)) {
         set_error(err, err_size, "%s: metadata fpdm.mlp_ratio = \"%.40s\" is not a plain decimal "
                   "(at most %d significant digits, %d after the point)",
-                  path, ratio_text, MAX_RATIO_SIGNIFICANT_DIGITS, MAX_RATIO_FRACTION_DIGITS);
+                  path, ratio_text, DECIMAL_MAX_SIGNIFICANT_DIGITS, DECIMAL_MAX_FRACTION_DIGITS);
         return -1;
     }
     double mlp_hidden = (double)c->hidden_size * ratio;

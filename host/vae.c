@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "context.h"
+#include "decimal.h"
 #include "fpdm.h"
 #include "safetensors.h"
 #include "vae.h"
@@ -380,12 +381,11 @@ static fpdm_status read_config(fpdm_context *ctx, const safetensors_file *file, 
     vae->info.scaling_factor = VAE_DEFAULT_SCALING_FACTOR;
     const char *scale_text = safetensors_metadata(file, "vae.scaling_factor");
     if (scale_text) {
-        char *end;
-        double value = strtod(scale_text, &end);
-        if (end == scale_text || *end != '\0' || !(value > 0.0) || !isfinite(value))
+        double value = 0.0;
+        if (!decimal_parse(scale_text, &value) || !(value > 0.0) || !((float)value > 0.0f))
             return context_fail(ctx, FPDM_ERR_BAD_FILE,
-                                "%s: metadata vae.scaling_factor = \"%s\" is not a positive number",
-                                file->path, scale_text);
+                                "%s: metadata vae.scaling_factor = \"%s\" is not a positive "
+                                "plain decimal", file->path, scale_text);
         vae->info.scaling_factor = (float)value;
     }
     vae->info.upscale = 1 << (vae->num_blocks - 1);

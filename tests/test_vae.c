@@ -20,6 +20,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <locale.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -190,6 +191,37 @@ static void expect_refused(fpdm_context *ctx, const char *path, const char *what
 static const char *const OLD_ATTENTION_NAMES[4][2] = {
     {".to_q.", ".query."}, {".to_k.", ".key."}, {".to_v.", ".value."}, {".to_out.0.", ".proj_attn."}};
 
+/* vae.scaling_factor (configured's fifth value) is a plain decimal, read as
+ * Python writes it whatever the program's locale: under one whose decimal
+ * point is ',' (when this machine has one; strtod then stopped at the '.')
+ * "0.25" still gives 0.25. */
+static void check_scaling_factor(fpdm_context *ctx, const char *path, out_file *configured,
+                                 const char **config_values) {
+    config_values[4] = "0.25";
+    fpdm_vae *vae = NULL;
+    static const char *const comma_locales[] = {"de_DE.UTF-8", "de_DE.utf8", "fr_FR.UTF-8",
+                                                "fr_FR.utf8", "ru_RU.UTF-8", "ru_RU.utf8"};
+    const char *comma_locale = NULL;
+    for (size_t i = 0; i < sizeof comma_locales / sizeof comma_locales[0] && !comma_locale; i++)
+        if (setlocale(LC_NUMERIC, comma_locales[i])) comma_locale = comma_locales[i];
+    if (!comma_locale) fprintf(stderr, "  (no locale with a decimal comma here: 0.25 read in C)\n");
+    if (write_file(path, configured)) {
+        CHECK_MSG(fpdm_vae_load(ctx, path, &vae) == FPDM_OK, "%s", fpdm_last_error(ctx));
+        CHECK_MSG(vae && fpdm_vae_get_info(vae)->scaling_factor == 0.25f,
+                  "vae.scaling_factor 0.25 under the %s locale", comma_locale ? comma_locale : "C");
+        fpdm_vae_free(vae);
+    }
+    setlocale(LC_NUMERIC, "C");
+    const char *const refused[3] = {"1e-3", "0", "-0.5"};
+    for (int i = 0; i < 3; i++) {
+        config_values[4] = refused[i];
+        if (write_file(path, configured))
+            expect_refused(ctx, path, "scaling factor", "vae.scaling_factor",
+                           "is not a positive plain decimal");
+    }
+    config_values[4] = "0.5";
+}
+
 static void test_golden(fpdm_context *ctx, const char *dir) {
     safetensors_file weights, io;
     char err[1024];
@@ -297,6 +329,8 @@ static void test_golden(fpdm_context *ctx, const char *dir) {
     if (write_file(path, &configured))
         expect_refused(ctx, path, "metadata against shapes", "decoder.conv_in.weight",
                        "expected [32, 4, 3, 3]");
+    config_values[0] = "[8, 16, 16]";
+    check_scaling_factor(ctx, path, &configured, config_values);
     unlink(path);
     out_file_free(&configured);
 
