@@ -216,6 +216,22 @@ for stop in INT:130:Ctrl-C TERM:143:SIGTERM HUP:129:SIGHUP; do
         check "$signal: no report" [ ! -e "$tmp/k$signal.json" ]
     fi
 done
+# It ends by the signal itself, not by exiting 128 + it: bash goes on with a
+# script whose child merely exited 130 after Ctrl-C.
+check "ends by SIGTERM itself" /usr/bin/python3 - "$sample" "$fpdm" "$tmp/kself" <<'PY'
+import signal, subprocess, sys, time
+sample, model, out = sys.argv[1:]
+run = subprocess.Popen([sample, "-m", model, "-n", "400", "-b", "1", "--steps", "1000", "--out", out],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+time.sleep(1)
+run.send_signal(signal.SIGTERM)
+_, err = run.communicate()
+if run.returncode == 0:
+    print("note: the run finished before the signal; not checked")
+else:
+    assert run.returncode == -signal.SIGTERM, (run.returncode, err[-300:])
+    assert b"interrupted (SIGTERM)" in err, err[-300:]
+PY
 
 # 11. --overwrite with other settings records them only when the run
 #     completes: interrupted, the folder holds images of both settings and
