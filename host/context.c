@@ -75,18 +75,23 @@ void *context_row_scratch(fpdm_context *ctx, size_t bytes) {
     return ctx->row_scratch;
 }
 
-float *context_arena(fpdm_context *ctx, size_t num_floats) {
+float *context_arena_try(fpdm_context *ctx, size_t num_floats) {
     if (num_floats <= ctx->arena_floats) return ctx->arena;
     if (ctx->arena) ctx->be->release(ctx->be, ctx->arena);
     ctx->arena = ctx->be->alloc(ctx->be, num_floats);
     ctx->arena_floats = ctx->arena ? num_floats : 0;
-    if (!ctx->arena)
-        context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %.1f MB of activations",
-                     ctx->device_name, (double)(num_floats * sizeof(float)) / (1 << 20));
-    else
+    if (ctx->arena)
         context_log(ctx, FPDM_LOG_DEBUG, "%s: activation arena %.2f MB", ctx->device_name,
                     (double)(num_floats * sizeof(float)) / (1 << 20));
     return ctx->arena;
+}
+
+float *context_arena(fpdm_context *ctx, size_t num_floats) {
+    float *arena = context_arena_try(ctx, num_floats);
+    if (!arena)
+        context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %.1f MB of activations",
+                     ctx->device_name, (double)(num_floats * sizeof(float)) / (1 << 20));
+    return arena;
 }
 
 fpdm_context_params fpdm_context_default_params(void) {
@@ -159,6 +164,7 @@ fpdm_status fpdm_context_create(const fpdm_context_params *params, fpdm_context 
     fpdm_context *ctx = calloc(1, sizeof(*ctx));
     *out = ctx;
     if (!ctx) return FPDM_ERR_OUT_OF_MEMORY;
+    ctx->device_index = -1; /* until a device opens */
     ctx->params = params ? *params : fpdm_context_default_params();
     return open_backend(ctx);
 }
@@ -195,8 +201,14 @@ static const char *dtype_name(backend_dtype type) {
  * weights live on the same device, and they are stored in the operand type
  * this context's products read (a model loaded through a bf16 context holds
  * 16-bit weights an fp32 context cannot use, and the reverse). */
+fpdm_status context_check_device(fpdm_context *ctx) {
+    if (ctx->be) return FPDM_OK;
+    return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                        "the context has no device (its creation failed)");
+}
+
 fpdm_status context_check_model(fpdm_context *ctx, const fpdm_model *model) {
-    if (!ctx->be) return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "the context has no device (its creation failed)");
+    if (context_check_device(ctx) != FPDM_OK) return FPDM_ERR_INVALID_ARGUMENT;
     if (!model) return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "model is NULL");
     if (model->device_index != ctx->device_index)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,

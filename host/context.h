@@ -38,6 +38,11 @@ fpdm_status context_device_fail(fpdm_context *ctx, const char *format, ...)
 void context_log(fpdm_context *ctx, fpdm_log_level level, const char *format, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* FPDM_OK when the context has a backend (its creation succeeded); otherwise
+ * records FPDM_ERR_INVALID_ARGUMENT. Every call that uses the device checks
+ * this first: fpdm.h lets a caller keep a failed context to read its error. */
+fpdm_status context_check_device(fpdm_context *ctx);
+
 /* FPDM_OK when the context has a backend and the model lives on its device;
  * otherwise records why. */
 fpdm_status context_check_model(fpdm_context *ctx, const fpdm_model *model);
@@ -45,6 +50,9 @@ fpdm_status context_check_model(fpdm_context *ctx, const fpdm_model *model);
 /* Makes the arena hold at least num_floats; returns it, or NULL after
  * recording FPDM_ERR_OUT_OF_MEMORY. */
 float *context_arena(fpdm_context *ctx, size_t num_floats);
+/* The same, recording nothing on failure: for a caller that has a smaller
+ * request to fall back on (a call that succeeds leaves no error behind). */
+float *context_arena_try(fpdm_context *ctx, size_t num_floats);
 
 /* The same for the host row scratch, in bytes. */
 void *context_row_scratch(fpdm_context *ctx, size_t bytes);

@@ -135,8 +135,10 @@ static int space_timesteps(int num_train_timesteps, const char *respacing, unsig
 int diffusion_init(diffusion *d, fpdm_noise_schedule schedule, int num_train_timesteps,
                    int zero_terminal_snr, const char *respacing, char *err, size_t err_size) {
     memset(d, 0, sizeof(*d));
-    if (num_train_timesteps < 2 || num_train_timesteps > 100000) {
-        set_error(err, err_size, "num_train_timesteps %d: expected 2..100000", num_train_timesteps);
+    if (num_train_timesteps < DIFFUSION_MIN_TRAIN_TIMESTEPS ||
+        num_train_timesteps > DIFFUSION_MAX_TRAIN_TIMESTEPS) {
+        set_error(err, err_size, "num_train_timesteps %d: expected %d..%d", num_train_timesteps,
+                  DIFFUSION_MIN_TRAIN_TIMESTEPS, DIFFUSION_MAX_TRAIN_TIMESTEPS);
         return -1;
     }
     if (schedule != FPDM_SCHEDULE_LINEAR && schedule != FPDM_SCHEDULE_SQUAREDCOS_CAP_V2) {

@@ -20,6 +20,12 @@ typedef struct diffusion {
     double *alphas_cumprod_prev;
 } diffusion;
 
+/* The training schedules a sampler can run: model_config.c refuses a model
+ * file outside these at load, so that it does not load and then fail to
+ * sample. */
+#define DIFFUSION_MIN_TRAIN_TIMESTEPS 2
+#define DIFFUSION_MAX_TRAIN_TIMESTEPS 100000
+
 /* respacing: "N" (one section of N steps, as space_timesteps("N")), a
  * comma-separated list of sections ("10,15,20"), or "ddimN". Returns 0, or
  * ERROR_REFUSED / ERROR_OUT_OF_MEMORY (error_message.h) with a message saying

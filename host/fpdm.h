@@ -99,8 +99,10 @@ typedef struct fpdm_context_params {
 
 FPDM_API fpdm_context_params fpdm_context_default_params(void);
 
-/* Creates a context. On failure *out is still set (unless memory ran out, then
- * it is NULL) so the caller can read fpdm_last_error; free it either way. */
+/* Creates a context. On failure *out is still set (unless there was no memory
+ * for the context itself, then it is NULL) so the caller can read
+ * fpdm_last_error; free it either way. Such a context refuses every call that
+ * needs its device with FPDM_ERR_INVALID_ARGUMENT. */
 FPDM_API fpdm_status fpdm_context_create(const fpdm_context_params *params, fpdm_context **out);
 FPDM_API void fpdm_context_free(fpdm_context *ctx);
 /* The message of the last failed call on this context, "" if none. */
@@ -112,8 +114,8 @@ FPDM_API const char *fpdm_context_device_name(const fpdm_context *ctx);
 FPDM_API fpdm_precision fpdm_context_precision(const fpdm_context *ctx);
 FPDM_API int fpdm_context_num_threads(const fpdm_context *ctx);
 
-/* Memory of a context: its activation arena, the weights loaded through it
- * on its device, and what the device reports (0 where it reports nothing). */
+/* Memory of a context: its activation arena and what its device reports (0
+ * where it reports nothing). A model's weights: fpdm_model_info.weight_bytes. */
 typedef struct fpdm_memory_info {
     size_t arena_bytes;
     size_t device_used_bytes;
@@ -255,7 +257,10 @@ typedef struct fpdm_sample_params {
     int reuse;                /* start each solve from the previous step's solution */
     float tol;                /* stop an image's solve when its relative residual falls under
                                  tol; 0: never. Each image (each row of a guided pair) stops on
-                                 its own residual, so batching does not change its result */
+                                 its own residual, so batching does not change when it stops,
+                                 up to rounding: products may sum in another order for another
+                                 number of rows (about 1e-7 relative), and a residual within
+                                 that of tol can stop an iteration sooner or later */
     int carry_over;           /* with tol: an image's unused iterations move to its next step */
     int measure_residuals;    /* 1: measure each solve's final relative residual for the report
                                  and progress even without tol (the host waits for the device
@@ -270,7 +275,9 @@ typedef struct fpdm_sample_params {
 
 FPDM_API fpdm_sample_params fpdm_sample_default_params(const fpdm_model *model);
 
-/* What a run did, per step and in total (filled when a pointer is given). */
+/* What a run did, per step and in total, when a pointer is given: fpdm_sample
+ * overwrites it (free a previous one first) and leaves it empty when it
+ * refuses its arguments. Free it with fpdm_sample_report_free. */
 typedef struct fpdm_step_report {
     int timestep;
     int iters_planned;
@@ -296,13 +303,18 @@ FPDM_API void fpdm_sample_report_free(fpdm_sample_report *report);
 /* Number of floats fpdm_sample writes for num_images. */
 FPDM_API size_t fpdm_sample_output_size(const fpdm_model *model, int num_images);
 
-/* Plans the iterations of each step (sampling order) into iters_out[num_steps]. */
+/* Plans the iterations of each step (sampling order) into iters_out[num_steps];
+ * left as it was on failure. */
 FPDM_API fpdm_status fpdm_plan_iterations(fpdm_context *ctx, const fpdm_model *model,
                                           const fpdm_sample_params *params, int *iters_out);
 
 /* Samples num_images images with the given class labels (0..num_classes-1)
  * into latents_out [num_images, in_channels, input_size, input_size]. The
- * noise of image i depends only on (noise_seed, first_image_index + i, step). */
+ * noise of image i depends only on (noise_seed, first_image_index + i, step),
+ * so an image is the same whatever the batch size, thread count or sharding,
+ * up to float rounding (products may sum in another order for another number
+ * of rows). When the run fails or is cancelled, the images of the batches
+ * that finished are in latents_out and the rest of it is as it was. */
 FPDM_API fpdm_status fpdm_sample(fpdm_context *ctx, const fpdm_model *model,
                                  const fpdm_sample_params *params, int num_images,
                                  const int *labels, float *latents_out,
@@ -332,6 +344,8 @@ typedef struct fpdm_vae_info {
  * a CUDA context returns FPDM_ERR_UNSUPPORTED). A CUDA VAE serves one decode
  * at a time; concurrent decodes through it wait. */
 FPDM_API fpdm_status fpdm_vae_load(fpdm_context *ctx, const char *path, fpdm_vae **out);
+/* Free a VAE before the context it was loaded through (that context's
+ * backend owns its device memory), as for models. */
 FPDM_API void fpdm_vae_free(fpdm_vae *vae);
 FPDM_API const fpdm_vae_info *fpdm_vae_get_info(const fpdm_vae *vae);
 
@@ -340,7 +354,8 @@ FPDM_API const fpdm_vae_info *fpdm_vae_get_info(const fpdm_vae *vae);
  * [batch, image_channels, size * upscale, size * upscale] in about [-1, 1].
  * The images go through the network together, as many at a time as fit in
  * 4 GiB of activations on a GPU (256 MiB on the CPU, where batching gains no
- * speed); the context's arena grows to that once and is reused. */
+ * speed); the context's arena grows to that once and is reused. When a decode
+ * fails partway, the images of the groups already decoded are in `images`. */
 FPDM_API fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch,
                                      int latent_size, const float *latents, float *images);
 

@@ -233,6 +233,7 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
     if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
     if (!path || !out) return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "fpdm_model_load: NULL argument");
     *out = NULL;
+    if (context_check_device(ctx) != FPDM_OK) return FPDM_ERR_INVALID_ARGUMENT;
     safetensors_file file;
     char err[512];
     int open_result = safetensors_open(path, &file, err, sizeof err);

@@ -4,6 +4,7 @@
  * Limits keep a hostile file from asking for absurd allocations. */
 #include "model_config.h"
 #include "decimal.h"
+#include "diffusion.h"
 #include "error_message.h"
 
 #include <limits.h>
@@ -22,7 +23,6 @@
 #define MAX_DEPTH 1024
 #define MAX_MLP_HIDDEN (16 * MAX_HIDDEN)
 #define MAX_EQUIVALENT_DEPTH 100000
-#define MAX_TRAIN_TIMESTEPS 1000000
 /* The timestep embedder's sinusoidal input width (TimestepEmbedder's
  * frequency_embedding_size). */
 #define FREQUENCY_EMBEDDING_SIZE 256
@@ -245,7 +245,8 @@ static int read_diffusion(const safetensors_file *file, model_config *c, char *e
                    err, err_size) ||
         get_choice(file, "fpdm.noise_schedule", 0, 0, schedules, 2,
                    "\"linear\", \"squaredcos_cap_v2\"", &schedule, err, err_size) ||
-        get_int(file, "fpdm.num_train_timesteps", 0, 1000, 1, MAX_TRAIN_TIMESTEPS,
+        get_int(file, "fpdm.num_train_timesteps", 0, 1000, DIFFUSION_MIN_TRAIN_TIMESTEPS,
+                DIFFUSION_MAX_TRAIN_TIMESTEPS,
                 &c->num_train_timesteps, err, err_size))
         return -1;
     c->prediction = prediction == 0 ? FPDM_PREDICT_EPS : prediction == 1 ? FPDM_PREDICT_V

@@ -88,12 +88,12 @@ fpdm_status fpdm_plan_iterations(fpdm_context *ctx, const fpdm_model *model,
         return FPDM_OK;
     }
     if (params->iters_per_step) {
-        for (int k = 0; k < steps; k++) {
+        /* All checked before any is written: a refused list leaves iters_out as it was. */
+        for (int k = 0; k < steps; k++)
             if (params->iters_per_step[k] < 0)
                 return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
                                     "iterations of step %d must be >= 0, got %d", k, params->iters_per_step[k]);
-            iters_out[k] = params->iters_per_step[k];
-        }
+        memcpy(iters_out, params->iters_per_step, (size_t)steps * sizeof(int));
         return FPDM_OK;
     }
     int iters = params->iters >= 0 ? params->iters : model->info.default_iters;
@@ -292,6 +292,9 @@ static fpdm_status check_finite(fpdm_context *ctx, const char *what, const float
 fpdm_status fpdm_sample(fpdm_context *ctx, const fpdm_model *model, const fpdm_sample_params *params,
                         int num_images, const int *labels, float *latents_out,
                         fpdm_sample_report *report) {
+    /* Set before any check, so that a failed call leaves an empty report to
+     * free rather than whatever the caller's memory held. */
+    if (report) memset(report, 0, sizeof *report);
     if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
     fpdm_status status = context_check_model(ctx, model);
     if (status != FPDM_OK) return status;

@@ -482,6 +482,7 @@ fpdm_status fpdm_vae_load(fpdm_context *ctx, const char *path, fpdm_vae **out) {
     if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
     if (!path || !out)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "fpdm_vae_load: path and out are required");
+    if (context_check_device(ctx) != FPDM_OK) return FPDM_ERR_INVALID_ARGUMENT;
     safetensors_file file;
     char err[1024];
     int open_result = safetensors_open(path, &file, err, sizeof err);
@@ -716,8 +717,7 @@ static fpdm_status check_request(fpdm_context *ctx, const fpdm_vae *vae, int bat
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
                             "%s: batch %d and latent size %d must be >= 1, with images of at most "
                             "%d pixels a side", who, batch, latent_size, VAE_MAX_IMAGE_SIZE);
-    if (!ctx->be)
-        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "the context has no device (its creation failed)");
+    if (context_check_device(ctx) != FPDM_OK) return FPDM_ERR_INVALID_ARGUMENT;
     if (ctx->device_index != vae->device_index) return device_mismatch(ctx, vae, who);
     return FPDM_OK;
 }
@@ -735,7 +735,10 @@ static float *reserve_arena(fpdm_context *ctx, const fpdm_vae *vae, const vae_op
         *plan = plan_decode(vae, ops, latent_size, *chunk);
         *buffers = place_buffers(NULL, plan, align, NULL);
         size_t staging = round_up((size_t)*chunk * latent_floats, align) + (size_t)*chunk * image_floats;
-        float *arena = context_arena(ctx, *buffers + staging);
+        /* Only the last try records a failure: a smaller chunk that fits
+         * leaves no error behind a call that succeeds. */
+        float *arena = *chunk == 1 ? context_arena(ctx, *buffers + staging)
+                                   : context_arena_try(ctx, *buffers + staging);
         if (arena || *chunk == 1) return arena;
         *chunk = (*chunk + 1) / 2;
         context_log(ctx, FPDM_LOG_WARN, "%s: VAE decoder: retrying %d images at a time",
@@ -782,7 +785,7 @@ static fpdm_status setup_decode(fpdm_context *ctx, const fpdm_vae *vae, int batc
         staged_image = ds->image_floats;
         default_chunk_bytes = VAE_DEVICE_CHUNK_BYTES;
     } else {
-        vae_ops_cpu_init(&ds->cpu_ops, ctx->params.num_threads);
+        vae_ops_cpu_init(&ds->cpu_ops, ctx->num_threads);
         ds->ops = &ds->cpu_ops;
     }
     ds->chunk = chunk_images(vae, ds->ops, latent_size, batch,

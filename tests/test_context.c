@@ -1,7 +1,8 @@
 /* test_context.c - device strings of fpdm_context_params: "auto" picks the
  * first GPU exactly when a "cuda" context can be made on this machine and
  * build, else the CPU; malformed names are refused with a message that lists
- * the accepted ones. Public API only. Run: ctest -R test_context. */
+ * the accepted ones; a context whose creation failed refuses every call that
+ * needs its device. Public API only. Run: ctest -R test_context. */
 #include <stdio.h>
 #include <string.h>
 
@@ -12,6 +13,31 @@ static fpdm_status open_device(const char *device, fpdm_context **ctx) {
     fpdm_context_params params = fpdm_context_default_params();
     params.device = device;
     return fpdm_context_create(&params, ctx);
+}
+
+/* fpdm.h lets a caller keep a context whose creation failed, to read its
+ * error: every call that needs its device then refuses, saying why, and
+ * none crashes (loading a model through one used to). */
+static void check_failed_context(void) {
+    fpdm_context *ctx = NULL;
+    CHECK(open_device("no-such-device", &ctx) == FPDM_ERR_INVALID_ARGUMENT && ctx != NULL);
+    if (!ctx) return;
+    CHECK(fpdm_context_precision(ctx) == FPDM_PRECISION_FP32);
+    fpdm_model *model = (fpdm_model *)1;
+    CHECK(fpdm_model_load(ctx, "tests/golden/forward-fpdm.model.safetensors", &model) ==
+          FPDM_ERR_INVALID_ARGUMENT);
+    CHECK(model == NULL);
+    CHECK_MSG(strstr(fpdm_last_error(ctx), "the context has no device"), "%s",
+              fpdm_last_error(ctx));
+    fpdm_vae *vae = (fpdm_vae *)1;
+    CHECK(fpdm_vae_load(ctx, "tests/golden/vae-small.safetensors", &vae) ==
+          FPDM_ERR_INVALID_ARGUMENT);
+    CHECK(vae == NULL);
+    fpdm_memory_info memory;
+    CHECK(fpdm_context_memory(ctx, &memory) == FPDM_ERR_INVALID_ARGUMENT);
+    double seconds = 0;
+    CHECK(fpdm_benchmark_matmul(ctx, 8, 8, 8, 1, &seconds) == FPDM_ERR_INVALID_ARGUMENT);
+    fpdm_context_free(ctx);
 }
 
 int main(void) {
@@ -35,5 +61,6 @@ int main(void) {
                   malformed[i], ctx ? fpdm_last_error(ctx) : "no context");
         fpdm_context_free(ctx);
     }
+    check_failed_context();
     return test_finish("test_context");
 }

@@ -382,6 +382,13 @@ static void test_config_failures(void) {
     expect_config_failure("schedule", with_value(dit_metadata, "fpdm.noise_schedule", "cosine"), "fpdm.noise_schedule");
     expect_config_failure("timesteps", with_value(dit_metadata, "fpdm.num_train_timesteps", "0"),
                           "fpdm.num_train_timesteps");
+    /* Beyond what a sampler can run: refused at load, not at the first sample. */
+    expect_config_failure("one timestep",
+                          with_value(dit_metadata, "fpdm.num_train_timesteps", "1"),
+                          "fpdm.num_train_timesteps");
+    expect_config_failure("too many timesteps",
+                          with_value(dit_metadata, "fpdm.num_train_timesteps", "100001"),
+                          "fpdm.num_train_timesteps");
 }
 
 /* ---- tensor failures -------------------------------------------------------------- */

@@ -8,7 +8,8 @@
  * (FPDM_ERR_OUT_OF_MEMORY, never a status that blames the file or the
  * arguments, and a message saying "out of memory", "cannot allocate" or
  * ENOMEM's text) or, where the library can do without the memory, give the
- * very bits of the run that failed nothing. Everything is freed either way:
+ * very bits of the run that failed nothing, with no more errors logged or
+ * left in fpdm_last_error than that run. Everything is freed either way:
  * under test.sh's sanitizer pass, LeakSanitizer checks that, and
  * AddressSanitizer that no failure path touches freed or unallocated memory.
  *
@@ -80,6 +81,8 @@ void *__wrap_mmap(void *address, size_t length, int protection, int flags, int f
 typedef struct outcome {
     fpdm_status status;
     char message[512];
+    int error_logs;        /* messages the context logged at FPDM_LOG_ERROR */
+    char last_error[512];  /* fpdm_last_error at the end */
     float fpdm_latents[MAX_FLOATS], tol_latents[MAX_FLOATS], images[MAX_FLOATS],
         dit_latents[MAX_FLOATS];
     size_t fpdm_floats, image_floats, dit_floats;
@@ -134,11 +137,18 @@ static fpdm_status sample(fpdm_context *ctx, const char *model_path, sampling ho
     return status;
 }
 
+static void count_errors(fpdm_log_level level, const char *message, void *user_data) {
+    (void)message;
+    if (level == FPDM_LOG_ERROR) ((outcome *)user_data)->error_logs++;
+}
+
 static void run_scenario(outcome *out) {
     memset(out, 0, sizeof *out);
     fpdm_context_params params = fpdm_context_default_params();
     params.device = "cpu";
     params.num_threads = 1;
+    params.log_callback = count_errors;
+    params.log_user_data = out;
     fpdm_context *ctx = NULL;
     fpdm_vae *vae = NULL;
     fpdm_status status = fpdm_context_create(&params, &ctx);
@@ -180,6 +190,7 @@ static void run_scenario(outcome *out) {
     if (status != FPDM_OK)
         snprintf(out->message, sizeof out->message, "%s",
                  ctx ? fpdm_last_error(ctx) : "out of memory (no context)");
+    if (ctx) snprintf(out->last_error, sizeof out->last_error, "%s", fpdm_last_error(ctx));
     fpdm_vae_free(vae);
     fpdm_context_free(ctx);
 }
@@ -214,6 +225,15 @@ int main(void) {
                 if (bad <= 5) fprintf(stderr, "  allocation %ld: status %d, \"%s\"\n", fail_at,
                                       (int)attempt.status, attempt.message);
             }
+        } else if (attempt.error_logs != reference.error_logs ||
+                   strcmp(attempt.last_error, reference.last_error) != 0) {
+            /* A run that did without the memory has no more to report than
+             * the reference (whose one error is the cancelled run's). */
+            bad++;
+            if (bad <= 5)
+                fprintf(stderr, "  allocation %ld failed and the run succeeded, yet it logged %d "
+                        "error(s) against %d; last error \"%s\"\n", fail_at, attempt.error_logs,
+                        reference.error_logs, attempt.last_error);
         } else if (same_bits(attempt.fpdm_latents, reference.fpdm_latents, reference.fpdm_floats) &&
                    same_bits(attempt.tol_latents, reference.tol_latents, reference.fpdm_floats) &&
                    same_bits(attempt.images, reference.images, reference.image_floats) &&

@@ -152,6 +152,21 @@ static void test_batch_independence(fixture *f) {
     free(together), free(one_by_one), free(shard), free(early_together), free(early_one_by_one);
 }
 
+/* A call refused before it runs leaves the report empty, not as the
+ * caller's memory held it, so that freeing it is safe. */
+static void test_report_of_refused_call(fixture *f) {
+    fpdm_sample_params p = base_params(f);
+    const int bad_labels[NUM_IMAGES] = {1, 99, 3};
+    float *out = malloc(f->floats * sizeof(float));
+    fpdm_sample_report report;
+    memset(&report, 0xab, sizeof report);
+    CHECK(fpdm_sample(f->ctx, f->model, &p, NUM_IMAGES, bad_labels, out, &report) ==
+          FPDM_ERR_INVALID_ARGUMENT);
+    CHECK(report.steps == NULL && report.num_steps == 0 && report.num_batches == 0);
+    fpdm_sample_report_free(&report);
+    free(out);
+}
+
 static int cancel_at_three(const fpdm_progress *progress, void *user) {
     int *calls = user;
     (*calls)++;
@@ -236,6 +251,14 @@ static void test_invalid_arguments(fixture *f) {
     p.step_noise = noise;
     expect_invalid(f, &p, LABELS, "step_noise[");
     free(noise);
+    /* A refused iteration list leaves the plan as it was, not half written. */
+    p = base_params(f);
+    const int listed[STEPS] = {1, 2, 3, -7, 5, 6};
+    p.iters_per_step = listed;
+    expect_invalid(f, &p, LABELS, "iterations of step 3");
+    int plan[STEPS] = {40, 41, 42, 43, 44, 45};
+    CHECK(fpdm_plan_iterations(f->ctx, f->model, &p, plan) == FPDM_ERR_INVALID_ARGUMENT);
+    CHECK(plan[0] == 40 && plan[2] == 42 && plan[5] == 45);
 }
 
 static void test_dit_ignores_solver(void) {
@@ -259,6 +282,7 @@ int main(void) {
         test_tolerance(&f);
         test_batch_independence(&f);
         test_cancel_and_progress(&f);
+        test_report_of_refused_call(&f);
         test_no_allocation_after_warmup(&f);
         test_invalid_arguments(&f);
         close_fixture(&f);
