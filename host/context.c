@@ -133,6 +133,10 @@ static fpdm_status open_backend(fpdm_context *ctx) {
     if (p->num_threads < 0)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "num_threads must be >= 0, got %d",
                             p->num_threads);
+    if (p->precision < FPDM_PRECISION_DEFAULT || p->precision > FPDM_PRECISION_FP16)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "precision %d is not an fpdm_precision (0 default, 1 fp32, 2 bf16, "
+                            "3 fp16)", (int)p->precision);
     ctx->device_index = index;
     ctx->num_threads = p->num_threads > 0 ? p->num_threads : omp_get_max_threads();
     if (index < 0) {

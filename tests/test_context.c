@@ -62,5 +62,13 @@ int main(void) {
         fpdm_context_free(ctx);
     }
     check_failed_context();
+    /* A precision outside the enum is a bad argument, not a missing feature. */
+    fpdm_context_params params = fpdm_context_default_params();
+    params.precision = (fpdm_precision)7;
+    fpdm_context *ctx = NULL;
+    CHECK(fpdm_context_create(&params, &ctx) == FPDM_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(ctx && strstr(fpdm_last_error(ctx), "precision 7 is not an fpdm_precision"), "%s",
+              ctx ? fpdm_last_error(ctx) : "no context");
+    fpdm_context_free(ctx);
     return test_finish("test_context");
 }
