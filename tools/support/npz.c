@@ -8,6 +8,7 @@
  * end record, locator), 4.3.16 (end record), 4.5.3 (ZIP64 extra field). */
 #define _POSIX_C_SOURCE 200809L
 #include "npz.h"
+#include "crc32.h"
 #include "npy.h"
 #include "support_error.h"
 #include "temp_path.h"
@@ -35,23 +36,9 @@ struct npz_writer {
     uint64_t member_size;  /* .npy header + data */
     uint64_t data_bytes;   /* the array's bytes: prod(shape) */
     uint64_t data_written;
-    uint32_t crc;          /* running CRC-32 of the member, pre-inverted */
-    uint32_t crc_table[256];
+    uint32_t crc;          /* CRC-32 of the member so far */
+    crc32_table crc_table;
 };
-
-static void crc_table_init(uint32_t table[256]) {
-    for (uint32_t n = 0; n < 256; n++) {
-        uint32_t c = n;
-        for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-        table[n] = c;
-    }
-}
-
-static void crc_update(npz_writer *w, const uint8_t *bytes, size_t count) {
-    uint32_t c = w->crc;
-    for (size_t i = 0; i < count; i++) c = w->crc_table[(c ^ bytes[i]) & 0xff] ^ (c >> 8);
-    w->crc = c;
-}
 
 /* Little-endian fields, appended at *p. */
 static void put16(uint8_t **p, uint32_t v) {
@@ -172,11 +159,10 @@ npz_writer *npz_u8_create(const char *path, int ndim, const int64_t *shape, char
     }
     w->data_bytes = (uint64_t)count;
     w->member_size = header_len + w->data_bytes;
-    crc_table_init(w->crc_table);
-    w->crc = 0xffffffffu;
+    crc32_table_init(&w->crc_table);
     uint8_t local[LOCAL_HEADER_SIZE];
     size_t local_len = local_header(local, 0, w->member_size);
-    crc_update(w, (const uint8_t *)header, header_len);
+    w->crc = crc32_update(&w->crc_table, 0, (const uint8_t *)header, header_len);
     if (write_all(w, local, local_len, err, err_size) != 0 ||
         write_all(w, header, header_len, err, err_size) != 0) {
         npz_u8_abort(w);
@@ -192,7 +178,7 @@ int npz_u8_append(npz_writer *w, const uint8_t *bytes, size_t count, char *err, 
                           (unsigned long long)w->data_bytes);
         return -1;
     }
-    crc_update(w, bytes, count);
+    w->crc = crc32_update(&w->crc_table, w->crc, bytes, count);
     w->data_written += count;
     return write_all(w, bytes, count, err, err_size);
 }
@@ -204,7 +190,7 @@ int npz_u8_finish(npz_writer *w, char *err, size_t err_size) {
         npz_u8_abort(w);
         return -1;
     }
-    const uint32_t crc = w->crc ^ 0xffffffffu;
+    const uint32_t crc = w->crc;
     uint8_t tail[256], crc_field[4], *p = crc_field;
     size_t tail_len = archive_tail(tail, crc, w->member_size, LOCAL_HEADER_SIZE + w->member_size);
     put32(&p, crc);

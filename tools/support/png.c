@@ -2,6 +2,7 @@
  * stb_image (libstb); see png.h. */
 #define _POSIX_C_SOURCE 200809L
 #include "png.h"
+#include "crc32.h"
 #include "support_error.h"
 #include "temp_path.h"
 
@@ -138,21 +139,6 @@ static const char *color_name(int channels) {
     return channels == 1 ? "gray" : channels == 2 ? "gray and alpha" : channels == 3 ? "RGB" : "RGBA";
 }
 
-/* CRC-32 as PNG (and zlib) define it, four bits a step. */
-static uint32_t crc32_of(const uint8_t *bytes, size_t n) {
-    static const uint32_t nibble[16] = {
-        0x00000000, 0x1db71064, 0x3b6e20c8, 0x26d930ac, 0x76dc4190, 0x6b6b51f4,
-        0x4db26158, 0x5005713c, 0xedb88320, 0xf00f9344, 0xd6d6a3e8, 0xcb61b38c,
-        0x9b64c2b0, 0x86d3d2d4, 0xa00ae278, 0xbdbdf21c};
-    uint32_t crc = 0xffffffffu;
-    for (size_t i = 0; i < n; i++) {
-        crc ^= bytes[i];
-        crc = (crc >> 4) ^ nibble[crc & 15];
-        crc = (crc >> 4) ^ nibble[crc & 15];
-    }
-    return ~crc;
-}
-
 static uint32_t big_endian32(const uint8_t *bytes) {
     return (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 | (uint32_t)bytes[2] << 8 |
            bytes[3];
@@ -164,6 +150,8 @@ static uint32_t big_endian32(const uint8_t *bytes) {
  * chunk length past the end of a small file has stb allocate gigabytes. */
 static int check_chunks(const char *path, const uint8_t *bytes, size_t size, char *err,
                         size_t err_size) {
+    crc32_table crc_table;
+    crc32_table_init(&crc_table);
     for (size_t at = 8;;) {
         if (size - at < 12) {
             support_set_error(err, err_size, "%s: truncated PNG (it ends at byte %zu without an "
@@ -178,7 +166,8 @@ static int check_chunks(const char *path, const uint8_t *bytes, size_t size, cha
                               length, size - at - 12);
             return -1;
         }
-        if (crc32_of(type, 4 + (size_t)length) != big_endian32(type + 4 + length)) {
+        if (crc32_update(&crc_table, 0, type, 4 + (size_t)length) !=
+            big_endian32(type + 4 + length)) {
             support_set_error(err, err_size, "%s: damaged PNG (chunk '%.4s' at byte %zu fails its "
                               "CRC-32 check)", path, (const char *)type, at);
             return -1;
