@@ -140,11 +140,12 @@ typedef struct span {
     uint64_t begin, end;
 } span;
 
-static int parse_offsets(const char *path, const char *name, const json_value *item, uint64_t data_size,
-                         span *out, char *err, size_t err_size) {
+static int parse_offsets(const char *path, const char *name, const json_value *item,
+                         uint64_t data_size, span *out, char *err, size_t err_size) {
     uint64_t begin, end;
     if (item->type != JSON_ARRAY || item->num_children != 2 ||
-        !json_to_count(item->first_child, &begin) || !json_to_count(item->first_child->next, &end)) {
+        !json_to_count(item->first_child, &begin) ||
+        !json_to_count(item->first_child->next, &end)) {
         set_error(err, err_size,
                   "%s: tensor %s: data_offsets is not a pair of non-negative integers", path, name);
         return -1;
@@ -177,9 +178,9 @@ static int parse_tensor(const char *path, const json_value *entry, const uint8_t
     const json_value *dtype = NULL, *shape = NULL, *offsets = NULL;
     for (const json_value *field = entry->first_child; field; field = field->next) {
         const json_value **slot = strcmp(field->name, "dtype") == 0          ? &dtype
-                             : strcmp(field->name, "shape") == 0        ? &shape
-                             : strcmp(field->name, "data_offsets") == 0 ? &offsets
-                                                                          : NULL;
+                                  : strcmp(field->name, "shape") == 0        ? &shape
+                                  : strcmp(field->name, "data_offsets") == 0 ? &offsets
+                                                                             : NULL;
         if (!slot) {
             set_error(err, err_size, "%s: tensor %s: unexpected field \"%s\"", path, name,
                       field->name);
@@ -237,8 +238,8 @@ static int find_repeated(char *const *names, int n, const char **repeated) {
     return 0;
 }
 
-static int parse_metadata(const char *path, const json_value *meta, safetensors_file *file, char *err,
-                          size_t err_size) {
+static int parse_metadata(const char *path, const json_value *meta, safetensors_file *file,
+                          char *err, size_t err_size) {
     if (meta->type != JSON_OBJECT) {
         set_error(err, err_size, "%s: __metadata__ is not an object", path);
         return -1;
@@ -335,7 +336,8 @@ static int parse_header(const char *header, size_t header_size, const uint8_t *d
     const char *error_reason = NULL;
     json_result parsed = json_parse(header, header_size, &document, &error_offset, &error_reason);
     if (parsed == JSON_OUT_OF_MEMORY) {
-        set_error(err, err_size, "%s: out of memory reading the %zu-byte header", path, header_size);
+        set_error(err, err_size, "%s: out of memory reading the %zu-byte header", path,
+                  header_size);
         return ERROR_OUT_OF_MEMORY;
     }
     if (parsed != JSON_OK) {

@@ -382,7 +382,7 @@ static fpdm_status read_config(fpdm_context *ctx, const safetensors_file *file, 
     const char *scale_text = safetensors_metadata(file, "vae.scaling_factor");
     if (scale_text) {
         double value = 0.0;
-        if (!decimal_parse(scale_text, &value) || !(value > 0.0) || !((float)value > 0.0f))
+        if (!decimal_parse(scale_text, &value) || !(value > 0.0))
             return context_fail(ctx, FPDM_ERR_BAD_FILE,
                                 "%s: metadata vae.scaling_factor = \"%s\" is not a positive "
                                 "plain decimal", file->path, scale_text);
