@@ -19,7 +19,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "context.h"
 #include "fpdm.h"
 #include "synthetic_model.h"
 #include "test_util.h"
@@ -42,11 +41,7 @@ static int check_load(const char *path, double file_mb, int staged) {
     fpdm_model *model = NULL;
     CHECK(fpdm_context_create(&params, &ctx) == FPDM_OK);
     if (!ctx) return test_failures;
-    if (staged) {
-        ctx->be->host_memory = 0;
-        ctx->be->operand_type = BACKEND_BF16;
-        ctx->be->staging_bytes = (size_t)STAGING_MB << 20;
-    }
+    if (staged) test_set_loading(ctx, BACKEND_BF16, (size_t)STAGING_MB << 20);
     double before = peak_resident_mb();
     fpdm_status status = fpdm_model_load(ctx, path, &model);
     double growth = peak_resident_mb() - before;

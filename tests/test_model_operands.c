@@ -55,18 +55,24 @@ static int check_linear(const safetensors_file *file, const char *prefix, const 
     return wrong;
 }
 
+/* Loads path with operand type `type`, in place (staging_bytes 0) or staged
+ * through chunks of staging_bytes; NULL after a failed check. */
+static fpdm_model *load_as(fpdm_context **ctx, const char *path, backend_dtype type,
+                           size_t staging_bytes) {
+    fpdm_context_params params = fpdm_context_default_params();
+    CHECK(fpdm_context_create(&params, ctx) == FPDM_OK);
+    if (!*ctx) return NULL;
+    test_set_loading(*ctx, type, staging_bytes);
+    return test_load_model(*ctx, path);
+}
+
 static void check_model(const char *path, backend_dtype type) {
     fpdm_context *ctx = NULL;
-    fpdm_context_params params = fpdm_context_default_params();
-    CHECK(fpdm_context_create(&params, &ctx) == FPDM_OK);
-    if (!ctx) return;
-    ctx->be->operand_type = type;
-    fpdm_model *model = NULL;
-    fpdm_status status = fpdm_model_load(ctx, path, &model);
-    CHECK_MSG(status == FPDM_OK, "%s: %s", path, fpdm_last_error(ctx));
+    fpdm_model *model = load_as(&ctx, path, type, 0);
     safetensors_file file;
     char err[256];
-    if (status != FPDM_OK || safetensors_open(path, &file, err, sizeof err) != 0) {
+    if (!model || safetensors_open(path, &file, err, sizeof err) != 0) {
+        fpdm_model_free(model);
         fpdm_context_free(ctx);
         return;
     }
@@ -106,24 +112,6 @@ static void check_model(const char *path, backend_dtype type) {
     safetensors_close(&file);
     fpdm_model_free(model);
     fpdm_context_free(ctx);
-}
-
-/* Loads path with operand type `type`, in place (staging_bytes 0) or staged
- * through chunks of staging_bytes; NULL after a failed check. */
-static fpdm_model *load_as(fpdm_context **ctx, const char *path, backend_dtype type,
-                           size_t staging_bytes) {
-    fpdm_context_params params = fpdm_context_default_params();
-    CHECK(fpdm_context_create(&params, ctx) == FPDM_OK);
-    if (!*ctx) return NULL;
-    (*ctx)->be->operand_type = type;
-    if (staging_bytes) {
-        (*ctx)->be->host_memory = 0;
-        (*ctx)->be->staging_bytes = staging_bytes;
-    }
-    fpdm_model *model = NULL;
-    CHECK_MSG(fpdm_model_load(*ctx, path, &model) == FPDM_OK, "%s: %s", path,
-              fpdm_last_error(*ctx));
-    return model;
 }
 
 static void check_staged_load(const char *path, backend_dtype type) {

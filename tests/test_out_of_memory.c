@@ -28,7 +28,6 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "context.h"
 #include "fpdm.h"
 #include "test_util.h"
 
@@ -177,9 +176,7 @@ static void run_scenario(outcome *out) {
     /* Last, the loader's path for a device: the context is set to load as a
      * GPU context does (bf16 weights through small staging chunks). */
     if (status == FPDM_OK) {
-        ctx->be->host_memory = 0;
-        ctx->be->operand_type = BACKEND_BF16;
-        ctx->be->staging_bytes = 4096;
+        test_set_loading(ctx, BACKEND_BF16, 4096);
         fpdm_model *staged = NULL;
         status = fpdm_model_load(ctx, DIT_MODEL, &staged);
         fpdm_model_free(staged);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "context.h"
 #include "float16.h"
 #include "fpdm.h"
 #include "safetensors.h"
@@ -72,6 +73,14 @@ float test_uniform(void) {
 
 void test_random_fill(float *x, size_t n, unsigned *seed) {
     for (size_t i = 0; i < n; i++) x[i] = (float)((double)rand_r(seed) / RAND_MAX * 2.0 - 1.0);
+}
+
+void test_set_loading(fpdm_context *ctx, backend_dtype type, size_t staging_bytes) {
+    ctx->be->operand_type = type;
+    if (staging_bytes) {
+        ctx->be->host_memory = 0;
+        ctx->be->staging_bytes = staging_bytes;
+    }
 }
 
 fpdm_model *test_load_model(fpdm_context *ctx, const char *path) {

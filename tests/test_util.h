@@ -51,8 +51,14 @@ float test_uniform(void); /* in [-1, 1) */
 /* x[i] uniform in [-1, 1] from rand_r, for tests that fix their seed. */
 void test_random_fill(float *x, size_t n, unsigned *seed);
 
-/* Loads a model, failing the check with the library's message; NULL then. */
+/* Sets how a CPU context loads models, for the loader's tests: weights in
+ * `type` (as a bf16 or fp16 CUDA context stores them) and, when
+ * staging_bytes is not 0, through host chunks of that size as for a device
+ * (the CPU backend's "upload" is a copy). */
 typedef struct fpdm_context fpdm_context;
+void test_set_loading(fpdm_context *ctx, backend_dtype type, size_t staging_bytes);
+
+/* Loads a model, failing the check with the library's message; NULL then. */
 typedef struct fpdm_model fpdm_model;
 fpdm_model *test_load_model(fpdm_context *ctx, const char *path);
 
