@@ -8,11 +8,12 @@
  * Exit status: 0 done, 1 runtime failure (files, library), 2 usage error.
  * On SIGINT (Ctrl-C), SIGTERM (what a batch scheduler sends at its time
  * limit) or SIGHUP (a closed terminal) the run stops after the current step,
- * keeps the images finished so far, leaves nothing half-written and then ends
- * by that signal (a shell reports 128 + its number: 130, 143, 129). Once the
- * last batch is drawn, a signal lets the outputs finish, except --npz's
- * packing, which stops. Every check of the arguments happens before any
- * output file or folder is created.
+ * keeps the images finished so far, leaves nothing half-written, writes
+ * --report for the batches drawn to the end (its "stopped_by" names the
+ * signal) and then ends by that signal (a shell reports 128 + its number:
+ * 130, 143, 129). Once the last batch is drawn, a signal lets the outputs
+ * finish, except --npz's packing, which stops. Every check of the arguments
+ * happens before any output file or folder is created.
  *
  * Resuming: image i is written as {i:05d}-{class}.png, and both its class and
  * its noise depend only on (--seed, i), never on the batch it falls in, so a
@@ -105,9 +106,16 @@ static void on_stop_signal(int signal_number)
     interrupted = signal_number;
 }
 
+/* The signal as the report names it. */
+static const char *stop_signal_id(void)
+{
+    return interrupted == SIGTERM ? "SIGTERM" : interrupted == SIGHUP ? "SIGHUP" : "SIGINT";
+}
+
+/* The signal as a message to a person names it. */
 static const char *stop_signal_name(void)
 {
-    return interrupted == SIGTERM ? "SIGTERM" : interrupted == SIGHUP ? "SIGHUP" : "Ctrl-C";
+    return interrupted == SIGINT ? "Ctrl-C" : stop_signal_id();
 }
 
 static void print_help(FILE *out)
@@ -173,7 +181,8 @@ static void print_help(FILE *out)
 "                           array arr_0 [N, H, W, C]: the official sample_ddp.py's\n"
 "                           .npz, which ADM's FID evaluator reads\n"
 "      --report FILE.json   per-step iterations (summed over the batches run) and\n"
-"                           residuals, totals, settings\n"
+"                           residuals, totals, settings; a stopped run's report covers\n"
+"                           the batches it finished and names the signal (stopped_by)\n"
 "      --verbose            model details, the iteration plan, library debug messages\n"
 "      --quiet              no progress or summary\n"
 "  -h, --help               this help\n"
@@ -876,6 +885,29 @@ static int write_npz(run_state *rs)
     return rc;
 }
 
+/* Writes --report; stop_signal is the name of the signal that stopped the
+ * run, or NULL when it ran to the end. Returns 0 or EXIT_RUNTIME after
+ * printing why. */
+static int write_report(const run_state *rs, const fpdm_sample_params *sp, double seconds,
+                        const char *stop_signal)
+{
+    char err[512];
+    report *r = report_create(PROGRAM);
+    if (!r) {
+        fprintf(stderr, PROGRAM ": out of memory for the report\n");
+        return EXIT_RUNTIME;
+    }
+    report_set_string(r, NULL, "stopped_by", stop_signal);
+    fill_report(r, rs, sp, seconds);
+    int rc = report_write(r, rs->opt->report_path, err, sizeof err);
+    report_free(r);
+    if (rc != 0) {
+        fprintf(stderr, PROGRAM ": %s\n", err);
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}
+
 /* Writes --grid, --latents-out, --npz and --report after the batches. */
 static int write_run_outputs(run_state *rs, const fpdm_sample_params *sp, double seconds)
 {
@@ -902,20 +934,8 @@ static int write_run_outputs(run_state *rs, const fpdm_sample_params *sp, double
         if (rc != 0)
             return rc;
     }
-    if (opt->report_path) {
-        report *r = report_create(PROGRAM);
-        if (!r) {
-            fprintf(stderr, PROGRAM ": out of memory for the report\n");
-            return EXIT_RUNTIME;
-        }
-        fill_report(r, rs, sp, seconds);
-        int rc = report_write(r, opt->report_path, err, sizeof err);
-        report_free(r);
-        if (rc != 0) {
-            fprintf(stderr, PROGRAM ": %s\n", err);
-            return EXIT_RUNTIME;
-        }
-    }
+    if (opt->report_path)
+        return write_report(rs, sp, seconds, NULL);
     return 0;
 }
 
@@ -1504,23 +1524,25 @@ int main(int argc, char **argv)
             fprintf(stderr, PROGRAM ": interrupted (%s); %d finished images kept in %s\n",
                     stop_signal_name(), rs.images_sampled, opt.out_dir);
         else
-            fprintf(stderr, PROGRAM ": interrupted (%s); nothing written (--latents-out is "
+            fprintf(stderr, PROGRAM ": interrupted (%s); no latents written (--latents-out is "
                     "written when the whole run is done)\n", stop_signal_name());
-        goto done;
+    } else if (rc == 0) {
+        /* Every image is drawn: the folder's record can vouch for them even
+         * if an output below fails. */
+        if (rs.pending_settings)
+            rc = write_settings_file(&rs, rs.pending_settings);
+        if (rc == 0)
+            rc = write_run_outputs(&rs, &sp, seconds);
+        if (rc == 0 && !opt.quiet)
+            fprintf(stderr, PROGRAM ": %d images in %.2f s (%.2f images/s), %lld model "
+                    "evaluations, %lld fixed-point iterations, %d images already on disk\n",
+                    rs.images_sampled, seconds, seconds > 0 ? rs.images_sampled / seconds : 0.0,
+                    rs.model_evaluations, rs.fixed_point_iterations, rs.images_skipped);
     }
-    if (rc != 0)
-        goto done;
-    /* Every image is drawn: the folder's record can vouch for them even if
-     * an output below fails. */
-    if (rs.pending_settings)
-        rc = write_settings_file(&rs, rs.pending_settings);
-    if (rc == 0)
-        rc = write_run_outputs(&rs, &sp, seconds);
-    if (rc == 0 && !opt.quiet)
-        fprintf(stderr, PROGRAM ": %d images in %.2f s (%.2f images/s), %lld model evaluations, "
-                "%lld fixed-point iterations, %d images already on disk\n", rs.images_sampled,
-                seconds, seconds > 0 ? rs.images_sampled / seconds : 0.0, rs.model_evaluations,
-                rs.fixed_point_iterations, rs.images_skipped);
+    /* A stopped run still says what it spent on the batches it finished (a
+     * failure to write that is printed; the run still ends by its signal). */
+    if (rc == EXIT_INTERRUPTED && opt.report_path)
+        write_report(&rs, &sp, seconds, stop_signal_id());
 done:
     free_run(&rs);
     free(opt.classes);

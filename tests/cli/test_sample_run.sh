@@ -36,6 +36,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 steps, totals, settings = r["steps"], r["totals"], r["settings"]
 assert r["tool"] == "fpdm-sample", r["tool"]
+assert r["stopped_by"] is None, r["stopped_by"]
 assert len(steps) == 6, len(steps)
 for s in steps:
     for key in ("timestep", "iters_planned", "iters_used", "residual"):
@@ -197,7 +198,8 @@ PY
 
 # 10. Ctrl-C (SIGINT), a batch scheduler's SIGTERM and a closed terminal's
 #    SIGHUP: exit 128 + the signal, finished images kept, no temporary files
-#    left. Only checked when the run is still going when the signal arrives.
+#    left, and a report of the batches finished that names the signal. Only
+#    checked when the run is still going when the signal arrives.
 for stop in INT:130:Ctrl-C TERM:143:SIGTERM HUP:129:SIGHUP; do
     IFS=: read -r signal code name <<<"$stop"
     "$sample" -m "$fpdm" -n 400 -b 1 --steps 1000 --out "$tmp/k$signal" --report "$tmp/k$signal.json" \
@@ -213,7 +215,21 @@ for stop in INT:130:Ctrl-C TERM:143:SIGTERM HUP:129:SIGHUP; do
         check "$signal exit code" [ $rc = $code ]
         check "$signal message" grep -q "fpdm-sample: interrupted ($name); [0-9]* finished images kept" "$tmp/int$signal.err"
         check "$signal: no temporary files" [ -z "$(ls -A "$tmp/k$signal" | grep -v -e '^[0-9]\{5\}-[0-9]*\.png$' -e '^\.fpdm-sample-settings$')" ]
-        check "$signal: no report" [ ! -e "$tmp/k$signal.json" ]
+        check "$signal: report of the finished batches" /usr/bin/python3 - "$tmp/k$signal.json" \
+            "$tmp/k$signal" "SIG$signal" <<'PY'
+import json, os, sys
+path, folder, signal_name = sys.argv[1:]
+with open(path) as f:
+    report = json.load(f)
+kept = sum(name.endswith(".png") for name in os.listdir(folder))
+totals = report["totals"]
+assert report["stopped_by"] == signal_name, report["stopped_by"]
+assert totals["images"] == kept and totals["batches"] == kept, (totals, kept)
+# Guided by default: two network rows an image and step.
+assert totals["model_evaluations"] == 2 * 1000 * kept, totals
+assert len(report["steps"]) == 1000
+assert all(step["iters_used"] == step["iters_planned"] * kept for step in report["steps"])
+PY
     fi
 done
 # It ends by the signal itself, not by exiting 128 + it: bash goes on with a
