@@ -68,6 +68,10 @@ typedef struct backend_linear {
     int out_dim, in_dim, weight_stride;
 } backend_linear;
 
+/* What benchmark_matmul returns when its operands do not fit (-1 is any
+ * other failure). */
+enum { BACKEND_NO_MEMORY = 1 };
+
 /* Coefficients of one sampler update, computed on the host in float64 and
  * applied elementwise in float32 (see diffusion.h for their meaning). */
 typedef struct diffusion_step_coefs diffusion_step_coefs;
@@ -180,7 +184,8 @@ struct backend {
     /* The fewest seconds of one product C[m, n] = A[m, k] B[k, n] over
      * `repeats` runs after warm-up, in the backend's compute precision, on
      * operands it allocates and frees itself (a benchmark, never called
-     * while sampling). */
+     * while sampling). 0; BACKEND_NO_MEMORY when the operands do not fit in
+     * its memory; -1 on any other failure (see `failure`). */
     int (*benchmark_matmul)(backend *be, int m, int n, int k, int repeats, double *seconds);
     /* Waits, then host_diff_sq[r] = sum_i (a[r,i] - b[r,i])^2 and
      * host_norm_sq[r] = sum_i b[r,i]^2 over rows of `cols` floats. */

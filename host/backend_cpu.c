@@ -347,7 +347,7 @@ static int cpu_benchmark_matmul(backend *be, int m, int n, int k, int repeats, d
     size_t a_n = (size_t)m * k, b_n = (size_t)k * n, c_n = (size_t)m * n;
     float *a = malloc(a_n * sizeof(float)), *b = malloc(b_n * sizeof(float)),
           *c = malloc(c_n * sizeof(float));
-    int failed = !a || !b || !c || repeats <= 0;
+    int failed = !a || !b || !c;
     if (!failed) {
         for (size_t i = 0; i < a_n; i++) a[i] = (float)(i % 7) * 0.1f;
         for (size_t i = 0; i < b_n; i++) b[i] = (float)(i % 5) * 0.1f;
@@ -362,7 +362,7 @@ static int cpu_benchmark_matmul(backend *be, int m, int n, int k, int repeats, d
         }
     }
     free(a), free(b), free(c);
-    return failed ? -1 : 0;
+    return failed ? BACKEND_NO_MEMORY : 0;
 }
 
 backend *backend_cpu_create(int num_threads) {

@@ -2,6 +2,7 @@
  * public single forward pass. */
 #include <omp.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -296,7 +297,19 @@ fpdm_status fpdm_benchmark_matmul(fpdm_context *ctx, int m, int n, int k, int re
                             "fpdm_benchmark_matmul: sizes and repeats must be positive");
     if (!ctx->be->benchmark_matmul)
         return context_fail(ctx, FPDM_ERR_UNSUPPORTED, "%s: no matrix-product benchmark", ctx->device_name);
-    if (ctx->be->benchmark_matmul(ctx->be, m, n, k, repeats, seconds) != 0)
+    /* Each operand's bytes, and their sum, must fit a size_t: the backends
+     * add them up for one allocation. */
+    const size_t most_elements = SIZE_MAX / 16;
+    const int too_big = (size_t)m * (size_t)k > most_elements ||
+                        (size_t)k * (size_t)n > most_elements ||
+                        (size_t)m * (size_t)n > most_elements;
+    const int rc = too_big ? BACKEND_NO_MEMORY
+                           : ctx->be->benchmark_matmul(ctx->be, m, n, k, repeats, seconds);
+    if (rc == BACKEND_NO_MEMORY)
+        return context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY,
+                            "%s: out of memory for the %dx%dx%d benchmark product's operands",
+                            ctx->device_name, m, n, k);
+    if (rc != 0)
         return context_device_fail(ctx, "%s: the %dx%dx%d benchmark product", ctx->device_name, m,
                                    n, k);
     return FPDM_OK;

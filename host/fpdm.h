@@ -132,7 +132,7 @@ FPDM_API fpdm_status fpdm_context_memory(fpdm_context *ctx, fpdm_memory_info *in
  * precision, the fastest of `repeats` after untimed warm-up products (other
  * work on the machine only ever slows a product down, so the fastest is the
  * closest to the device's own rate). Allocates its own operands: not for use
- * while sampling. */
+ * while sampling; FPDM_ERR_OUT_OF_MEMORY when they do not fit. */
 FPDM_API fpdm_status fpdm_benchmark_matmul(fpdm_context *ctx, int m, int n, int k, int repeats,
                                            double *seconds);
 

@@ -100,7 +100,7 @@ int cuda_benchmark_matmul(backend *be, int m, int n, int k, int repeats, double 
         cudaSuccess) {
         /* Too big for this device: the caller's to report, not a stream fault. */
         cudaGetLastError();
-        return -1;
+        return BACKEND_NO_MEMORY;
     }
     void *a = device, *b = device + a_elems * element_bytes;
     void *c = device + (a_elems + b_elems) * element_bytes;

@@ -2,7 +2,10 @@
  * first GPU exactly when a "cuda" context can be made on this machine and
  * build, else the CPU; malformed names are refused with a message that lists
  * the accepted ones; a context whose creation failed refuses every call that
- * needs its device. Public API only. Run: ctest -R test_context. */
+ * needs its device; the benchmark product refuses bad sizes and reports
+ * operands too big as out of memory. Public API only. Run: ctest -R
+ * test_context. */
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -40,10 +43,32 @@ static void check_failed_context(void) {
     fpdm_context_free(ctx);
 }
 
+/* The benchmark product: a small one runs; operands too big for the
+ * device's memory, or for a size_t, are out of memory, not a device fault. */
+static void check_benchmark(fpdm_context *ctx) {
+    double seconds = -1;
+    CHECK(fpdm_benchmark_matmul(ctx, 4, 3, 2, 2, &seconds) == FPDM_OK && seconds >= 0);
+    CHECK(fpdm_benchmark_matmul(ctx, 4, 0, 2, 2, &seconds) == FPDM_ERR_INVALID_ARGUMENT);
+    CHECK(fpdm_benchmark_matmul(ctx, 4, 3, 2, 0, &seconds) == FPDM_ERR_INVALID_ARGUMENT);
+    CHECK(fpdm_benchmark_matmul(ctx, INT_MAX, INT_MAX, INT_MAX, 1, &seconds) ==
+          FPDM_ERR_OUT_OF_MEMORY);
+    CHECK_MSG(strstr(fpdm_last_error(ctx), "out of memory for the 2147483647x2147483647x"),
+              "%s", fpdm_last_error(ctx));
+    /* 2^40 elements an operand pass the size_t check; a GPU cannot hold
+     * them (a CPU's malloc is left to test_out_of_memory: a sanitizer
+     * aborts on a request that large). */
+    if (strncmp(fpdm_context_device_name(ctx), "cuda", 4) == 0) {
+        CHECK(fpdm_benchmark_matmul(ctx, 1 << 20, 1 << 20, 1 << 20, 1, &seconds) ==
+              FPDM_ERR_OUT_OF_MEMORY);
+        CHECK(fpdm_benchmark_matmul(ctx, 4, 3, 2, 2, &seconds) == FPDM_OK);
+    }
+}
+
 int main(void) {
     fpdm_context *cuda = NULL, *automatic = NULL;
     int have_gpu = open_device("cuda", &cuda) == FPDM_OK;
     CHECK(open_device("auto", &automatic) == FPDM_OK);
+    if (automatic) check_benchmark(automatic);
     const char *name = fpdm_context_device_name(automatic);
     fprintf(stderr, "  auto -> %s (a cuda context %s)\n", name, have_gpu ? "opens" : "does not open");
     if (have_gpu)

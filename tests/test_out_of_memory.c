@@ -2,9 +2,9 @@
  * (SQLite's way): a context, an FPDM model sampled with guidance, reuse and
  * residuals, then in batches of one with a tolerance and carried-over
  * iterations, then cancelled from its progress callback; its latents decoded
- * by a VAE; a DiT model sampled with DDIM, then loaded as for a GPU
- * (through staging chunks); run once for each allocation with that one
- * allocation failing. Each run must either fail cleanly
+ * by a VAE; a DiT model sampled with DDIM; a benchmark product; the DiT
+ * loaded as for a GPU (through staging chunks); run once for each
+ * allocation with that one allocation failing. Each run must either fail cleanly
  * (FPDM_ERR_OUT_OF_MEMORY, never a status that blames the file or the
  * arguments, and a message saying "out of memory", "cannot allocate" or
  * ENOMEM's text) or, where the library can do without the memory, give the
@@ -173,6 +173,10 @@ static void run_scenario(outcome *out) {
     }
     if (status == FPDM_OK)
         status = sample(ctx, DIT_MODEL, DDIM, out->dit_latents, &out->dit_floats);
+    if (status == FPDM_OK) {
+        double seconds;
+        status = fpdm_benchmark_matmul(ctx, 16, 8, 4, 1, &seconds);
+    }
     /* Last, the loader's path for a device: the context is set to load as a
      * GPU context does (bf16 weights through small staging chunks). */
     if (status == FPDM_OK) {
