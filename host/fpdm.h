@@ -160,6 +160,10 @@ typedef struct fpdm_model_info {
     int in_channels;
     int out_channels;         /* 2 * in_channels with learned sigma */
     int num_classes;          /* the label table has num_classes + 1 rows; the last is the null class */
+    /* 1: trained with one class and no class dropout (the official train.py's
+     * --unsupervised): the null class is untrained, so sampling refuses
+     * guidance (cfg_scale > 1) and its default cfg_scale is 1. */
+    int unconditional;
     int learn_sigma;
     int pre_depth, post_depth;            /* FPDM only */
     int pre_post_timestep_conditioning;   /* FPDM only */
@@ -242,7 +246,8 @@ typedef struct fpdm_sample_params {
     int num_steps;            /* respaced steps, 1..num_train_timesteps; default 250 */
     fpdm_sampler sampler;     /* default DDPM */
     float ddim_eta;           /* default 0 */
-    float cfg_scale;          /* 1 runs without the doubled batch; default 4.0 (official) */
+    float cfg_scale;          /* 1 runs without the doubled batch; default 4.0 (official),
+                                 1 for an unconditional model (which refuses more) */
     int cfg_all_channels;     /* 0 (official): guide model_out[:, :3], which for a model with
                                  fewer than 3 input channels includes variance channels;
                                  1: guide the in_channels prediction channels */

@@ -186,6 +186,7 @@ static void fill_info(fpdm_model *model) {
     info->in_channels = c->in_channels;
     info->out_channels = c->out_channels;
     info->num_classes = c->num_classes;
+    info->unconditional = c->unconditional;
     info->learn_sigma = c->learn_sigma;
     info->pre_depth = c->pre_depth;
     info->post_depth = c->post_depth;

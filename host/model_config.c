@@ -33,6 +33,7 @@ static const char *const known_keys[] = {
     "fpdm.pre_depth", "fpdm.post_depth", "fpdm.learn_sigma", "fpdm.mlp_ratio",
     "fpdm.pre_post_timestep_conditioning", "fpdm.equivalent_depth", "fpdm.prediction",
     "fpdm.zero_terminal_snr", "fpdm.space", "fpdm.noise_schedule", "fpdm.num_train_timesteps",
+    "fpdm.unconditional",
 };
 
 /* Keys that describe the fixed-point structure; in a DiT file they would be
@@ -183,8 +184,14 @@ static int read_sizes(const safetensors_file *file, model_config *c, char *err, 
         get_int(file, "fpdm.input_size", 1, 0, 1, MAX_INPUT_SIZE, &c->input_size, err, err_size) ||
         get_int(file, "fpdm.in_channels", 1, 0, 1, MAX_CHANNELS, &c->in_channels, err, err_size) ||
         get_int(file, "fpdm.num_classes", 1, 0, 1, MAX_CLASSES, &c->num_classes, err, err_size) ||
-        get_bool(file, "fpdm.learn_sigma", 1, &c->learn_sigma, err, err_size))
+        get_bool(file, "fpdm.learn_sigma", 1, &c->learn_sigma, err, err_size) ||
+        get_bool(file, "fpdm.unconditional", 0, &c->unconditional, err, err_size))
         return -1;
+    if (c->unconditional && c->num_classes != 1) {
+        set_error(err, err_size, "%s: an unconditional model has num_classes 1, not %d", path,
+                  c->num_classes);
+        return -1;
+    }
     if (c->hidden_size % c->num_heads != 0) {
         set_error(err, err_size, "%s: hidden_size %d is not divisible by num_heads %d", path,
                   c->hidden_size, c->num_heads);

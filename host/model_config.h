@@ -5,6 +5,12 @@
  *   fpdm.architecture        "dit" | "fpdm"                        (required)
  *   fpdm.hidden_size, fpdm.num_heads, fpdm.patch_size, fpdm.input_size,
  *   fpdm.in_channels, fpdm.num_classes                             (required)
+ *   fpdm.unconditional       "true" | "false"                      (default false)
+ *                            true: trained with one class and no class
+ *                            dropout (the official train.py --unsupervised,
+ *                            for FFHQ, CelebA-HQ, LSUN): num_classes must be
+ *                            1, and the null class row is untrained, so
+ *                            sampling refuses guidance
  *   fpdm.depth               DiT blocks                            (required for dit)
  *   fpdm.pre_depth, fpdm.post_depth                                (required for fpdm)
  *   fpdm.learn_sigma         "true" | "false"                      (default true)
@@ -49,6 +55,7 @@ typedef struct model_config {
     int out_channels;         /* 2 * in_channels if learn_sigma */
     int learn_sigma;
     int num_classes;
+    int unconditional;        /* fpdm.unconditional: no trained null class */
     fpdm_prediction prediction;
     int zero_terminal_snr;
     int latent_space;

@@ -28,10 +28,11 @@ fpdm_sample_params fpdm_sample_default_params(const fpdm_model *model) {
     memset(&p, 0, sizeof p);
     p.num_steps = 250;
     p.sampler = FPDM_SAMPLER_DDPM;
-    p.cfg_scale = 4.0f;
+    /* The official default; an unconditional model has no trained null
+     * class to guide with. */
+    p.cfg_scale = model && model->config.unconditional ? 1.0f : 4.0f;
     p.iters = -1;
     p.iteration_schedule = FPDM_ITERS_FIXED;
-    (void)model;
     return p;
 }
 
@@ -63,6 +64,11 @@ static fpdm_status check_params(fpdm_context *ctx, const fpdm_model *model,
     if (!(p->cfg_scale >= 1.0f))
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
                             "cfg scale must be >= 1 (1 disables guidance), got %g", p->cfg_scale);
+    if (c->unconditional && p->cfg_scale > 1.0f)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "cfg scale %g: this model is unconditional (trained without class "
+                            "dropout, so its null class is untrained): guidance needs cfg scale 1",
+                            p->cfg_scale);
     if (p->batch_size < 0)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "batch size must be >= 0, got %d", p->batch_size);
     if (!(p->tol >= 0.0f))

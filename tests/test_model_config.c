@@ -193,6 +193,7 @@ static void test_dit(void) {
     CHECK(c.mlp_hidden == 96);
     CHECK(c.prediction == FPDM_PREDICT_EPS && c.zero_terminal_snr == 0 && c.latent_space == 1);
     CHECK(c.noise_schedule == FPDM_SCHEDULE_LINEAR && c.num_train_timesteps == 1000);
+    CHECK(c.unconditional == 0);
 
     /* Shapes as DiT's models.py builds them for these sizes. */
     int n;
@@ -353,6 +354,11 @@ static void test_config_failures(void) {
     expect_config_failure("huge depth", with_value(dit_metadata, "fpdm.depth", "100000"), "out of range");
     expect_config_failure("huge classes", with_value(dit_metadata, "fpdm.num_classes", "2000000"), "out of range");
     expect_config_failure("bad boolean", with_value(dit_metadata, "fpdm.learn_sigma", "yes"), "fpdm.learn_sigma");
+    expect_config_failure("bad unconditional", with_value(dit_metadata, "fpdm.unconditional", "1"),
+                          "fpdm.unconditional");
+    expect_config_failure("unconditional with 10 classes",
+                          with_value(dit_metadata, "fpdm.unconditional", "true"),
+                          "an unconditional model has num_classes 1, not 10");
     expect_config_failure("bad boolean case", with_value(fpdm_metadata, "fpdm.zero_terminal_snr", "True"),
                           "fpdm.zero_terminal_snr");
     expect_config_failure("unknown fpdm key", with_value(dit_metadata, "fpdm.hiden_size", "24"),

@@ -1,6 +1,7 @@
 /* test_sampler.c - properties of fpdm_sample that golden runs do not cover:
  * early exit (--tol), carry-over, batch-size independence, cancellation,
- * the report, argument checks, and that a warmed-up run allocates nothing. */
+ * the report, argument checks, that a warmed-up run allocates nothing, and
+ * that an unconditional model is sampled without guidance. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 
 static const char *FPDM_MODEL = "tests/golden/forward-fpdm.model.safetensors";
 static const char *DIT_MODEL = "tests/golden/forward-dit-p2.model.safetensors";
+static const char *UNCONDITIONAL_MODEL = "tests/golden/forward-fpdm-unconditional.model.safetensors";
 
 typedef struct fixture {
     fpdm_context *ctx;
@@ -276,6 +278,34 @@ static void test_dit_ignores_solver(void) {
     close_fixture(&f);
 }
 
+/* The official train.py --unsupervised trains no null class: guidance would
+ * mix in an untrained row, so it is refused, and the default is unguided. A
+ * class-conditional model keeps the official default of 4. */
+static void test_unconditional(void) {
+    fixture f;
+    if (!open_fixture(&f, UNCONDITIONAL_MODEL)) return;
+    const fpdm_model_info *info = fpdm_model_get_info(f.model);
+    CHECK(info->unconditional == 1 && info->num_classes == 1);
+    fpdm_sample_params p = fpdm_sample_default_params(f.model);
+    CHECK(p.cfg_scale == 1.0f);
+    p.num_steps = 2;
+    const int labels[2] = {0, 0};
+    float *out = malloc(fpdm_sample_output_size(f.model, 2) * sizeof(float));
+    CHECK(fpdm_sample(f.ctx, f.model, &p, 2, labels, out, NULL) == FPDM_OK);
+    p.cfg_scale = 1.5f;
+    CHECK(fpdm_sample(f.ctx, f.model, &p, 2, labels, out, NULL) == FPDM_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(strstr(fpdm_last_error(f.ctx), "unconditional"), "%s", fpdm_last_error(f.ctx));
+    int plan[2];
+    CHECK(fpdm_plan_iterations(f.ctx, f.model, &p, plan) == FPDM_ERR_INVALID_ARGUMENT);
+    free(out);
+    close_fixture(&f);
+
+    if (!open_fixture(&f, FPDM_MODEL)) return;
+    CHECK(fpdm_model_get_info(f.model)->unconditional == 0);
+    CHECK(fpdm_sample_default_params(f.model).cfg_scale == 4.0f);
+    close_fixture(&f);
+}
+
 int main(void) {
     fixture f;
     if (open_fixture(&f, FPDM_MODEL)) {
@@ -288,5 +318,6 @@ int main(void) {
         close_fixture(&f);
     }
     test_dit_ignores_solver();
+    test_unconditional();
     return test_finish("test_sampler");
 }

@@ -50,7 +50,6 @@ enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 /* 128 + SIGINT 
 #define DEFAULT_NUM_IMAGES 16
 #define MAX_DEFAULT_BATCH 32
 #define DEFAULT_STEPS 250
-#define DEFAULT_CFG_SCALE 4.0f
 #define GRID_PADDING 2
 /* PNG files encoded or decoded together (on OpenMP's threads): the file
  * names and --npz's decoded pixels are held for this many at a time,
@@ -64,7 +63,7 @@ typedef struct options {
     int steps;
     int sampler;              /* fpdm_sampler */
     float eta;
-    float cfg_scale;
+    float cfg_scale;          /* 0: the model's default (fpdm_sample_default_params) */
     int cfg_all_channels;
     uint64_t seed;
     int first_index;          /* index of the first image: shards of one run */
@@ -151,7 +150,7 @@ static void print_help(FILE *out)
 "      --sampler S          ddpm | ddim (default: ddpm)\n"
 "      --eta X              DDIM eta >= 0 (default: 0)\n"
 "      --cfg-scale X        classifier-free guidance scale >= 1, 1 disables it\n"
-"                           (default: %.1f)\n"
+"                           (default: 4.0; 1 for an unconditional model)\n"
 "      --cfg-channels C     3 (official: guide the first 3 channels) | all (default: 3)\n"
 "\n"
 "Fixed-point models (FPDM) only:\n"
@@ -190,7 +189,7 @@ static void print_help(FILE *out)
 "Exit status: 0 done, 1 runtime failure, 2 bad arguments, 128 + the signal on\n"
 "SIGINT (Ctrl-C), SIGTERM or SIGHUP: the run stops after the current step and\n"
 "keeps its finished images; a rerun resumes it.\n",
-            DEFAULT_NUM_IMAGES, MAX_DEFAULT_BATCH, DEFAULT_STEPS, (double)DEFAULT_CFG_SCALE);
+            DEFAULT_NUM_IMAGES, MAX_DEFAULT_BATCH, DEFAULT_STEPS);
 }
 
 static int usage_error(const char *message)
@@ -1017,6 +1016,12 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
     }
     if (opt->eta > 0 && opt->sampler != FPDM_SAMPLER_DDIM)
         return usage_error("--eta applies to --sampler ddim only");
+    if (info->unconditional && opt->cfg_scale > 1) {
+        snprintf(err, sizeof err, "--cfg-scale %g: %s is unconditional (trained without class "
+                 "dropout, so its null class is untrained); guidance needs --cfg-scale 1",
+                 (double)opt->cfg_scale, opt->model_path);
+        return usage_error(err);
+    }
     if (opt->iters >= 0 && opt->iters_per_step)
         return usage_error("--iters and --iters-per-step both set the iterations: give one");
 
@@ -1415,7 +1420,6 @@ int main(int argc, char **argv)
 {
     options opt = {
         .num_images = DEFAULT_NUM_IMAGES,
-        .cfg_scale = DEFAULT_CFG_SCALE,
         .iters = -1,
         .out_dir = "samples",
     };
@@ -1486,6 +1490,8 @@ int main(int argc, char **argv)
         goto done;
     }
     rs.info = fpdm_model_get_info(rs.model);
+    if (!opt.cfg_scale)
+        opt.cfg_scale = fpdm_sample_default_params(rs.model).cfg_scale;
     fpdm_sample_params sp;
     rc = configure(&rs, &sp);
     if (rc != 0)

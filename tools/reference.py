@@ -40,11 +40,12 @@ DEFAULTS = {
     "space": "latent",
     "noise_schedule": "linear",
     "num_train_timesteps": 1000,
+    "unconditional": False,
 }
 _INT_KEYS = ("hidden_size", "num_heads", "patch_size", "input_size", "in_channels",
              "num_classes", "depth", "pre_depth", "post_depth", "equivalent_depth",
              "num_train_timesteps")
-_BOOL_KEYS = ("learn_sigma", "pre_post_timestep_conditioning", "zero_terminal_snr")
+_BOOL_KEYS = ("learn_sigma", "pre_post_timestep_conditioning", "zero_terminal_snr", "unconditional")
 _CHOICES = {
     "architecture": ("dit", "fpdm"),
     "prediction": ("eps", "v", "x0"),
@@ -83,6 +84,8 @@ def normalize_config(cfg):
         raise ValueError("hidden_size must be divisible by 4 (2-D sin-cos position embedding)")
     if out["input_size"] % out["patch_size"]:
         raise ValueError("input_size must be divisible by patch_size")
+    if out["unconditional"] and out["num_classes"] != 1:
+        raise ValueError(f"an unconditional model has num_classes 1, not {out['num_classes']}")
     return out
 
 
@@ -103,10 +106,13 @@ _FPDM_ONLY_KEYS = ("pre_depth", "post_depth", "pre_post_timestep_conditioning", 
 
 def config_to_metadata(cfg):
     """The "fpdm.<key>" string metadata documented in host/model_config.h. The
-    C reader refuses FPDM-only keys in a DiT file, so they are left out there."""
+    C reader refuses FPDM-only keys in a DiT file, so they are left out there;
+    "unconditional" is written only when true, so that the files of ordinary
+    models stay readable by builds that predate the key."""
     cfg = normalize_config(cfg)
     return {METADATA_PREFIX + key: _format_metadata_value(value) for key, value in cfg.items()
-            if cfg["architecture"] == "fpdm" or key not in _FPDM_ONLY_KEYS}
+            if (cfg["architecture"] == "fpdm" or key not in _FPDM_ONLY_KEYS)
+            and (key != "unconditional" or value)}
 
 
 def metadata_to_config(metadata):

@@ -49,6 +49,9 @@ CASES = [
     ("fpdm-zero-iters", dict(SMALL, architecture="fpdm", pre_depth=1, post_depth=1, in_channels=4), "bf16", 25, 0, False),
     ("fpdm-deep", dict(SMALL, architecture="fpdm", pre_depth=2, post_depth=2, in_channels=4,
                        equivalent_depth=12), "bf16", 26, 8, False),
+    # The official train.py --unsupervised: one class, its null row untrained.
+    ("fpdm-unconditional", dict(SMALL, architecture="fpdm", pre_depth=1, post_depth=1, in_channels=4,
+                                num_classes=1, unconditional=True), "bf16", 27, 2, False),
 ]
 
 
