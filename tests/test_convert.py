@@ -120,6 +120,8 @@ def test_fpdm_train_checkpoint(tmp, build_dir):
     if not check(code == 0, f"FPDM train.py checkpoint converts (exit {code})"):
         print(text)
         return
+    check("args.model DiT-XL/2 does not match its tensors (hidden size 1152 where the checkpoint has 32"
+          in text, "a recorded name that the tensors contradict: --heads used, with a warning")
     tensors, metadata = safetensors_io.read(out)
     check(metadata.get("fpdm.architecture") == "fpdm" and metadata.get("fpdm.pre_depth") == "1"
           and metadata.get("fpdm.post_depth") == "2", "FPDM depths inferred")
@@ -138,6 +140,13 @@ def test_fpdm_train_checkpoint(tmp, build_dir):
     code, text = run_convert(checkpoint, override, "--heads", "4", "--pre-post-timestep-conditioning")
     _, md = safetensors_io.read(override) if code == 0 else (None, {})
     check(md.get("fpdm.pre_post_timestep_conditioning") == "true", "command line overrides args")
+    code, text = run_convert(checkpoint, override, "--heads", "4", "--no-predict-v", "--no-zero-terminal-snr")
+    _, md = safetensors_io.read(override) if code == 0 else (None, {})
+    check(md.get("fpdm.prediction") == "eps" and md.get("fpdm.zero_terminal_snr") == "false",
+          "--no-predict-v and --no-zero-terminal-snr override args")
+    code, text = run_convert(checkpoint, override)
+    check(code == 1 and "the checkpoint's args.model DiT-XL/2 has hidden size 1152 where the checkpoint has 32"
+          in text, "a recorded name the tensors contradict, alone: refused")
 
     loaded, _ = reference.load_model(out)
     check_c_forward(build_dir, out, loaded, "FPDM bf16, no pre/post timestep conditioning", iters=3)
@@ -154,7 +163,8 @@ def test_fpdm_train_checkpoint(tmp, build_dir):
 
 
 def test_model_name_and_compiled_prefix(tmp, build_dir):
-    cfg = dict(architecture="fpdm", hidden_size=24, num_heads=6, patch_size=4, input_size=16,
+    # DiT-S's width (384, 6 heads): the name's hidden size must match.
+    cfg = dict(architecture="fpdm", hidden_size=384, num_heads=6, patch_size=4, input_size=16,
                in_channels=3, num_classes=4, pre_depth=0, post_depth=1, learn_sigma=False)
     _, sd = official_state_dict(cfg, 4)
     args = {"model": "DiT-S/4", "fixed_point_pre_post_timestep_conditioning": True, "predict_v": False}
@@ -170,10 +180,92 @@ def test_model_name_and_compiled_prefix(tmp, build_dir):
     check(metadata.get("fpdm.num_heads") == "6" and metadata.get("fpdm.learn_sigma") == "false"
           and metadata.get("fpdm.space") == "pixel" and metadata.get("fpdm.pre_depth") == "0"
           and metadata.get("fpdm.input_size") == "16", "S heads, no sigma, pixel space, pre depth 0")
-    code, text = run_convert(checkpoint, out, "--model", "DiT-S/2")
-    check(code != 0 and "patch size" in text, "a model name with the wrong patch size is refused")
     loaded, _ = reference.load_model(out)
     check_c_forward(build_dir, out, loaded, "FPDM f16 patch 4", iters=2)
+
+    def refused_name(what, expect_in_message, *extra):
+        refused_out = os.path.join(tmp, "refused-name.safetensors")
+        code, text = run_convert(checkpoint, refused_out, *extra)
+        if not check(code == 1 and expect_in_message in text and not os.path.exists(refused_out),
+                     f"refused: {what}"):
+            print(f"  exit {code}: {text.strip()}")
+
+    refused_name("a model name with the wrong patch size", "--model DiT-S/2 has patch size 2 where the "
+                 "checkpoint has 4", "--model", "DiT-S/2")
+    refused_name("a model name with the wrong width", "--model DiT-B/4 has hidden size 768 where the "
+                 "checkpoint has 384", "--model", "DiT-B/4")
+    refused_name("--heads against the recorded args.model", "--heads 4 contradicts the checkpoint's "
+                 "args.model DiT-S/4 (6 heads)", "--heads", "4")
+    # A DiT's name also gives its depth: DiT-S has 12 blocks.
+    dit_cfg = dict(architecture="dit", hidden_size=384, num_heads=6, patch_size=2, input_size=8,
+                   in_channels=4, num_classes=3, depth=1)
+    _, dit_sd = official_state_dict(dit_cfg, 9)
+    dit_path = os.path.join(tmp, "dit-s-shallow.pt")
+    torch.save(dit_sd, dit_path)
+    code, text = run_convert(dit_path, os.path.join(tmp, "dit-s.safetensors"), "--model", "DiT-S/2")
+    check(code == 1 and "--model DiT-S/2 has depth 12 where the checkpoint has 1" in text,
+          "refused: a DiT name with the wrong depth")
+
+
+def test_unconditional(tmp, build_dir):
+    """The official train.py --unsupervised (FFHQ, CelebA-HQ, LSUN): one class,
+    no class dropout, so its null class row is untrained; the file records it
+    and fpdm-sample samples it without guidance."""
+    cfg = dict(architecture="fpdm", hidden_size=32, num_heads=4, patch_size=2, input_size=8,
+               in_channels=4, num_classes=1, pre_depth=1, post_depth=1)
+    _, sd = official_state_dict(cfg, 10)
+    args = {"model": "DiT-XL/2", "unsupervised": True, "dino_supervised": False,
+            "fixed_point_pre_post_timestep_conditioning": False}
+    checkpoint = os.path.join(tmp, "unsupervised.pt")
+    torch.save(train_checkpoint(sd, sd, args), checkpoint)
+    out = os.path.join(tmp, "unconditional.safetensors")
+    code, text = run_convert(checkpoint, out, "--heads", "4")
+    _, md = safetensors_io.read(out) if code == 0 else (None, {})
+    if not check(md.get("fpdm.unconditional") == "true", f"args.unsupervised recorded (exit {code})"):
+        print(text)
+        return
+    sampler = os.path.join(build_dir, "fpdm-sample")
+    if os.path.exists(sampler):
+        report = os.path.join(tmp, "unconditional.json")
+        result = subprocess.run([sampler, "-m", out, "-n", "2", "--steps", "2", "--device", "cpu", "--quiet",
+                                 "--latents-out", os.path.join(tmp, "u.npy"), "--report", report],
+                                capture_output=True, text=True)
+        settings = {}
+        if result.returncode == 0:
+            import json
+            with open(report) as f:
+                settings = json.load(f)["settings"]
+        check(settings.get("cfg_scale") == 1 and settings.get("classes") == [0, 0],
+              f"fpdm-sample samples it unguided by default (exit {result.returncode})")
+        result = subprocess.run([sampler, "-m", out, "-n", "2", "--steps", "2", "--device", "cpu",
+                                 "--cfg-scale", "4", "--latents-out", os.path.join(tmp, "g.npy")],
+                                capture_output=True, text=True)
+        check(result.returncode == 2 and "unconditional" in result.stderr
+              and not os.path.exists(os.path.join(tmp, "g.npy")), "fpdm-sample refuses to guide it")
+    else:
+        print(f"note: {sampler} not built; sampling checks not run (not counted)")
+
+    code, text = run_convert(checkpoint, out, "--heads", "4", "--no-unconditional")
+    _, md = safetensors_io.read(out) if code == 0 else (None, {"fpdm.unconditional": "not converted"})
+    # Written only when true, so older builds still read ordinary files.
+    check("fpdm.unconditional" not in md, "--no-unconditional overrides args")
+    plain = os.path.join(tmp, "one-class.pt")
+    torch.save(sd, plain)
+    code, text = run_convert(plain, out, "--heads", "4")
+    check(code == 0 and "one-class checkpoint that does not record args.unsupervised" in text,
+          "a one-class plain state dict: converted conditional, with a warning")
+    code, text = run_convert(plain, out, "--heads", "4", "--unconditional")
+    _, md = safetensors_io.read(out) if code == 0 else (None, {})
+    check(md.get("fpdm.unconditional") == "true" and "one-class" not in text, "--unconditional for a plain state dict")
+
+    many = dict(cfg, num_classes=3)
+    _, many_sd = official_state_dict(many, 11)
+    torch.save(train_checkpoint(many_sd, many_sd, args), checkpoint)
+    code, text = run_convert(checkpoint, os.path.join(tmp, "many.safetensors"), "--heads", "4")
+    check(code == 1 and "an unconditional model has one class" in text, "refused: unsupervised with 3 classes")
+    torch.save(train_checkpoint(sd, sd, dict(args, unsupervised=False, dino_supervised=True)), checkpoint)
+    code, text = run_convert(checkpoint, os.path.join(tmp, "dino.safetensors"), "--heads", "4")
+    check(code == 1 and "DINO" in text, "refused: DINO-conditioned")
 
 
 def test_mlp_ratio_round_trip(tmp, build_dir):
@@ -302,6 +394,14 @@ def test_file_errors(tmp):
     check(code == 1 and text.count(missing) == 1 and "cannot be read" in text,
           f"unreadable checkpoint named once ({text.strip()})")
 
+    # The file gets the umask's mode, as a plainly created file does (a
+    # temporary file's 0600 would hide it from a service's user).
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
+        out = os.path.join(tmp, f"mode-{umask:o}.safetensors")
+        code, text = run_convert(checkpoint, out, "--heads", "2", preexec_fn=lambda: os.umask(umask))
+        found = os.stat(out).st_mode & 0o777 if code == 0 else None
+        check(found == mode, f"umask {umask:03o}: mode {mode:o} (found {found and format(found, 'o')})")
+
 
 def main():
     if len(sys.argv) != 2:
@@ -312,6 +412,7 @@ def main():
         test_dit_plain_state_dict(tmp, build_dir)
         test_fpdm_train_checkpoint(tmp, build_dir)
         test_model_name_and_compiled_prefix(tmp, build_dir)
+        test_unconditional(tmp, build_dir)
         test_mlp_ratio_round_trip(tmp, build_dir)
         test_pos_embed_mismatch_warns(tmp)
         test_refusals(tmp)

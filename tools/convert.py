@@ -4,8 +4,8 @@ project's model file (.safetensors with the official tensor names and
 
 Run:
     /usr/bin/python3 tools/convert.py CHECKPOINT OUT.safetensors (--heads N | --model DiT-XL/2)
-        [--pre-post-timestep-conditioning | --no-pre-post-timestep-conditioning]
-        [--predict-v] [--zero-terminal-snr] [--space latent|pixel]
+        [--[no-]pre-post-timestep-conditioning] [--[no-]predict-v]
+        [--[no-]zero-terminal-snr] [--[no-]unconditional] [--space latent|pixel]
         [--equivalent-depth 28] [--dtype f32|bf16|f16]
 
 CHECKPOINT is a plain state dict (the released DiT checkpoints) or a train.py
@@ -16,7 +16,13 @@ with a message and exit code 1, and so is an output that cannot be written
 (before the checkpoint is read). Settings recorded in a train.py checkpoint's
 args are used unless given on the command line; where neither says,
 pre/post timestep conditioning is taken as off, the default of the official
-train.py and sample.py.
+train.py and sample.py. A model name (--model, or args.model) must match the
+tensors' hidden size and patch size (and a DiT's depth).
+
+Unconditional models (the official train.py --unsupervised: one class, no
+class dropout, for FFHQ, CelebA-HQ, LSUN) are recorded as such, and
+fpdm-sample then samples them without guidance, as the official sample.py
+requires.
 """
 import argparse
 import math
@@ -32,7 +38,8 @@ import reference  # noqa: E402
 import safetensors_io  # noqa: E402
 
 CONVERTER_VERSION = "1"
-MODEL_HEADS = {"XL": 16, "L": 16, "B": 12, "S": 6}
+# The official model names' sizes (DiT's models.py): depth, hidden size, heads.
+MODEL_SIZES = {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12), "S": (12, 384, 6)}
 PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -44,11 +51,56 @@ class ConversionError(Exception):
         self.path = path
 
 
-def heads_from_model_name(name):
+def parse_model_name(name):
+    """(depth, hidden size, heads, patch size) of an official name such as DiT-XL/2."""
     match = re.fullmatch(r"DiT-(XL|L|B|S)/(\d+)", name)
     if not match:
         raise ConversionError(f"unknown model name {name!r} (expected e.g. DiT-XL/2, DiT-B/4)")
-    return MODEL_HEADS[match.group(1)], int(match.group(2))
+    return (*MODEL_SIZES[match.group(1)], int(match.group(2)))
+
+
+def name_mismatch(name, cfg):
+    """How the official model `name` differs from the architecture the tensors
+    give ('' when it does not). An FPDM's name keeps the depth of the DiT it
+    replaces, so only a DiT's depth is compared."""
+    depth, hidden, _, patch = parse_model_name(name)
+    found = [("hidden size", hidden, cfg["hidden_size"]), ("patch size", patch, cfg["patch_size"])]
+    if cfg["architecture"] == "dit":
+        found.append(("depth", depth, cfg["depth"]))
+    return ", ".join(f"{what} {named} where the checkpoint has {actual}"
+                     for what, named, actual in found if named != actual)
+
+
+def choose_heads(options, recorded_name, arrays, log):
+    """The heads, from --heads, --model or the train.py args' model name, with
+    each name checked against the tensors, and the command line against a
+    recorded name, so a wrong count cannot pass silently (a file with the
+    wrong head count loads and samples noise). Returns the inferred config."""
+    if options.heads is not None:
+        cfg = infer_config(arrays, options.heads)
+        if recorded_name:
+            mismatch = name_mismatch(str(recorded_name), cfg)
+            recorded_heads = parse_model_name(str(recorded_name))[2]
+            if mismatch:
+                log(f"warning: the checkpoint's args.model {recorded_name} does not match its tensors "
+                    f"({mismatch}); using --heads {options.heads}", file=sys.stderr)
+            elif recorded_heads != options.heads:
+                raise ConversionError(f"--heads {options.heads} contradicts the checkpoint's args.model "
+                                      f"{recorded_name} ({recorded_heads} heads); leave --heads out")
+        return cfg
+    name = options.model or recorded_name
+    if not name:
+        raise ConversionError("the number of heads is not in the checkpoint: give --heads N or --model DiT-XL/2")
+    name = str(name)
+    cfg = infer_config(arrays, parse_model_name(name)[2])
+    source = "--model" if options.model else "the checkpoint's args.model"
+    mismatch = name_mismatch(name, cfg)
+    if mismatch:
+        raise ConversionError(f"{source} {name} has {mismatch}; give the right name, or --heads N")
+    if options.model and recorded_name and str(recorded_name) != options.model:
+        raise ConversionError(f"--model {options.model} contradicts the checkpoint's args.model "
+                              f"{recorded_name}; leave --model out")
+    return cfg
 
 
 def strip_prefixes(key):
@@ -207,8 +259,10 @@ def settings_from_train_args(train_args):
     settings = {}
     if train_args.get("flow"):
         raise ConversionError("flow-matching checkpoints (args.flow) are not supported")
-    if train_args.get("dino_supervised") or train_args.get("unsupervised"):
-        raise ConversionError("unsupervised / DINO-conditioned checkpoints are not supported")
+    if train_args.get("dino_supervised"):
+        raise ConversionError("DINO-conditioned checkpoints (args.dino_supervised) are not supported")
+    if "unsupervised" in train_args:
+        settings["unconditional"] = bool(train_args["unsupervised"])
     if "fixed_point_pre_post_timestep_conditioning" in train_args:
         settings["pre_post_timestep_conditioning"] = bool(train_args["fixed_point_pre_post_timestep_conditioning"])
     if "predict_v" in train_args:
@@ -233,11 +287,16 @@ def check_output_path(out_path):
 def write_model_file(out_path, tensors, metadata):
     """Writes a temporary file beside out_path and renames it into place (the
     rename stays on one file system), so a failed write leaves no partial
-    output; the temporary file is removed whatever happens."""
+    output; the temporary file is removed whatever happens. The file gets the
+    mode a plainly created one would (mkstemp's is 0600, which would keep a
+    shared models folder's users or a service from reading it)."""
     temp_path = None
     try:
         handle, temp_path = tempfile.mkstemp(prefix=".convert-", suffix=".tmp",
                                              dir=os.path.dirname(os.path.abspath(out_path)))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(handle, 0o666 & ~umask)
         os.close(handle)
         safetensors_io.write(temp_path, tensors, metadata)
         os.replace(temp_path, out_path)
@@ -253,18 +312,7 @@ def convert(checkpoint_path, out_path, options, log=print):
     arrays, train_args, source = load_checkpoint(checkpoint_path)
     settings = settings_from_train_args(train_args)
 
-    model_name = options.model or train_args.get("model")
-    patch_from_name = None
-    if options.heads is not None:
-        num_heads = options.heads
-    elif model_name:
-        num_heads, patch_from_name = heads_from_model_name(str(model_name))
-    else:
-        raise ConversionError("the number of heads is not in the checkpoint: give --heads N or --model DiT-XL/2")
-    cfg = infer_config(arrays, num_heads)
-    if patch_from_name is not None and patch_from_name != cfg["patch_size"]:
-        raise ConversionError(f"model {model_name} has patch size {patch_from_name}, "
-                              f"the checkpoint has {cfg['patch_size']}")
+    cfg = choose_heads(options, train_args.get("model"), arrays, log)
 
     if cfg["architecture"] == "dit":
         # A DiT file has no place for these, so they would be dropped unseen.
@@ -274,10 +322,19 @@ def convert(checkpoint_path, out_path, options, log=print):
                 raise ConversionError(f"{flag} applies to FPDM checkpoints; this one is a DiT")
     if options.pre_post_timestep_conditioning is not None:
         settings["pre_post_timestep_conditioning"] = options.pre_post_timestep_conditioning
-    if options.predict_v:
-        settings["prediction"] = "v"
-    if options.zero_terminal_snr:
-        settings["zero_terminal_snr"] = True
+    if options.predict_v is not None:
+        settings["prediction"] = "v" if options.predict_v else "eps"
+    if options.zero_terminal_snr is not None:
+        settings["zero_terminal_snr"] = options.zero_terminal_snr
+    if options.unconditional is not None:
+        settings["unconditional"] = options.unconditional
+    if settings.get("unconditional") and cfg["num_classes"] != 1:
+        raise ConversionError(f"an unconditional model has one class (and its null class); this checkpoint "
+                              f"has {cfg['num_classes']}")
+    if cfg["num_classes"] == 1 and "unconditional" not in settings:
+        log("warning: a one-class checkpoint that does not record args.unsupervised: taken as "
+            "class-conditional, so guidance may use its null class; give --unconditional if it was "
+            "trained with --unsupervised (no class dropout)", file=sys.stderr)
     if settings.get("zero_terminal_snr") and settings.get("prediction") != "v":
         raise ConversionError("zero terminal SNR without v prediction: fpdm-sample cannot sample such a model "
                               "(its first step has alpha_cumprod 0); give --predict-v if the model predicts v")
@@ -334,13 +391,16 @@ def parse_args(argv):
     parser.add_argument("output")
     parser.add_argument("--heads", type=int, help="attention heads (not stored in checkpoints)")
     parser.add_argument("--model", help="official model name, e.g. DiT-XL/2 (gives the heads)")
-    conditioning = parser.add_mutually_exclusive_group()
-    conditioning.add_argument("--pre-post-timestep-conditioning", dest="pre_post_timestep_conditioning",
-                              action="store_const", const=True, default=None)
-    conditioning.add_argument("--no-pre-post-timestep-conditioning", dest="pre_post_timestep_conditioning",
-                              action="store_const", const=False)
-    parser.add_argument("--predict-v", action="store_true")
-    parser.add_argument("--zero-terminal-snr", action="store_true")
+    # Each setting both ways, so that the command line can override what a
+    # train.py checkpoint's args record either way.
+    switch = argparse.BooleanOptionalAction
+    parser.add_argument("--pre-post-timestep-conditioning", action=switch, default=None,
+                        help="FPDM: pre/post blocks see the timestep (args.fixed_point_pre_post_timestep_conditioning)")
+    parser.add_argument("--predict-v", action=switch, default=None, help="v prediction (args.predict_v)")
+    parser.add_argument("--zero-terminal-snr", action=switch, default=None,
+                        help="zero-terminal-SNR betas (args.use_zero_terminal_snr)")
+    parser.add_argument("--unconditional", action=switch, default=None,
+                        help="trained with one class and no class dropout (args.unsupervised)")
     parser.add_argument("--space", choices=("latent", "pixel"), default="latent")
     parser.add_argument("--equivalent-depth", type=int, default=None,
                         help="depth of the DiT an FPDM replaces (default 28; FPDM checkpoints only)")
