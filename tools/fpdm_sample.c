@@ -1155,11 +1155,16 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
 static void print_model_and_plan(const run_state *rs)
 {
     const fpdm_model_info *info = rs->info;
+    char classes[48];
+    if (info->unconditional)
+        snprintf(classes, sizeof classes, "unconditional");
+    else
+        snprintf(classes, sizeof classes, "%d classes", info->num_classes);
     fprintf(stderr, PROGRAM ": %s: %s, hidden %d, depth %d, heads %d, patch %d, input %dx%dx%d "
-            "(%s), %d classes, %zu parameters, device %s\n", rs->opt->model_path,
+            "(%s), %s, %zu parameters, device %s\n", rs->opt->model_path,
             info->is_fixed_point ? "FPDM" : "DiT", info->hidden_size, info->depth,
             info->num_heads, info->patch_size, info->in_channels, info->input_size,
-            info->input_size, info->latent_space ? "latent" : "pixel", info->num_classes,
+            info->input_size, info->latent_space ? "latent" : "pixel", classes,
             info->num_parameters, fpdm_context_device_name(rs->ctx));
     if (!info->is_fixed_point)
         return;
