@@ -988,6 +988,13 @@ int main(int argc, char **argv)
         rc = usage_error(err);
         goto done;
     }
+    if (opt.mode == MODE_SAMPLE && opt.cfg && b.info->unconditional) {
+        snprintf(err, sizeof err, "--cfg on: %s is unconditional (its null class is untrained), "
+                 "so sampling it refuses guidance; --mode forward times the doubled rows",
+                 opt.model_path);
+        rc = usage_error(err);
+        goto done;
+    }
     rc = run_measurements(&b, opt.model_path ? opt.model_path : config.name);
     if (rc != 0)
         goto done;

@@ -202,6 +202,8 @@ usage "bad mode" "--mode: 'train' is not one of forward\|sample" --mode train
 usage "bad cfg" "--cfg: 'yes' is not one of off\|on" --cfg yes
 usage "unknown flag" "unknown option '--fast'" --fast
 usage "iters on a dit" "--iters applies to fixed-point \(FPDM\) models only" --config tiny-dit --iters 2
+usage "guided sampling of an unconditional model" "--cfg on: tests/golden/forward-fpdm-unconditional.model.safetensors is unconditional" \
+    --model tests/golden/forward-fpdm-unconditional.model.safetensors --mode sample --cfg on
 usage "model and config" "give --model FILE or --config NAME, not both" --model x --config tiny-dit
 usage "unknown vae config" "unknown VAE configuration 'xl' \(allowed: sd, tiny\)" --vae-config xl
 usage "vae mode without a vae" "--mode vae needs --vae FILE or --vae-config NAME" --mode vae
