@@ -334,6 +334,9 @@ def test_refusals(tmp):
     extra = dict(good, **{"blocks_post.0.attn.q_norm.weight": torch.ones(12)})
     refused(extra, "unknown tensor", "q_norm")
     refused(good, "heads not dividing hidden", "heads", "--heads", "5")
+    # The name is judged before its heads (16, which do not divide 24).
+    refused(good, "a model name of another width", "--model DiT-XL/2 has hidden size 1152 where the checkpoint "
+            "has 24", "--model", "DiT-XL/2")
     not_square = dict(good, pos_embed=torch.zeros(1, 15, 24))
     refused(not_square, "pos_embed not square", "square")
     odd_sigma = dict(good)

@@ -71,13 +71,22 @@ def name_mismatch(name, cfg):
                      for what, named, actual in found if named != actual)
 
 
+def with_heads(cfg, num_heads):
+    if num_heads <= 0 or cfg["hidden_size"] % num_heads:
+        raise ConversionError(f"{num_heads} heads do not divide the hidden size {cfg['hidden_size']}")
+    return dict(cfg, num_heads=num_heads)
+
+
 def choose_heads(options, recorded_name, arrays, log):
     """The heads, from --heads, --model or the train.py args' model name, with
     each name checked against the tensors, and the command line against a
     recorded name, so a wrong count cannot pass silently (a file with the
     wrong head count loads and samples noise). Returns the inferred config."""
+    name = options.model or recorded_name
+    if options.heads is None and not name:
+        raise ConversionError("the number of heads is not in the checkpoint: give --heads N or --model DiT-XL/2")
+    cfg = infer_config(arrays)
     if options.heads is not None:
-        cfg = infer_config(arrays, options.heads)
         if recorded_name:
             mismatch = name_mismatch(str(recorded_name), cfg)
             recorded_heads = parse_model_name(str(recorded_name))[2]
@@ -87,12 +96,8 @@ def choose_heads(options, recorded_name, arrays, log):
             elif recorded_heads != options.heads:
                 raise ConversionError(f"--heads {options.heads} contradicts the checkpoint's args.model "
                                       f"{recorded_name} ({recorded_heads} heads); leave --heads out")
-        return cfg
-    name = options.model or recorded_name
-    if not name:
-        raise ConversionError("the number of heads is not in the checkpoint: give --heads N or --model DiT-XL/2")
+        return with_heads(cfg, options.heads)
     name = str(name)
-    cfg = infer_config(arrays, parse_model_name(name)[2])
     source = "--model" if options.model else "the checkpoint's args.model"
     mismatch = name_mismatch(name, cfg)
     if mismatch:
@@ -100,7 +105,7 @@ def choose_heads(options, recorded_name, arrays, log):
     if options.model and recorded_name and str(recorded_name) != options.model:
         raise ConversionError(f"--model {options.model} contradicts the checkpoint's args.model "
                               f"{recorded_name}; leave --model out")
-    return cfg
+    return with_heads(cfg, parse_model_name(name)[2])
 
 
 def strip_prefixes(key):
@@ -189,8 +194,9 @@ def mlp_ratio_for(hidden, mlp_hidden):
     return ratio
 
 
-def infer_config(arrays, num_heads):
-    """The architecture implied by the tensor shapes (without training settings)."""
+def infer_config(arrays):
+    """The architecture implied by the tensor shapes (without the heads, which
+    no tensor shape gives, and without training settings)."""
     weight = _shape(arrays, "x_embedder.proj.weight")
     if len(weight) != 4 or weight[2] != weight[3]:
         raise ConversionError(f"x_embedder.proj.weight has shape {list(weight)}, expected [D, C, p, p]")
@@ -219,13 +225,11 @@ def infer_config(arrays, num_heads):
     fc1 = _shape(arrays, f"{block_name}.mlp.fc1.weight")
     if len(fc1) != 2 or fc1[1] != hidden or fc1[0] <= 0:
         raise ConversionError(f"{block_name}.mlp.fc1.weight has shape {list(fc1)}, expected [mlp_hidden, {hidden}]")
-    if num_heads <= 0 or hidden % num_heads:
-        raise ConversionError(f"{num_heads} heads do not divide the hidden size {hidden}")
     if hidden % 4:
         raise ConversionError(f"hidden size {hidden} is not divisible by 4")
     cfg = {
         "architecture": "fpdm" if fixed_point else "dit",
-        "hidden_size": hidden, "num_heads": num_heads, "patch_size": patch,
+        "hidden_size": hidden, "patch_size": patch,
         "input_size": grid * patch, "in_channels": in_channels, "num_classes": table[0] - 1,
         "learn_sigma": learn_sigma, "mlp_ratio": mlp_ratio_for(hidden, fc1[0]),
     }
