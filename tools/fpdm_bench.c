@@ -17,7 +17,8 @@
  *
  * --mode forward (default) times single fpdm_forward calls; --mode sample
  * times whole fpdm_sample runs of --steps steps; --mode vae times only the
- * decoder. Exit status: 0, 1 runtime failure, 2 usage error. */
+ * decoder. Exit status: 0, 1 runtime failure (including a GPU or CUDA build
+ * this machine lacks), 2 usage error. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <limits.h>
@@ -950,12 +951,9 @@ int main(int argc, char **argv)
     cp.precision = opt.precision;
     cp.num_threads = opt.threads;
     cp.log_callback = log_to_stderr;
-    if (fpdm_context_create(&cp, &b.ctx) != FPDM_OK) {
-        fprintf(stderr, PROGRAM ": %s%s: %s\n", device_source, cp.device,
-                b.ctx ? fpdm_last_error(b.ctx) : "out of memory");
-        rc = EXIT_RUNTIME;
+    rc = cli_create_context(PROGRAM, &cp, device_source, &b.ctx);
+    if (rc != 0)
         goto done;
-    }
     if (opt.json && !(b.json = report_create(PROGRAM))) {
         fprintf(stderr, PROGRAM ": out of memory\n");
         rc = EXIT_RUNTIME;

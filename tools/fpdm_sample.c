@@ -5,7 +5,8 @@
  *   fpdm-sample -m models/fpdm-mnist.safetensors -n 16 --steps 20 --out samples
  *   fpdm-sample --help
  *
- * Exit status: 0 done, 1 runtime failure (files, library), 2 usage error.
+ * Exit status: 0 done, 1 runtime failure (files, library, a GPU or CUDA
+ * build this machine lacks), 2 usage error (arguments no machine takes).
  * On SIGINT (Ctrl-C), SIGTERM (what a batch scheduler sends at its time
  * limit) or SIGHUP (a closed terminal) the run stops after the current step,
  * keeps the images finished so far, leaves nothing half-written, writes
@@ -186,7 +187,8 @@ static void print_help(FILE *out)
 "      --quiet              no progress or summary\n"
 "  -h, --help               this help\n"
 "\n"
-"Exit status: 0 done, 1 runtime failure, 2 bad arguments, 128 + the signal on\n"
+"Exit status: 0 done, 1 runtime failure (files, the device, a GPU or CUDA build\n"
+"this machine lacks), 2 bad arguments, 128 + the signal on\n"
 "SIGINT (Ctrl-C), SIGTERM or SIGHUP: the run stops after the current step and\n"
 "keeps its finished images; a rerun resumes it.\n",
             DEFAULT_NUM_IMAGES, MAX_DEFAULT_BATCH, DEFAULT_STEPS);
@@ -1483,12 +1485,9 @@ int main(int argc, char **argv)
     cp.num_threads = opt.threads;
     cp.log_callback = log_to_stderr;
     cp.log_user_data = &opt.verbose;
-    if (fpdm_context_create(&cp, &rs.ctx) != FPDM_OK) {
-        fprintf(stderr, PROGRAM ": %s%s: %s\n", device_source, cp.device,
-                rs.ctx ? fpdm_last_error(rs.ctx) : "out of memory");
-        rc = EXIT_RUNTIME;
+    rc = cli_create_context(PROGRAM, &cp, device_source, &rs.ctx);
+    if (rc != 0)
         goto done;
-    }
     if (fpdm_model_load(rs.ctx, opt.model_path, &rs.model) != FPDM_OK) {
         fprintf(stderr, PROGRAM ": cannot load the model: %s\n", fpdm_last_error(rs.ctx));
         rc = EXIT_RUNTIME;

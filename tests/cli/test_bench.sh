@@ -201,6 +201,8 @@ usage "zero batch" "--batch-size: 0 is out of range" --batch-size 1,0
 usage "bad mode" "--mode: 'train' is not one of forward\|sample" --mode train
 usage "bad cfg" "--cfg: 'yes' is not one of off\|on" --cfg yes
 usage "unknown flag" "unknown option '--fast'" --fast
+usage "bf16 on the cpu" "--device cpu: the CPU backend computes in fp32 only" --config tiny-dit --device cpu --precision bf16
+usage "unknown device" "--device tpu: unknown device" --config tiny-dit --device tpu
 usage "iters on a dit" "--iters applies to fixed-point \(FPDM\) models only" --config tiny-dit --iters 2
 usage "guided sampling of an unconditional model" "--cfg on: tests/golden/forward-fpdm-unconditional.model.safetensors is unconditional" \
     --model tests/golden/forward-fpdm-unconditional.model.safetensors --mode sample --cfg on

@@ -143,13 +143,21 @@ if ! touch "$tmp/read-only/probe" 2>/dev/null; then
     expect "grid folder read-only" 1 "--grid .*: folder .*read-only is not writable"  -m "$fpdm" --steps 3 --grid "$tmp/read-only/g.png"
 fi
 rm -f "$tmp/read-only/probe"
-expect "unknown device"      1 "--device gpu: unknown device \"gpu\": use auto, cpu, cuda or cuda:N" -m "$fpdm" --steps 3 --device gpu
-FPDM_DEVICE=gpu expect "unknown FPDM_DEVICE" 1 "FPDM_DEVICE=gpu: unknown device"    -m "$fpdm" --steps 3
+expect "unknown device"      2 "--device gpu: unknown device \"gpu\": use auto, cpu, cuda or cuda:N" -m "$fpdm" --steps 3 --device gpu
+FPDM_DEVICE=gpu expect "unknown FPDM_DEVICE" 2 "FPDM_DEVICE=gpu: unknown device"    -m "$fpdm" --steps 3
 # Device numbers are digits only (strtol would take " 1", "+0" and "-0").
 for device in "cuda: 1" "cuda:+0" "cuda:-0" "cuda:" "cuda:1x" "cuda:99999999999999999999"; do
-    expect "device '$device'" 1 "unknown device \"${device//+/\\+}\""    -m "$fpdm" --steps 3 --device "$device"
+    expect "device '$device'" 2 "unknown device \"${device//+/\\+}\""    -m "$fpdm" --steps 3 --device "$device"
 done
+# No machine runs 16 bits on the CPU (2); a GPU that is missing is this
+# machine's lack (1), as is auto falling back to the CPU.
+expect "bf16 on the cpu"     2 "fpdm-sample: --device cpu: the CPU backend computes in fp32 only" -m "$fpdm" --steps 3 --device cpu --precision bf16
+FPDM_DEVICE=cpu expect "fp16 on FPDM_DEVICE=cpu" 2 "FPDM_DEVICE=cpu: the CPU backend" -m "$fpdm" --steps 3 --precision fp16
 if ! command -v nvidia-smi >/dev/null 2>&1; then
+    # Neither --device nor FPDM_DEVICE: the message names no flag.
+    unset FPDM_DEVICE
+    expect "bf16 where auto finds no gpu" 1 "^fpdm-sample: device auto: the CPU backend computes in fp32 only" -m "$fpdm" --steps 3 --precision bf16
+    export FPDM_DEVICE=cpu
     expect "cuda without a gpu" 1 "fpdm-sample: --device cuda: ."                    -m "$fpdm" --steps 3 --device cuda
 fi
 

@@ -13,8 +13,24 @@
 const char *cli_device(const char *device_flag, const char **source)
 {
     const char *from_env = getenv("FPDM_DEVICE");
-    *source = device_flag || !from_env ? "--device " : "FPDM_DEVICE=";
+    *source = device_flag ? "--device " : from_env ? "FPDM_DEVICE=" : "device ";
     return device_flag ? device_flag : from_env ? from_env : "auto";
+}
+
+int cli_create_context(const char *program, const fpdm_context_params *params,
+                       const char *device_source, fpdm_context **ctx)
+{
+    fpdm_status status = fpdm_context_create(params, ctx);
+    if (status == FPDM_OK)
+        return 0;
+    fprintf(stderr, "%s: %s%s: %s\n", program, device_source, params->device,
+            *ctx ? fpdm_last_error(*ctx) : "out of memory");
+    const int always_wrong = status == FPDM_ERR_INVALID_ARGUMENT ||
+                             (status == FPDM_ERR_UNSUPPORTED && strcmp(params->device, "cpu") == 0);
+    if (!always_wrong)
+        return 1;
+    fprintf(stderr, "%s: try '%s --help'\n", program, program);
+    return 2;
 }
 
 /* Whether text starts as a number is written: a digit, or a '-' and a digit

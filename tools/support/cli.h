@@ -40,8 +40,18 @@ const char *cli_precision_name(fpdm_precision precision);
 
 /* The device a program runs on: the --device value (device_flag, NULL when
  * not given), else $FPDM_DEVICE, else "auto". *source receives where it came
- * from, as a message prefix: "--device " or "FPDM_DEVICE=". */
+ * from, as a message prefix: "--device ", "FPDM_DEVICE=" or, for the
+ * default, "device " (so a message never names a flag nobody typed). */
 const char *cli_device(const char *device_flag, const char **source);
+
+/* fpdm_context_create, with the failure printed as "PROGRAM: <source><device>:
+ * <why>". Returns 0; 2 (a usage error, followed by a pointer to --help) for
+ * arguments no machine takes: a malformed device string, or a 16-bit
+ * precision on "cpu"; 1 for what another machine or build could do (no GPU,
+ * a build without CUDA, auto falling back to the CPU), a failed device, or
+ * no memory. */
+int cli_create_context(const char *program, const fpdm_context_params *params,
+                       const char *device_source, fpdm_context **ctx);
 
 /* --threads N for the whole program (nothing when N is 0): the library's own
  * loops take the context's num_threads, but OpenBLAS's matrix products take
