@@ -79,6 +79,20 @@ static void test_image(int channels) {
     free(chw);
 }
 
+/* Whether two files hold the same bytes. */
+static int same_file_bytes(const char *a_path, const char *b_path) {
+    FILE *a = fopen(a_path, "rb"), *b = fopen(b_path, "rb");
+    int same = a && b;
+    while (same) {
+        int ca = fgetc(a), cb = fgetc(b);
+        same = ca == cb;
+        if (ca == EOF) break;
+    }
+    if (a) fclose(a);
+    if (b) fclose(b);
+    return same;
+}
+
 static void test_grid(void) {
     const int n = 5, channels = 3, height = 4, width = 3, columns = 3, padding = 2;
     float *images = ramp(n, channels, height, width, 0.1f);
@@ -114,6 +128,23 @@ static void test_grid(void) {
     }
     CHECK_MSG(mismatches == 0, "%d grid pixels differ", mismatches);
     stbi_image_free(pixels);
+
+    /* The grid of the images' PNG files read back is the same file, byte
+     * for byte (fpdm-sample tiles --grid from the PNGs in --out). */
+    char names[5][600], pixel_grid[600];
+    const char *paths[5];
+    for (int i = 0; i < n; i++) {
+        snprintf(names[i], sizeof names[i], "%s/tile%d.png", dir, i);
+        paths[i] = names[i];
+    }
+    uint8_t *hwc = malloc((size_t)n * channels * height * width);
+    snprintf(pixel_grid, sizeof pixel_grid, "%s/grid-pixels.png", dir);
+    CHECK_MSG(png_write_images(paths, images, n, channels, height, width, err, sizeof err) == 0 &&
+              png_read_images(paths, n, channels, height, width, hwc, err, sizeof err) == 0 &&
+              png_write_grid_pixels(pixel_grid, hwc, n, channels, height, width, columns, padding,
+                                    err, sizeof err) == 0, "%s", err);
+    CHECK(same_file_bytes(path, pixel_grid));
+    free(hwc);
 
     /* More columns than images: the grid narrows to the images. */
     CHECK(png_write_grid(path, images, 2, channels, height, width, 8, 0, err, sizeof err) == 0);

@@ -173,9 +173,10 @@ static void print_help(FILE *out)
 "      --out DIR            PNG folder, files {index:05d}-{class}.png (default: samples)\n"
 "      --overwrite          redraw images whose files exist (default: skip batches\n"
 "                           whose files all exist, so interrupted runs resume)\n"
-"      --grid FILE.png      also write all images as one grid\n"
+"      --grid FILE.png      also tile the PNGs, read back from --out (resumed runs'\n"
+"                           earlier images too), into one grid\n"
 "      --latents-out FILE   also write the sampled latents [N, C, H, W] as .npy\n"
-"                           (--grid and --latents-out need every image: no skipping)\n"
+"                           (it needs every latent: no batch is skipped)\n"
 "      --npz FILE.npz       also pack the PNGs, read back from --out in index order\n"
 "                           (resumed runs' earlier images too), into FILE's uint8\n"
 "                           array arr_0 [N, H, W, C]: the official sample_ddp.py's\n"
@@ -633,7 +634,6 @@ typedef struct run_state {
     size_t latent_floats;     /* per image */
     size_t image_floats;      /* per image */
     float *all_latents;       /* [N, ...] when --latents-out */
-    float *all_images;        /* [N, ...] when --grid */
     char **paths;             /* [PNG_CHUNK] file names, PATH_MAX each */
     fpdm_step_report *steps;  /* summed over batches */
     long long model_evaluations, fixed_point_iterations;
@@ -692,9 +692,6 @@ static int write_batch_images(run_state *rs, int start, int count, const float *
         }
         pixels = images;
     }
-    if (rs->all_images)
-        memcpy(rs->all_images + (size_t)start * rs->image_floats, pixels,
-               (size_t)count * rs->image_floats * sizeof(float));
     if (!rs->opt->out_dir || !rs->write_pngs)
         return 0;
     char err[512];
@@ -717,7 +714,7 @@ static int run_batches(run_state *rs, fpdm_sample_params base, run_progress *rp)
 {
     const options *opt = rs->opt;
     const int n = opt->num_images, b = opt->batch_size;
-    const int keep_all = rs->all_latents || rs->all_images;
+    const int keep_all = rs->all_latents != NULL;
     float *latents = malloc((size_t)b * rs->latent_floats * sizeof(float));
     float *images = rs->vae ? malloc((size_t)b * rs->image_floats * sizeof(float)) : NULL;
     float *step_slice = rs->step_noise
@@ -788,7 +785,7 @@ static int count_batches_to_run(const run_state *rs)
     for (int start = 0; start < opt->num_images; start += opt->batch_size) {
         const int count = start + opt->batch_size <= opt->num_images ? opt->batch_size
                                                                      : opt->num_images - start;
-        if (opt->overwrite || rs->all_latents || rs->all_images || !rs->write_pngs ||
+        if (opt->overwrite || rs->all_latents || !rs->write_pngs ||
             !batch_files_exist(rs, start, count))
             batches++;
     }
@@ -909,18 +906,49 @@ static int write_report(const run_state *rs, const fpdm_sample_params *sp, doubl
     return 0;
 }
 
+/* Tiles --grid from the run's PNGs read back from --out, as --npz packs
+ * them: the images drawn now and those an earlier run left alike (a resumed
+ * run's grid is whole), the same bytes as a grid of the samples themselves.
+ * Returns 0 or EXIT_RUNTIME after printing why. */
+static int write_grid(run_state *rs)
+{
+    const options *opt = rs->opt;
+    const size_t image_bytes = (size_t)rs->image_size * rs->image_size * rs->image_channels;
+    char err[512];
+    /* png_check_grid held the canvas to 1 GiB: the images take no more. */
+    uint8_t *pixels = malloc((size_t)opt->num_images * image_bytes);
+    if (!pixels) {
+        fprintf(stderr, PROGRAM ": --grid: out of memory\n");
+        return EXIT_RUNTIME;
+    }
+    int rc = 0;
+    for (int start = 0; rc == 0 && start < opt->num_images; start += PNG_CHUNK) {
+        const int count = opt->num_images - start < PNG_CHUNK ? opt->num_images - start : PNG_CHUNK;
+        fill_image_paths(rs, start, count);
+        if (png_read_images((const char *const *)rs->paths, count, rs->image_channels,
+                            rs->image_size, rs->image_size, pixels + (size_t)start * image_bytes,
+                            err, sizeof err) != 0)
+            rc = EXIT_RUNTIME;
+    }
+    if (rc == 0 && png_write_grid_pixels(opt->grid_path, pixels, opt->num_images,
+                                         rs->image_channels, rs->image_size, rs->image_size,
+                                         grid_columns(opt), GRID_PADDING, err, sizeof err) != 0)
+        rc = EXIT_RUNTIME;
+    if (rc != 0)
+        fprintf(stderr, PROGRAM ": --grid: %s\n", err);
+    free(pixels);
+    return rc;
+}
+
 /* Writes --grid, --latents-out, --npz and --report after the batches. */
 static int write_run_outputs(run_state *rs, const fpdm_sample_params *sp, double seconds)
 {
     const options *opt = rs->opt;
     char err[512];
     if (opt->grid_path) {
-        if (png_write_grid(opt->grid_path, rs->all_images, opt->num_images, rs->image_channels,
-                           rs->image_size, rs->image_size, grid_columns(opt), GRID_PADDING, err,
-                           sizeof err) != 0) {
-            fprintf(stderr, PROGRAM ": %s\n", err);
-            return EXIT_RUNTIME;
-        }
+        int rc = write_grid(rs);
+        if (rc != 0)
+            return rc;
     }
     if (opt->latents_out) {
         const int64_t shape[4] = {opt->num_images, rs->info->in_channels, rs->info->input_size,
@@ -1132,14 +1160,12 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
     rs->steps = calloc((size_t)opt->steps, sizeof(fpdm_step_report));
     if (opt->latents_out)
         rs->all_latents = malloc((size_t)opt->num_images * rs->latent_floats * sizeof(float));
-    if (opt->grid_path)
-        rs->all_images = malloc((size_t)opt->num_images * rs->image_floats * sizeof(float));
     rs->paths = calloc(PNG_CHUNK, sizeof *rs->paths);
     for (int i = 0; rs->paths && i < PNG_CHUNK; i++)
         if (!(rs->paths[i] = malloc(PATH_MAX)))
             break;
     if (!rs->labels || !rs->steps || (opt->latents_out && !rs->all_latents) ||
-        (opt->grid_path && !rs->all_images) || !rs->paths || !rs->paths[PNG_CHUNK - 1]) {
+        !rs->paths || !rs->paths[PNG_CHUNK - 1]) {
         fprintf(stderr, PROGRAM ": out of memory for %d images\n", opt->num_images);
         return EXIT_RUNTIME;
     }
@@ -1411,7 +1437,6 @@ static void free_run(run_state *rs)
     free(rs->init_noise);
     free(rs->step_noise);
     free(rs->all_latents);
-    free(rs->all_images);
     for (int i = 0; rs->paths && i < PNG_CHUNK; i++)
         free(rs->paths[i]);
     free(rs->paths);

@@ -80,6 +80,11 @@ assert all(s['iters_used'] == s['iters_planned'] for s in r['steps']), r['steps'
 "
 check "partial resume keeps the rest" [ "$(old_files)" = 3 ]
 check "partial resume redraws the missing file" [ -f "$tmp/a/00002-2.png" ]
+# --grid tiles the PNGs read back from the folder: a rerun that skips every
+# batch still writes the whole grid, the same bytes as the first run's.
+check "grid of a resumed run" run grid-resume "${common[@]}" -b 2 --out "$tmp/a" --grid "$tmp/grid-resumed.png"
+check "grid of a resumed run draws nothing" grep -q "0 images in .*5 images already on disk" "$tmp/grid-resume.err"
+check "grid of a resumed run is the first run's" cmp -s "$tmp/grid.png" "$tmp/grid-resumed.png"
 
 # A rerun with other settings is refused (it would skip these files and mix
 # two runs' images), naming the setting; a shard of the same run is not.

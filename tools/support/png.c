@@ -111,8 +111,21 @@ int png_check_grid(const char *path, int n, int channels, int height, int width,
                        &canvas_width, err, err_size);
 }
 
-int png_write_grid(const char *path, const float *images, int n, int channels, int height,
-                   int width, int columns, int padding, char *err, size_t err_size) {
+/* Copies one [height, width, channels] image (a PNG's own layout) into the
+ * canvas at (top, left). */
+static void place_pixels(uint8_t *canvas, int canvas_width, const uint8_t *hwc, int channels,
+                         int height, int width, int top, int left) {
+    const size_t row_bytes = (size_t)width * channels;
+    for (int y = 0; y < height; y++)
+        memcpy(canvas + ((size_t)(top + y) * canvas_width + left) * channels,
+               hwc + (size_t)y * row_bytes, row_bytes);
+}
+
+/* The grid of either float images (chw, [n, channels, height, width]) or
+ * 8-bit ones (hwc, [n, height, width, channels]); the other is NULL. */
+static int write_grid(const char *path, const float *chw, const uint8_t *hwc, int n, int channels,
+                      int height, int width, int columns, int padding, char *err,
+                      size_t err_size) {
     long long canvas_height, canvas_width;
     if (grid_canvas(path, n, channels, height, width, &columns, padding, &canvas_height,
                     &canvas_width, err, err_size) != 0)
@@ -122,17 +135,33 @@ int png_write_grid(const char *path, const float *images, int n, int channels, i
         support_set_error(err, err_size, "%s: out of memory", path);
         return -1;
     }
-    size_t image_floats = (size_t)channels * height * width;
+    const size_t image_values = (size_t)channels * height * width;
     for (int i = 0; i < n; i++) {
         int top = padding + (i / columns) * (height + padding);
         int left = padding + (i % columns) * (width + padding);
-        place_image(canvas, (int)canvas_width, images + (size_t)i * image_floats, channels, height,
-                    width, top, left);
+        if (chw)
+            place_image(canvas, (int)canvas_width, chw + (size_t)i * image_values, channels,
+                        height, width, top, left);
+        else
+            place_pixels(canvas, (int)canvas_width, hwc + (size_t)i * image_values, channels,
+                         height, width, top, left);
     }
     int status = write_canvas(path, canvas, channels, (int)canvas_height, (int)canvas_width, err,
                               err_size);
     free(canvas);
     return status;
+}
+
+int png_write_grid(const char *path, const float *images, int n, int channels, int height,
+                   int width, int columns, int padding, char *err, size_t err_size) {
+    return write_grid(path, images, NULL, n, channels, height, width, columns, padding, err,
+                      err_size);
+}
+
+int png_write_grid_pixels(const char *path, const uint8_t *pixels, int n, int channels, int height,
+                          int width, int columns, int padding, char *err, size_t err_size) {
+    return write_grid(path, NULL, pixels, n, channels, height, width, columns, padding, err,
+                      err_size);
 }
 
 static const char *color_name(int channels) {

@@ -24,6 +24,12 @@ int png_write_image(const char *path, const float *chw, int channels, int height
 int png_write_grid(const char *path, const float *images, int n, int channels, int height,
                    int width, int columns, int padding, char *err, size_t err_size);
 
+/* png_write_grid for 8-bit pixels [n, height, width, channels], as
+ * png_read_images gives them: the same grid as the float images the files
+ * were written from. */
+int png_write_grid_pixels(const char *path, const uint8_t *pixels, int n, int channels, int height,
+                          int width, int columns, int padding, char *err, size_t err_size);
+
 /* What png_write_grid checks before it writes, so a program can refuse a
  * grid too large to write before it computes the images. */
 int png_check_grid(const char *path, int n, int channels, int height, int width, int columns,
