@@ -1,6 +1,7 @@
 # Installation for programs that embed the library: `cmake --install build
-# --prefix DIR` puts libfpdm.a, fpdm.h, the two programs and
-# lib/pkgconfig/fpdm.pc there, so that
+# --prefix DIR` puts libfpdm.a, fpdm.h, the two programs, the shipped models
+# (share/fpdm/models, where an installed fpdm-sample finds its default one)
+# and lib/pkgconfig/fpdm.pc there, so that
 #   cc prog.c $(pkg-config --cflags --libs fpdm)
 # builds against it (fpdm.pc finds the prefix from its own place, so the
 # folder may move). libfpdm.a is static: fpdm.pc lists what it needs
@@ -19,6 +20,11 @@ foreach(tool fpdm-sample fpdm-bench)
     install(TARGETS ${tool} RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
   endif()
 endforeach()
+# fpdm-sample looks for ../share/fpdm/models next to itself: the default
+# folders' layout (bin, share).
+file(GLOB FPDM_SHIPPED_MODELS ${PROJECT_SOURCE_DIR}/models/*.safetensors)
+install(FILES ${FPDM_SHIPPED_MODELS} ${PROJECT_SOURCE_DIR}/models/README.md
+        DESTINATION ${CMAKE_INSTALL_DATADIR}/fpdm/models)
 
 # A library by its path, with a run path where the loader would not look.
 function(fpdm_pc_library library)

@@ -126,7 +126,8 @@ static void print_help(FILE *out)
 "\n"
 "Model and device:\n"
 "  -m, --model FILE         model .safetensors (default: " DEFAULT_MODEL ",\n"
-"                           also looked up next to the executable's ../models)\n"
+"                           also looked up in ../models and ../share/fpdm/models\n"
+"                           next to the executable)\n"
 "      --vae FILE           VAE decoder (diffusers safetensors) for latent-space models\n"
 "      --device DEV         auto | cpu | cuda | cuda:N (default: $FPDM_DEVICE, else auto:\n"
 "                           the first GPU when this build has CUDA and one is visible,\n"
@@ -405,28 +406,33 @@ static int is_dir(const char *path)
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* The default model: ./models/..., then <executable>/../models/..., then the
- * source tree's models/ (the executable usually lives in <source>/build*). */
+/* Where the default model is looked for, after ./models/: relative to the
+ * executable's folder, an installed copy (cmake --install puts the shipped
+ * models in <prefix>/share/fpdm/models), then the source tree's models/ (the
+ * executable usually lives in <source>/build*). */
+static const char *const DEFAULT_MODEL_PLACES[] = {"..", "../share/fpdm", "../.."};
+
+/* The default model's path in buffer, or NULL, with buffer then listing the
+ * places looked in. */
 static const char *find_default_model(char *buffer, size_t size)
 {
     if (is_file(DEFAULT_MODEL))
         return DEFAULT_MODEL;
     char exe[PATH_MAX];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len > 0) {
-        exe[len] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            if (snprintf(buffer, size, "%s/../%s", exe, DEFAULT_MODEL) < (int)size &&
-                is_file(buffer))
+    char *slash = len > 0 ? (exe[len] = '\0', strrchr(exe, '/')) : NULL;
+    if (slash) {
+        *slash = '\0';
+        for (size_t i = 0; i < sizeof DEFAULT_MODEL_PLACES / sizeof *DEFAULT_MODEL_PLACES; i++)
+            if (snprintf(buffer, size, "%s/%s/%s", exe, DEFAULT_MODEL_PLACES[i],
+                         DEFAULT_MODEL) < (int)size && is_file(buffer))
                 return buffer;
-            if (snprintf(buffer, size, "%s/../../%s", exe, DEFAULT_MODEL) < (int)size &&
-                is_file(buffer))
-                return buffer;
-        }
     }
-    return DEFAULT_MODEL;
+    snprintf(buffer, size, "./%s", DEFAULT_MODEL);
+    for (size_t i = 0; slash && i < sizeof DEFAULT_MODEL_PLACES / sizeof *DEFAULT_MODEL_PLACES; i++)
+        snprintf(buffer + strlen(buffer), size - strlen(buffer), ", %s/%s/%s", exe,
+                 DEFAULT_MODEL_PLACES[i], DEFAULT_MODEL);
+    return NULL;
 }
 
 /* path with "." components and repeated or trailing slashes dropped, into
@@ -1455,13 +1461,18 @@ int main(int argc, char **argv)
         .iters = -1,
         .out_dir = "samples",
     };
-    char model_buffer[PATH_MAX];
+    char model_buffer[4 * PATH_MAX];
     run_state rs = {.opt = &opt};
     int rc = parse_arguments(argc, argv, &opt);
     if (rc != 0)
         goto done;
-    if (!opt.model_path)
-        opt.model_path = find_default_model(model_buffer, sizeof model_buffer);
+    if (!opt.model_path && !(opt.model_path = find_default_model(model_buffer,
+                                                                 sizeof model_buffer))) {
+        fprintf(stderr, PROGRAM ": no -m FILE given, and the shipped model is in none of: %s\n",
+                model_buffer);
+        rc = EXIT_RUNTIME;
+        goto done;
+    }
     if (!opt.steps)
         opt.steps = DEFAULT_STEPS;
     if (opt.iters_per_step && opt.num_iters_per_step != opt.steps) {

@@ -2,7 +2,8 @@
 # test_c_api.sh - the README's "C API in ten lines", a whole program, built
 # as it stands against an installed fpdm: `cmake --install` into a temporary
 # prefix, compiled with `pkg-config --cflags --libs fpdm`, run on the shipped
-# model and from a folder without it.
+# model and from a folder without it; and the installed fpdm-sample, which
+# finds the shipped model installed beside it.
 #   bash tests/cli/test_c_api.sh BUILD_DIR   (from the repository root)
 set -u
 build=${1:?usage: test_c_api.sh BUILD_DIR}
@@ -16,6 +17,17 @@ check "install" cmake --install "$build" --prefix "$tmp/prefix" >"$tmp/install.l
 pc_dir=$(dirname "$(find "$tmp/prefix" -name fpdm.pc | head -1)")
 check "fpdm.pc installed" [ -f "$pc_dir/fpdm.pc" ]
 check "fpdm.h installed" [ -f "$tmp/prefix/include/fpdm.h" ]
+
+# The installed fpdm-sample finds the shipped model installed beside it, from
+# any folder; a copy with no model near it says where it looked.
+check "installed fpdm-sample finds its model" bash -c "cd '$tmp' && '$tmp/prefix/bin/fpdm-sample' \
+    --device cpu -n 1 --steps 1 --quiet --out '$tmp/installed-out'"
+check "and draws with it" ls "$tmp"/installed-out/00000-*.png
+mkdir -p "$tmp/lonely/bin"
+cp "$tmp/prefix/bin/fpdm-sample" "$tmp/lonely/bin/"
+(cd "$tmp" && lonely/bin/fpdm-sample --device cpu -n 1 --steps 1 --out "$tmp/lonely-out" 2>"$tmp/lonely.err")
+check "a lonely fpdm-sample fails" [ $? = 1 ]
+check "and says where it looked" grep -q "no -m FILE given, and the shipped model is in none of: ./models/fpdm-mnist.safetensors, $tmp/lonely/bin/../models/fpdm-mnist.safetensors, $tmp/lonely/bin/../share/fpdm/models/fpdm-mnist.safetensors" "$tmp/lonely.err"
 
 # The README's block, a whole program, exactly as it stands.
 awk '/^## The C API in ten lines/ {section = 1} section && /^```c$/ {code = 1; next}
