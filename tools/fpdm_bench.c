@@ -116,7 +116,11 @@ static void print_help(FILE *out)
 "      --vae-batch N        latents per fpdm_vae_decode call (default: 1)\n"
 "      --vae-latent-sizes L latent sizes to decode (default: 32,64: 256 and 512 px for SD)\n"
 "      --json               print JSON instead of a table\n"
-"  -h, --help               this help\n",
+"  -h, --help               this help\n"
+"\n"
+"Rates count network rows (images, doubled with --cfg on): evals/s is rows through\n"
+"the network per second, fp-iters/s rows through one fixed-point iteration per\n"
+"second (fpdm-sample's report counts a batch's iteration once, whatever its rows).\n",
             synthetic_config_names(), synthetic_vae_config_names());
 }
 

@@ -912,6 +912,25 @@ static int write_report(const run_state *rs, const fpdm_sample_params *sp, doubl
     return 0;
 }
 
+/* The closing line. Its counts say their units: a model evaluation is one
+ * image row through the network at one step (two with guidance), while a
+ * fixed-point iteration runs a whole batch's rows at once, as the report's
+ * fixed_point_iterations counts it. */
+static void print_summary(const run_state *rs, double seconds)
+{
+    const int drawn = rs->images_sampled;
+    fprintf(stderr, PROGRAM ": %d %s in %.2f s (%.2f images/s), %d %s already on disk; %lld "
+            "model evaluations (image rows x steps)", drawn, drawn == 1 ? "image" : "images",
+            seconds, seconds > 0 ? drawn / seconds : 0.0, rs->images_skipped,
+            rs->images_skipped == 1 ? "image" : "images", rs->model_evaluations);
+    if (rs->info->is_fixed_point && rs->num_batches > 0)
+        fprintf(stderr, "; %lld fixed-point iterations in %d %s (%.1f a batch)",
+                rs->fixed_point_iterations, rs->num_batches,
+                rs->num_batches == 1 ? "batch" : "batches",
+                (double)rs->fixed_point_iterations / rs->num_batches);
+    fputc('\n', stderr);
+}
+
 /* Tiles --grid from the run's PNGs read back from --out, as --npz packs
  * them: the images drawn now and those an earlier run left alike (a resumed
  * run's grid is whole), the same bytes as a grid of the samples themselves.
@@ -1580,10 +1599,7 @@ int main(int argc, char **argv)
         if (rc == 0)
             rc = write_run_outputs(&rs, &sp, seconds);
         if (rc == 0 && !opt.quiet)
-            fprintf(stderr, PROGRAM ": %d images in %.2f s (%.2f images/s), %lld model "
-                    "evaluations, %lld fixed-point iterations, %d images already on disk\n",
-                    rs.images_sampled, seconds, seconds > 0 ? rs.images_sampled / seconds : 0.0,
-                    rs.model_evaluations, rs.fixed_point_iterations, rs.images_skipped);
+            print_summary(&rs, seconds);
     }
     /* A stopped run still says what it spent on the batches it finished (a
      * failure to write that is printed; the run still ends by its signal). */

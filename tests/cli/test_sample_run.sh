@@ -30,7 +30,9 @@ check "file names" [ "$(cd "$tmp/a" 2>/dev/null && ls | tr '\n' ' ')" = "$names 
 check "PNG signature" cmp -s -n 8 "$tmp/a/00000-0.png" <(printf '\x89PNG\r\n\x1a\n')
 check "grid written" cmp -s -n 8 "$tmp/grid.png" <(printf '\x89PNG\r\n\x1a\n')
 check "progress lines when not a terminal" grep -q "100% step 6/6, images 5/5" "$tmp/first.err"
-check "summary line" grep -qE "fpdm-sample: 5 images in [0-9.]+ s \([0-9.]+ images/s\), [0-9]+ model evaluations, [0-9]+ fixed-point iterations" "$tmp/first.err"
+# Three batches (2, 2, 1) of 5 images, 6 steps, guided (two rows an image),
+# 4 fixed-point iterations a step.
+check "summary line" grep -qE "^fpdm-sample: 5 images in [0-9.]+ s \([0-9.]+ images/s\), 0 images already on disk; 60 model evaluations \(image rows x steps\); 72 fixed-point iterations in 3 batches \(24.0 a batch\)$" "$tmp/first.err"
 check "report contents" /usr/bin/python3 - "$tmp/report.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -375,7 +377,7 @@ for part in 0 1 2; do
     check "shard $part/3" run "shard$part" "${common[@]}" -b 2 --shard "$part/3" --out "$tmp/parts"
 done
 check "three shards = one run" identical "$tmp/a" "$tmp/parts"
-check "shards split 5 images 1 + 2 + 2" grep -q "fpdm-sample: 1 images in" "$tmp/shard0.err"
+check "shards split 5 images 1 + 2 + 2" grep -q "fpdm-sample: 1 image in" "$tmp/shard0.err"
 check "a shard's report names its range" run shard-report "${common[@]}" --shard 2/3 --out "$tmp/parts" \
     --report "$tmp/shard.json"
 check "a shard's report: first index 3, 2 images" /usr/bin/python3 -c "

@@ -49,7 +49,7 @@ void progress_update(progress *p, long long units_done, int images_done, const c
         for (int i = 0; i < BAR_WIDTH; i++)
             bar[i] = i < filled ? '#' : '.';
         bar[BAR_WIDTH] = '\0';
-        fprintf(p->stream, "\r[%s] %3.0f%% %s, images %d/%d, %.2f it/s, ETA %s  ", bar,
+        fprintf(p->stream, "\r[%s] %3.0f%% %s, images %d/%d, %.2f steps/s, ETA %s  ", bar,
                 100.0 * fraction, label, images_done, p->num_images, rate, eta);
         p->bar_drawn = 1;
     } else {
@@ -57,7 +57,7 @@ void progress_update(progress *p, long long units_done, int images_done, const c
         if (decile <= p->last_decile)
             return;
         p->last_decile = decile;
-        fprintf(p->stream, "%3.0f%% %s, images %d/%d, %.2f it/s, ETA %s\n", 100.0 * fraction,
+        fprintf(p->stream, "%3.0f%% %s, images %d/%d, %.2f steps/s, ETA %s\n", 100.0 * fraction,
                 label, images_done, p->num_images, rate, eta);
     }
     fflush(p->stream);
