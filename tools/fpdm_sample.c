@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -194,6 +195,14 @@ static void print_help(FILE *out)
 "SIGINT (Ctrl-C), SIGTERM or SIGHUP: the run stops after the current step and\n"
 "keeps its finished images; a rerun resumes it.\n",
             DEFAULT_NUM_IMAGES, MAX_DEFAULT_BATCH, DEFAULT_STEPS);
+}
+
+/* Whether name ends in suffix, ignoring ASCII case. */
+static int has_suffix(const char *name, const char *suffix)
+{
+    size_t name_length = strlen(name), suffix_length = strlen(suffix);
+    return name_length >= suffix_length &&
+           strcasecmp(name + name_length - suffix_length, suffix) == 0;
 }
 
 static int usage_error(const char *message)
@@ -383,6 +392,11 @@ static int parse_arguments(int argc, char **argv, options *opt)
     }
     if (opt->verbose && opt->quiet)
         return usage_error("--verbose and --quiet exclude each other");
+    if (opt->grid_path && !has_suffix(opt->grid_path, ".png")) {
+        snprintf(err, sizeof err, "--grid %s: the grid is a PNG; give a name ending in .png",
+                 opt->grid_path);
+        return usage_error(err);
+    }
     if (opt->carry_over && opt->tol <= 0)
         return usage_error("--carry-over needs --tol EPS > 0 (unused iterations come from "
                            "solves stopped early)");

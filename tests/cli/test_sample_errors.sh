@@ -87,6 +87,7 @@ expect "negative seed"       2 "--seed: '-1' is not a non-negative integer" -m "
 expect "bad sampler"         2 "--sampler: 'euler' is not one of ddpm\|ddim" -m "$fpdm" --sampler euler
 expect "bad schedule"        2 "--schedule: 'cosine' is not one of fixed\|increasing\|decreasing" -m "$fpdm" --schedule cosine
 expect "bad precision"       2 "--precision: 'fp8' is not one of fp32\|bf16\|fp16" -m "$fpdm" --precision fp8
+expect "grid not a png"      2 "--grid .*g.jpg: the grid is a PNG; give a name ending in .png" -m "$fpdm" --grid "$tmp/g.jpg"
 expect "bad cfg channels"    2 "--cfg-channels: '4' is not one of 3\|all" -m "$fpdm" --cfg-channels 4
 expect "iters-per-step count" 2 "--iters-per-step has 3 entries but --steps is 4" -m "$fpdm" --steps 4 --iters-per-step 1,2,3
 expect "iters-per-step default steps" 2 "--iters-per-step has 2 entries but --steps is 250" -m "$fpdm" --iters-per-step 1,2
