@@ -196,6 +196,20 @@ def test_model_name_and_compiled_prefix(tmp, build_dir):
                  "checkpoint has 384", "--model", "DiT-B/4")
     refused_name("--heads against the recorded args.model", "--heads 4 contradicts the checkpoint's "
                  "args.model DiT-S/4 (6 heads)", "--heads", "4")
+
+    # A recorded name that is not official, or that the tensors contradict,
+    # leaves the choice to the command line (with a warning), and alone it
+    # is refused.
+    for recorded, warning in (("FPDM-S/4", "is not an official model name"),
+                              ("DiT-XL/4", "does not match its tensors")):
+        torch.save({"model": sd, "ema": sd, "opt": {}, "args": dict(args, model=recorded)}, checkpoint)
+        for flags in (("--heads", "6"), ("--model", "DiT-S/4")):
+            code, text = run_convert(checkpoint, out, *flags)
+            _, md = safetensors_io.read(out) if code == 0 else (None, {})
+            check(md.get("fpdm.num_heads") == "6" and warning in text,
+                  f"recorded {recorded}, {' '.join(flags)}: converted with a warning (exit {code})")
+        code, text = run_convert(checkpoint, out)
+        check(code == 1 and recorded in text, f"recorded {recorded} alone: refused (exit {code})")
     # A DiT's name also gives its depth: DiT-S has 12 blocks.
     dit_cfg = dict(architecture="dit", hidden_size=384, num_heads=6, patch_size=2, input_size=8,
                    in_channels=4, num_classes=3, depth=1)

@@ -3,7 +3,7 @@ project's model file (.safetensors with the official tensor names and
 "fpdm.*" metadata, see host/model_config.h).
 
 Run:
-    /usr/bin/python3 tools/convert.py CHECKPOINT OUT.safetensors (--heads N | --model DiT-XL/2)
+    /usr/bin/python3 tools/convert.py CHECKPOINT OUT.safetensors [--heads N | --model DiT-XL/2]
         [--[no-]pre-post-timestep-conditioning] [--[no-]predict-v]
         [--[no-]zero-terminal-snr] [--[no-]unconditional] [--space latent|pixel]
         [--equivalent-depth 28] [--dtype f32|bf16|f16]
@@ -16,8 +16,10 @@ with a message and exit code 1, and so is an output that cannot be written
 (before the checkpoint is read). Settings recorded in a train.py checkpoint's
 args are used unless given on the command line; where neither says,
 pre/post timestep conditioning is taken as off, the default of the official
-train.py and sample.py. A model name (--model, or args.model) must match the
-tensors' hidden size and patch size (and a DiT's depth).
+train.py and sample.py. The heads come from --heads, --model or a train.py
+checkpoint's args.model (so a released state dict needs one of the first
+two); a model name must match the tensors' hidden size and patch size (and
+a DiT's depth).
 
 Unconditional models (the official train.py --unsupervised: one class, no
 class dropout, for FFHQ, CelebA-HQ, LSUN) are recorded as such, and
@@ -51,11 +53,15 @@ class ConversionError(Exception):
         self.path = path
 
 
+OFFICIAL_NAME = r"DiT-(XL|L|B|S)/(\d+)"
+
+
 def parse_model_name(name):
     """(depth, hidden size, heads, patch size) of an official name such as DiT-XL/2."""
-    match = re.fullmatch(r"DiT-(XL|L|B|S)/(\d+)", name)
+    match = re.fullmatch(OFFICIAL_NAME, name)
     if not match:
-        raise ConversionError(f"unknown model name {name!r} (expected e.g. DiT-XL/2, DiT-B/4)")
+        raise ConversionError(f"unknown model name {name!r} (expected e.g. DiT-XL/2, DiT-B/4; "
+                              "give --heads N for another)")
     return (*MODEL_SIZES[match.group(1)], int(match.group(2)))
 
 
@@ -86,25 +92,33 @@ def choose_heads(options, recorded_name, arrays, log):
     if options.heads is None and not name:
         raise ConversionError("the number of heads is not in the checkpoint: give --heads N or --model DiT-XL/2")
     cfg = infer_config(arrays)
+    # A recorded name binds the command line only when it is an official name
+    # that fits the tensors; otherwise the command line decides, with a word.
+    recorded = str(recorded_name) if recorded_name else None
+    recorded_fits = False
+    if recorded and (options.heads is not None or options.model):
+        if not re.fullmatch(OFFICIAL_NAME, recorded):
+            log(f"warning: the checkpoint's args.model {recorded} is not an official model name; "
+                "using the command line's", file=sys.stderr)
+        elif name_mismatch(recorded, cfg):
+            log(f"warning: the checkpoint's args.model {recorded} does not match its tensors "
+                f"({name_mismatch(recorded, cfg)}); using the command line's", file=sys.stderr)
+        else:
+            recorded_fits = True
     if options.heads is not None:
-        if recorded_name:
-            mismatch = name_mismatch(str(recorded_name), cfg)
-            recorded_heads = parse_model_name(str(recorded_name))[2]
-            if mismatch:
-                log(f"warning: the checkpoint's args.model {recorded_name} does not match its tensors "
-                    f"({mismatch}); using --heads {options.heads}", file=sys.stderr)
-            elif recorded_heads != options.heads:
-                raise ConversionError(f"--heads {options.heads} contradicts the checkpoint's args.model "
-                                      f"{recorded_name} ({recorded_heads} heads); leave --heads out")
+        recorded_heads = parse_model_name(recorded)[2] if recorded_fits else options.heads
+        if recorded_heads != options.heads:
+            raise ConversionError(f"--heads {options.heads} contradicts the checkpoint's args.model "
+                                  f"{recorded} ({recorded_heads} heads); leave --heads out")
         return with_heads(cfg, options.heads)
     name = str(name)
     source = "--model" if options.model else "the checkpoint's args.model"
     mismatch = name_mismatch(name, cfg)
     if mismatch:
         raise ConversionError(f"{source} {name} has {mismatch}; give the right name, or --heads N")
-    if options.model and recorded_name and str(recorded_name) != options.model:
+    if options.model and recorded_fits and recorded != options.model:
         raise ConversionError(f"--model {options.model} contradicts the checkpoint's args.model "
-                              f"{recorded_name}; leave --model out")
+                              f"{recorded}; leave --model out")
     return with_heads(cfg, parse_model_name(name)[2])
 
 
