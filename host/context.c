@@ -298,11 +298,11 @@ fpdm_status fpdm_benchmark_matmul(fpdm_context *ctx, int m, int n, int k, int re
     if (!ctx->be->benchmark_matmul)
         return context_fail(ctx, FPDM_ERR_UNSUPPORTED, "%s: no matrix-product benchmark", ctx->device_name);
     /* Each operand's bytes, and their sum, must fit a size_t: the backends
-     * add them up for one allocation. */
+     * add them up for one allocation. (Divided, so no product can wrap.) */
     const size_t most_elements = SIZE_MAX / 16;
-    const int too_big = (size_t)m * (size_t)k > most_elements ||
-                        (size_t)k * (size_t)n > most_elements ||
-                        (size_t)m * (size_t)n > most_elements;
+    const int too_big = (size_t)m > most_elements / (size_t)k ||
+                        (size_t)k > most_elements / (size_t)n ||
+                        (size_t)m > most_elements / (size_t)n;
     const int rc = too_big ? BACKEND_NO_MEMORY
                            : ctx->be->benchmark_matmul(ctx->be, m, n, k, repeats, seconds);
     if (rc == BACKEND_NO_MEMORY)

@@ -160,10 +160,6 @@ typedef struct fpdm_model_info {
     int in_channels;
     int out_channels;         /* 2 * in_channels with learned sigma */
     int num_classes;          /* the label table has num_classes + 1 rows; the last is the null class */
-    /* 1: trained with one class and no class dropout (the official train.py's
-     * --unsupervised): the null class is untrained, so sampling refuses
-     * guidance (cfg_scale > 1) and its default cfg_scale is 1. */
-    int unconditional;
     int learn_sigma;
     int pre_depth, post_depth;            /* FPDM only */
     int pre_post_timestep_conditioning;   /* FPDM only */
@@ -177,6 +173,11 @@ typedef struct fpdm_model_info {
     /* Memory the loaded weights take on the context's device: linear weights
      * are stored in 16 bits in bf16/fp16 precision, the rest in float32. */
     size_t weight_bytes;
+    /* 1: trained with one class and no class dropout (the official train.py's
+     * --unsupervised): the null class is untrained, so sampling refuses
+     * guidance (cfg_scale > 1) and its default cfg_scale is 1. (Last, so the
+     * fields before it keep their places for programs built before it.) */
+    int unconditional;
 } fpdm_model_info;
 
 /* Loads and validates a model file; weights go to the context's device. */

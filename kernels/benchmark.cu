@@ -96,12 +96,14 @@ int cuda_benchmark_matmul(backend *be, int m, int n, int k, int repeats, double 
     const size_t element_bytes = backend_dtype_bytes(be->operand_type);
     size_t a_elems = (size_t)m * k, b_elems = (size_t)k * n, c_elems = (size_t)m * n;
     unsigned char *device = NULL;
-    if (cudaMalloc((void **)&device, (a_elems + b_elems + c_elems) * element_bytes) !=
-        cudaSuccess) {
+    const cudaError_t allocated =
+        cudaMalloc((void **)&device, (a_elems + b_elems + c_elems) * element_bytes);
+    if (allocated == cudaErrorMemoryAllocation) {
         /* Too big for this device: the caller's to report, not a stream fault. */
         cudaGetLastError();
         return BACKEND_NO_MEMORY;
     }
+    if (cuda_check(cb, allocated, "benchmark operands")) return -1;
     void *a = device, *b = device + a_elems * element_bytes;
     void *c = device + (a_elems + b_elems) * element_bytes;
     cudaEvent_t start = NULL, stop = NULL;
