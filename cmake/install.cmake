@@ -20,11 +20,18 @@ foreach(tool fpdm-sample fpdm-bench)
     install(TARGETS ${tool} RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
   endif()
 endforeach()
-# fpdm-sample looks for ../share/fpdm/models next to itself: the default
-# folders' layout (bin, share).
-file(GLOB FPDM_SHIPPED_MODELS ${PROJECT_SOURCE_DIR}/models/*.safetensors)
-install(FILES ${FPDM_SHIPPED_MODELS} ${PROJECT_SOURCE_DIR}/models/README.md
+# The sampling models (not the evaluation's digit classifier), where an
+# installed fpdm-sample looks for its default one: the data folder's fpdm/,
+# as a path from the program's folder, so the prefix may move.
+install(FILES ${PROJECT_SOURCE_DIR}/models/fpdm-mnist.safetensors
+              ${PROJECT_SOURCE_DIR}/models/dit-mnist.safetensors
+              ${PROJECT_SOURCE_DIR}/models/README.md
         DESTINATION ${CMAKE_INSTALL_DATADIR}/fpdm/models)
+if(TARGET fpdm-sample)
+  file(RELATIVE_PATH FPDM_DATA_FROM_BIN "${CMAKE_INSTALL_FULL_BINDIR}"
+       "${CMAKE_INSTALL_FULL_DATADIR}/fpdm")
+  target_compile_definitions(fpdm-sample PRIVATE FPDM_DATA_FROM_BIN="${FPDM_DATA_FROM_BIN}")
+endif()
 
 # A library by its path, with a run path where the loader would not look.
 function(fpdm_pc_library library)

@@ -118,9 +118,10 @@ static void print_help(FILE *out)
 "      --json               print JSON instead of a table\n"
 "  -h, --help               this help\n"
 "\n"
-"Rates count network rows (images, doubled with --cfg on): evals/s is rows through\n"
-"the network per second, fp-iters/s rows through one fixed-point iteration per\n"
-"second (fpdm-sample's report counts a batch's iteration once, whatever its rows).\n",
+"images/s counts images; evals/s and fp-iters/s count network rows (images, doubled\n"
+"with --cfg on): rows through the network, and rows through one fixed-point\n"
+"iteration, per second (fpdm-sample's report counts a batch's iteration once,\n"
+"whatever its rows).\n",
             synthetic_config_names(), synthetic_vae_config_names());
 }
 

@@ -1,6 +1,7 @@
-/* fpdm_sample.c - fpdm-sample: draws class-conditional images from a DiT or
- * FPDM model file and writes them as PNGs (and optionally a grid, the raw
- * latents, an .npz of the images for FID tools and a JSON run report).
+/* fpdm_sample.c - fpdm-sample: draws images (class-conditional, or
+ * unconditional) from a DiT or FPDM model file and writes them as PNGs (and
+ * optionally a grid, the raw latents, an .npz of the images for FID tools
+ * and a JSON run report).
  *
  *   fpdm-sample -m models/fpdm-mnist.safetensors -n 16 --steps 20 --out samples
  *   fpdm-sample --help
@@ -123,7 +124,7 @@ static void print_help(FILE *out)
 {
     fprintf(out,
 "usage: " PROGRAM " [options]\n"
-"Samples class-conditional images from a DiT or FPDM model file.\n"
+"Samples images (class-conditional, or unconditional) from a DiT or FPDM model file.\n"
 "\n"
 "Model and device:\n"
 "  -m, --model FILE         model .safetensors (default: " DEFAULT_MODEL ",\n"
@@ -422,9 +423,13 @@ static int is_dir(const char *path)
 
 /* Where the default model is looked for, after ./models/: relative to the
  * executable's folder, an installed copy (cmake --install puts the shipped
- * models in <prefix>/share/fpdm/models), then the source tree's models/ (the
+ * models in <datadir>/fpdm/models, and passes that folder as seen from the
+ * program's, ../share/fpdm by default), then the source tree's models/ (the
  * executable usually lives in <source>/build*). */
-static const char *const DEFAULT_MODEL_PLACES[] = {"..", "../share/fpdm", "../.."};
+#ifndef FPDM_DATA_FROM_BIN
+#define FPDM_DATA_FROM_BIN "../share/fpdm"
+#endif
+static const char *const DEFAULT_MODEL_PLACES[] = {"..", FPDM_DATA_FROM_BIN, "../.."};
 
 /* The default model's path in buffer, or NULL, with buffer then listing the
  * places looked in. */
