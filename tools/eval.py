@@ -10,7 +10,8 @@ digit classifier trained on the 9,000 training digits.
     /usr/bin/python3 tools/eval.py score /tmp/fpdm.npy --labels /tmp/fpdm-labels.npy
     /usr/bin/python3 tools/eval.py score out/pngs/ --data /work/shared/data/mnist
 
---data (the MNIST folder) and --threads go before or after the command.
+--data (the MNIST folder) and --threads go before the command, or after it;
+`sample` reads no data, so after `sample` only --threads.
 
 Scores: (a) class accuracy: the classifier's prediction against the requested
 class; (b) Frechet distance between the classifier's penultimate features of

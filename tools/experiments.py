@@ -328,7 +328,7 @@ def tables(results, order, timings, models, config):
                          f"{cell(by_blocks, lambda x: x['block_evaluations_per_image'])} | "
                          f"{cell(by_time, lambda x: estimated_seconds(timings, x) * 1e3)} |")
     if timings:
-        lines += ["", "### Forward cost (fpdm-bench, seconds per image per step, CFG rows included)", "",
+        lines += ["", "### Forward cost (fpdm-bench, milliseconds per image per step, CFG rows included)", "",
                   "| model | iterations | ms / image-step |", "|---|---:|---:|"]
         for key, timing in timings.items():
             for k, secs in timing["seconds_per_image_step"].items():
@@ -498,7 +498,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--results", help="results JSON (default: docs/experiments/results.json, "
                                           "or <work>/quick/results.json with --quick)")
     parser.add_argument("--tables", help="markdown tables (default: next to the results JSON)")
-    parser.add_argument("--figure", help="figure (default: docs/experiments.png, or <work>/quick/experiments.png)")
+    parser.add_argument("--figure", help="figure (default: docs/experiments.png; with --results, "
+                        "experiments.png beside it; with --quick, <work>/quick/experiments.png)")
     parser.add_argument("--quick", action="store_true", help="tiny random models, 2 images per class")
     parser.add_argument("--full", action="store_true",
                         help="also --tol with --reuse and the steps/iterations trades with --reuse")
@@ -534,8 +535,10 @@ def main():
     results_path = args.results or (os.path.join(args.work, "results.json") if args.quick
                                     else "docs/experiments/results.json")
     tables_path = args.tables or os.path.join(os.path.dirname(results_path), "tables.md")
+    # A results file of its own keeps its figure beside it, as its tables.
     figure_path = args.figure or (os.path.join(args.work, "experiments.png") if args.quick
-                                  else "docs/experiments.png")
+                                  else os.path.join(os.path.dirname(results_path), "experiments.png")
+                                  if args.results else "docs/experiments.png")
     os.makedirs(args.work, exist_ok=True)
     os.makedirs(os.path.dirname(results_path) or ".", exist_ok=True)
     settings, steps, default_iters, budget = plan(args.quick, args.full or args.quick)
@@ -546,6 +549,7 @@ def main():
     if os.path.exists(results_path):
         with open(results_path) as source:
             saved = json.load(source)
+    ran = False  # whether the results file changes
     if args.plot_only:
         if not saved:
             parser.error(f"--plot-only: no results in {results_path}")
@@ -583,7 +587,10 @@ def main():
                                  capture_output=True, text=True).stdout.strip()
             machine = {"cpu": cpu, "cores": os.cpu_count(), "load_at_start": os.getloadavg()}
         wanted = set(args.only.split(",")) if args.only else None
-        timings = None
+        # Saved timings stay with the results they were measured beside: a
+        # rerun that samples nothing leaves the file (and the tables' times)
+        # as they were, rather than mixing another moment's timings in.
+        timings = saved.get("timings") if results else None
         scorer = Scorer(args.data)
         for spec in settings:
             if wanted is not None:
@@ -592,6 +599,7 @@ def main():
             elif spec["name"] in results:
                 continue
             started = time.time()
+            ran = True
             results[spec["name"]] = run_setting(args, spec, models, scorer)
             r = results[spec["name"]]
             print(f"{spec['name']}: {r['iterations_per_image']:.1f} it/img, {r['block_evaluations_per_image']:.0f} "
@@ -600,7 +608,8 @@ def main():
             with open(results_path, "w") as sink:
                 json.dump({"config": config, "machine": machine, "models": models, "timings": timings,
                            "results": results}, sink, indent=1)
-        if len(results) == len(settings):
+        if len(results) == len(settings) and (ran or not timings):
+            ran = True
             sweep = [s for s in settings if s["group"] == "sweep" and not s["tol"] and not s["reuse"]]
             add_distances_to_converged(args, results, max(sweep, key=lambda s: s["iters"])["name"],
                                        ("sweep", "realloc"))
@@ -610,16 +619,17 @@ def main():
                                            ("fewsteps",))
             sweep_iters = sorted({s["iters"] for s in settings if s["model"] == "fpdm"})
             timings = forward_timings(args, models, sweep_iters)
-        machine["load_at_end"] = os.getloadavg()
-        with open(results_path, "w") as sink:
-            json.dump({"config": config, "machine": machine, "models": models, "timings": timings,
-                       "results": results}, sink, indent=1)
+        if ran:
+            machine["load_at_end"] = os.getloadavg()
+            with open(results_path, "w") as sink:
+                json.dump({"config": config, "machine": machine, "models": models, "timings": timings,
+                           "results": results}, sink, indent=1)
     text = tables(results, order, timings, models, config)
     with open(tables_path, "w") as sink:
         sink.write(text)
     print(text)
     plot(results, timings, steps, default_iters, budget, figure_path)
-    print(f"wrote {'' if args.plot_only else results_path + ', '}{tables_path}, {figure_path}")
+    print(f"wrote {results_path + ', ' if ran else ''}{tables_path}, {figure_path}")
 
 
 if __name__ == "__main__":
