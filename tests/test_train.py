@@ -230,5 +230,18 @@ def fpdm_depth_sets_the_training_iterations():
         assert meta["training.command"].endswith("--depth 8 --with-grad-iters 2 4"), meta["training.command"]
 
 
+@test
+def a_run_shorter_than_its_log_interval_records_its_loss():
+    """The final loss comes from the steps after the last log line: all of
+    them when the run is shorter than --log-every."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_digits(folder)
+        out = os.path.join(folder, "short.safetensors")
+        status, printed, err = run_train("dit", "--out", out, "--data", folder, "--steps", "2", "--batch-size",
+                                         "4", "--log-every", "5")
+        loss = safetensors_io.read_metadata(out).get("training.final_loss") if status == 0 else None
+        assert loss is not None and float(loss) > 0 and f"final loss {loss};" in printed, (status, loss, err)
+
+
 if __name__ == "__main__":
     sys.exit(run_tests())

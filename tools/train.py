@@ -513,6 +513,11 @@ def main(argv=None):
             print(f"trial: {step} steps in {elapsed:.1f}s = {step / elapsed:.2f} steps/s", flush=True)
             return
     wall = time.time() - start
+    since_log = step % args.log_every
+    if since_log:
+        # The steps after the last log line (all of them in a run shorter
+        # than --log-every) give the final loss.
+        metadata["training.final_loss"] = f"{running_loss / since_log:.4f}"
     save(ema, cfg, args.out, dict(metadata, **snapshot_metadata(step, wall)))
     print(f"done: {step} steps in {wall:.0f}s, final loss {metadata.get('training.final_loss')}; wrote {args.out}",
           flush=True)
