@@ -1090,12 +1090,6 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
     }
     if (opt->eta > 0 && opt->sampler != FPDM_SAMPLER_DDIM)
         return usage_error("--eta applies to --sampler ddim only");
-    if (info->unconditional && opt->cfg_scale > 1) {
-        snprintf(err, sizeof err, "--cfg-scale %g: %s is unconditional (trained without class "
-                 "dropout, so its null class is untrained); guidance needs --cfg-scale 1",
-                 (double)opt->cfg_scale, opt->model_path);
-        return usage_error(err);
-    }
     if (opt->iters >= 0 && opt->iters_per_step)
         return usage_error("--iters and --iters-per-step both set the iterations: give one");
 
