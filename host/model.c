@@ -173,6 +173,11 @@ static size_t staging_chunk_elements(const backend *be, const placement *array) 
     return elements ? elements : 1;
 }
 
+/* Both weight allocations' bytes. */
+static size_t model_weight_bytes(const fpdm_model *model) {
+    return (model->weight_floats + model->operand_floats) * sizeof(float);
+}
+
 static void fill_info(fpdm_model *model) {
     const model_config *c = &model->config;
     fpdm_model_info *info = &model->info;
@@ -198,7 +203,7 @@ static void fill_info(fpdm_model *model) {
     info->num_train_timesteps = c->num_train_timesteps;
     info->noise_schedule = c->noise_schedule;
     info->num_parameters = model->num_parameters - (size_t)c->num_tokens * c->hidden_size;
-    info->weight_bytes = model->weight_bytes;
+    info->weight_bytes = model_weight_bytes(model);
 }
 
 static void place_all(weight_layout *layout, fpdm_model *model) {
@@ -276,7 +281,6 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
     size_t operand_floats = backend_dtype_floats(layout.operand_type, layout.operands.used);
     model->weight_floats = layout.floats.used;
     model->operand_floats = operand_floats;
-    model->weight_bytes = (model->weight_floats + operand_floats) * sizeof(float);
     model->weights = be->alloc(be, model->weight_floats);
     model->operand_weights = operand_floats ? be->alloc(be, operand_floats) : NULL;
     placement floats = {.device = model->weights, .element_bytes = layout.floats.element_bytes};
@@ -304,7 +308,7 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
         }
         free(converted);
         status = context_fail(ctx, FPDM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %.1f MB of weights",
-                              path, (double)model->weight_bytes / (1 << 20));
+                              path, (double)model_weight_bytes(model) / (1 << 20));
         goto done;
     }
     /* The 16-bit weights' padding must read as zero (a chunk starts zeroed). */

@@ -22,7 +22,6 @@ struct fpdm_model {
     float *operand_weights;   /* backend allocation: 16-bit linear weights, or NULL */
     size_t weight_floats, operand_floats; /* the two allocations' sizes */
     size_t num_parameters;    /* elements of every tensor in the file */
-    size_t weight_bytes;      /* both allocations */
 
     backend_linear patch_embed;   /* x_embedder.proj viewed as [D, C * p * p] */
     const float *pos_embed;       /* [T, D] */

@@ -125,7 +125,7 @@ static void check_staged_load(const char *path, backend_dtype type) {
         fpdm_model *staged = load_as(&ctx, path, type, chunk_bytes[c]);
         int same = staged && staged->weight_floats == in_place->weight_floats &&
                    staged->operand_floats == in_place->operand_floats &&
-                   staged->weight_bytes == in_place->weight_bytes &&
+                   staged->info.weight_bytes == in_place->info.weight_bytes &&
                    memcmp(staged->weights, in_place->weights,
                           in_place->weight_floats * sizeof(float)) == 0 &&
                    (!in_place->operand_floats ||
