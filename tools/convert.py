@@ -97,12 +97,14 @@ def choose_heads(options, recorded_name, arrays, log):
     recorded = str(recorded_name) if recorded_name else None
     recorded_fits = False
     if recorded and (options.heads is not None or options.model):
-        if not re.fullmatch(OFFICIAL_NAME, recorded):
+        recorded_mismatch = (name_mismatch(recorded, cfg) if re.fullmatch(OFFICIAL_NAME, recorded)
+                             else None)
+        if recorded_mismatch is None:
             log(f"warning: the checkpoint's args.model {recorded} is not an official model name; "
                 "using the command line's", file=sys.stderr)
-        elif name_mismatch(recorded, cfg):
+        elif recorded_mismatch:
             log(f"warning: the checkpoint's args.model {recorded} does not match its tensors "
-                f"({name_mismatch(recorded, cfg)}); using the command line's", file=sys.stderr)
+                f"({recorded_mismatch}); using the command line's", file=sys.stderr)
         else:
             recorded_fits = True
     if options.heads is not None:
