@@ -73,7 +73,8 @@ expect "steps above model"   2 "--steps: 1001 is out of range \(allowed: 1\.\.10
 expect "class above model"   2 "--class: 10 is out of range \(allowed: 0\.\.9" -m "$fpdm" --steps 3 --class 1,10
 expect "negative class"      2 "--class: -1 is out of range \(allowed: 0\.\.9" -m "$fpdm" --class -1
 expect "fixed budget not a multiple" 2 "multiple of the 4 steps"          -m "$fpdm" --steps 4 --schedule fixed --budget 6
-expect "empty class entry"   2 "--class: '1,,2' has an empty entry"       -m "$fpdm" --class 1,,2
+expect "empty class entry"   2 "--class: '1,,2' has an empty entry \(allowed: comma-separated 32-bit integers\)" -m "$fpdm" --class 1,,2
+expect "class not a number"  2 "--class: 'x' is not an integer \(allowed: 32-bit integers\)" -m "$fpdm" --class x
 expect "cfg below one"       2 "--cfg-scale: 0.5 is out of range \(allowed: 1\.\." -m "$fpdm" --cfg-scale 0.5
 expect "cfg not a number"    2 "--cfg-scale: 'x' is not a number"         -m "$fpdm" --cfg-scale x
 expect "cfg in hex"          2 "--cfg-scale: '0x4' is not a number"       -m "$fpdm" --cfg-scale 0x4

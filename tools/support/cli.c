@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -42,20 +43,33 @@ static int starts_as_number(const char *text, int decimal)
     return (*first >= '0' && *first <= '9') || (decimal && *first == '.');
 }
 
+/* "min..max", or "32-bit integers" for a flag whose range is checked later against
+ * what it depends on (--class against the model's classes): INT_MIN..INT_MAX
+ * would read as a range the flag accepts. */
+static const char *allowed_range(char *text, size_t size, long long min, long long max)
+{
+    if (min == INT_MIN && max == INT_MAX)
+        snprintf(text, size, "32-bit integers");
+    else
+        snprintf(text, size, "%lld..%lld", min, max);
+    return text;
+}
+
 int cli_parse_int(const char *flag, const char *text, long long min, long long max, int *out,
                   char *err, size_t err_size)
 {
+    char range[64];
     char *end = NULL;
     errno = 0;
     long long value = strtoll(text, &end, 10);
     if (!starts_as_number(text, 0) || *end != '\0' || end == text) {
-        snprintf(err, err_size, "%s: '%s' is not an integer (allowed: %lld..%lld)", flag, text,
-                 min, max);
+        snprintf(err, err_size, "%s: '%s' is not an integer (allowed: %s)", flag, text,
+                 allowed_range(range, sizeof range, min, max));
         return -1;
     }
     if (errno == ERANGE || value < min || value > max) {
-        snprintf(err, err_size, "%s: %s is out of range (allowed: %lld..%lld)", flag, text, min,
-                 max);
+        snprintf(err, err_size, "%s: %s is out of range (allowed: %s)", flag, text,
+                 allowed_range(range, sizeof range, min, max));
         return -1;
     }
     *out = (int)value;
@@ -137,8 +151,9 @@ int cli_parse_int_list(const char *flag, const char *text, long long min, long l
         if (comma)
             *comma = '\0';
         if (item[0] == '\0') {
-            snprintf(err, err_size, "%s: '%s' has an empty entry (expected comma-separated "
-                     "integers in %lld..%lld)", flag, text, min, max);
+            char range[64];
+            snprintf(err, err_size, "%s: '%s' has an empty entry (allowed: comma-separated %s)",
+                     flag, text, allowed_range(range, sizeof range, min, max));
             goto fail;
         }
         if (cli_parse_int(flag, item, min, max, &parsed[n], err, err_size) != 0)
