@@ -14,8 +14,11 @@
  * --report for the batches drawn to the end (its "stopped_by" names the
  * signal) and then ends by that signal (a shell reports 128 + its number:
  * 130, 143, 129). Once the last batch is drawn, a signal lets the outputs
- * finish, except --npz's packing, which stops. Every check of the arguments
- * happens before any output file or folder is created.
+ * finish, except --npz's packing, which stops. SIGKILL leaves what was being
+ * written as NAME.tmp.PID, which nothing reads; a rerun leaves such files
+ * alone, since a shard on another machine sharing the folder may own one.
+ * Every check of the arguments happens before any output file or folder is
+ * created.
  *
  * Resuming: image i is written as {i:05d}-{class}.png, and both its class and
  * its noise depend only on (--seed, i), never on the batch it falls in, so a
