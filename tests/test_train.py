@@ -243,5 +243,23 @@ def a_run_shorter_than_its_log_interval_records_its_loss():
         assert loss is not None and float(loss) > 0 and f"final loss {loss};" in printed, (status, loss, err)
 
 
+@test
+def a_trial_run_needs_no_out():
+    """--trial-seconds measures throughput without a model file; --out is
+    required otherwise, and a trial's seconds must be a number, 0 or more."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_digits(folder)
+        before = sorted(os.listdir(folder))
+        common = ("--data", folder, "--batch-size", "4", "--steps", "1000")
+        status, printed, err = run_train("dit", *common, "--trial-seconds", "0.001")
+        assert status == 0 and "trial: 1 steps in" in printed, (status, printed, err)
+        assert sorted(os.listdir(folder)) == before, os.listdir(folder)
+        status, _, err = run_train("dit", *common)
+        assert status == 2 and "--out is required" in err, (status, err)
+        for bad in ("-1", "nan", "x"):
+            status, _, err = run_train("dit", *common, "--trial-seconds", bad)
+            assert status == 2 and "--trial-seconds" in err and "Traceback" not in err, (bad, status, err)
+
+
 if __name__ == "__main__":
     sys.exit(run_tests())

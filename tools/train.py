@@ -19,7 +19,8 @@ dropout 0.1 (null class = 10), AdamW (no weight decay), an EMA of the weights
 fixed-point iterations without gradient, then a random number with gradient
 (the official fixed_point_{no,with}_grad_{min,max}_iters; by default the
 official ranges for 26 default iterations scaled to this model's).
-`--trial-seconds S` stops after S seconds and prints the throughput.
+`--trial-seconds S` stops after S seconds and prints the throughput (with no
+`--out`, it writes nothing).
 """
 import argparse
 import copy
@@ -302,6 +303,17 @@ def int_at_least(minimum):
     return parse
 
 
+def seconds(text):
+    """An argparse type: a number of seconds, 0 or more and finite."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds (0 or more)")
+    return value
+
+
+seconds.__name__ = "float"
+
+
 def check_device(parser, device):
     """Refuses a device this torch cannot use before any work, with one line
     (torch's own error comes from deep inside the first use)."""
@@ -332,7 +344,7 @@ def iteration_ranges(parser, args, scaled):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("architecture", choices=("fpdm", "dit"))
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", help="the model file to write (required except with --trial-seconds)")
     parser.add_argument("--data", default=mnist.DEFAULT_DIR)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--steps", type=int_at_least(1), default=TRAINING_DEFAULTS["steps"])
@@ -366,7 +378,8 @@ def main(argv=None):
     parser.add_argument("--log-every", type=int_at_least(1), default=100)
     parser.add_argument("--save-every", type=int_at_least(0), default=250,
                         help="rewrite --out with the current EMA every this many steps (0: only at the end)")
-    parser.add_argument("--trial-seconds", type=float, default=0.0)
+    parser.add_argument("--trial-seconds", type=seconds, default=0.0,
+                        help="stop after this many seconds and print the throughput (--out optional)")
     args = parser.parse_args(argv)
 
     # Everything that can be refused is, before the data are read and any step runs.
@@ -381,8 +394,10 @@ def main(argv=None):
         iters = iteration_ranges(parser, args, scaled_iters)
     elif args.no_grad_iters or args.with_grad_iters:
         parser.error("--no-grad-iters and --with-grad-iters apply to fpdm only")
-    out_folder = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_folder) or not os.access(out_folder, os.W_OK):
+    if args.out is None and not args.trial_seconds:
+        parser.error("--out is required (a --trial-seconds run may leave it out)")
+    out_folder = os.path.dirname(os.path.abspath(args.out)) if args.out else None
+    if out_folder and (not os.path.isdir(out_folder) or not os.access(out_folder, os.W_OK)):
         parser.error(f"--out {args.out}: {out_folder} is not a writable folder")
     check_device(parser, args.device)
     torch.set_num_threads(args.threads)
@@ -507,7 +522,7 @@ def main(argv=None):
                   f"{step / elapsed:.2f} steps/s elapsed {elapsed:.0f}s", flush=True)
             metadata["training.final_loss"] = f"{running_loss / args.log_every:.4f}"
             running_loss = running_mse = 0.0
-        if args.save_every and step % args.save_every == 0 and step < args.steps:
+        if args.out and args.save_every and step % args.save_every == 0 and step < args.steps:
             save(ema, cfg, args.out, dict(metadata, **snapshot_metadata(step, elapsed)))
         if args.trial_seconds and elapsed > args.trial_seconds:
             print(f"trial: {step} steps in {elapsed:.1f}s = {step / elapsed:.2f} steps/s", flush=True)
@@ -518,9 +533,10 @@ def main(argv=None):
         # The steps after the last log line (all of them in a run shorter
         # than --log-every) give the final loss.
         metadata["training.final_loss"] = f"{running_loss / since_log:.4f}"
-    save(ema, cfg, args.out, dict(metadata, **snapshot_metadata(step, wall)))
-    print(f"done: {step} steps in {wall:.0f}s, final loss {metadata.get('training.final_loss')}; wrote {args.out}",
-          flush=True)
+    if args.out:
+        save(ema, cfg, args.out, dict(metadata, **snapshot_metadata(step, wall)))
+    print(f"done: {step} steps in {wall:.0f}s, final loss {metadata.get('training.final_loss')}"
+          + (f"; wrote {args.out}" if args.out else ""), flush=True)
 
 
 if __name__ == "__main__":
