@@ -1,13 +1,17 @@
 /* test_temp_file.c - output files written under a temporary name and renamed
  * into place (tools/support/temp_path.h), directly and through report_write:
  * a commit replaces the file whole; a failed write, a discard or a folder
- * that is not there leaves the final path as it was and no temporary behind.
+ * that is not there leaves the final path as it was and no temporary behind;
+ * a symbolic link is written through, a FIFO (a special file, as /dev/null)
+ * in place.
  * Run: ctest -R test_temp_file (from the build folder's ctest). */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "report.h"
@@ -106,6 +110,52 @@ static void test_missing_folder(void) {
     CHECK(t.file == NULL && t.tmp_path == NULL);
 }
 
+/* A link stays a link and the file it names gets the new text: a rename over
+ * the link would cut it off from its target. */
+static void test_symbolic_link_is_followed(void) {
+    char target[512], link[512], err[256] = "";
+    path_for(target, sizeof target, "target.txt");
+    path_for(link, sizeof link, "link.txt");
+    write_text(target, "old");
+    CHECK(symlink("target.txt", link) == 0);
+    temp_file t;
+    CHECK(temp_file_create(&t, link, err, sizeof err) == 0);
+    CHECK(temp_file_write(&t, "new", 3));
+    CHECK_MSG(temp_file_commit(&t, link, err, sizeof err) == 0, "commit: %s", err);
+    struct stat st;
+    CHECK_MSG(lstat(link, &st) == 0 && S_ISLNK(st.st_mode), "%s is no longer a link", link);
+    expect_text("the link's target", target, "new");
+    expect_no_temporary("link", target);
+    expect_no_temporary("link", link);
+    unlink(link);
+    unlink(target);
+}
+
+/* A FIFO stands for the special files (/dev/null, /dev/stdout) that a rename
+ * would replace with a regular file: the bytes go into it, and it stays a
+ * FIFO. */
+static void test_special_file_is_written_in_place(void) {
+    char fifo[512], err[256] = "";
+    path_for(fifo, sizeof fifo, "fifo");
+    CHECK(mkfifo(fifo, 0600) == 0);
+    /* A reader must be there, or opening the FIFO to write would wait. */
+    int reader = open(fifo, O_RDONLY | O_NONBLOCK);
+    CHECK(reader >= 0);
+    if (reader < 0) return;
+    temp_file t;
+    CHECK_MSG(temp_file_create(&t, fifo, err, sizeof err) == 0, "create: %s", err);
+    CHECK(t.tmp_path == NULL);
+    CHECK(temp_file_write(&t, "through", 7));
+    CHECK_MSG(temp_file_commit(&t, fifo, err, sizeof err) == 0, "commit: %s", err);
+    char got[16] = "";
+    CHECK(read(reader, got, sizeof got - 1) == 7 && strcmp(got, "through") == 0);
+    close(reader);
+    struct stat st;
+    CHECK_MSG(lstat(fifo, &st) == 0 && S_ISFIFO(st.st_mode), "%s is no longer a FIFO", fifo);
+    expect_no_temporary("FIFO", fifo);
+    unlink(fifo);
+}
+
 static void test_report_write(void) {
     char path[512], err[256] = "";
     path_for(path, sizeof path, "report.json");
@@ -139,6 +189,8 @@ int main(void) {
     test_failed_write_keeps_old();
     test_discard();
     test_missing_folder();
+    test_symbolic_link_is_followed();
+    test_special_file_is_written_in_place();
     test_report_write();
     test_remove_temp_dir(dir);
     return test_finish("test_temp_file");

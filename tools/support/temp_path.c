@@ -1,11 +1,14 @@
 /* temp_path.c - see temp_path.h. */
+#define _XOPEN_SOURCE 700 /* realpath, strdup */
 #include "temp_path.h"
 #include "support_error.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 char *temp_path_for(const char *path) {
@@ -17,18 +20,27 @@ char *temp_path_for(const char *path) {
 
 int temp_file_create(temp_file *t, const char *path, char *err, size_t err_size) {
     t->file = NULL;
+    t->tmp_path = NULL;
     t->write_errno = 0;
-    t->tmp_path = temp_path_for(path);
-    if (!t->tmp_path) {
+    /* realpath resolves only what exists: a new file's target is its path. */
+    char resolved[PATH_MAX];
+    t->target = strdup(realpath(path, resolved) ? resolved : path);
+    /* /dev/stdout redirected to a file resolves to that file: replacing it
+     * would leave the shell's descriptor on the removed one. */
+    struct stat st;
+    const int special = t->target && stat(t->target, &st) == 0 &&
+                        (!S_ISREG(st.st_mode) || strncmp(path, "/dev/", 5) == 0);
+    if (t->target && !special) t->tmp_path = temp_path_for(t->target);
+    if (!t->target || (!special && !t->tmp_path)) {
         support_set_error(err, err_size, "%s: out of memory", path);
+        temp_file_discard(t);
         return -1;
     }
-    t->file = fopen(t->tmp_path, "wb");
+    t->file = fopen(special ? t->target : t->tmp_path, "wb");
     if (!t->file) {
-        support_set_error(err, err_size, "%s: cannot create %s: %s", path, t->tmp_path,
-                          strerror(errno));
-        free(t->tmp_path);
-        t->tmp_path = NULL;
+        support_set_error(err, err_size, "%s: cannot create %s: %s", path,
+                          special ? t->target : t->tmp_path, strerror(errno));
+        temp_file_discard(t);
         return -1;
     }
     return 0;
@@ -51,14 +63,16 @@ int temp_file_commit(temp_file *t, const char *path, char *err, size_t err_size)
     if (t->write_errno) {
         support_set_error(err, err_size, "%s: write failed: %s", path, strerror(t->write_errno));
         rc = -1;
-    } else if (rename(t->tmp_path, path) != 0) {
+    } else if (t->tmp_path && rename(t->tmp_path, t->target) != 0) {
         support_set_error(err, err_size, "%s: cannot rename %s: %s", path, t->tmp_path,
                           strerror(errno));
         rc = -1;
     }
-    if (rc != 0) remove(t->tmp_path);
+    if (rc != 0 && t->tmp_path) remove(t->tmp_path);
     free(t->tmp_path);
+    free(t->target);
     t->tmp_path = NULL;
+    t->target = NULL;
     return rc;
 }
 
@@ -66,6 +80,8 @@ void temp_file_discard(temp_file *t) {
     if (t->file) fclose(t->file);
     if (t->tmp_path) remove(t->tmp_path);
     free(t->tmp_path);
+    free(t->target);
     t->file = NULL;
     t->tmp_path = NULL;
+    t->target = NULL;
 }

@@ -1,6 +1,10 @@
 /* temp_path.h - output files are written under a temporary name next to the
  * final one and renamed into place, so nobody ever sees half a file: a write
- * that fails (a full disk) or never ends leaves the final path as it was. */
+ * that fails (a full disk) or never ends leaves the final path as it was.
+ * A symbolic link is followed (the file it names is replaced, not the link);
+ * a path that is not a regular file (/dev/null, a FIFO), or that is in /dev
+ * (/dev/stdout redirected to a file), is written in place, since a rename
+ * would replace the device itself, or the file the shell has open. */
 #ifndef FPDM_TEMP_PATH_H
 #define FPDM_TEMP_PATH_H
 
@@ -13,7 +17,8 @@ char *temp_path_for(const char *path);
 /* An output file being written under its temporary name. */
 typedef struct temp_file {
     FILE *file;
-    char *tmp_path;
+    char *tmp_path;  /* NULL while writing a special file in place */
+    char *target;    /* what the commit replaces: the path, or the file its links name */
     int write_errno; /* errno of the first write that failed; 0 while none has */
 } temp_file;
 
@@ -29,8 +34,8 @@ int temp_file_write(temp_file *t, const void *bytes, size_t count);
  * errno; the first one counts). */
 void temp_file_failed(temp_file *t, int error_number);
 
-/* Closes the file and renames it over path when no write and not the close
- * failed, else removes it. Returns 0, or -1 with "PATH: write failed: ..."
+/* Closes the file and renames it over its target when no write and not the
+ * close failed, else removes it (a special file is only closed). Returns 0, or -1 with "PATH: write failed: ..."
  * or "PATH: cannot rename TMP: ..." in err. t is spent either way. */
 int temp_file_commit(temp_file *t, const char *path, char *err, size_t err_size);
 
