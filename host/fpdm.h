@@ -258,7 +258,8 @@ typedef struct fpdm_sample_params {
     /* FPDM solver */
     int iters;                /* iterations per step; -1: the model's default */
     fpdm_iteration_schedule iteration_schedule;
-    int budget;               /* total iterations to spread; 0: num_steps * iters */
+    int budget;               /* total iterations to spread, at most 100000000 (as is
+                                 num_steps * iters); 0: num_steps * iters */
     const int *iters_per_step; /* explicit list of num_steps entries (sampling order), or NULL */
     int reuse;                /* start each solve from the previous step's solution */
     float tol;                /* stop an image's solve when its relative residual falls under

@@ -37,8 +37,9 @@ int iteration_plan(fpdm_iteration_schedule schedule, int num_steps, int budget, 
                   (int)schedule);
         return -1;
     }
-    if (budget < 0 || budget > 100000000) {
-        set_error(err, err_size, "iteration plan: budget %d, expected 0..100000000", budget);
+    if (budget < 0 || budget > ITERATION_PLAN_MAX_BUDGET) {
+        set_error(err, err_size, "iteration plan: budget %d, expected 0..%d", budget,
+                  ITERATION_PLAN_MAX_BUDGET);
         return -1;
     }
     /* A budget of 0 is a model whose equivalent depth is its pre and post
@@ -65,9 +66,10 @@ int iteration_plan(fpdm_iteration_schedule schedule, int num_steps, int budget, 
      * rule of our own, so such budgets are refused. */
     if (budget < n) {
         set_error(err, err_size,
-                  "iteration plan: budget %d for %d steps, expected 0 or %d..100000000 (the %s "
+                  "iteration plan: budget %d for %d steps, expected 0 or %d..%d (the %s "
                   "schedule gives every step at least one iteration)",
-                  budget, n, n, schedule == FPDM_ITERS_INCREASING ? "increasing" : "decreasing");
+                  budget, n, n, ITERATION_PLAN_MAX_BUDGET,
+                  schedule == FPDM_ITERS_INCREASING ? "increasing" : "decreasing");
         return -1;
     }
     int increasing = schedule == FPDM_ITERS_INCREASING;

@@ -6,6 +6,9 @@
 #include <stddef.h>
 #include "fpdm.h"
 
+/* The largest total a plan spreads (fpdm.h's budget, or steps x iters). */
+#define ITERATION_PLAN_MAX_BUDGET 100000000
+
 /* Fills iters_out[num_steps] in sampling order (iters_out[0] is the first,
  * noisiest step). FIXED gives budget / num_steps to every step (budget must be
  * a multiple); INCREASING / DECREASING follow the official LinearController

@@ -104,8 +104,11 @@ fpdm_status fpdm_plan_iterations(fpdm_context *ctx, const fpdm_model *model,
     }
     int iters = params->iters >= 0 ? params->iters : model->info.default_iters;
     long long budget = params->budget > 0 ? params->budget : (long long)steps * iters;
-    if (budget > 1000000000LL)
-        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "iteration budget %lld is too large", budget);
+    if (budget > ITERATION_PLAN_MAX_BUDGET)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "%s %lld iterations in all, more than the %d a plan spreads",
+                            params->budget > 0 ? "a budget of" : "steps x iters give", budget,
+                            ITERATION_PLAN_MAX_BUDGET);
     char err[512];
     if (iteration_plan(params->iteration_schedule, steps, (int)budget, iters_out, err, sizeof err) != 0)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "%s", err);

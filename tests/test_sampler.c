@@ -238,6 +238,14 @@ static void test_invalid_arguments(fixture *f) {
     p.iteration_schedule = FPDM_ITERS_INCREASING;
     p.budget = STEPS - 1;
     expect_invalid(f, &p, LABELS, "budget");
+    /* One limit for both ways of giving the total. */
+    p = base_params(f);
+    p.budget = 100000001;
+    expect_invalid(f, &p, LABELS, "a budget of 100000001 iterations in all, more than the 100000000");
+    p = base_params(f);
+    p.iters = 100001;
+    p.num_steps = 1000;
+    expect_invalid(f, &p, LABELS, "steps x iters give 100001000 iterations in all, more than");
     p = base_params(f);
     int bad_labels[NUM_IMAGES] = {1, 10, 2};
     expect_invalid(f, &p, bad_labels, "class 10");
