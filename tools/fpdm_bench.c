@@ -225,6 +225,10 @@ static int parse_arguments(int argc, char **argv, options *opt)
             snprintf(err, sizeof err, "unknown option '%s'", arg);
             return usage_error(err);
         }
+        if (value[0] == '\0') {
+            snprintf(err, sizeof err, "%s: empty value", flag);
+            return usage_error(err);
+        }
         if (!opt->timing_flag && !shapes_model_file(flag))
             opt->timing_flag = flag;
         int rc = 0;
@@ -1017,5 +1021,7 @@ done:
     free(opt.batch_sizes);
     free(opt.iters);
     free(opt.vae_latent_sizes);
+    if (rc <= 0 && cli_flush_stdout(PROGRAM) != 0)
+        return 1;
     return rc < 0 ? 0 : rc;
 }

@@ -201,6 +201,8 @@ usage "zero batch" "--batch-size: 0 is out of range" --batch-size 1,0
 usage "bad mode" "--mode: 'train' is not one of forward\|sample" --mode train
 usage "bad cfg" "--cfg: 'yes' is not one of off\|on" --cfg yes
 usage "unknown flag" "unknown option '--fast'" --fast
+usage "empty model path" "--model: empty value" --model ""
+usage "empty write-model path" "--write-model: empty value" --config tiny-dit --write-model=
 usage "bf16 on the cpu" "--device cpu: the CPU backend computes in fp32 only" --config tiny-dit --device cpu --precision bf16
 usage "unknown device" "--device tpu: unknown device" --config tiny-dit --device tpu
 usage "iters on a dit" "--iters applies to fixed-point \(FPDM\) models only" --config tiny-dit --iters 2
@@ -235,5 +237,10 @@ check "a refused --write-model writes nothing (timing options)" [ ! -e "$tmp/unu
 check "write model with its seed" "$bench" --config tiny-dit --seed 3 --write-model "$tmp/seeded.safetensors"
 usage "vae batch without a vae" "--vae-batch applies to the VAE decoder: give --vae FILE or --vae-config NAME" --config tiny-dit --vae-batch 2
 usage "vae sizes without a vae" "--vae-latent-sizes applies to the VAE decoder" --config tiny-dit --vae-latent-sizes 4
+
+# Results that cannot reach standard output (a full disk) fail the run.
+"$bench" --config tiny-dit --repeat 1 --warmup 0 --json >/dev/full 2>"$tmp/full.err"
+check "a full standard output exits 1" [ $? = 1 ]
+check "and says so" grep -q "fpdm-bench: writing standard output failed" "$tmp/full.err"
 
 finish

@@ -14,8 +14,20 @@
 const char *cli_device(const char *device_flag, const char **source)
 {
     const char *from_env = getenv("FPDM_DEVICE");
+    if (from_env && !from_env[0])
+        from_env = NULL; /* FPDM_DEVICE= unsets it, as shells' empty values usually do */
     *source = device_flag ? "--device " : from_env ? "FPDM_DEVICE=" : "device ";
     return device_flag ? device_flag : from_env ? from_env : "auto";
+}
+
+int cli_flush_stdout(const char *program)
+{
+    errno = 0;
+    if (fflush(stdout) == 0 && !ferror(stdout))
+        return 0;
+    fprintf(stderr, "%s: writing standard output failed: %s\n", program,
+            errno ? strerror(errno) : "write error");
+    return 1;
 }
 
 int cli_create_context(const char *program, const fpdm_context_params *params,

@@ -39,10 +39,16 @@ int cli_parse_precision(const char *flag, const char *text, fpdm_precision *prec
 const char *cli_precision_name(fpdm_precision precision);
 
 /* The device a program runs on: the --device value (device_flag, NULL when
- * not given), else $FPDM_DEVICE, else "auto". *source receives where it came
- * from, as a message prefix: "--device ", "FPDM_DEVICE=" or, for the
- * default, "device " (so a message never names a flag nobody typed). */
+ * not given), else $FPDM_DEVICE (unless empty), else "auto". *source
+ * receives where it came from, as a message prefix: "--device ",
+ * "FPDM_DEVICE=" or, for the default, "device " (so a message never names a
+ * flag nobody typed). */
 const char *cli_device(const char *device_flag, const char **source);
+
+/* Whether everything printed to stdout reached it: 0, or 1 after printing
+ * "PROGRAM: writing standard output failed: ..." (a full disk under
+ * `> results.json` would otherwise leave a cut file and exit 0). */
+int cli_flush_stdout(const char *program);
 
 /* fpdm_context_create, with the failure printed as "PROGRAM: <source><device>:
  * <why>". Returns 0; 2 (a usage error, followed by a pointer to --help) for
