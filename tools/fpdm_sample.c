@@ -177,7 +177,8 @@ static void print_help(FILE *out)
 "\n"
 "Output:\n"
 "      --out DIR            PNG folder, files {index:05d}-{class}.png (default: samples)\n"
-"      --overwrite          redraw images whose files exist (default: skip batches\n"
+"      --overwrite          redraw images whose files exist, and remove the run's\n"
+"                           indices' files of other classes (default: skip batches\n"
 "                           whose files all exist, so interrupted runs resume)\n"
 "      --grid FILE.png      also tile the PNGs, read back from --out (resumed runs'\n"
 "                           earlier images too), into one grid\n"
@@ -197,7 +198,11 @@ static void print_help(FILE *out)
 "Exit status: 0 done, 1 runtime failure (files, the device, a GPU or CUDA build\n"
 "this machine lacks), 2 bad arguments, 128 + the signal on\n"
 "SIGINT (Ctrl-C), SIGTERM or SIGHUP: the run stops after the current step and\n"
-"keeps its finished images; a rerun resumes it.\n",
+"keeps its finished images; a rerun resumes it.\n"
+"\n"
+"Output files are written whole under a temporary name, then renamed (a link's\n"
+"target is what gets replaced; /dev/stdout and other special files are written\n"
+"in place). No two outputs, and no output and input, may be one file.\n",
             DEFAULT_NUM_IMAGES, MAX_DEFAULT_BATCH, DEFAULT_STEPS);
 }
 
@@ -329,7 +334,7 @@ static int parse_arguments(int argc, char **argv, options *opt)
             opt->schedule_given = 1;
         } else if (flag_is(arg, NULL, "--budget", &inline_value)) {
             TAKE_VALUE("--budget");
-            rc = cli_parse_int("--budget", value, 1, INT_MAX / 2, &opt->budget, err,
+            rc = cli_parse_int("--budget", value, 1, 100000000, &opt->budget, err,
                                sizeof err);
         } else if (flag_is(arg, NULL, "--iters-per-step", &inline_value)) {
             TAKE_VALUE("--iters-per-step");
@@ -399,6 +404,11 @@ static int parse_arguments(int argc, char **argv, options *opt)
     if (opt->grid_path && !has_suffix(opt->grid_path, ".png")) {
         snprintf(err, sizeof err, "--grid %s: the grid is a PNG; give a name ending in .png",
                  opt->grid_path);
+        return usage_error(err);
+    }
+    if (opt->npz_path && !has_suffix(opt->npz_path, ".npz")) {
+        snprintf(err, sizeof err, "--npz %s: the archive is an .npz; give a name ending in .npz",
+                 opt->npz_path);
         return usage_error(err);
     }
     if (opt->carry_over && opt->tol <= 0)
@@ -476,10 +486,48 @@ static void plain_path(char *out, size_t size, const char *path)
         snprintf(out, size, ".");
 }
 
+/* folder/name into out; out unchanged where it would not fit. */
+static void join_path(char *out, size_t size, const char *folder, const char *name)
+{
+    char joined[2 * PATH_MAX + 2];
+    const int length = snprintf(joined, sizeof joined, "%s/%s", strcmp(folder, "/") ? folder : "",
+                                name);
+    if (length > 0 && (size_t)length < size)
+        memcpy(out, joined, (size_t)length + 1);
+}
+
+/* Where path's bytes end up, for telling whether two paths are one file:
+ * the real path of what exists (links followed), else its folder's identity
+ * and its name (a folder this run creates does not exist yet). */
+static void file_identity(const char *path, char *out, size_t size)
+{
+    char resolved[PATH_MAX], folder[PATH_MAX];
+    if (realpath(path, resolved)) {
+        snprintf(out, size, "%s", resolved);
+        return;
+    }
+    plain_path(folder, sizeof folder, path);
+    char *slash = strrchr(folder, '/');
+    if (!slash || slash == folder) {
+        /* A name in "." or "/": both exist, so realpath failed on the name. */
+        snprintf(out, size, "%s", folder);
+        if (realpath(slash ? "/" : ".", resolved))
+            join_path(out, size, resolved, slash ? slash + 1 : folder);
+        return;
+    }
+    *slash = '\0';
+    char parent[PATH_MAX];
+    file_identity(folder, parent, sizeof parent);
+    snprintf(out, size, "%s", parent);
+    join_path(out, size, parent, slash + 1);
+}
+
 /* A file this run writes at the end: not a folder, and its folder exists
  * and is writable already, or is the --out folder this run creates
- * (pending_dir, NULL if none). Checked before sampling, so a typo does not
- * cost the run. */
+ * (pending_dir, NULL if none); or a special file (/dev/null, /dev/stdout)
+ * it may write, which is written in place. A link counts as the file it
+ * names, which is what gets written. Checked before sampling, so a typo does
+ * not cost the run. */
 static int check_output_file(const char *flag, const char *path, const char *pending_dir)
 {
     size_t length = strlen(path);
@@ -487,8 +535,15 @@ static int check_output_file(const char *flag, const char *path, const char *pen
         fprintf(stderr, PROGRAM ": %s %s: is a folder (allowed: a file name)\n", flag, path);
         return -1;
     }
-    char dir[PATH_MAX];
-    plain_path(dir, sizeof dir, path);
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        if (access(path, W_OK) == 0)
+            return 0;
+        fprintf(stderr, PROGRAM ": %s %s: is not writable\n", flag, path);
+        return -1;
+    }
+    char dir[PATH_MAX], resolved[PATH_MAX];
+    plain_path(dir, sizeof dir, realpath(path, resolved) ? resolved : path);
     char *slash = strrchr(dir, '/');
     if (!slash)
         snprintf(dir, sizeof dir, ".");
@@ -503,9 +558,10 @@ static int check_output_file(const char *flag, const char *path, const char *pen
         return -1;
     }
     if (pending_dir) {
-        char pending[PATH_MAX];
-        plain_path(pending, sizeof pending, pending_dir);
-        if (strcmp(dir, pending) == 0)
+        char pending[PATH_MAX], identity[PATH_MAX];
+        file_identity(pending_dir, pending, sizeof pending);
+        file_identity(dir, identity, sizeof identity);
+        if (strcmp(identity, pending) == 0)
             return 0;
     }
     fprintf(stderr, PROGRAM ": %s %s: folder %s does not exist\n", flag, path, dir);
@@ -517,10 +573,15 @@ static int check_output_file(const char *flag, const char *path, const char *pen
 static int prepare_out_dir(const char *dir)
 {
     char path[PATH_MAX];
-    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
-        fprintf(stderr, PROGRAM ": --out %s: path too long\n", dir);
+    /* Room for the names made in it (the write test's is the longest), checked
+     * before any folder is made. */
+    const size_t room = sizeof "/.fpdm-sample-write-test-XXXXXX" + 16;
+    if (strlen(dir) + room > sizeof path) {
+        fprintf(stderr, PROGRAM ": --out %s: path too long (allowed: under %zu bytes)\n", dir,
+                sizeof path - room);
         return -1;
     }
+    snprintf(path, sizeof path, "%s", dir);
     for (char *p = path + 1;; p++) {
         if (*p == '/' || *p == '\0') {
             char saved = *p;
@@ -554,6 +615,14 @@ static int prepare_out_dir(const char *dir)
 static void image_path(char *out, size_t size, const char *dir, int index, int label)
 {
     snprintf(out, size, "%s/%05d-%d.png", dir, index, label);
+}
+
+/* Whether name is one image_path gives (any index and class). */
+static int is_image_name(const char *name)
+{
+    int index = 0, label = 0, consumed = 0;
+    return sscanf(name, "%d-%d.png%n", &index, &label, &consumed) == 2 && consumed > 0 &&
+           name[consumed] == '\0';
 }
 
 /* Reads a float32 .npy noise file and checks it has exactly `ndim` dims of
@@ -1095,6 +1164,13 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
         return usage_error("--eta applies to --sampler ddim only");
     if (opt->iters >= 0 && opt->iters_per_step)
         return usage_error("--iters and --iters-per-step both set the iterations: give one");
+    if (opt->iters >= 0 && opt->budget && (long long)opt->iters * opt->steps != opt->budget) {
+        snprintf(err, sizeof err, "--budget %d and --iters %d disagree: --budget is the total, "
+                 "which --iters %d makes %lld over --steps %d (allowed: one of them, or a budget "
+                 "of steps x iters)", opt->budget, opt->iters, opt->iters,
+                 (long long)opt->iters * opt->steps, opt->steps);
+        return usage_error(err);
+    }
 
     *sp = fpdm_sample_default_params(rs->model);
     sp->num_steps = opt->steps;
@@ -1153,7 +1229,8 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
         }
         rs->vae_ctx = rs->ctx;
         if (fpdm_vae_load(rs->vae_ctx, opt->vae_path, &rs->vae) != FPDM_OK) {
-            fprintf(stderr, PROGRAM ": %s\n", fpdm_last_error(rs->vae_ctx));
+            fprintf(stderr, PROGRAM ": cannot load the VAE decoder: %s\n",
+                    fpdm_last_error(rs->vae_ctx));
             return EXIT_RUNTIME;
         }
         const fpdm_vae_info *vae_info = fpdm_vae_get_info(rs->vae);
@@ -1365,11 +1442,8 @@ static int has_images(const char *dir)
     if (!folder)
         return 0;
     int found = 0;
-    for (struct dirent *entry; !found && (entry = readdir(folder));) {
-        int index = 0, label = 0, consumed = 0;
-        found = sscanf(entry->d_name, "%d-%d.png%n", &index, &label, &consumed) == 2 &&
-                consumed > 0 && entry->d_name[consumed] == '\0';
-    }
+    for (struct dirent *entry; !found && (entry = readdir(folder));)
+        found = is_image_name(entry->d_name);
     closedir(folder);
     return found;
 }
@@ -1383,6 +1457,12 @@ static int write_settings_file(const run_state *rs, const char *text)
     snprintf(path, sizeof path, "%s/%s", opt->out_dir, SETTINGS_FILE);
     snprintf(temporary, sizeof temporary, "%s.XXXXXX", path);
     int fd = mkstemp(temporary);
+    /* mkstemp makes it 0600; the images follow the umask, and so must their
+     * record, or another user's rerun in a shared folder could not read it. */
+    const mode_t mask = umask(0);
+    umask(mask);
+    if (fd >= 0)
+        fchmod(fd, 0666 & ~mask);
     FILE *file = fd >= 0 ? fdopen(fd, "w") : NULL;
     int ok = file && fputs(text, file) != EOF;
     if (file)
@@ -1411,6 +1491,10 @@ static int check_settings_file(run_state *rs)
     snprintf(path, sizeof path, "%s/%s", opt->out_dir, SETTINGS_FILE);
     describe_settings(rs, now, sizeof now);
     FILE *file = fopen(path, "r");
+    if (!file && errno != ENOENT) {
+        fprintf(stderr, PROGRAM ": %s: cannot read: %s\n", path, strerror(errno));
+        return EXIT_RUNTIME;
+    }
     if (!file) {
         if (!has_images(opt->out_dir))
             return write_settings_file(rs, now);
@@ -1445,6 +1529,104 @@ static int check_settings_file(run_state *rs)
     return 0;
 }
 
+/* The run's files are distinct: no output names another output, an input
+ * (it would be replaced: the model, say), the --out folder, or a name in it
+ * that the images or the settings record take. Special files (/dev/null)
+ * may take several outputs. */
+static int check_distinct_files(const run_state *rs)
+{
+    const options *opt = rs->opt;
+    const struct named_path {
+        const char *flag, *path;
+    } outputs[] = {{"--grid", opt->grid_path},
+                   {"--latents-out", opt->latents_out},
+                   {"--report", opt->report_path},
+                   {"--npz", opt->npz_path}},
+      inputs[] = {{"-m", opt->model_path},
+                  {"--vae", opt->vae_path},
+                  {"--init-noise", opt->init_noise_path},
+                  {"--step-noise", opt->step_noise_path}};
+    enum { NUM_OUTPUTS = sizeof outputs / sizeof *outputs };
+    char identity[NUM_OUTPUTS][PATH_MAX], out_identity[PATH_MAX], message[3 * PATH_MAX];
+    file_identity(opt->out_dir, out_identity, sizeof out_identity);
+    const size_t out_length = strlen(out_identity);
+    for (int i = 0; i < NUM_OUTPUTS; i++) {
+        identity[i][0] = '\0';
+        struct stat output_stat;
+        const int exists = outputs[i].path && stat(outputs[i].path, &output_stat) == 0;
+        if (!outputs[i].path || (exists && !S_ISREG(output_stat.st_mode)))
+            continue;
+        file_identity(outputs[i].path, identity[i], sizeof identity[i]);
+        for (int j = 0; j < i; j++) {
+            if (strcmp(identity[i], identity[j]) == 0) {
+                snprintf(message, sizeof message, "%s %s and %s %s are the same file (allowed: "
+                         "a file each)", outputs[j].flag, outputs[j].path, outputs[i].flag,
+                         outputs[i].path);
+                return usage_error(message);
+            }
+        }
+        for (size_t k = 0; exists && k < sizeof inputs / sizeof *inputs; k++) {
+            struct stat input_stat;
+            if (inputs[k].path && stat(inputs[k].path, &input_stat) == 0 &&
+                input_stat.st_dev == output_stat.st_dev && input_stat.st_ino == output_stat.st_ino) {
+                snprintf(message, sizeof message, "%s %s is %s %s, which it would replace "
+                         "(allowed: another file)", outputs[i].flag, outputs[i].path,
+                         inputs[k].flag, inputs[k].path);
+                return usage_error(message);
+            }
+        }
+        if (!rs->write_pngs)
+            continue;
+        const char *name = identity[i] + out_length + 1;
+        const int in_out = strncmp(identity[i], out_identity, out_length) == 0 &&
+                           identity[i][out_length] == '/' && !strchr(name, '/');
+        if (strcmp(identity[i], out_identity) == 0) {
+            snprintf(message, sizeof message, "%s %s is the --out folder (allowed: a file name)",
+                     outputs[i].flag, outputs[i].path);
+            return usage_error(message);
+        }
+        if (in_out && (is_image_name(name) || strcmp(name, SETTINGS_FILE) == 0)) {
+            snprintf(message, sizeof message, "%s %s is a name that --out %s keeps its %s in "
+                     "(allowed: another name)", outputs[i].flag, outputs[i].path, opt->out_dir,
+                     is_image_name(name) ? "images" : "settings record");
+            return usage_error(message);
+        }
+    }
+    return 0;
+}
+
+/* --overwrite: an earlier image of an index this run draws, under another
+ * class, would stay beside the new one (names carry the class), so it goes.
+ * Other indices' files stay: another process may be drawing them (--shard,
+ * or parts split by --first-index). */
+static int remove_replaced_images(const run_state *rs)
+{
+    const options *opt = rs->opt;
+    DIR *folder = opendir(opt->out_dir);
+    if (!folder) {
+        fprintf(stderr, PROGRAM ": --out %s: %s\n", opt->out_dir, strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    int rc = 0;
+    for (struct dirent *entry; rc == 0 && (entry = readdir(folder));) {
+        int index = 0, label = 0;
+        if (!is_image_name(entry->d_name) ||
+            sscanf(entry->d_name, "%d-%d", &index, &label) != 2 || index < opt->first_index ||
+            index - opt->first_index >= opt->num_images ||
+            rs->labels[index - opt->first_index] == label)
+            continue;
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", opt->out_dir, entry->d_name);
+        if (unlink(path) != 0 && errno != ENOENT) {
+            fprintf(stderr, PROGRAM ": --overwrite: cannot remove %s: %s\n", path,
+                    strerror(errno));
+            rc = EXIT_RUNTIME;
+        }
+    }
+    closedir(folder);
+    return rc;
+}
+
 /* Everything that could refuse the run is checked before the first file or
  * folder is created: the output folder comes last. */
 static int check_outputs(run_state *rs)
@@ -1459,6 +1641,9 @@ static int check_outputs(run_state *rs)
         return EXIT_RUNTIME;
     if (opt->npz_path && check_output_file("--npz", opt->npz_path, pending) != 0)
         return EXIT_RUNTIME;
+    int rc = check_distinct_files(rs);
+    if (rc != 0)
+        return rc;
     char err[512];
     if (opt->grid_path && png_check_grid(opt->grid_path, opt->num_images, rs->image_channels,
                                          rs->image_size, rs->image_size, grid_columns(opt),
@@ -1466,9 +1651,12 @@ static int check_outputs(run_state *rs)
         fprintf(stderr, PROGRAM ": --grid %s\n", err);
         return EXIT_RUNTIME;
     }
-    if (rs->write_pngs && prepare_out_dir(opt->out_dir) != 0)
+    if (!rs->write_pngs)
+        return 0;
+    if (prepare_out_dir(opt->out_dir) != 0)
         return EXIT_RUNTIME;
-    return rs->write_pngs ? check_settings_file(rs) : 0;
+    rc = check_settings_file(rs);
+    return rc == 0 && opt->overwrite ? remove_replaced_images(rs) : rc;
 }
 
 static void free_run(run_state *rs)
@@ -1602,8 +1790,9 @@ int main(int argc, char **argv)
     progress_end(&rp.bar);
     if (rc == EXIT_INTERRUPTED) {
         if (rs.write_pngs)
-            fprintf(stderr, PROGRAM ": interrupted (%s); %d finished images kept in %s\n",
-                    stop_signal_name(), rs.images_sampled, opt.out_dir);
+            fprintf(stderr, PROGRAM ": interrupted (%s); %d %s drawn by this run kept in %s "
+                    "(the same command resumes)\n", stop_signal_name(), rs.images_sampled,
+                    rs.images_sampled == 1 ? "image" : "images", opt.out_dir);
         else
             fprintf(stderr, PROGRAM ": interrupted (%s); no latents written (--latents-out is "
                     "written when the whole run is done)\n", stop_signal_name());
@@ -1633,5 +1822,7 @@ done:
         raise(interrupted);
         rc = 128 + interrupted;
     }
+    if (rc <= 0 && cli_flush_stdout(PROGRAM) != 0)
+        return EXIT_RUNTIME;
     return rc < 0 ? 0 : rc;
 }

@@ -120,6 +120,8 @@ if [ -f tests/golden/forward-fpdm.model.safetensors ]; then
         -m tests/golden/forward-fpdm.model.safetensors --steps 3 --latents-out "$tmp/l.npy" --grid "$tmp/g.png"
     expect "latent npz without vae" 2 "--npz packs the run's PNGs, and this run writes none \(give --vae FILE" \
         -m tests/golden/forward-fpdm.model.safetensors --steps 3 --latents-out "$tmp/l.npy" --npz "$tmp/s.npz"
+    expect "a model as the vae" 1 "^fpdm-sample: cannot load the VAE decoder: .*forward-fpdm.model.safetensors" \
+        -m tests/golden/forward-fpdm.model.safetensors --steps 3 --vae tests/golden/forward-fpdm.model.safetensors
 fi
 
 # Runtime failures: exit 1.
@@ -135,11 +137,12 @@ expect "npz folder missing"  1 "--npz .*: folder .*no-dir does not exist"       
 # Checked before sampling: a folder as the file, a folder that is not writable
 # (root may write anywhere: that case is skipped). (A grid too large to write
 # is refused before sampling too; tests/test_png.c checks the size rule.)
-mkdir -p "$tmp/a-folder" "$tmp/read-only"
+mkdir -p "$tmp/a-folder" "$tmp/a-folder.npz" "$tmp/read-only"
 chmod 555 "$tmp/read-only"
 expect "report is a folder"  1 "--report .*a-folder: is a folder"                    -m "$fpdm" --steps 3 --report "$tmp/a-folder"
 expect "latents is a folder" 1 "--latents-out .*a-folder: is a folder"               -m "$fpdm" --steps 3 --latents-out "$tmp/a-folder"
-expect "npz is a folder"     1 "--npz .*a-folder: is a folder"                       -m "$fpdm" --steps 3 --npz "$tmp/a-folder"
+expect "npz is a folder"     1 "--npz .*a-folder.npz: is a folder"                   -m "$fpdm" --steps 3 --npz "$tmp/a-folder.npz"
+expect "npz not an npz"      2 "--npz .*a.zip: the archive is an .npz; give a name ending in .npz" -m "$fpdm" --steps 3 --npz "$tmp/a.zip"
 expect "report names a folder" 1 "--report .*r.json/: is a folder"                   -m "$fpdm" --steps 3 --report "$tmp/r.json/"
 if ! touch "$tmp/read-only/probe" 2>/dev/null; then
     expect "grid folder read-only" 1 "--grid .*: folder .*read-only is not writable"  -m "$fpdm" --steps 3 --grid "$tmp/read-only/g.png"
@@ -175,6 +178,33 @@ else
     echo "FAIL output folder not creatable: exit $rc"
     sed 's/^/    stderr: /' "$tmp/stderr"
 fi
+
+# Outputs that are one file, or would replace an input, the --out folder, an
+# image or the folder's settings record. The folder names the run's own
+# (expect gives each case out-N); a copy of the model stands for the input.
+cp "$fpdm" "$tmp/model-copy.safetensors"
+ln -s model-copy.safetensors "$tmp/model-link.safetensors"
+next_out=$tmp/out-$((case_number + 1))
+expect "grid and report one file" 2 "--grid .*same.png and --report .*same.png are the same file" \
+    -m "$fpdm" --steps 3 --grid "$tmp/same.png" --report "$tmp/./same.png"
+expect "latents and npz one file" 2 "--latents-out .*x.npz and --npz .*x.npz are the same file" \
+    -m "$fpdm" --steps 3 --latents-out "$tmp/x.npz" --npz "$tmp/x.npz"
+expect "report over the model" 2 "--report .*model-copy.safetensors is -m .*model-copy.safetensors, which it would replace" \
+    -m "$tmp/model-copy.safetensors" --steps 3 --report "$tmp/model-copy.safetensors"
+expect "report over the model through a link" 2 "--report .*model-link.safetensors is -m .*model-copy.safetensors, which it would replace" \
+    -m "$tmp/model-copy.safetensors" --steps 3 --report "$tmp/model-link.safetensors"
+next_out=$tmp/out-$((case_number + 1))
+expect "grid under an image's name" 2 "--grid .*/00000-[0-9]+.png is a name that --out .* keeps its images in" \
+    -m "$fpdm" --steps 3 --grid "$next_out/00000-5.png"
+next_out=$tmp/out-$((case_number + 1))
+expect "report as the settings record" 2 "--report .*\.fpdm-sample-settings is a name that --out .* keeps its settings record in" \
+    -m "$fpdm" --steps 3 --report "$next_out/.fpdm-sample-settings"
+next_out=$tmp/out-$((case_number + 1))
+expect "report as the out folder" 2 "--report .* is the --out folder" -m "$fpdm" --steps 3 --report "$next_out"
+expect "budget and iters disagree" 2 "--budget 6 and --iters 5 disagree: --budget is the total, which --iters 5 makes 15 over --steps 3" \
+    -m "$fpdm" --steps 3 --budget 6 --iters 5
+expect "budget above the plan's limit" 2 "--budget: 100000001 is out of range \(allowed: 1\.\.100000000\)" \
+    -m "$fpdm" --budget 100000001
 
 # --help succeeds, shows the defaults and writes nothing.
 if "$sample" --help >"$tmp/help" 2>&1 && grep -q "default: 250" "$tmp/help" && grep -q "default: 4.0" "$tmp/help"; then

@@ -220,7 +220,7 @@ for stop in INT:130:Ctrl-C TERM:143:SIGTERM HUP:129:SIGHUP; do
         echo "note: the $signal test run finished before the signal; not checked"
     else
         check "$signal exit code" [ $rc = $code ]
-        check "$signal message" grep -q "fpdm-sample: interrupted ($name); [0-9]* finished images kept" "$tmp/int$signal.err"
+        check "$signal message" grep -q "fpdm-sample: interrupted ($name); [0-9]* images\? drawn by this run kept in $tmp/k$signal (the same command resumes)" "$tmp/int$signal.err"
         check "$signal: no temporary files" [ -z "$(ls -A "$tmp/k$signal" | grep -v -e '^[0-9]\{5\}-[0-9]*\.png$' -e '^\.fpdm-sample-settings$')" ]
         check "$signal: report of the finished batches" /usr/bin/python3 - "$tmp/k$signal.json" \
             "$tmp/k$signal" "SIG$signal" <<'PY'
@@ -384,5 +384,34 @@ check "a shard's report: first index 3, 2 images" /usr/bin/python3 -c "
 import json; s = json.load(open('$tmp/shard.json'))['settings']
 assert s['first_index'] == 3 and s['num_images'] == 2 and s['classes'] == [0, 1], s
 "
+
+# 15. --overwrite with other classes removes the run's indices' files of the
+#     old classes (their names differ from the new ones', so they would stay
+#     beside them) and leaves other indices' files: another process may be
+#     drawing those.
+check "classes 1" run cls1 -m "$fpdm" -n 3 --steps 2 --class 1 --out "$tmp/o"
+check "indices 3-4, class 1" run cls1-more -m "$fpdm" -n 2 --first-index 3 --steps 2 --class 1 --out "$tmp/o"
+check "classes 2 over them" run cls2 -m "$fpdm" -n 3 --steps 2 --class 2 --out "$tmp/o" --overwrite
+check "the run's indices hold class 2 only, the others class 1" \
+    [ "$(ls "$tmp/o" | tr '\n' ' ')" = "00000-2.png 00001-2.png 00002-2.png 00003-1.png 00004-1.png " ]
+
+# 16. Outputs through links reach the file the link names; special files are
+#     written in place (a rename would replace /dev/stdout's file or device);
+#     the settings record is as readable as the images (the umask decides).
+printf old >"$tmp/target.json"
+ln -s target.json "$tmp/link.json"
+check "report through a link" run linked -m "$fpdm" -n 2 --steps 2 --out "$tmp/l" --report "$tmp/link.json"
+check "the link stays a link" [ -L "$tmp/link.json" ]
+check "its target holds the report" grep -q '"tool":' "$tmp/target.json"
+check "report to standard output" run stdout-report -m "$fpdm" -n 2 --steps 2 --out "$tmp/l2" --report /dev/stdout
+check "standard output holds the report" /usr/bin/python3 -c "
+import json; r = json.load(open('$tmp/stdout-report.out')); assert r['totals']['images'] == 2, r
+"
+check "report to /dev/null" run null-report -m "$fpdm" -n 2 --steps 2 --out "$tmp/l" --report /dev/null --latents-out /dev/null
+check "/dev/null stays a device" [ -c /dev/null ]
+check "an empty FPDM_DEVICE is unset" env FPDM_DEVICE= "$sample" -m "$fpdm" -n 1 --steps 2 --quiet --out "$tmp/empty-device"
+(umask 002 && "$sample" -m "$fpdm" -n 1 --steps 2 --quiet --out "$tmp/shared")
+check "the settings record follows the umask" [ "$(stat -c %a "$tmp/shared/.fpdm-sample-settings")" = 664 ]
+check "as the images do" [ "$(stat -c %a "$tmp/shared"/00000-*.png)" = 664 ]
 
 finish
