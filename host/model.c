@@ -43,6 +43,12 @@ typedef struct weight_layout {
     placement operands;       /* 16-bit operands: linear weights and a copy of each bias */
     float *converted;         /* one tensor in float32, on its way to 16 bits */
     int upload_failed;
+    /* The first weight no network can compute with: NaN or infinite in the
+     * file, or past the 16-bit operand type's range (fp16 ends at 65504).
+     * Such a model loaded and sampled NaN images with FPDM_OK. */
+    char bad_tensor[128];     /* "" while none */
+    size_t bad_index;
+    double bad_value;
 } weight_layout;
 
 /* 16-bit tensors start 16 bytes apart at least. */
@@ -76,12 +82,25 @@ static void *reserve(weight_layout *layout, placement *to, size_t span, size_t *
     return to->host + (*offset - to->chunk_start) * to->element_bytes;
 }
 
+/* Records weight `index` of tensor `name` as the load's first bad one. */
+static void record_bad_weight(weight_layout *layout, const char *name, size_t index,
+                              double value) {
+    if (layout->bad_tensor[0]) return;
+    snprintf(layout->bad_tensor, sizeof layout->bad_tensor, "%s", name);
+    layout->bad_index = index;
+    layout->bad_value = value;
+}
+
 /* Places one validated tensor in float32 and returns its backend address. */
 static const float *place(weight_layout *layout, const char *name) {
     const safetensors_tensor *t = safetensors_find(layout->file, name);
     size_t n = (size_t)t->num_elements, offset;
     float *host = reserve(layout, &layout->floats, n, &offset);
-    if (host) safetensors_to_f32(t, host);
+    if (host) {
+        safetensors_to_f32(t, host);
+        for (size_t i = 0; i < n; i++)
+            if (!isfinite(host[i])) record_bad_weight(layout, name, i, host[i]);
+    }
     return layout->floats.device + offset;
 }
 
@@ -95,9 +114,12 @@ static const void *place_operand(weight_layout *layout, const char *name) {
     uint16_t *host = reserve(layout, &layout->operands, span, &offset);
     if (host) {
         safetensors_to_f32(t, layout->converted);
-        for (size_t i = 0; i < n; i++)
-            host[i] = layout->operand_type == BACKEND_BF16 ? f32_to_bf16(layout->converted[i])
-                                                          : f32_to_f16(layout->converted[i]);
+        const int bf16 = layout->operand_type == BACKEND_BF16;
+        for (size_t i = 0; i < n; i++) {
+            host[i] = bf16 ? f32_to_bf16(layout->converted[i]) : f32_to_f16(layout->converted[i]);
+            if (!isfinite(bf16 ? bf16_to_f32(host[i]) : f16_to_f32(host[i])))
+                record_bad_weight(layout, name, i, layout->converted[i]);
+        }
     }
     return (const uint16_t *)layout->operands.device + offset;
 }
@@ -325,6 +347,20 @@ fpdm_status fpdm_model_load(fpdm_context *ctx, const char *path, fpdm_model **ou
     }
     if (layout.upload_failed) {
         status = context_device_fail(ctx, "%s: copying the weights to %s", path, ctx->device_name);
+        goto done;
+    }
+    if (layout.bad_tensor[0]) {
+        const int fp16 = layout.operand_type == BACKEND_F16;
+        if (isfinite(layout.bad_value))
+            status = context_fail(ctx, FPDM_ERR_BAD_FILE,
+                                  "%s: %s[%zu] = %g is past %s's range: load the model through %s "
+                                  "context", path, layout.bad_tensor, layout.bad_index,
+                                  layout.bad_value, fp16 ? "fp16" : "bf16",
+                                  fp16 ? "a bf16 or fp32" : "an fp32");
+        else
+            status = context_fail(ctx, FPDM_ERR_BAD_FILE, "%s: %s[%zu] is %g (allowed: finite "
+                                  "numbers)", path, layout.bad_tensor, layout.bad_index,
+                                  layout.bad_value);
         goto done;
     }
     check_position_embedding(ctx, cfg, safetensors_find(&file, "pos_embed"), path);

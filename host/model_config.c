@@ -258,6 +258,14 @@ static int read_diffusion(const safetensors_file *file, model_config *c, char *e
         return -1;
     c->prediction = prediction == 0 ? FPDM_PREDICT_EPS : prediction == 1 ? FPDM_PREDICT_V
                                                                         : FPDM_PREDICT_X0;
+    /* Refused here rather than at every fpdm_sample: a service learns it at
+     * startup, not per request. */
+    if (c->zero_terminal_snr && c->prediction != FPDM_PREDICT_V) {
+        set_error(err, err_size, "%s: fpdm.zero_terminal_snr needs fpdm.prediction \"v\", got "
+                  "\"%s\" (the first step has alpha_cumprod 0, where no other prediction "
+                  "determines the image)", file->path, predictions[prediction]);
+        return -1;
+    }
     c->noise_schedule = schedule == 0 ? FPDM_SCHEDULE_LINEAR : FPDM_SCHEDULE_SQUAREDCOS_CAP_V2;
     return 0;
 }

@@ -155,8 +155,18 @@ static const float *take(vae_loader *ld, const char *name, int ndim, const int64
     }
     const float *placed = NULL;
     if (ld->weights) {
-        safetensors_to_f32(t, ld->weights + ld->offset);
+        float *values = ld->weights + ld->offset;
+        safetensors_to_f32(t, values);
         placed = ld->placed + ld->offset;
+        /* A NaN or infinite weight would decode NaN images without a word. */
+        for (size_t i = 0; i < (size_t)t->num_elements; i++) {
+            if (!isfinite(values[i])) {
+                ld->status = context_fail(ld->ctx, FPDM_ERR_BAD_FILE,
+                                          "%s: %s[%zu] is %g (allowed: finite numbers)",
+                                          ld->file->path, name, i, (double)values[i]);
+                return NULL;
+            }
+        }
     } else {
         ld->used[t - ld->file->tensors] = 1;
     }
@@ -440,6 +450,10 @@ static fpdm_status load_from_file(fpdm_context *ctx, const safetensors_file *fil
     ld.placed = vae->weights;
     ld.offset = 0;
     take_decoder(&ld, vae);
+    if (ld.status != FPDM_OK) {
+        if (on_device) free(host);
+        return ld.status;
+    }
 
     /* post_quant_conv(z / s) = (W / s) z + b: the division by the scaling
      * factor rides on the first weights. */

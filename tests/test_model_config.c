@@ -361,6 +361,9 @@ static void test_config_failures(void) {
                           "an unconditional model has num_classes 1, not 10");
     expect_config_failure("bad boolean case", with_value(fpdm_metadata, "fpdm.zero_terminal_snr", "True"),
                           "fpdm.zero_terminal_snr");
+    expect_config_failure("zero terminal SNR without v",
+                          with_value(fpdm_metadata, "fpdm.prediction", "eps"),
+                          "fpdm.zero_terminal_snr needs fpdm.prediction \"v\", got \"eps\"");
     expect_config_failure("unknown fpdm key", with_value(dit_metadata, "fpdm.hiden_size", "24"),
                           "unknown metadata key fpdm.hiden_size");
     expect_config_failure("fpdm key in dit", with_value(dit_metadata, "fpdm.pre_depth", "1"), "fpdm.pre_depth");

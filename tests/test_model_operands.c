@@ -10,13 +10,18 @@
  * chunk, uploaded whenever the next tensor would not fit) must give both
  * allocations the very bytes of a load in place, for float32, bf16 and fp16
  * operands and chunks from smaller than any tensor to larger than the model.
+ * A weight no network can compute with (NaN or infinite in the file, or past
+ * the 16-bit operand type's range) fails the load with FPDM_ERR_BAD_FILE,
+ * naming the tensor and the element.
  * Run: ctest -R test_model_operands. */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "context.h"
+#include "float16.h"
 #include "model.h"
 #include "safetensors.h"
 #include "test_util.h"
@@ -141,6 +146,83 @@ static void check_staged_load(const char *path, backend_dtype type) {
     fpdm_context_free(in_place_ctx);
 }
 
+/* A copy of path in dir with element `index` of tensor `name` set to value
+ * (in the tensor's dtype); 0, or -1 after a failed check. */
+static int write_with_value(const char *path, const char *copy, const char *name, size_t index,
+                            float value) {
+    safetensors_file file;
+    char err[256];
+    CHECK_MSG(safetensors_open(path, &file, err, sizeof err) == 0, "%s", err);
+    const safetensors_tensor *t = safetensors_find(&file, name);
+    CHECK_MSG(t && (size_t)t->num_elements > index, "%s has no element %zu of %s", path, index,
+              name);
+    FILE *out = fopen(copy, "wb");
+    CHECK(out != NULL);
+    int ok = t && (size_t)t->num_elements > index && out;
+    if (ok) {
+        size_t element = t->dtype == SAFETENSORS_F32 ? 4 : 2;
+        size_t at = (size_t)(t->data - (const uint8_t *)file.mapping) + index * element;
+        uint8_t *bytes = malloc(file.file_size);
+        ok = bytes != NULL;
+        if (ok) {
+            memcpy(bytes, file.mapping, file.file_size);
+            uint16_t half = t->dtype == SAFETENSORS_BF16 ? f32_to_bf16(value) : f32_to_f16(value);
+            /* Little-endian, as the format and this machine store them. */
+            if (element == 4)
+                memcpy(bytes + at, &value, 4);
+            else
+                memcpy(bytes + at, &half, 2);
+            ok = fwrite(bytes, 1, file.file_size, out) == file.file_size;
+        }
+        free(bytes);
+    }
+    if (out) ok = fclose(out) == 0 && ok;
+    safetensors_close(&file);
+    return ok ? 0 : -1;
+}
+
+/* The load through `type` operands fails with BAD_FILE and a message holding
+ * needle, or (needle NULL) succeeds. */
+static void expect_load(const char *copy, backend_dtype type, const char *needle) {
+    fpdm_context_params params = fpdm_context_default_params();
+    fpdm_context *ctx = NULL;
+    CHECK(fpdm_context_create(&params, &ctx) == FPDM_OK);
+    if (!ctx) return;
+    test_set_loading(ctx, type, 0);
+    fpdm_model *model = NULL;
+    fpdm_status status = fpdm_model_load(ctx, copy, &model);
+    if (needle)
+        CHECK_MSG(status == FPDM_ERR_BAD_FILE && !model && strstr(fpdm_last_error(ctx), needle),
+                  "expected a refusal naming \"%s\", got status %d: %s", needle, (int)status,
+                  status == FPDM_OK ? "(none)" : fpdm_last_error(ctx));
+    else
+        CHECK_MSG(status == FPDM_OK, "expected the load to succeed: %s", fpdm_last_error(ctx));
+    fpdm_model_free(model);
+    fpdm_context_free(ctx);
+}
+
+static void check_unusable_weights(const char *path) {
+    char dir[256], copy[512];
+    if (test_make_temp_dir(dir, sizeof dir, "test_model_operands") != 0) return;
+    snprintf(copy, sizeof copy, "%s/model.safetensors", dir);
+    /* A linear weight (16-bit operands) and a bias (float32 everywhere). */
+    if (write_with_value(path, copy, "final_layer.linear.weight", 3, NAN) == 0) {
+        expect_load(copy, BACKEND_F32, "final_layer.linear.weight[3] is nan (allowed: finite");
+        expect_load(copy, BACKEND_BF16, "final_layer.linear.weight[3] is nan");
+    }
+    if (write_with_value(path, copy, "final_layer.linear.bias", 1, -INFINITY) == 0)
+        expect_load(copy, BACKEND_F16, "final_layer.linear.bias[1] is -inf");
+    /* 1e5 is a number bf16 and float32 hold and fp16 does not (it ends at
+     * 65504). */
+    if (write_with_value(path, copy, "final_layer.linear.weight", 2, 1e5f) == 0) {
+        expect_load(copy, BACKEND_F32, NULL);
+        expect_load(copy, BACKEND_BF16, NULL);
+        expect_load(copy, BACKEND_F16, "final_layer.linear.weight[2] = 99840 is past fp16's "
+                                       "range: load the model through a bf16 or fp32 context");
+    }
+    test_remove_temp_dir(dir);
+}
+
 int main(void) {
     const char *paths[2] = {"tests/golden/forward-dit-p2.model.safetensors",
                             "tests/golden/forward-fpdm.model.safetensors"};
@@ -150,6 +232,7 @@ int main(void) {
         check_staged_load(paths[i], BACKEND_F32);
         check_staged_load(paths[i], BACKEND_BF16);
         check_staged_load(paths[i], BACKEND_F16);
+        check_unusable_weights(paths[i]);
     }
     return test_finish("test_model_operands");
 }

@@ -7,8 +7,8 @@
  *     proj_attn, stored as 1x1 convolutions) give the same images;
  *   - the configuration given in the metadata instead of inferred gives the
  *     same images, and is checked against the shapes;
- *   - a missing, a misshapen and an unknown tensor are refused with messages
- *     naming the file and the tensor.
+ *   - a missing, a misshapen and an unknown tensor, and a NaN weight, are
+ *     refused with messages naming the file and the tensor.
  *   - the CPU GroupNorm on sizes that are no multiple of its summing lanes
  *     (21 values a group) equals a plain double-precision one;
  *   - the same random decoder written in float16 and in float32 (the
@@ -359,6 +359,25 @@ static void test_golden(fpdm_context *ctx, const char *dir) {
     if (write_file(path, &broken))
         expect_refused(ctx, path, "misshapen tensor", reshaped, "[16, 16, 1, 9], expected [16, 16, 3, 3]");
     unlink(path);
+    out_file_free(&broken);
+
+    /* A NaN weight, which would decode NaN images. */
+    copy_of(&weights, &broken);
+    const char *poisoned = "decoder.conv_out.bias";
+    t = find_out(&broken, poisoned);
+    CHECK(t != NULL && strcmp(t->dtype, "F32") == 0);
+    float *nan_data = t ? malloc(t->num_bytes) : NULL;
+    if (nan_data) {
+        memcpy(nan_data, t->data, t->num_bytes);
+        nan_data[2] = NAN;
+        t->data = nan_data;
+        snprintf(path, sizeof path, "%s/vae-nan.safetensors", dir);
+        if (write_file(path, &broken))
+            expect_refused(ctx, path, "NaN weight", "decoder.conv_out.bias[2] is nan",
+                           "allowed: finite numbers");
+        unlink(path);
+    }
+    free(nan_data);
     out_file_free(&broken);
 
     /* A tensor the decoder does not know. */
