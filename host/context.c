@@ -1,5 +1,6 @@
 /* context.c - contexts (device, arena, last error), status names, and the
  * public single forward pass. */
+#include <math.h>
 #include <omp.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -103,8 +104,11 @@ fpdm_context_params fpdm_context_default_params(void) {
     return p;
 }
 
-/* "cpu" -> -1; "cuda" -> 0; "cuda:N" -> N; "auto" -> 0 where this build has
- * CUDA and a device is visible, else -1; anything else -> -2. */
+enum { MAX_DEVICE_INDEX = 1024 };
+
+/* "cpu" -> -1; "cuda" -> 0; "cuda:N" -> N (N <= MAX_DEVICE_INDEX); "auto" ->
+ * 0 where this build has CUDA and a device is visible, else -1; anything
+ * else -> -2. */
 static int parse_device(const char *device) {
     if (!device || strcmp(device, "cpu") == 0) return -1;
     if (strcmp(device, "auto") == 0) {
@@ -119,9 +123,9 @@ static int parse_device(const char *device) {
     /* Digits only: strtol would also take " 1", "+1" and "-0". */
     long index = 0;
     const char *digit = device + 5;
-    for (; *digit >= '0' && *digit <= '9' && index <= 1024; digit++)
+    for (; *digit >= '0' && *digit <= '9' && index <= MAX_DEVICE_INDEX; digit++)
         index = index * 10 + (*digit - '0');
-    if (*digit || digit == device + 5 || index > 1024) return -2;
+    if (*digit || digit == device + 5 || index > MAX_DEVICE_INDEX) return -2;
     return (int)index;
 }
 
@@ -130,7 +134,8 @@ static fpdm_status open_backend(fpdm_context *ctx) {
     int index = parse_device(p->device);
     if (index == -2)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
-                            "unknown device \"%s\": use auto, cpu, cuda or cuda:N", p->device);
+                            "unknown device \"%s\": use auto, cpu, cuda or cuda:N (N in 0..%d)",
+                            p->device, MAX_DEVICE_INDEX);
     if (p->num_threads < 0)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "num_threads must be >= 0, got %d",
                             p->num_threads);
@@ -212,9 +217,20 @@ fpdm_status context_check_device(fpdm_context *ctx) {
                         "the context has no device (its creation failed)");
 }
 
+fpdm_status context_check_finite(fpdm_context *ctx, const char *what, const float *values,
+                                 size_t n) {
+    if (!values) return FPDM_OK;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(values[i]))
+            return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                                "%s[%zu] is %g (allowed: finite numbers)", what, i,
+                                (double)values[i]);
+    return FPDM_OK;
+}
+
 fpdm_status context_check_model(fpdm_context *ctx, const fpdm_model *model) {
     if (context_check_device(ctx) != FPDM_OK) return FPDM_ERR_INVALID_ARGUMENT;
-    if (!model) return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "model is NULL");
+    if (!model) return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "the model is NULL");
     if (model->device_index != ctx->device_index)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
                             "the model was loaded on another device than this context's (%s)",
@@ -243,8 +259,17 @@ fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch, 
             return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
                                 "label %d of image %d is outside 0..%d (%d is the null class)",
                                 labels[i], i, cfg->num_classes, cfg->num_classes);
-    if (cfg->fixed_point && iters < 0)
-        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "iters must be >= 0, got %d", iters);
+    if (cfg->fixed_point && (iters < 0 || iters > FPDM_MAX_ITERS))
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "iters must be in 0..%d, got %d",
+                            FPDM_MAX_ITERS, iters);
+    const size_t image_floats = (size_t)cfg->in_channels * cfg->input_size * cfg->input_size;
+    if ((status = context_check_finite(ctx, "timesteps", timesteps, (size_t)batch)) != FPDM_OK ||
+        (status = context_check_finite(ctx, "x", x, (size_t)batch * image_floats)) != FPDM_OK ||
+        (cfg->fixed_point &&
+         (status = context_check_finite(ctx, "init_solution", init_solution,
+                                        (size_t)batch * cfg->num_tokens * cfg->hidden_size)) !=
+             FPDM_OK))
+        return status;
 
     /* FPDM keeps a [B, T, D] buffer for the caller's initial solution and
      * one for the final solution (the post blocks then work on the iterate
@@ -278,8 +303,9 @@ fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch, 
 
 fpdm_status fpdm_context_memory(fpdm_context *ctx, fpdm_memory_info *info) {
     if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
-    if (!ctx->be || !info)
-        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "fpdm_context_memory: no device or NULL info");
+    if (!info)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "fpdm_context_memory: info is NULL");
+    if (context_check_device(ctx) != FPDM_OK) return FPDM_ERR_INVALID_ARGUMENT;
     memset(info, 0, sizeof *info);
     info->arena_bytes = ctx->arena_floats * sizeof(float);
     info->operand_bytes = (int)backend_dtype_bytes(ctx->be->operand_type);
@@ -292,7 +318,10 @@ fpdm_status fpdm_context_memory(fpdm_context *ctx, fpdm_memory_info *info) {
 fpdm_status fpdm_benchmark_matmul(fpdm_context *ctx, int m, int n, int k, int repeats,
                                   double *seconds) {
     if (!ctx) return FPDM_ERR_INVALID_ARGUMENT;
-    if (!ctx->be || !seconds || m <= 0 || n <= 0 || k <= 0 || repeats <= 0)
+    if (!seconds)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "fpdm_benchmark_matmul: seconds is NULL");
+    if (context_check_device(ctx) != FPDM_OK) return FPDM_ERR_INVALID_ARGUMENT;
+    if (m <= 0 || n <= 0 || k <= 0 || repeats <= 0)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
                             "fpdm_benchmark_matmul: sizes and repeats must be positive");
     if (!ctx->be->benchmark_matmul)

@@ -47,6 +47,12 @@ fpdm_status context_check_device(fpdm_context *ctx);
  * otherwise records why. */
 fpdm_status context_check_model(fpdm_context *ctx, const fpdm_model *model);
 
+/* FPDM_OK when values (NULL: none) holds n finite floats; otherwise records
+ * FPDM_ERR_INVALID_ARGUMENT naming "what[i]". NaN or infinite inputs would
+ * give NaN outputs without a word. */
+fpdm_status context_check_finite(fpdm_context *ctx, const char *what, const float *values,
+                                 size_t n);
+
 /* Makes the arena hold at least num_floats; returns it, or NULL after
  * recording FPDM_ERR_OUT_OF_MEMORY. */
 float *context_arena(fpdm_context *ctx, size_t num_floats);

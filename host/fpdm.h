@@ -191,7 +191,8 @@ FPDM_API const fpdm_model_info *fpdm_model_get_info(const fpdm_model *model);
  * beside them): the largest set of buffers live at once, with fused attention
  * (no tokens x tokens scores). The residual stream x and FPDM's iterate z
  * stay float32; the inputs of matrix products take operand_bytes (o: 4, or 2
- * in bf16/fp16; fpdm_memory_info.operand_bytes). Per token, with D the
+ * in bf16/fp16; fpdm_memory_info.operand_bytes; other values give 0, as do
+ * a NULL info and rows < 1). Per token, with D the
  * hidden size and M the MLP width:
  *   block = 4 D + o max(4 D, D + M)   attention: x, qkv and its output;
  *                                     MLP: x, the normed input, the hidden layer
@@ -202,12 +203,13 @@ FPDM_API double fpdm_min_activation_bytes(const fpdm_model_info *info, int rows,
 
 /* ---- one network evaluation ------------------------------------------ */
 
-/* Runs the network on a batch (host arrays, float32):
+/* Runs the network on a batch (host arrays, float32, finite values):
  *   x            [batch, in_channels, input_size, input_size]
  *   timesteps    [batch] original (unspaced) timestep indices, may be fractional
  *   labels       [batch] in 0..num_classes (num_classes is the null class)
  *   out          [batch, out_channels, input_size, input_size]
- * FPDM only (ignored for DiT): fixed-point iterations `iters`; `init_solution`
+ * FPDM only (ignored for DiT): fixed-point iterations `iters` (0..FPDM_MAX_ITERS,
+ * each call runs them all: there is no callback); `init_solution`
  * [batch, tokens, hidden] or NULL to start from the pre blocks' output; and
  * `solution_out` [batch, tokens, hidden] or NULL receives the final solution. */
 FPDM_API fpdm_status fpdm_forward(fpdm_context *ctx, const fpdm_model *model, int batch,
@@ -240,30 +242,42 @@ typedef struct fpdm_progress {
     float residual;           /* last relative residual of this step's solve, or -1 */
 } fpdm_progress;
 
-/* Return non-zero to stop the run: fpdm_sample then returns FPDM_ERR_CANCELLED. */
+/* Called after every step of every batch. Return non-zero to stop the run:
+ * fpdm_sample then returns FPDM_ERR_CANCELLED (a stop at a batch's last step
+ * keeps that batch, which is done: it is in latents_out and counted in the
+ * report). A step is not interrupted, so the longest wait for a stop is one
+ * step: its solve's iterations are at most FPDM_MAX_ITERS. */
 typedef int (*fpdm_progress_callback)(const fpdm_progress *progress, void *user_data);
+
+/* Bounds of the arguments below (and of fpdm_forward's iters): the fixed-point
+ * iterations of one solve, and cfg_scale and ddim_eta, beyond which the
+ * updates overflow float32. */
+#define FPDM_MAX_ITERS 100000
+#define FPDM_MAX_SCALE 1e6
 
 typedef struct fpdm_sample_params {
     int num_steps;            /* respaced steps, 1..num_train_timesteps; default 250 */
     fpdm_sampler sampler;     /* default DDPM */
-    float ddim_eta;           /* default 0 */
-    float cfg_scale;          /* 1 runs without the doubled batch; default 4.0 (official),
+    float ddim_eta;           /* 0..FPDM_MAX_SCALE; default 0 */
+    float cfg_scale;          /* 1..FPDM_MAX_SCALE; 1 runs without the doubled batch;
+                                 default 4.0 (official),
                                  1 for an unconditional model (which refuses more) */
     int cfg_all_channels;     /* 0 (official): guide model_out[:, :3], which for a model with
                                  fewer than 3 input channels includes variance channels;
                                  1: guide the in_channels prediction channels */
     int batch_size;           /* images per network batch (before CFG doubling); 0: all at once */
     uint64_t noise_seed;
-    int first_image_index;    /* index of the first image in the whole run, for sharding */
+    int first_image_index;    /* index of the first image in the whole run, for sharding (>= 0) */
     /* FPDM solver */
-    int iters;                /* iterations per step; -1: the model's default */
+    int iters;                /* iterations per step, 0..FPDM_MAX_ITERS; -1: the model's default */
     fpdm_iteration_schedule iteration_schedule;
     int budget;               /* total iterations to spread, at most 100000000 (as is
                                  num_steps * iters); 0: num_steps * iters */
-    const int *iters_per_step; /* explicit list of num_steps entries (sampling order), or NULL */
+    const int *iters_per_step; /* explicit list of num_steps entries (sampling order), each
+                                  0..FPDM_MAX_ITERS, or NULL */
     int reuse;                /* start each solve from the previous step's solution */
-    float tol;                /* stop an image's solve when its relative residual falls under
-                                 tol; 0: never. Each image (each row of a guided pair) stops on
+    float tol;                /* stop an image's solve when its relative residual falls
+                                 under tol (finite); 0: never. Each image (each row of a guided pair) stops on
                                  its own residual, so batching does not change when it stops,
                                  up to rounding: products may sum in another order for another
                                  number of rows (about 1e-7 relative), and a residual within

@@ -61,7 +61,8 @@ size_t network_arena_floats(const fpdm_context *ctx, const model_config *cfg, in
 }
 
 double fpdm_min_activation_bytes(const fpdm_model_info *info, int rows, int operand_bytes) {
-    if (!info || rows < 1 || operand_bytes < 1 || info->patch_size < 1) return 0.0;
+    if (!info || rows < 1 || (operand_bytes != 2 && operand_bytes != 4) || info->patch_size < 1)
+        return 0.0;
     double d = info->hidden_size, m = info->mlp_hidden, o = operand_bytes;
     double grid = info->input_size / info->patch_size, tokens = grid * grid;
     double per_token = 4 * d + o * (4 * d > d + m ? 4 * d : d + m);

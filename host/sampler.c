@@ -51,19 +51,20 @@ void fpdm_sample_report_free(fpdm_sample_report *report) {
 static fpdm_status check_params(fpdm_context *ctx, const fpdm_model *model,
                                 const fpdm_sample_params *p) {
     const model_config *c = &model->config;
-    if (c->zero_terminal_snr && c->prediction != FPDM_PREDICT_V)
-        return context_fail(ctx, FPDM_ERR_UNSUPPORTED,
-                            "zero-terminal-SNR models must predict v (the first step has alpha_cumprod 0)");
     if (p->num_steps < 1 || p->num_steps > c->num_train_timesteps)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "steps must be in 1..%d, got %d",
                             c->num_train_timesteps, p->num_steps);
     if (p->sampler != FPDM_SAMPLER_DDPM && p->sampler != FPDM_SAMPLER_DDIM)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "unknown sampler %d", (int)p->sampler);
-    if (!(p->ddim_eta >= 0.0f))
-        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "ddim eta must be >= 0, got %g", p->ddim_eta);
-    if (!(p->cfg_scale >= 1.0f))
+    /* The upper bounds keep the updates finite: a scale of 1e30 (or infinity)
+     * passed ">= 1" and returned FPDM_OK with every value NaN. */
+    if (!(p->ddim_eta >= 0.0f && p->ddim_eta <= FPDM_MAX_SCALE))
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "ddim eta must be in 0..%g, got %g",
+                            FPDM_MAX_SCALE, p->ddim_eta);
+    if (!(p->cfg_scale >= 1.0f && p->cfg_scale <= FPDM_MAX_SCALE))
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
-                            "cfg scale must be >= 1 (1 disables guidance), got %g", p->cfg_scale);
+                            "cfg scale must be in 1..%g (1 disables guidance), got %g",
+                            FPDM_MAX_SCALE, p->cfg_scale);
     if (c->unconditional && p->cfg_scale > 1.0f)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
                             "cfg scale %g: this model is unconditional (trained without class "
@@ -71,12 +72,18 @@ static fpdm_status check_params(fpdm_context *ctx, const fpdm_model *model,
                             p->cfg_scale);
     if (p->batch_size < 0)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "batch size must be >= 0, got %d", p->batch_size);
-    if (!(p->tol >= 0.0f))
-        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "tol must be >= 0, got %g", p->tol);
+    if (!(p->tol >= 0.0f) || isinf(p->tol))
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "tol must be finite and >= 0, got %g",
+                            p->tol);
     if (p->budget < 0)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "budget must be >= 0, got %d", p->budget);
-    if (p->iters < -1)
-        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "iters must be >= 0 (or -1 for the model's default), got %d", p->iters);
+    if (p->iters < -1 || p->iters > FPDM_MAX_ITERS)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "iters must be in 0..%d (or -1 for the model's default), got %d",
+                            FPDM_MAX_ITERS, p->iters);
+    if (p->first_image_index < 0)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
+                            "first image index must be >= 0, got %d", p->first_image_index);
     return FPDM_OK;
 }
 
@@ -96,19 +103,20 @@ fpdm_status fpdm_plan_iterations(fpdm_context *ctx, const fpdm_model *model,
     if (params->iters_per_step) {
         /* All checked before any is written: a refused list leaves iters_out as it was. */
         for (int k = 0; k < steps; k++)
-            if (params->iters_per_step[k] < 0)
+            if (params->iters_per_step[k] < 0 || params->iters_per_step[k] > FPDM_MAX_ITERS)
                 return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
-                                    "iterations of step %d must be >= 0, got %d", k, params->iters_per_step[k]);
+                                    "iterations of step %d must be in 0..%d, got %d", k,
+                                    FPDM_MAX_ITERS, params->iters_per_step[k]);
         memcpy(iters_out, params->iters_per_step, (size_t)steps * sizeof(int));
         return FPDM_OK;
     }
     int iters = params->iters >= 0 ? params->iters : model->info.default_iters;
-    long long budget = params->budget > 0 ? params->budget : (long long)steps * iters;
+    /* steps x iters is at most 1000 x FPDM_MAX_ITERS, the plan's limit. */
+    int budget = params->budget > 0 ? params->budget : steps * iters;
     if (budget > ITERATION_PLAN_MAX_BUDGET)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
-                            "%s %lld iterations in all, more than the %d a plan spreads",
-                            params->budget > 0 ? "a budget of" : "steps x iters give", budget,
-                            ITERATION_PLAN_MAX_BUDGET);
+                            "a budget of %d iterations is more than the %d a plan spreads",
+                            budget, ITERATION_PLAN_MAX_BUDGET);
     char err[512];
     if (iteration_plan(params->iteration_schedule, steps, (int)budget, iters_out, err, sizeof err) != 0)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "%s", err);
@@ -145,6 +153,9 @@ typedef struct run {
      * does not depend on the rows batched with it). */
     int *row_carried, *row_limits, *row_used;
     fpdm_sample_report *report;
+    /* The callback asked to stop at a batch's last step: the batch is done,
+     * so it is kept (downloaded and counted) before the run stops. */
+    int stop_after_batch;
 } run;
 
 static fpdm_status upload_noise(run *r, float *device_dst, const float *host_noise, int first,
@@ -220,9 +231,13 @@ static fpdm_status sample_batch(run *r, int batch_index, int num_batches, int fi
             fpdm_progress progress = {k + 1, p->num_steps, batch_index, num_batches, first,
                                       r->num_images, r->schedule.timesteps[step_index],
                                       solve.iters_used, solve.residual};
-            if (p->progress_callback(&progress, p->progress_user_data) != 0)
-                return context_fail(r->ctx, FPDM_ERR_CANCELLED, "sampling cancelled at step %d of batch %d",
-                                    k + 1, batch_index + 1);
+            if (p->progress_callback(&progress, p->progress_user_data) != 0) {
+                if (k + 1 < p->num_steps)
+                    return context_fail(r->ctx, FPDM_ERR_CANCELLED,
+                                        "sampling cancelled at step %d of batch %d", k + 1,
+                                        batch_index + 1);
+                r->stop_after_batch = 1;
+            }
         }
     }
     if (be->download(be, latents_out + (size_t)first * r->image_floats, b->latents,
@@ -288,16 +303,6 @@ static fpdm_status prepare(run *r) {
     return FPDM_OK;
 }
 
-/* NaN or infinite noise would sample NaN images without a word. */
-static fpdm_status check_finite(fpdm_context *ctx, const char *what, const float *values, size_t n) {
-    if (!values) return FPDM_OK;
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(values[i]))
-            return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "%s[%zu] is %g (allowed: finite numbers)",
-                                what, i, (double)values[i]);
-    return FPDM_OK;
-}
-
 fpdm_status fpdm_sample(fpdm_context *ctx, const fpdm_model *model, const fpdm_sample_params *params,
                         int num_images, const int *labels, float *latents_out,
                         fpdm_sample_report *report) {
@@ -317,10 +322,11 @@ fpdm_status fpdm_sample(fpdm_context *ctx, const fpdm_model *model, const fpdm_s
                                 labels[i], i, model->config.num_classes - 1);
     size_t image_floats = (size_t)model->config.in_channels * model->config.input_size *
                           model->config.input_size;
-    if ((status = check_finite(ctx, "init_noise", params->init_noise,
-                               (size_t)num_images * image_floats)) != FPDM_OK ||
-        (status = check_finite(ctx, "step_noise", params->step_noise,
-                               (size_t)params->num_steps * num_images * image_floats)) != FPDM_OK)
+    if ((status = context_check_finite(ctx, "init_noise", params->init_noise,
+                                       (size_t)num_images * image_floats)) != FPDM_OK ||
+        (status = context_check_finite(ctx, "step_noise", params->step_noise,
+                                       (size_t)params->num_steps * num_images * image_floats)) !=
+            FPDM_OK)
         return status;
 
     double start = seconds_now();
@@ -338,6 +344,10 @@ fpdm_status fpdm_sample(fpdm_context *ctx, const fpdm_model *model, const fpdm_s
         int count = num_images - first < r.batch ? num_images - first : r.batch;
         status = sample_batch(&r, bi, num_batches, first, count, labels, latents_out);
         if (report && status == FPDM_OK) report->num_batches++;
+        if (status == FPDM_OK && r.stop_after_batch)
+            status = context_fail(ctx, FPDM_ERR_CANCELLED,
+                                  "sampling cancelled after the last step of batch %d (its images "
+                                  "are kept)", bi + 1);
     }
     if (report) report->seconds = seconds_now() - start;
     diffusion_free(&r.schedule);

@@ -99,11 +99,12 @@ int main(void) {
     }
     /* The minimum itself, by hand for DiT-XL/2 in float32 (4 D + 4 x 5 D
      * bytes per token, M = 4 D) and for FPDM's extra 4 D + 2 x 2 D in bf16;
-     * nothing for a missing info. */
+     * nothing for a missing info or an operand size no type has. */
     model_config dit = xl_config(0), fpdm = xl_config(1);
     CHECK(min_activation_bytes(&dit, 2, 4) == 2.0 * 256 * 24 * 1152);
     CHECK(min_activation_bytes(&fpdm, 1, 2) == 256.0 * (4 + 10 + 4 + 4) * 1152);
     CHECK(fpdm_min_activation_bytes(NULL, 2, 4) == 0.0);
+    CHECK(min_activation_bytes(&dit, 2, 3) == 0.0);
     fpdm_context_free(ctx);
     return test_finish("test_arena");
 }

@@ -50,6 +50,11 @@ static void check_benchmark(fpdm_context *ctx) {
     CHECK(fpdm_benchmark_matmul(ctx, 4, 3, 2, 2, &seconds) == FPDM_OK && seconds >= 0);
     CHECK(fpdm_benchmark_matmul(ctx, 4, 0, 2, 2, &seconds) == FPDM_ERR_INVALID_ARGUMENT);
     CHECK(fpdm_benchmark_matmul(ctx, 4, 3, 2, 0, &seconds) == FPDM_ERR_INVALID_ARGUMENT);
+    /* A NULL result is named as such, not as a size problem. */
+    CHECK(fpdm_benchmark_matmul(ctx, 4, 3, 2, 1, NULL) == FPDM_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(strstr(fpdm_last_error(ctx), "seconds is NULL"), "%s", fpdm_last_error(ctx));
+    CHECK(fpdm_context_memory(ctx, NULL) == FPDM_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(strstr(fpdm_last_error(ctx), "info is NULL"), "%s", fpdm_last_error(ctx));
     CHECK(fpdm_benchmark_matmul(ctx, INT_MAX, INT_MAX, INT_MAX, 1, &seconds) ==
           FPDM_ERR_OUT_OF_MEMORY);
     CHECK_MSG(strstr(fpdm_last_error(ctx), "out of memory for the 2147483647x2147483647x"),
@@ -78,11 +83,12 @@ int main(void) {
     fpdm_context_free(cuda);
     fpdm_context_free(automatic);
 
-    const char *malformed[4] = {"gpu", "cuda:", "cuda:x", "Auto"};
-    for (int i = 0; i < 4; i++) {
+    const char *malformed[5] = {"gpu", "cuda:", "cuda:x", "Auto", "cuda:99999"};
+    for (int i = 0; i < 5; i++) {
         fpdm_context *ctx = NULL;
         CHECK(open_device(malformed[i], &ctx) == FPDM_ERR_INVALID_ARGUMENT);
-        CHECK_MSG(ctx && strstr(fpdm_last_error(ctx), "auto, cpu, cuda or cuda:N"), "%s: %s",
+        CHECK_MSG(ctx && strstr(fpdm_last_error(ctx), "auto, cpu, cuda or cuda:N (N in 0..1024)"),
+                  "%s: %s",
                   malformed[i], ctx ? fpdm_last_error(ctx) : "no context");
         fpdm_context_free(ctx);
     }

@@ -194,6 +194,38 @@ static void test_cancel_and_progress(fixture *f) {
     free(out);
 }
 
+static int cancel_at_last_step(const fpdm_progress *progress, void *user) {
+    (void)user;
+    return progress->step == progress->num_steps;
+}
+
+/* A stop at a batch's last step keeps that batch, which is done: its images
+ * are a whole run's, it is counted, and the next batch is not drawn. */
+static void test_cancel_at_last_step(fixture *f) {
+    fpdm_sample_params p = base_params(f);
+    p.batch_size = 2;
+    float *whole = malloc(f->floats * sizeof(float));
+    float *stopped = malloc(f->floats * sizeof(float));
+    CHECK(fpdm_sample(f->ctx, f->model, &p, NUM_IMAGES, LABELS, whole, NULL) == FPDM_OK);
+    for (size_t i = 0; i < f->floats; i++) stopped[i] = NAN;
+    p.progress_callback = cancel_at_last_step;
+    fpdm_sample_report report;
+    fpdm_status status = fpdm_sample(f->ctx, f->model, &p, NUM_IMAGES, LABELS, stopped, &report);
+    CHECK_MSG(status == FPDM_ERR_CANCELLED && strstr(fpdm_last_error(f->ctx), "batch 1 (its images"),
+              "status %d: %s", (int)status, fpdm_last_error(f->ctx));
+    CHECK(report.num_batches == 1);
+    const size_t kept = f->floats / NUM_IMAGES * 2;
+    CHECK_MSG(memcmp(whole, stopped, kept * sizeof(float)) == 0,
+              "the kept batch differs from the whole run's");
+    size_t untouched = 0;
+    for (size_t i = kept; i < f->floats; i++) untouched += isnan(stopped[i]) != 0;
+    CHECK_MSG(untouched == f->floats - kept, "%zu of %zu floats of the second batch were written",
+              f->floats - kept - untouched, f->floats - kept);
+    fpdm_sample_report_free(&report);
+    free(whole);
+    free(stopped);
+}
+
 /* After one run sized the arena, the same run again allocates nothing. */
 static void test_no_allocation_after_warmup(fixture *f) {
     fpdm_sample_params p = base_params(f);
@@ -238,14 +270,34 @@ static void test_invalid_arguments(fixture *f) {
     p.iteration_schedule = FPDM_ITERS_INCREASING;
     p.budget = STEPS - 1;
     expect_invalid(f, &p, LABELS, "budget");
-    /* One limit for both ways of giving the total. */
     p = base_params(f);
     p.budget = 100000001;
-    expect_invalid(f, &p, LABELS, "a budget of 100000001 iterations in all, more than the 100000000");
+    expect_invalid(f, &p, LABELS, "a budget of 100000001 iterations is more than the 100000000");
+    /* Bounds that keep a step short enough to cancel and the updates finite. */
     p = base_params(f);
-    p.iters = 100001;
-    p.num_steps = 1000;
-    expect_invalid(f, &p, LABELS, "steps x iters give 100001000 iterations in all, more than");
+    p.iters = FPDM_MAX_ITERS + 1;
+    expect_invalid(f, &p, LABELS, "iters must be in 0..100000");
+    p = base_params(f);
+    int too_many[STEPS] = {0};
+    too_many[STEPS - 1] = FPDM_MAX_ITERS + 1;
+    p.iters_per_step = too_many;
+    expect_invalid(f, &p, LABELS, "iterations of step");
+    p = base_params(f);
+    p.cfg_scale = INFINITY;
+    expect_invalid(f, &p, LABELS, "cfg scale must be in 1..1e+06");
+    p = base_params(f);
+    p.cfg_scale = 1e30f;
+    expect_invalid(f, &p, LABELS, "cfg scale");
+    p = base_params(f);
+    p.sampler = FPDM_SAMPLER_DDIM;
+    p.ddim_eta = INFINITY;
+    expect_invalid(f, &p, LABELS, "ddim eta must be in 0..1e+06");
+    p = base_params(f);
+    p.tol = INFINITY;
+    expect_invalid(f, &p, LABELS, "tol must be finite");
+    p = base_params(f);
+    p.first_image_index = -1;
+    expect_invalid(f, &p, LABELS, "first image index must be >= 0");
     p = base_params(f);
     int bad_labels[NUM_IMAGES] = {1, 10, 2};
     expect_invalid(f, &p, bad_labels, "class 10");
@@ -320,6 +372,7 @@ int main(void) {
         test_tolerance(&f);
         test_batch_independence(&f);
         test_cancel_and_progress(&f);
+        test_cancel_at_last_step(&f);
         test_report_of_refused_call(&f);
         test_no_allocation_after_warmup(&f);
         test_invalid_arguments(&f);

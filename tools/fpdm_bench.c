@@ -250,8 +250,8 @@ static int parse_arguments(int argc, char **argv, options *opt)
         } else if (strcmp(flag, "--iters") == 0) {
             free(opt->iters);
             opt->iters = NULL;
-            rc = cli_parse_int_list(flag, value, 0, 100000, &opt->iters, &opt->num_iters, err,
-                                    sizeof err);
+            rc = cli_parse_int_list(flag, value, 0, FPDM_MAX_ITERS, &opt->iters, &opt->num_iters,
+                                    err, sizeof err);
         } else if (strcmp(flag, "--steps") == 0) {
             rc = cli_parse_int(flag, value, 1, 100000, &opt->steps, err, sizeof err);
         } else if (strcmp(flag, "--cfg") == 0) {

@@ -297,10 +297,10 @@ static int parse_arguments(int argc, char **argv, options *opt)
                                   sizeof err);
         } else if (flag_is(arg, NULL, "--eta", &inline_value)) {
             TAKE_VALUE("--eta");
-            rc = cli_parse_float("--eta", value, 0.0, 1e6, &opt->eta, err, sizeof err);
+            rc = cli_parse_float("--eta", value, 0.0, FPDM_MAX_SCALE, &opt->eta, err, sizeof err);
         } else if (flag_is(arg, NULL, "--cfg-scale", &inline_value)) {
             TAKE_VALUE("--cfg-scale");
-            rc = cli_parse_float("--cfg-scale", value, 1.0, 1e6, &opt->cfg_scale, err,
+            rc = cli_parse_float("--cfg-scale", value, 1.0, FPDM_MAX_SCALE, &opt->cfg_scale, err,
                                  sizeof err);
         } else if (flag_is(arg, NULL, "--cfg-channels", &inline_value)) {
             TAKE_VALUE("--cfg-channels");
@@ -324,7 +324,7 @@ static int parse_arguments(int argc, char **argv, options *opt)
                                     &opt->num_classes_given, err, sizeof err);
         } else if (flag_is(arg, NULL, "--iters", &inline_value)) {
             TAKE_VALUE("--iters");
-            rc = cli_parse_int("--iters", value, 0, 100000, &opt->iters, err, sizeof err);
+            rc = cli_parse_int("--iters", value, 0, FPDM_MAX_ITERS, &opt->iters, err, sizeof err);
         } else if (flag_is(arg, NULL, "--reuse", &inline_value) && !inline_value) {
             opt->reuse = 1;
         } else if (flag_is(arg, NULL, "--schedule", &inline_value)) {
@@ -340,8 +340,9 @@ static int parse_arguments(int argc, char **argv, options *opt)
             TAKE_VALUE("--iters-per-step");
             free(opt->iters_per_step);
             opt->iters_per_step = NULL;
-            rc = cli_parse_int_list("--iters-per-step", value, 0, 100000, &opt->iters_per_step,
-                                    &opt->num_iters_per_step, err, sizeof err);
+            rc = cli_parse_int_list("--iters-per-step", value, 0, FPDM_MAX_ITERS,
+                                    &opt->iters_per_step, &opt->num_iters_per_step, err,
+                                    sizeof err);
         } else if (flag_is(arg, NULL, "--tol", &inline_value)) {
             TAKE_VALUE("--tol");
             rc = cli_parse_float("--tol", value, 0.0, 1e6, &opt->tol, err, sizeof err);
@@ -831,6 +832,10 @@ static int run_batches(run_state *rs, fpdm_sample_params base, run_progress *rp)
             rp->images_before += count;
             continue;
         }
+        if (interrupted) {
+            rc = EXIT_INTERRUPTED;
+            break;
+        }
         fpdm_sample_params sp = base;
         sp.batch_size = count;
         sp.first_image_index = opt->first_index + start;
@@ -847,12 +852,15 @@ static int run_batches(run_state *rs, fpdm_sample_params base, run_progress *rp)
         fpdm_sample_report batch_report = {0};
         fpdm_status status = fpdm_sample(rs->ctx, rs->model, &sp, count, rs->labels + start,
                                          latents, &batch_report);
-        if (status == FPDM_ERR_CANCELLED) {
+        /* Stopped at its last step, the batch is done (counted) and kept. */
+        const int finished = status == FPDM_OK ||
+                             (status == FPDM_ERR_CANCELLED && batch_report.num_batches == 1);
+        if (status == FPDM_ERR_CANCELLED && !finished) {
             fpdm_sample_report_free(&batch_report);
             rc = EXIT_INTERRUPTED;
             break;
         }
-        if (status != FPDM_OK) {
+        if (!finished) {
             fprintf(stderr, PROGRAM ": sampling failed: %s\n", fpdm_last_error(rs->ctx));
             fpdm_sample_report_free(&batch_report);
             rc = EXIT_RUNTIME;
@@ -867,6 +875,9 @@ static int run_batches(run_state *rs, fpdm_sample_params base, run_progress *rp)
         rs->images_sampled += count;
         rp->images_before += count;
         rp->steps_before += opt->steps;
+        /* After the last batch the run is complete: its outputs finish. */
+        if (rc == 0 && status == FPDM_ERR_CANCELLED && start + count < n)
+            rc = EXIT_INTERRUPTED;
     }
 done:
     free(latents);
