@@ -136,8 +136,9 @@ static fpdm_status open_backend(fpdm_context *ctx) {
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
                             "unknown device \"%s\": use auto, cpu, cuda or cuda:N (N in 0..%d)",
                             p->device, MAX_DEVICE_INDEX);
-    if (p->num_threads < 0)
-        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "num_threads must be >= 0, got %d",
+    /* OpenMP would try to start every thread asked for. */
+    if (p->num_threads < 0 || p->num_threads > 4096)
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "num_threads must be in 0..4096, got %d",
                             p->num_threads);
     if (p->precision < FPDM_PRECISION_DEFAULT || p->precision > FPDM_PRECISION_FP16)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,

@@ -89,8 +89,8 @@ typedef struct fpdm_context_params {
     const char *device;          /* "cpu", "cuda", "cuda:N", or "auto": cuda:0 where the build
                                     has CUDA and a GPU is visible, else cpu; NULL means "cpu" */
     fpdm_precision precision;
-    int num_threads;             /* CPU threads of the library's own loops; 0 keeps OpenMP's
-                                    default. OpenBLAS's products follow the calling thread's
+    int num_threads;             /* CPU threads of the library's own loops, 0..4096; 0 keeps
+                                    OpenMP's default. OpenBLAS's products follow the calling thread's
                                     OpenMP setting (omp_set_num_threads, OMP_NUM_THREADS),
                                     which the library leaves to the program */
     fpdm_log_callback log_callback; /* NULL: messages are dropped */
@@ -294,6 +294,9 @@ typedef struct fpdm_sample_params {
     void *progress_user_data;
 } fpdm_sample_params;
 
+/* The official sampler's settings for this model. Start from them: a zeroed
+ * struct is not a default (its iters 0 runs no fixed-point iteration, and
+ * its cfg_scale 0 is refused). */
 FPDM_API fpdm_sample_params fpdm_sample_default_params(const fpdm_model *model);
 
 /* What a run did, per step and in total, when a pointer is given: fpdm_sample

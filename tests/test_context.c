@@ -93,6 +93,17 @@ int main(void) {
         fpdm_context_free(ctx);
     }
     check_failed_context();
+    /* A thread count OpenMP could not start. */
+    int thread_counts[2] = {-1, 4097};
+    for (int i = 0; i < 2; i++) {
+        fpdm_context_params threads = fpdm_context_default_params();
+        threads.num_threads = thread_counts[i];
+        fpdm_context *ctx = NULL;
+        CHECK(fpdm_context_create(&threads, &ctx) == FPDM_ERR_INVALID_ARGUMENT);
+        CHECK_MSG(ctx && strstr(fpdm_last_error(ctx), "num_threads must be in 0..4096"), "%s",
+                  ctx ? fpdm_last_error(ctx) : "no context");
+        fpdm_context_free(ctx);
+    }
     /* A precision outside the enum is a bad argument, not a missing feature. */
     fpdm_context_params params = fpdm_context_default_params();
     params.precision = (fpdm_precision)7;
