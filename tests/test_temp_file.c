@@ -2,8 +2,9 @@
  * into place (tools/support/temp_path.h), directly and through report_write:
  * a commit replaces the file whole; a failed write, a discard or a folder
  * that is not there leaves the final path as it was and no temporary behind;
- * a symbolic link is written through, a FIFO (a special file, as /dev/null)
- * in place.
+ * a symbolic link is written through (a dangling one creates its target), a
+ * FIFO (a special file, as /dev/null) in place, and /dev/fd/N through the
+ * descriptor at its offset (a `>>` log keeps what it held).
  * Run: ctest -R test_temp_file (from the build folder's ctest). */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -131,6 +132,45 @@ static void test_symbolic_link_is_followed(void) {
     unlink(target);
 }
 
+static void test_dangling_link_creates_its_target(void) {
+    char target[512], link[512], err[256] = "";
+    path_for(target, sizeof target, "created.txt");
+    path_for(link, sizeof link, "dangling.txt");
+    CHECK(symlink("created.txt", link) == 0);
+    temp_file t;
+    CHECK(temp_file_create(&t, link, err, sizeof err) == 0);
+    CHECK(temp_file_write(&t, "made", 4));
+    CHECK_MSG(temp_file_commit(&t, link, err, sizeof err) == 0, "commit: %s", err);
+    struct stat st;
+    CHECK_MSG(lstat(link, &st) == 0 && S_ISLNK(st.st_mode), "%s is no longer a link", link);
+    expect_text("the dangling link's target", target, "made");
+    unlink(link);
+    unlink(target);
+}
+
+/* /dev/fd/N (as /dev/stdout, under `>> log`) is written through descriptor
+ * N: reopening the file it names would truncate it. */
+static void test_descriptor_is_written_at_its_offset(void) {
+    char log[512], named[64], err[256] = "";
+    path_for(log, sizeof log, "log.txt");
+    write_text(log, "before\n");
+    int fd = open(log, O_WRONLY | O_APPEND);
+    CHECK(fd >= 0);
+    if (fd < 0) return;
+    snprintf(named, sizeof named, "/dev/fd/%d", fd);
+    CHECK(temp_path_descriptor(named) == fd && temp_path_descriptor("/dev/stdout") == 1 &&
+          temp_path_descriptor("/proc/self/fd/2") == 2 && temp_path_descriptor("/dev/fd/x") == -1);
+    temp_file t;
+    CHECK_MSG(temp_file_create(&t, named, err, sizeof err) == 0, "create: %s", err);
+    CHECK(temp_file_write(&t, "after\n", 6));
+    CHECK_MSG(temp_file_commit(&t, named, err, sizeof err) == 0, "commit: %s", err);
+    CHECK_MSG(fcntl(fd, F_GETFD) != -1, "the commit closed descriptor %d", fd);
+    close(fd);
+    expect_text("the log", log, "before\nafter\n");
+    expect_no_temporary("descriptor", log);
+    unlink(log);
+}
+
 /* A FIFO stands for the special files (/dev/null, /dev/stdout) that a rename
  * would replace with a regular file: the bytes go into it, and it stays a
  * FIFO. */
@@ -191,6 +231,8 @@ int main(void) {
     test_missing_folder();
     test_symbolic_link_is_followed();
     test_special_file_is_written_in_place();
+    test_dangling_link_creates_its_target();
+    test_descriptor_is_written_at_its_offset();
     test_report_write();
     test_remove_temp_dir(dir);
     return test_finish("test_temp_file");

@@ -18,18 +18,62 @@ char *temp_path_for(const char *path) {
     return tmp;
 }
 
+int temp_path_descriptor(const char *path) {
+    if (strcmp(path, "/dev/stdout") == 0) return 1;
+    if (strcmp(path, "/dev/stderr") == 0) return 2;
+    const char *digits = strncmp(path, "/dev/fd/", 8) == 0          ? path + 8
+                         : strncmp(path, "/proc/self/fd/", 14) == 0 ? path + 14
+                                                                    : NULL;
+    if (!digits || !*digits || strlen(digits) > 9) return -1;
+    int fd = 0;
+    for (; *digits; digits++) {
+        if (*digits < '0' || *digits > '9') return -1;
+        fd = 10 * fd + (*digits - '0');
+    }
+    return fd;
+}
+
+/* What path's bytes replace (malloc'd): the file its links name, as far as
+ * they go (a dangling link's target is created, not the link replaced), or
+ * path itself. */
+static char *replaced_file(const char *path) {
+    char resolved[PATH_MAX], link[PATH_MAX];
+    if (realpath(path, resolved)) return strdup(resolved);
+    ssize_t length = readlink(path, link, sizeof link - 1);
+    if (length <= 0) return strdup(path);
+    link[length] = '\0';
+    const char *slash = strrchr(path, '/');
+    if (link[0] == '/' || !slash) return strdup(link);
+    size_t size = (size_t)(slash - path) + 1 + (size_t)length + 1;
+    char *joined = malloc(size);
+    if (joined) snprintf(joined, size, "%.*s%s", (int)(slash - path) + 1, path, link);
+    return joined;
+}
+
 int temp_file_create(temp_file *t, const char *path, char *err, size_t err_size) {
     t->file = NULL;
     t->tmp_path = NULL;
     t->write_errno = 0;
-    /* realpath resolves only what exists: a new file's target is its path. */
-    char resolved[PATH_MAX];
-    t->target = strdup(realpath(path, resolved) ? resolved : path);
-    /* /dev/stdout redirected to a file resolves to that file: replacing it
-     * would leave the shell's descriptor on the removed one. */
+    t->target = strdup(path);
+    /* The program's own descriptors (/dev/stdout and the like) are written
+     * where they stand: reopening one truncates a `>>` log, loses what a
+     * shell group wrote before, and fails for a socket. */
+    const int descriptor = temp_path_descriptor(path);
+    if (descriptor >= 0 && t->target) {
+        int copy = dup(descriptor);
+        t->file = copy >= 0 ? fdopen(copy, "wb") : NULL;
+        if (!t->file) {
+            support_set_error(err, err_size, "%s: cannot write: %s", path, strerror(errno));
+            if (copy >= 0) close(copy);
+            temp_file_discard(t);
+            return -1;
+        }
+        return 0;
+    }
+    free(t->target);
+    t->target = replaced_file(path);
     struct stat st;
-    const int special = t->target && stat(t->target, &st) == 0 &&
-                        (!S_ISREG(st.st_mode) || strncmp(path, "/dev/", 5) == 0);
+    const int special = t->target && stat(t->target, &st) == 0 && !S_ISREG(st.st_mode);
     if (t->target && !special) t->tmp_path = temp_path_for(t->target);
     if (!t->target || (!special && !t->tmp_path)) {
         support_set_error(err, err_size, "%s: out of memory", path);

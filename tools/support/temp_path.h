@@ -2,9 +2,11 @@
  * final one and renamed into place, so nobody ever sees half a file: a write
  * that fails (a full disk) or never ends leaves the final path as it was.
  * A symbolic link is followed (the file it names is replaced, not the link);
- * a path that is not a regular file (/dev/null, a FIFO), or that is in /dev
- * (/dev/stdout redirected to a file), is written in place, since a rename
- * would replace the device itself, or the file the shell has open. */
+ * a path that is not a regular file (/dev/null, a FIFO) is written in place,
+ * since a rename would replace the device itself; and one of the program's
+ * own descriptors (/dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N) is
+ * written through that descriptor, at its offset (a `>>` log keeps its
+ * lines; a socket works). */
 #ifndef FPDM_TEMP_PATH_H
 #define FPDM_TEMP_PATH_H
 
@@ -13,6 +15,10 @@
 
 /* "PATH.tmp.PID", malloc'd (free it), or NULL when memory ran out. */
 char *temp_path_for(const char *path);
+
+/* The descriptor path names when it is one of the program's own
+ * (/dev/stdout 1, /dev/stderr 2, /dev/fd/N and /proc/self/fd/N N), else -1. */
+int temp_path_descriptor(const char *path);
 
 /* An output file being written under its temporary name. */
 typedef struct temp_file {
