@@ -243,10 +243,13 @@ typedef struct fpdm_progress {
 } fpdm_progress;
 
 /* Called after every step of every batch. Return non-zero to stop the run:
- * fpdm_sample then returns FPDM_ERR_CANCELLED (a stop at a batch's last step
- * keeps that batch, which is done: it is in latents_out and counted in the
- * report). A step is not interrupted, so the longest wait for a stop is one
- * step: its solve's iterations are at most FPDM_MAX_ITERS. */
+ * fpdm_sample then returns FPDM_ERR_CANCELLED, even at the last step of the
+ * last batch. A stop at a batch's last step keeps that batch, which is done:
+ * it is in latents_out and counted in the report. Without a report, the
+ * batches kept are those before the one whose step the stop came at, and
+ * that one when the step was its last (progress->batch_index and ->step).
+ * A step is not interrupted, so the longest wait for a stop is one step:
+ * its solve's iterations are at most FPDM_MAX_ITERS. */
 typedef int (*fpdm_progress_callback)(const fpdm_progress *progress, void *user_data);
 
 /* Bounds of the arguments below (and of fpdm_forward's iters): the fixed-point

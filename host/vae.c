@@ -456,10 +456,20 @@ static fpdm_status load_from_file(fpdm_context *ctx, const safetensors_file *fil
     }
 
     /* post_quant_conv(z / s) = (W / s) z + b: the division by the scaling
-     * factor rides on the first weights. */
+     * factor rides on the first weights. decimal_parse keeps s a positive
+     * float (at least 1e-27), so a quotient leaves float's range only for a
+     * large weight. */
     float *post_quant_weight = host + (vae->post_quant_conv.weight - vae->weights);
     size_t count = (size_t)vae->info.latent_channels * vae->info.latent_channels;
-    for (size_t i = 0; i < count; i++) post_quant_weight[i] /= vae->info.scaling_factor;
+    for (size_t i = 0; i < count; i++) {
+        post_quant_weight[i] /= vae->info.scaling_factor;
+        if (!isfinite(post_quant_weight[i])) {
+            if (on_device) free(host);
+            return context_fail(ctx, FPDM_ERR_BAD_FILE,
+                                "%s: post_quant_conv.weight[%zu] / vae.scaling_factor %g is not a "
+                                "finite float", file->path, i, (double)vae->info.scaling_factor);
+        }
+    }
     if (on_device) {
         int failed = ctx->be->upload(ctx->be, vae->weights, host, num_floats);
         free(host);

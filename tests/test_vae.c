@@ -219,6 +219,23 @@ static void check_scaling_factor(fpdm_context *ctx, const char *path, out_file *
             expect_refused(ctx, path, "scaling factor", "vae.scaling_factor",
                            "is not a positive plain decimal");
     }
+    /* The smallest factor (27 decimals) and a large first weight: divided,
+     * it is past float's range. */
+    out_tensor *first = find_out(configured, "post_quant_conv.weight");
+    CHECK(first != NULL && strcmp(first->dtype, "F32") == 0);
+    float *large = first ? malloc(first->num_bytes) : NULL;
+    if (large) {
+        const void *kept = first->data;
+        memcpy(large, kept, first->num_bytes);
+        large[5] = 1e12f;
+        first->data = large;
+        config_values[4] = "0.000000000000000000000000001";
+        if (write_file(path, configured))
+            expect_refused(ctx, path, "scaling factor overflowing a weight",
+                           "post_quant_conv.weight[5] / vae.scaling_factor", "is not a finite float");
+        first->data = kept;
+    }
+    free(large);
     config_values[4] = "0.5";
 }
 

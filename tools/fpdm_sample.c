@@ -30,6 +30,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -48,6 +49,7 @@
 #include "png.h"
 #include "progress.h"
 #include "report.h"
+#include "temp_path.h"
 
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 /* 128 + SIGINT */ };
 
@@ -178,8 +180,10 @@ static void print_help(FILE *out)
 "Output:\n"
 "      --out DIR            PNG folder, files {index:05d}-{class}.png (default: samples)\n"
 "      --overwrite          redraw images whose files exist, and remove the run's\n"
-"                           indices' files of other classes (default: skip batches\n"
-"                           whose files all exist, so interrupted runs resume)\n"
+"                           indices' files of other classes; other indices' files\n"
+"                           stay (a note counts them when the settings changed)\n"
+"                           (default: skip batches whose files all exist, so\n"
+"                           interrupted runs resume)\n"
 "      --grid FILE.png      also tile the PNGs, read back from --out (resumed runs'\n"
 "                           earlier images too), into one grid\n"
 "      --latents-out FILE   also write the sampled latents [N, C, H, W] as .npy\n"
@@ -525,15 +529,25 @@ static void file_identity(const char *path, char *out, size_t size)
 
 /* A file this run writes at the end: not a folder, and its folder exists
  * and is writable already, or is the --out folder this run creates
- * (pending_dir, NULL if none); or a special file (/dev/null, /dev/stdout)
- * it may write, which is written in place. A link counts as the file it
- * names, which is what gets written. Checked before sampling, so a typo does
+ * (pending_dir, NULL if none); or a special file (/dev/null) it may write,
+ * or one of its own descriptors open for writing (/dev/stdout), which are
+ * written in place. A link counts as the file it names, which is what gets
+ * written. Checked before sampling, so a typo does
  * not cost the run. */
 static int check_output_file(const char *flag, const char *path, const char *pending_dir)
 {
     size_t length = strlen(path);
     if (is_dir(path) || (length > 0 && path[length - 1] == '/')) {
         fprintf(stderr, PROGRAM ": %s %s: is a folder (allowed: a file name)\n", flag, path);
+        return -1;
+    }
+    const int descriptor = temp_path_descriptor(path);
+    if (descriptor >= 0) {
+        const int mode = fcntl(descriptor, F_GETFL);
+        if (mode != -1 && (mode & O_ACCMODE) != O_RDONLY)
+            return 0;
+        fprintf(stderr, PROGRAM ": %s %s: descriptor %d is not open for writing\n", flag, path,
+                descriptor);
         return -1;
     }
     struct stat st;
@@ -618,12 +632,31 @@ static void image_path(char *out, size_t size, const char *dir, int index, int l
     snprintf(out, size, "%s/%05d-%d.png", dir, index, label);
 }
 
-/* Whether name is one image_path gives (any index and class). */
+/* Whether name is one image_path gives (any index and class), with them in
+ * *index and *label: exactly that spelling (no sign, space or other
+ * padding), so --overwrite never takes a file this program did not name. */
+static int parse_image_name(const char *name, int *index, int *label)
+{
+    const size_t index_digits = strspn(name, "0123456789");
+    const size_t label_digits =
+        name[index_digits] == '-' ? strspn(name + index_digits + 1, "0123456789") : 0;
+    if (index_digits == 0 || index_digits > 10 || label_digits == 0 || label_digits > 10)
+        return 0;
+    const long long index_value = strtoll(name, NULL, 10);
+    const long long label_value = strtoll(name + index_digits + 1, NULL, 10);
+    if (index_value > INT_MAX || label_value > INT_MAX)
+        return 0;
+    char canonical[64];
+    snprintf(canonical, sizeof canonical, "%05lld-%lld.png", index_value, label_value);
+    *index = (int)index_value;
+    *label = (int)label_value;
+    return strcmp(canonical, name) == 0;
+}
+
 static int is_image_name(const char *name)
 {
-    int index = 0, label = 0, consumed = 0;
-    return sscanf(name, "%d-%d.png%n", &index, &label, &consumed) == 2 && consumed > 0 &&
-           name[consumed] == '\0';
+    int index, label;
+    return parse_image_name(name, &index, &label);
 }
 
 /* Reads a float32 .npy noise file and checks it has exactly `ndim` dims of
@@ -875,9 +908,6 @@ static int run_batches(run_state *rs, fpdm_sample_params base, run_progress *rp)
         rs->images_sampled += count;
         rp->images_before += count;
         rp->steps_before += opt->steps;
-        /* After the last batch the run is complete: its outputs finish. */
-        if (rc == 0 && status == FPDM_ERR_CANCELLED && start + count < n)
-            rc = EXIT_INTERRUPTED;
     }
 done:
     free(latents);
@@ -1543,7 +1573,7 @@ static int check_settings_file(run_state *rs)
 /* The run's files are distinct: no output names another output, an input
  * (it would be replaced: the model, say), the --out folder, or a name in it
  * that the images or the settings record take. Special files (/dev/null)
- * may take several outputs. */
+ * and the program's descriptors (/dev/stdout) may take several outputs. */
 static int check_distinct_files(const run_state *rs)
 {
     const options *opt = rs->opt;
@@ -1565,7 +1595,8 @@ static int check_distinct_files(const run_state *rs)
         identity[i][0] = '\0';
         struct stat output_stat;
         const int exists = outputs[i].path && stat(outputs[i].path, &output_stat) == 0;
-        if (!outputs[i].path || (exists && !S_ISREG(output_stat.st_mode)))
+        if (!outputs[i].path || (exists && !S_ISREG(output_stat.st_mode)) ||
+            temp_path_descriptor(outputs[i].path) >= 0)
             continue;
         file_identity(outputs[i].path, identity[i], sizeof identity[i]);
         for (int j = 0; j < i; j++) {
@@ -1609,7 +1640,8 @@ static int check_distinct_files(const run_state *rs)
 /* --overwrite: an earlier image of an index this run draws, under another
  * class, would stay beside the new one (names carry the class), so it goes.
  * Other indices' files stay: another process may be drawing them (--shard,
- * or parts split by --first-index). */
+ * or parts split by --first-index); when the settings changed, the record
+ * this run writes will cover them too, which is said. */
 static int remove_replaced_images(const run_state *rs)
 {
     const options *opt = rs->opt;
@@ -1618,13 +1650,16 @@ static int remove_replaced_images(const run_state *rs)
         fprintf(stderr, PROGRAM ": --out %s: %s\n", opt->out_dir, strerror(errno));
         return EXIT_RUNTIME;
     }
-    int rc = 0;
+    int rc = 0, others = 0;
     for (struct dirent *entry; rc == 0 && (entry = readdir(folder));) {
         int index = 0, label = 0;
-        if (!is_image_name(entry->d_name) ||
-            sscanf(entry->d_name, "%d-%d", &index, &label) != 2 || index < opt->first_index ||
-            index - opt->first_index >= opt->num_images ||
-            rs->labels[index - opt->first_index] == label)
+        if (!parse_image_name(entry->d_name, &index, &label))
+            continue;
+        if (index < opt->first_index || index - opt->first_index >= opt->num_images) {
+            others++;
+            continue;
+        }
+        if (rs->labels[index - opt->first_index] == label)
             continue;
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/%s", opt->out_dir, entry->d_name);
@@ -1635,6 +1670,12 @@ static int remove_replaced_images(const run_state *rs)
         }
     }
     closedir(folder);
+    if (rc == 0 && others > 0 && rs->pending_settings)
+        fprintf(stderr, PROGRAM ": note: --out %s also holds %d %s of indices outside %d..%d, "
+                "drawn with other settings, which the settings record this run writes will "
+                "cover: delete them (or draw them again) unless other runs are doing so\n",
+                opt->out_dir, others, others == 1 ? "image" : "images", opt->first_index,
+                opt->first_index + opt->num_images - 1);
     return rc;
 }
 
@@ -1802,8 +1843,11 @@ int main(int argc, char **argv)
     if (rc == EXIT_INTERRUPTED) {
         if (rs.write_pngs)
             fprintf(stderr, PROGRAM ": interrupted (%s); %d %s drawn by this run kept in %s "
-                    "(the same command resumes)\n", stop_signal_name(), rs.images_sampled,
-                    rs.images_sampled == 1 ? "image" : "images", opt.out_dir);
+                    "(%s)\n", stop_signal_name(), rs.images_sampled,
+                    rs.images_sampled == 1 ? "image" : "images", opt.out_dir,
+                    rs.all_latents ? "a rerun draws them all again: --latents-out needs every "
+                                     "latent"
+                                   : "the same command resumes");
         else
             fprintf(stderr, PROGRAM ": interrupted (%s); no latents written (--latents-out is "
                     "written when the whole run is done)\n", stop_signal_name());

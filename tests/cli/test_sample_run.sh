@@ -391,9 +391,14 @@ assert s['first_index'] == 3 and s['num_images'] == 2 and s['classes'] == [0, 1]
 #     drawing those.
 check "classes 1" run cls1 -m "$fpdm" -n 3 --steps 2 --class 1 --out "$tmp/o"
 check "indices 3-4, class 1" run cls1-more -m "$fpdm" -n 2 --first-index 3 --steps 2 --class 1 --out "$tmp/o"
+# Files this program does not name so are never removed, whatever they hold.
+touch "$tmp/o/1-7.png" "$tmp/o/+0-7.png" "$tmp/o/0000-7.png"
 check "classes 2 over them" run cls2 -m "$fpdm" -n 3 --steps 2 --class 2 --out "$tmp/o" --overwrite
 check "the run's indices hold class 2 only, the others class 1" \
-    [ "$(ls "$tmp/o" | tr '\n' ' ')" = "00000-2.png 00001-2.png 00002-2.png 00003-1.png 00004-1.png " ]
+    [ "$(ls "$tmp/o" | grep -v 7.png | tr '\n' ' ')" = "00000-2.png 00001-2.png 00002-2.png 00003-1.png 00004-1.png " ]
+check "other names are left" [ -e "$tmp/o/1-7.png" -a -e "$tmp/o/+0-7.png" -a -e "$tmp/o/0000-7.png" ]
+check "the record will cover the other indices: said" \
+    grep -q "also holds 2 images of indices outside 0..2, drawn with other settings" "$tmp/cls2.err"
 
 # 16. Outputs through links reach the file the link names; special files are
 #     written in place (a rename would replace /dev/stdout's file or device);
@@ -406,6 +411,13 @@ check "its target holds the report" grep -q '"tool":' "$tmp/target.json"
 check "report to standard output" run stdout-report -m "$fpdm" -n 2 --steps 2 --out "$tmp/l2" --report /dev/stdout
 check "standard output holds the report" /usr/bin/python3 -c "
 import json; r = json.load(open('$tmp/stdout-report.out')); assert r['totals']['images'] == 2, r
+"
+printf 'earlier line\n' >"$tmp/log.txt"
+"$sample" -m "$fpdm" -n 2 --steps 2 --quiet --out "$tmp/l3" --report /dev/stdout >>"$tmp/log.txt"
+check "report appended to a >> log" /usr/bin/python3 -c "
+import json; text = open('$tmp/log.txt').read()
+assert text.startswith('earlier line\n'), text[:40]
+assert json.loads(text[len('earlier line\n'):])['totals']['images'] == 2
 "
 check "report to /dev/null" run null-report -m "$fpdm" -n 2 --steps 2 --out "$tmp/l" --report /dev/null --latents-out /dev/null
 check "/dev/null stays a device" [ -c /dev/null ]
