@@ -180,11 +180,19 @@ def bad_arguments_are_refused_before_any_work():
             (("fpdm", "--with-grad-iters", "0", "2"), "--with-grad-iters 0 2: need 1 <= MIN <= MAX"),
             (("dit", "--with-grad-iters", "1", "2"), "apply to fpdm only"),
             (("dit", "--device", "nowhere"), "--device nowhere: "),
+            (("dit", "--lr", "nan"), "--lr: nan is not a learning rate"),
+            (("dit", "--lr", "-1"), "--lr: -1 is not a learning rate"),
+            (("dit", "--ema-decay", "1"), "--ema-decay: 1 is not an EMA decay"),
+            (("dit", "--label-lr-scale", "inf"), "--label-lr-scale: inf is not a factor"),
+            (("dit", "--patch-size", "0"), "--patch-size: 0 is less than 1"),
+            (("dit", "--num-heads", "-4"), "--num-heads: -4 is less than 1"),
+            (("dit", "--out", folder), f"--out {folder}: is a folder"),
         ]
         if not torch.cuda.is_available():
             cases.append((("dit", "--device", "cuda"), "--device cuda: this torch sees no CUDA device"))
         for arguments, message in cases:
-            status, _, err = run_train(*arguments, "--out", out, "--data", no_data)
+            given_out = () if "--out" in arguments else ("--out", out)
+            status, _, err = run_train(*arguments, *given_out, "--data", no_data)
             assert status == 2 and message in err and "Traceback" not in err, (arguments, status, err)
         missing = os.path.join(folder, "missing", "m.safetensors")
         status, _, err = run_train("dit", "--out", missing, "--data", no_data)
@@ -254,11 +262,38 @@ def a_trial_run_needs_no_out():
         status, printed, err = run_train("dit", *common, "--trial-seconds", "0.001")
         assert status == 0 and "trial: 1 steps in" in printed, (status, printed, err)
         assert sorted(os.listdir(folder)) == before, os.listdir(folder)
+        # Given --out, the trial writes the model of its steps.
+        out = os.path.join(folder, "trial.safetensors")
+        status, printed, err = run_train("dit", *common, "--trial-seconds", "0.001", "--out", out)
+        assert status == 0 and f"wrote {out}" in printed, (status, printed, err)
+        assert safetensors_io.read_metadata(out)["training.steps"] == "1"
         status, _, err = run_train("dit", *common)
         assert status == 2 and "--out is required" in err, (status, err)
         for bad in ("-1", "nan", "x"):
             status, _, err = run_train("dit", *common, "--trial-seconds", bad)
             assert status == 2 and "--trial-seconds" in err and "Traceback" not in err, (bad, status, err)
+
+
+@test
+def a_diverged_run_writes_nothing():
+    """A loss that is not finite (here from a NaN weight to start from) stops
+    the run with exit 1 before --out is written."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_digits(folder)
+        common = ("--data", folder, "--batch-size", "4", "--log-every", "1")
+        start = os.path.join(folder, "start.safetensors")
+        status, _, err = run_train("dit", "--out", start, "--steps", "1", *common)
+        assert status == 0, err
+        header, body = safetensors_io.read_raw(start)
+        name = "final_layer.linear.bias"
+        begin = header[name]["data_offsets"][0]
+        nan = np.array([np.nan], np.float32).tobytes() if header[name]["dtype"] == "F32" else \
+            np.array([0x7fc0], "<u2").tobytes()
+        safetensors_io.write_raw(start, header, body[:begin] + nan + body[begin + len(nan):])
+        out = os.path.join(folder, "diverged.safetensors")
+        status, _, err = run_train("dit", "--out", out, "--init-from", start, "--steps", "3", *common)
+        assert status == 1 and "step 1: the loss is nan: training diverged" in err, (status, err)
+        assert "nothing was written" in err and not os.path.exists(out), (err, os.listdir(folder))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ dropout 0.1 (null class = 10), AdamW (no weight decay), an EMA of the weights
 fixed-point iterations without gradient, then a random number with gradient
 (the official fixed_point_{no,with}_grad_{min,max}_iters; by default the
 official ranges for 26 default iterations scaled to this model's).
-`--trial-seconds S` stops after S seconds and prints the throughput (with no
-`--out`, it writes nothing).
+`--trial-seconds S` stops after S seconds and prints the throughput (and
+writes --out as of that step, when given). A loss that is not finite stops
+the run (exit 1) before the model is written.
 """
 import argparse
 import copy
@@ -303,15 +304,18 @@ def int_at_least(minimum):
     return parse
 
 
-def seconds(text):
-    """An argparse type: a number of seconds, 0 or more and finite."""
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds (0 or more)")
-    return value
+def float_in(low, high, what, high_included=True):
+    """An argparse type: a finite float in [low, high] (or [low, high))."""
+    def parse(text):
+        value = float(text)
+        if not (math.isfinite(value) and low <= value and (value <= high if high_included else value < high)):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+    parse.__name__ = "float"  # argparse names the type in "invalid float value"
+    return parse
 
 
-seconds.__name__ = "float"
+seconds = float_in(0.0, math.inf, "a number of seconds (0 or more)")
 
 
 def check_device(parser, device):
@@ -349,19 +353,21 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--steps", type=int_at_least(1), default=TRAINING_DEFAULTS["steps"])
     parser.add_argument("--batch-size", type=int_at_least(1), default=TRAINING_DEFAULTS["batch_size"])
-    parser.add_argument("--lr", type=float, default=TRAINING_DEFAULTS["lr"])
-    parser.add_argument("--ema-decay", type=float, default=TRAINING_DEFAULTS["ema_decay"])
+    parser.add_argument("--lr", type=float_in(1e-12, 1e3, "a learning rate (1e-12..1e3)"),
+                        default=TRAINING_DEFAULTS["lr"])
+    parser.add_argument("--ema-decay", type=float_in(0.0, 1.0, "an EMA decay (0 <= d < 1)", high_included=False),
+                        default=TRAINING_DEFAULTS["ema_decay"])
     parser.add_argument("--init-from", help="start from this model file's weights instead of the "
                         "official initialisation (a second training stage)")
-    parser.add_argument("--label-lr-scale", type=float, default=1.0,
+    parser.add_argument("--label-lr-scale", type=float_in(1e-6, 1e6, "a factor (1e-6..1e6)"), default=1.0,
                         help="learning-rate factor of the class embedding table")
     parser.add_argument("--threads", type=int_at_least(1), default=1,
                         help="1: on a shared 2-core machine one thread per run is several times faster than 2")
     parser.add_argument("--device", default="cpu",
                         help="torch device, e.g. cuda; the data, batches and noise live there too")
-    parser.add_argument("--hidden-size", type=int, default=COMMON_CONFIG["hidden_size"])
-    parser.add_argument("--num-heads", type=int, default=COMMON_CONFIG["num_heads"])
-    parser.add_argument("--patch-size", type=int, default=COMMON_CONFIG["patch_size"])
+    parser.add_argument("--hidden-size", type=int_at_least(1), default=COMMON_CONFIG["hidden_size"])
+    parser.add_argument("--num-heads", type=int_at_least(1), default=COMMON_CONFIG["num_heads"])
+    parser.add_argument("--patch-size", type=int_at_least(1), default=COMMON_CONFIG["patch_size"])
     parser.add_argument("--depth", type=int_at_least(1), default=DIT_DEPTH,
                         help="DiT depth; for FPDM the equivalent depth: it samples depth - 2 fixed-point "
                         "iterations by default (at least 2; 2 leaves none) and trains with ranges scaled to them")
@@ -379,7 +385,8 @@ def main(argv=None):
     parser.add_argument("--save-every", type=int_at_least(0), default=250,
                         help="rewrite --out with the current EMA every this many steps (0: only at the end)")
     parser.add_argument("--trial-seconds", type=seconds, default=0.0,
-                        help="stop after this many seconds and print the throughput (--out optional)")
+                        help="stop after this many seconds and print the throughput (--out optional: "
+                        "written as of that step when given)")
     args = parser.parse_args(argv)
 
     # Everything that can be refused is, before the data are read and any step runs.
@@ -399,6 +406,8 @@ def main(argv=None):
     out_folder = os.path.dirname(os.path.abspath(args.out)) if args.out else None
     if out_folder and (not os.path.isdir(out_folder) or not os.access(out_folder, os.W_OK)):
         parser.error(f"--out {args.out}: {out_folder} is not a writable folder")
+    if args.out and os.path.isdir(args.out):
+        parser.error(f"--out {args.out}: is a folder (allowed: a file name)")
     check_device(parser, args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -415,7 +424,11 @@ def main(argv=None):
         except (OSError, ValueError) as error:
             raise SystemExit(f"train.py: --init-from {args.init_from}: {error}")
         if loaded_cfg != cfg:
-            raise SystemExit(f"{args.init_from}: config {loaded_cfg} is not the {args.architecture} config {cfg}")
+            differing = ", ".join(f"{key} {loaded_cfg.get(key)!r} (this run: {cfg.get(key)!r})"
+                                  for key in sorted(set(loaded_cfg) | set(cfg))
+                                  if loaded_cfg.get(key) != cfg.get(key))
+            raise SystemExit(f"train.py: --init-from {args.init_from}: its model differs from this run's "
+                             f"{args.architecture}: {differing} (give the flags it was trained with)")
     else:
         net = reference.Net(cfg)
         initialize_like_official(net)
@@ -494,7 +507,7 @@ def main(argv=None):
     running_loss = running_mse = 0.0
     order = torch.randperm(len(data), generator=batch_gen, device=args.device)
     cursor = 0
-    step = 0
+    step = saved_step = 0
     for step in range(1, args.steps + 1):
         if cursor + args.batch_size > len(order):
             order = torch.randperm(len(data), generator=batch_gen, device=args.device)
@@ -514,7 +527,13 @@ def main(argv=None):
         loss.backward()
         opt.step()
         update_ema(ema, net, args.ema_decay, step)
-        running_loss += loss.item()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            kept = (f"{args.out} keeps the snapshot of step {saved_step}" if saved_step
+                    else "nothing was written")
+            raise SystemExit(f"train.py: step {step}: the loss is {loss_value}: training diverged "
+                             f"(try a smaller --lr); {kept}")
+        running_loss += loss_value
         running_mse += mse.mean().item()
         elapsed = time.time() - start
         if step % args.log_every == 0:
@@ -524,9 +543,10 @@ def main(argv=None):
             running_loss = running_mse = 0.0
         if args.out and args.save_every and step % args.save_every == 0 and step < args.steps:
             save(ema, cfg, args.out, dict(metadata, **snapshot_metadata(step, elapsed)))
+            saved_step = step
         if args.trial_seconds and elapsed > args.trial_seconds:
             print(f"trial: {step} steps in {elapsed:.1f}s = {step / elapsed:.2f} steps/s", flush=True)
-            return
+            break
     wall = time.time() - start
     since_log = step % args.log_every
     if since_log:
