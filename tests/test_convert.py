@@ -406,6 +406,18 @@ def test_file_errors(tmp):
         refused("output in a read-only folder", checkpoint, os.path.join(read_only, "x.safetensors"),
                 "is not writable")
 
+    # The output must not replace the checkpoint, however it is named.
+    before = open(checkpoint, "rb").read()
+    for out in (checkpoint, os.path.join(tmp, ".", "paths.pt")):
+        code, text = run_convert(checkpoint, out, "--heads", "2")
+        check(code == 1 and "is the checkpoint itself" in text and open(checkpoint, "rb").read() == before,
+              f"output {out} over its checkpoint refused ({text.strip()})")
+    # A file converted already is named as such.
+    converted = os.path.join(tmp, "converted.safetensors")
+    code, _ = run_convert(checkpoint, converted, "--heads", "2")
+    code, text = run_convert(converted, os.path.join(tmp, "again.safetensors"), "--heads", "2")
+    check(code == 1 and "is a .safetensors file already" in text, f"a converted file as input ({text.strip()})")
+
     missing = os.path.join(tmp, "missing.pt")
     code, text = run_convert(missing, os.path.join(tmp, "x.safetensors"), "--heads", "2")
     check(code == 1 and text.count(missing) == 1 and "cannot be read" in text,

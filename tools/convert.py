@@ -159,6 +159,11 @@ def load_checkpoint(path):
     except OSError as error:
         raise ConversionError(f"cannot be read: {error.strerror or error}")
     except Exception as error:  # torch raises many types for files it cannot parse
+        with open(path, "rb") as source:
+            start = source.read(9)
+        if len(start) == 9 and start[8:9] == b"{":  # a header length, then the header's JSON
+            raise ConversionError("is a .safetensors file already (convert.py reads the official "
+                                  "PyTorch checkpoints, .pt)")
         raise ConversionError(f"cannot be read by torch.load: {error}")
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"expected a state dict or a checkpoint dict, found {type(checkpoint).__name__}")
@@ -329,6 +334,9 @@ def write_model_file(out_path, tensors, metadata):
 
 def convert(checkpoint_path, out_path, options, log=print):
     check_output_path(out_path)
+    if os.path.exists(out_path) and os.path.exists(checkpoint_path) and os.path.samefile(checkpoint_path, out_path):
+        raise ConversionError("is the checkpoint itself, which the output would replace; give another name",
+                              out_path)
     arrays, train_args, source = load_checkpoint(checkpoint_path)
     settings = settings_from_train_args(train_args)
 
