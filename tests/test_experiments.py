@@ -102,5 +102,26 @@ def plot_only_without_results_says_so():
         assert run.returncode == 2 and f"no results in {path}" in run.stderr, (run.returncode, run.stderr)
 
 
+@test
+def paths_are_read_from_the_callers_folder():
+    """Relative paths name files where the command ran, not in the repository
+    (whose folder the tool works from): a results file there is the one read,
+    and refused here, untouched; bad counts and unknown settings are usage
+    errors."""
+    tools = os.path.abspath("tools/experiments.py")
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "mine.json"), "w") as sink:
+            sink.write("{broken")
+        run = subprocess.run([sys.executable, tools, "--plot-only", "--results", "mine.json"], cwd=folder,
+                             capture_output=True, text=True)
+        assert run.returncode != 0 and "Traceback" not in run.stderr and "mine.json" in run.stderr, run.stderr
+        assert not os.path.exists("mine.json") and not os.path.exists("tables.md")
+        for flags, message in ((["--per-class", "0"], "--per-class: 0 is less than 1"),
+                               (["--only", "nosuch"], "--only: no setting named nosuch")):
+            run = subprocess.run([sys.executable, tools, "--results", os.path.join(folder, "x.json"),
+                                  "--work", folder, *flags], capture_output=True, text=True)
+            assert run.returncode == 2 and message in run.stderr, (flags, run.returncode, run.stderr)
+
+
 if __name__ == "__main__":
     sys.exit(run_tests())

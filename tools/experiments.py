@@ -512,6 +512,18 @@ def parse_arguments(argv=None):
     parser.add_argument("--only", help="comma-separated setting names, or fpdm / dit for all of one model, "
                                        "to (re)run; the forward timings are measured once every setting has a result")
     args = parser.parse_args(argv)
+    for flag in ("per_class", "batch_size", "threads"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')}: {getattr(args, flag)} is less than 1")
+    # main works from the repository; the paths given are the caller's, read
+    # from where it ran (and written relative to the repository when inside
+    # it, so the recorded commands stay the same from any checkout).
+    for key in ("build", "fpdm", "dit", "data", "work", "results", "tables", "figure"):
+        given = getattr(args, key)
+        if given is not None and given != parser.get_default(key):
+            path = os.path.abspath(given)
+            inside = os.path.commonpath([path, REPO_DIR]) == REPO_DIR
+            setattr(args, key, os.path.relpath(path, REPO_DIR) if inside else path)
     args.sampler = os.path.join(args.build, "fpdm-sample")
     args.bench = os.path.join(args.build, "fpdm-bench")
     if args.quick:
@@ -543,12 +555,19 @@ def main():
     os.makedirs(os.path.dirname(results_path) or ".", exist_ok=True)
     settings, steps, default_iters, budget = plan(args.quick, args.full or args.quick)
     order = [s["name"] for s in settings]
+    unknown = set(args.only.split(",")) - set(order) - {"fpdm", "dit"} if args.only else set()
+    if unknown:
+        parser.error(f"--only: no setting named {', '.join(sorted(unknown))} (allowed: fpdm, dit, "
+                     f"{', '.join(order)})")
 
     config = run_config(args)
     saved = {}
     if os.path.exists(results_path):
-        with open(results_path) as source:
-            saved = json.load(source)
+        try:
+            with open(results_path) as source:
+                saved = json.load(source)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"experiments.py: {results_path}: not a readable results JSON ({error})")
     ran = False  # whether the results file changes
     if args.plot_only:
         if not saved:
