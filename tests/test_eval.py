@@ -1,13 +1,17 @@
 """test_eval.py - tests of tools/mnist.py (IDX reading, model-space digits) and
 tools/eval.py (Frechet distance, nearest-neighbour distances, PNG folders,
 labels, the score report) on tiny made-up data; and its command line: the
-files `sample` writes, what `score` refuses, --data after the command.
+files `sample` writes, what `score` refuses, --data after the command, and
+the bad values and files each command refuses (one line, exit 2 or 1) before
+any work (most run eval.main in this process: a subprocess costs a second).
 
     /usr/bin/python3 tests/test_eval.py BUILD_DIR      (run from the repository root)
 
 Exits 77 (skipped) without torch/numpy; prints "N passed, M failed".
 """
+import contextlib
 import gzip
+import io
 import os
 import struct
 import subprocess
@@ -232,6 +236,197 @@ def sample_names_the_files_it_writes():
         assert sorted(os.listdir(folder)) == ["digits-labels.npy", "digits.npy"], os.listdir(folder)
         assert np.load(out + ".npy").shape == (10, 1, 32, 32)
         assert np.load(out + "-labels.npy").tolist() == list(range(10))
+
+
+def run_main(*argv):
+    """eval.main(argv) in this process (a subprocess costs a second of torch
+    import each), as the interpreter would end it: (returncode, stderr)."""
+    stderr = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            evaluation.main(list(argv))
+        except SystemExit as error:
+            if isinstance(error.code, str):
+                print(error.code, file=sys.stderr)
+                code = 1
+            else:
+                code = error.code or 0
+    return subprocess.CompletedProcess(argv, code, "", stderr.getvalue())
+
+
+def assert_refused(run, code, text):
+    """Exit `code`, no traceback, `text` in stderr; a file problem (1) says so in one line."""
+    assert run.returncode == code and "Traceback" not in run.stderr, (code, run.returncode, run.stderr)
+    assert text in run.stderr, (text, run.stderr)
+    if code == 1:
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+MODEL = "models/dit-mnist.safetensors"
+
+
+@test
+def sample_refuses_bad_values_before_sampling():
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "digits")
+        cases = (
+            (("--out", os.path.join(folder, "no-folder", "x"), "--steps", "1", "--per-class", "1"),
+             f"folder {os.path.join(folder, 'no-folder')} does not exist"),
+            (("--out", folder, "--steps", "1", "--per-class", "1"), "is a folder"),
+            (("--out", out, "--steps", "0"), "argument --steps: 0 is less than 1"),
+            (("--out", out, "--steps", "-1"), "argument --steps: -1 is less than 1"),
+            (("--out", out, "--steps", "2000", "--per-class", "1"),
+             "argument --steps: 2000 is more than the model's 1000 training timesteps"),
+            (("--out", out, "--per-class", "0"), "argument --per-class: 0 is less than 1"),
+            (("--out", out, "--cfg", "nan"), "argument --cfg: nan is not a guidance scale"),
+            (("--out", out, "--cfg", "inf"), "argument --cfg: inf is not a guidance scale"),
+            (("--out", out, "--cfg", "0.5"), "argument --cfg: 0.5 is not a guidance scale"),
+            (("--out", out, "--threads", "0"), "argument --threads: 0 is less than 1"),
+        )
+        for argv, text in cases:
+            assert_refused(run_main("sample", MODEL, *argv), 2, text)
+        assert os.listdir(folder) == [], os.listdir(folder)
+
+
+@test
+def sample_names_a_model_file_it_cannot_use():
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = os.path.join(folder, "model.pt")
+        torch.save({"model": {"w": torch.zeros(2)}}, checkpoint)
+        missing = os.path.join(folder, "missing.safetensors")
+        out = os.path.join(folder, "digits")
+        cases = ((missing, f"eval.py: {missing}: No such file or directory"),
+                 (checkpoint, f"eval.py: {checkpoint}: not a DiT/FPDM safetensors model"),
+                 ("models/digit-classifier.safetensors",
+                  "eval.py: models/digit-classifier.safetensors: not a DiT/FPDM safetensors model"))
+        for model, text in cases:
+            assert_refused(run_main("sample", model, "--out", out, "--steps", "1", "--per-class", "1"), 1, text)
+        assert sorted(os.listdir(folder)) == ["model.pt"], os.listdir(folder)
+
+
+@test
+def train_classifier_refuses_bad_values_before_training():
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "c.safetensors")
+        cases = ((("--out", os.path.join(folder, "no-folder", "c.safetensors")), "does not exist"),
+                 (("--out", folder), "is a folder"),
+                 (("--out", out, "--epochs", "0"), "argument --epochs: 0 is less than 1"),
+                 (("--out", out, "--epochs", "-3"), "argument --epochs: -3 is less than 1"))
+        for argv, text in cases:
+            assert_refused(run_main("train-classifier", *argv), 2, text)
+        missing = os.path.join(folder, "no-data")
+        assert_refused(run_main("train-classifier", "--out", out, "--epochs", "1", "--data", missing), 1,
+                       f"eval.py: no train-images-idx3-ubyte[.gz] in {missing}")
+        assert os.listdir(folder) == [], os.listdir(folder)
+
+
+@test
+def outputs_are_written_whole():
+    """A writer that fails leaves the old file and no temporary; one that
+    works replaces the file, with the mode a plainly created one gets."""
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "c.safetensors")
+        write(path, b"old")
+
+        def fail(temp):
+            write(temp, b"half")
+            raise OSError(28, "No space left on device")
+        try:
+            evaluation.write_whole([(path, fail)])
+            raise AssertionError("write_whole did not fail")
+        except OSError:
+            pass
+        assert sorted(os.listdir(folder)) == ["c.safetensors"], os.listdir(folder)
+        assert open(path, "rb").read() == b"old"
+        evaluation.save_classifier(evaluation.DigitClassifier(), path, {})
+        assert sorted(os.listdir(folder)) == ["c.safetensors"], os.listdir(folder)
+        evaluation.load_classifier(path)
+        umask = os.umask(0)
+        os.umask(umask)
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask, oct(os.stat(path).st_mode)
+
+
+@test
+def score_names_a_classifier_it_cannot_use():
+    with tempfile.TemporaryDirectory() as folder:
+        write_pngs(folder, 2)
+        checkpoint = os.path.join(folder, "c.pt")
+        torch.save({"w": torch.zeros(2)}, checkpoint)
+        cases = (("models/fpdm-mnist.safetensors",
+                  "eval.py: models/fpdm-mnist.safetensors: not a digit classifier (10 of its 10 tensors missing"),
+                 (checkpoint, f"eval.py: {checkpoint}: not a safetensors classifier"))
+        for classifier, text in cases:
+            assert_refused(run_main("score", folder, "--classifier", classifier), 1, text)
+
+
+@test
+def score_refuses_non_finite_images():
+    with tempfile.TemporaryDirectory() as folder:
+        images = np.zeros((20, 1, 32, 32), dtype=np.float32)
+        images[3, 0, 5, 5] = np.nan
+        images[7, 0, 0, 0] = np.inf
+        path = os.path.join(folder, "x.npy")
+        np.save(path, images)
+        labels = ",".join(str(i % 10) for i in range(20))
+        assert_refused(run_eval("score", path, "--labels", labels), 1,  # the command itself, once
+                       f"eval.py: {path}: 2 of 20 images hold non-finite values "
+                       "(NaN or infinity; the first is image 3)")
+
+
+@test
+def score_refuses_pngs_it_would_misread():
+    from PIL import Image
+    cases = (("16x16", np.zeros((16, 16), dtype=np.uint8), "00001-1.png", "16x16 pixels; accepted: 28x28 or 32x32"),
+             ("16-bit", np.zeros((32, 32), dtype=np.uint16), "00001-1.png", "a 16-bit grayscale PNG"),
+             ("mixed", np.zeros((28, 28), dtype=np.uint8), "00001-1.png", "28x28 pixels, but"),
+             ("class", np.zeros((32, 32), dtype=np.uint8), "00001-19.png", "class 19 in the name is outside 0..9"))
+    for what, pixels, name, text in cases:
+        with tempfile.TemporaryDirectory() as folder:
+            write_pngs(folder, 1)
+            Image.fromarray(pixels).save(os.path.join(folder, name))
+            Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(os.path.join(folder, "00002-2.png"))
+            assert_refused(run_main("score", folder), 1, f"eval.py: {os.path.join(folder, name)}: {text}")
+    with tempfile.TemporaryDirectory() as folder:  # 28x28 throughout is MNIST's own size: read
+        for index in range(2):
+            Image.fromarray(np.full((28, 28), 255, dtype=np.uint8)).save(os.path.join(folder, f"{index:05d}-0.png"))
+        images, _ = evaluation.load_png_folder(folder)
+        assert images.shape == (2, 1, 32, 32) and images[0, 0, 2, 2] == 1.0 and images[0, 0, 1, 1] == -1.0
+    with tempfile.TemporaryDirectory() as folder:
+        write_pngs(folder, 2)
+        single = os.path.join(folder, "00000-0.png")
+        assert_refused(run_main("score", single), 1,
+                       f"eval.py: {single}: not a .npy file; score takes a folder of <index>-<class>.png")
+
+
+@test
+def score_refuses_labels_that_are_not_digit_classes():
+    with tempfile.TemporaryDirectory() as folder:
+        write_pngs(folder, 2)
+        for argv, text in ((("--labels", "3.7,1"), "--labels: '3.7' (position 0) is not a class"),
+                           (("--labels=-1,1",), "--labels: label -1 (position 0) is outside 0..9"),
+                           (("--labels", "1,10"), "--labels: label 10 (position 1) is outside 0..9"),
+                           (("--labels", "1,2,3"), "--labels: 3 labels for 2 images"),
+                           (("--labels", "labels.txt"), "--labels labels.txt: no such file")):
+            assert_refused(run_main("score", folder, *argv), 2, text)
+        npy = os.path.join(folder, "labels.npy")
+        np.save(npy, np.array([3.7, 1.0]))
+        assert_refused(run_main("score", folder, "--labels", npy), 1, f"eval.py: {npy}: label 3.7 (position 0) "
+                       "is not an integer")
+        np.save(npy, np.array([3.0, 1.0]))
+        assert evaluation.parse_labels(npy, 2).tolist() == [3, 1]
+        text = os.path.join(folder, "labels.txt")
+        write(text, b"1 -1")
+        assert_refused(run_main("score", folder, "--labels", text), 1, f"eval.py: {text}: label -1 (position 1)")
+
+
+@test
+def threads_below_one_are_refused_before_or_after_the_command():
+    with tempfile.TemporaryDirectory() as folder:
+        write_pngs(folder, 2)
+        for argv in (("--threads", "0", "score", folder), ("score", folder, "--threads", "0")):
+            assert_refused(run_main(*argv), 2, "argument --threads: 0 is less than 1")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ digit classifier trained on the 9,000 training digits.
 --data (the MNIST folder) and --threads go before the command, or after it;
 `sample` reads no data, so after `sample` only --threads.
 
+Bad flags or values: one line on stderr, exit 2; a file that is missing,
+unreadable or of the wrong kind: one line naming it, exit 1; both before any
+training or sampling (the --out folder is checked first). Outputs are written
+to a temporary file beside the target and renamed into place, never half.
+
 Scores: (a) class accuracy: the classifier's prediction against the requested
 class; (b) Frechet distance between the classifier's penultimate features of
 the generated images and of the 1,000 t10k images (with, for scale, the same
@@ -22,9 +27,12 @@ nearest training image, next to the same mean for the t10k images.
 """
 import argparse
 import json
+import math
 import os
 import re
+import struct
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -33,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from argument_types import float_in, int_at_least  # noqa: E402
 import mnist  # noqa: E402
 import safetensors_io  # noqa: E402
 
@@ -43,9 +52,103 @@ CLASSIFIER_EPOCHS = 12
 CLASSIFIER_BATCH = 64
 MAX_SHIFT = 2  # pixels of random translation while training the classifier
 PNG_NAME = re.compile(r"^(\d+)-(\d+)\.png$")
+PNG_SIZES = ((28, 28), (32, 32))  # (width, height): MNIST digits, or padded to the models' 32x32
+PNG_MODES = ("L", "RGB")  # 8-bit grayscale (what fpdm-sample writes for one channel) or 8-bit RGB
+PIL_MODE_NAMES = {"1": "1-bit", "I;16": "16-bit grayscale", "I": "16-bit grayscale", "LA": "grayscale with alpha",
+                  "RGBA": "RGB with alpha", "P": "palette", "I;16B": "16-bit grayscale"}
+NUM_DIGITS = 10
+MAX_GUIDANCE = 1e6  # as the C API's FPDM_MAX_SCALE
+INPUTS = "a folder of <index>-<class>.png files or a .npy [N,1,32,32] in [-1,1]"
 # np.cov of a single feature vector is NaN: the Frechet distance needs two
 # images at the least (and hundreds to mean much).
 MIN_SCORED_IMAGES = 2
+
+
+class UsageError(ValueError):
+    """A bad value given on the command line (exit 2), as against a file
+    that is missing, unreadable or of the wrong kind (ValueError, exit 1)."""
+
+
+def reason(error, path=None):
+    """An exception's text on one line, at most 200 characters, without the
+    leading "PATH: " that safetensors_io puts in its messages."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if path and text.startswith(f"{path}: "):
+        text = text[len(path) + 2:]
+    if path:
+        text = text.replace(f" '{path}'", "")
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def file_error_text(error):
+    """One line for an OSError or ValueError, naming the file where the error knows it."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or reason(error)}"
+    return reason(error)
+
+
+guidance_scale = float_in(1.0, MAX_GUIDANCE, f"a guidance scale (1 to {MAX_GUIDANCE:g}; 1: none)")
+
+
+def check_output(parser, flag, path):
+    """Refuses (exit 2) an output that cannot be written, before any work."""
+    if os.path.isdir(path):
+        parser.error(f"{flag} {path}: is a folder (give the name of the file to write)")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        parser.error(f"{flag} {path}: folder {folder} is not writable")
+
+
+def write_whole(outputs):
+    """outputs: (path, write(temporary_path)) pairs. Each is written to a
+    temporary file beside its path (with the mode a plainly created file
+    would get; mkstemp's is 0600), then all are renamed into place: a failure
+    leaves no partial output, and the temporary files are removed."""
+    umask = os.umask(0)
+    os.umask(umask)
+    temps = []
+    try:
+        for path, write in outputs:
+            handle, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                            dir=os.path.dirname(os.path.abspath(path)))
+            temps.append(temp)
+            os.fchmod(handle, 0o666 & ~umask)
+            os.close(handle)
+            write(temp)
+        for (path, _), temp in zip(outputs, temps):
+            os.replace(temp, path)
+    finally:
+        for temp in temps:
+            if os.path.exists(temp):
+                os.unlink(temp)
+
+
+def save_npy(path, array):
+    """np.save to exactly this name (np.save adds .npy to a name it opens itself)."""
+    with open(path, "wb") as out:
+        np.save(out, array)
+
+
+def not_a(path, what, error):
+    """The one-line ValueError for a file that is not `what`."""
+    hint = "; a .pt checkpoint is converted with tools/convert.py" if path.endswith((".pt", ".pth")) else ""
+    return ValueError(f"{path}: not a {what} ({reason(error, path)}){hint}")
+
+
+# What safetensors_io.read and reference.load_model raise on a file of another kind.
+WRONG_FILE_ERRORS = (ValueError, KeyError, TypeError, IndexError, RuntimeError, struct.error)
+
+
+def read_safetensors(path, what):
+    """safetensors_io.read; a file that is not safetensors is a ValueError naming it."""
+    try:
+        return safetensors_io.read(path)
+    except OSError:
+        raise
+    except WRONG_FILE_ERRORS as error:
+        raise not_a(path, f"safetensors {what}", error) from None
 
 
 class DigitClassifier(nn.Module):
@@ -72,13 +175,32 @@ class DigitClassifier(nn.Module):
 
 
 def save_classifier(net, path, metadata):
+    """Written whole: a temporary file beside path, renamed into place."""
     tensors = {name: value.detach().float().numpy() for name, value in net.state_dict().items()}
-    safetensors_io.write(path, tensors, metadata)
+    write_whole([(path, lambda temp: safetensors_io.write(temp, tensors, metadata))])
 
 
 def load_classifier(path):
-    tensors, metadata = safetensors_io.read(path)
+    """(net, metadata); a file that is not a digit classifier of this shape,
+    or holds non-finite weights, is a one-line ValueError naming it."""
+    tensors, metadata = read_safetensors(path, "classifier")
     net = DigitClassifier()
+    expected = net.state_dict()
+    missing = [name for name in expected if name not in tensors]
+    unknown = sorted(name for name in tensors if name not in expected)
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of its {len(expected)} tensors missing, e.g. {missing[0]}")
+        if unknown:
+            parts.append(f"{len(unknown)} unknown tensors, e.g. {unknown[0]}")
+        raise ValueError(f"{path}: not a digit classifier ({'; '.join(parts)})")
+    for name, value in expected.items():
+        if tuple(tensors[name].shape) != tuple(value.shape):
+            raise ValueError(f"{path}: not a digit classifier (tensor {name} is {list(tensors[name].shape)}, "
+                             f"expected {list(value.shape)})")
+        if not np.isfinite(tensors[name]).all():
+            raise ValueError(f"{path}: tensor {name} holds non-finite values")
     net.load_state_dict({name: torch.from_numpy(np.array(a, dtype=np.float32)) for name, a in tensors.items()})
     return net.eval(), metadata
 
@@ -179,26 +301,109 @@ def load_png_folder(folder):
     if not entries:
         raise ValueError(f"{folder}: no files named <index>-<class>.png")
     entries.sort()
-    pixels = [np.array(Image.open(os.path.join(folder, name)).convert("L")) for _, _, name in entries]
+    pixels, first = [], None
+    for _, label, name in entries:
+        path = os.path.join(folder, name)
+        if label >= NUM_DIGITS:
+            raise ValueError(f"{path}: class {label} in the name is outside 0..{NUM_DIGITS - 1}")
+        try:
+            with Image.open(path) as image:
+                kind, mode, size = image.format, image.mode, image.size
+                gray = np.array(image.convert("L")) if kind == "PNG" and mode in PNG_MODES else None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+            raise ValueError(f"{path}: not a readable PNG ({reason(error, path)})") from None
+        if kind != "PNG":
+            raise ValueError(f"{path}: a {kind} image, not a PNG")
+        if mode not in PNG_MODES:
+            raise ValueError(f"{path}: a {PIL_MODE_NAMES.get(mode, mode)} PNG (mode {mode}); "
+                             f"accepted: 8-bit grayscale or 8-bit RGB")
+        if size not in PNG_SIZES:
+            raise ValueError(f"{path}: {size[0]}x{size[1]} pixels; accepted: 28x28 or 32x32")
+        if first is None:
+            first = (path, size)
+        elif size != first[1]:
+            raise ValueError(f"{path}: {size[0]}x{size[1]} pixels, but {first[0]} is "
+                             f"{first[1][0]}x{first[1][1]} (all images must have one size)")
+        pixels.append(gray)
     images = mnist.to_model_space(np.stack(pixels))
     return images, np.array([label for _, label, _ in entries], dtype=np.int64)
 
 
 def parse_labels(text, count):
-    """Labels from a .npy or text file (numbers separated by commas or white
-    space) or from a comma-separated list on the command line."""
+    """Labels from a .npy or text file (integers separated by commas or white
+    space) or from a comma-separated list on the command line; each a class
+    0..9, one per image. A bad file is a ValueError naming it, a bad list a
+    UsageError (a negative number is taken as an option: --labels=-1,...)."""
     if os.path.exists(text):
+        where, error_type = text, ValueError
         if text.endswith(".npy"):
-            labels = np.load(text)
+            try:
+                labels = np.load(text, allow_pickle=False)
+            except (ValueError, EOFError) as error:
+                raise ValueError(f"{text}: not a readable .npy ({reason(error)})") from None
+            if np.issubdtype(labels.dtype, np.floating):
+                whole = np.isfinite(labels) & (labels == np.round(labels))
+                if not whole.all():
+                    bad = np.flatnonzero(~whole.reshape(-1))[0]
+                    raise ValueError(f"{text}: label {labels.reshape(-1)[bad]} (position {bad}) is not an integer")
+            elif not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"{text}: {labels.dtype} values; expected integer classes")
+            labels = [int(value) for value in labels.reshape(-1).tolist()]
         else:
             with open(text) as source:
-                labels = np.array(source.read().replace(",", " ").split(), dtype=np.int64)
+                try:
+                    tokens = source.read().replace(",", " ").split()
+                except UnicodeDecodeError:
+                    raise ValueError(f"{text}: not a text file of labels") from None
+            labels = integer_labels(tokens, where, error_type)
     else:
-        labels = np.array(text.split(","), dtype=np.int64)
-    labels = labels.astype(np.int64).reshape(-1)
+        where, error_type = "--labels", UsageError
+        tokens = text.split(",")
+        if len(tokens) == 1 and not is_number(text):
+            raise UsageError(f"--labels {text}: no such file, and not a comma-separated list of classes")
+        labels = integer_labels(tokens, where, error_type)
+    for position, value in enumerate(labels):
+        if not 0 <= value < NUM_DIGITS:
+            raise error_type(f"{where}: label {value} (position {position}) is outside 0..{NUM_DIGITS - 1}")
     if len(labels) != count:
-        raise ValueError(f"{len(labels)} labels for {count} images")
-    return labels
+        raise error_type(f"{where}: {len(labels)} labels for {count} images")
+    return np.array(labels, dtype=np.int64)
+
+
+def is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def integer_labels(tokens, where, error_type):
+    """Python ints of the tokens (a huge one is then refused as outside 0..9, not overflowed)."""
+    values = []
+    for position, token in enumerate(tokens):
+        if not re.fullmatch(r"\s*[+-]?\d+\s*", token):
+            raise error_type(f"{where}: {token.strip()!r} (position {position}) is not a class (an integer "
+                             f"0..{NUM_DIGITS - 1})")
+        values.append(int(token))
+    return values
+
+
+def load_npy_images(path):
+    """float32 images [N,1,32,32] from a .npy file, checked."""
+    with open(path, "rb") as source:
+        magic = source.read(6)
+    if magic != b"\x93NUMPY":
+        raise ValueError(f"{path}: not a .npy file; score takes {INPUTS}")
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable .npy ({reason(error)})") from None
+    if not (np.issubdtype(images.dtype, np.floating) or np.issubdtype(images.dtype, np.integer)):
+        raise ValueError(f"{path}: {images.dtype} values; expected real numbers")
+    if images.ndim != 4 or images.shape[1:] != (1, mnist.MODEL_SIZE, mnist.MODEL_SIZE):
+        raise ValueError(f"{path}: expected [N,1,32,32], got {list(images.shape)}")
+    return images.astype(np.float32)
 
 
 def load_generated(path, labels_text):
@@ -207,16 +412,22 @@ def load_generated(path, labels_text):
         images, labels = load_png_folder(path)
         if labels_text is not None:
             labels = parse_labels(labels_text, len(images))
+    elif not os.path.exists(path):
+        raise ValueError(f"{path}: no such file or folder; score takes {INPUTS}")
     else:
-        images = np.load(path).astype(np.float32)
-        if images.ndim != 4 or images.shape[1:] != (1, mnist.MODEL_SIZE, mnist.MODEL_SIZE):
-            raise ValueError(f"{path}: expected [N,1,32,32], got {images.shape}")
+        if labels_text is None and path.endswith(".npy"):
+            raise UsageError(f"{path}: a .npy input needs --labels")
+        images = load_npy_images(path)
         if labels_text is None:
-            raise ValueError("a .npy input needs --labels")
+            raise UsageError(f"{path}: a .npy input needs --labels")
         labels = parse_labels(labels_text, len(images))
     if len(images) < MIN_SCORED_IMAGES:
         raise ValueError(f"{path}: {len(images)} image(s) to score; the Frechet distance needs at least "
                          f"{MIN_SCORED_IMAGES} (and hundreds for a stable value)")
+    finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"{path}: {int((~finite).sum())} of {len(images)} images hold non-finite values "
+                         f"(NaN or infinity; the first is image {int(np.flatnonzero(~finite)[0])})")
     return images, labels
 
 
@@ -243,12 +454,23 @@ def score(images, labels, classifier, train_images, test_images):
     }
 
 
-def sample_model(model_path, steps, cfg_scale, per_class, seed):
-    """(images [N,1,32,32] float32, labels [N]) from the PyTorch reference
-    sampler: DDPM respaced to `steps`, official guidance, default iterations."""
+def load_model(path):
+    """(net, cfg) of a model file; one that is not a DiT/FPDM safetensors
+    model is a one-line ValueError naming it."""
     import reference
+    try:
+        return reference.load_model(path)
+    except OSError:
+        raise
+    except WRONG_FILE_ERRORS as error:
+        raise not_a(path, "DiT/FPDM safetensors model", error) from None
+
+
+def sample_model(net, cfg, steps, cfg_scale, per_class, seed):
+    """(images [N,1,32,32] float32, labels [N]) from the PyTorch reference
+    sampler: DDPM respaced to `steps`, official guidance, default iterations;
+    net, cfg from load_model."""
     import reference_sampling
-    net, cfg = reference.load_model(model_path)
     labels = np.repeat(np.arange(cfg["num_classes"]), per_class)
     generator = torch.Generator().manual_seed(seed)
     shape = (len(labels), cfg["in_channels"], cfg["input_size"], cfg["input_size"])
@@ -276,39 +498,58 @@ def main(argv=None):
     data_help = f"the MNIST folder (default: {mnist.DEFAULT_DIR})"
     threads_help = "torch threads (default: 1)"
     parser.add_argument("--data", default=mnist.DEFAULT_DIR, help=data_help)
-    parser.add_argument("--threads", type=int, default=1, help=threads_help)
+    parser.add_argument("--threads", type=int_at_least(1), default=1, help=threads_help)
     with_threads = argparse.ArgumentParser(add_help=False)
-    with_threads.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=threads_help)
+    with_threads.add_argument("--threads", type=int_at_least(1), default=argparse.SUPPRESS, help=threads_help)
     with_data = argparse.ArgumentParser(add_help=False, parents=[with_threads])
     with_data.add_argument("--data", default=argparse.SUPPRESS, help=data_help)
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train-classifier", parents=[with_data])
     train.add_argument("--out", default=DEFAULT_CLASSIFIER)
     train.add_argument("--seed", type=int, default=CLASSIFIER_SEED)
-    train.add_argument("--epochs", type=int, default=CLASSIFIER_EPOCHS)
+    train.add_argument("--epochs", type=int_at_least(1), default=CLASSIFIER_EPOCHS)
     sample = commands.add_parser("sample", parents=[with_threads])
     sample.add_argument("model")
     sample.add_argument("--out", required=True,
                         help="the images' .npy (.npy added when missing); the labels go to <out>-labels.npy")
-    sample.add_argument("--steps", type=int, default=20)
-    sample.add_argument("--cfg", type=float, default=3.0)
-    sample.add_argument("--per-class", type=int, default=20)
+    sample.add_argument("--steps", type=int_at_least(1), default=20,
+                        help="DDPM steps, 1 to the model's training timesteps")
+    sample.add_argument("--cfg", type=guidance_scale, default=3.0, help="guidance scale (1: none)")
+    sample.add_argument("--per-class", type=int_at_least(1), default=20)
     sample.add_argument("--seed", type=int, default=0)
     scoring = commands.add_parser("score", parents=[with_data])
     scoring.add_argument("input", help="a folder of <index>-<class>.png or a .npy [N,1,32,32]")
-    scoring.add_argument("--labels", help="requested classes: .npy, text file, or a comma list")
+    scoring.add_argument("--labels", help="requested classes 0..9: .npy, text file, or a comma list "
+                         "(--labels=-1,... for a list starting with a minus sign)")
     scoring.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     if args.command == "train-classifier":
-        train_classifier(args.data, args.out, args.seed, args.epochs)
+        check_output(train, "--out", args.out)
+        try:  # the data are read before the first epoch; the file written whole after the last
+            train_classifier(args.data, args.out, args.seed, args.epochs)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"eval.py: {file_error_text(error)}")
     elif args.command == "sample":
         start = time.time()
-        images, labels = sample_model(args.model, args.steps, args.cfg, args.per_class, args.seed)
         images_path, labels_path = npy_paths(args.out)
-        np.save(images_path, images)
-        np.save(labels_path, labels)
+        check_output(sample, "--out", args.out.rstrip(os.sep) if args.out.endswith(os.sep) else args.out)
+        check_output(sample, "--out", images_path)
+        check_output(sample, "--out", labels_path)
+        try:
+            net, cfg = load_model(args.model)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"eval.py: {file_error_text(error)}")
+        if args.steps > cfg["num_train_timesteps"]:
+            sample.error(f"argument --steps: {args.steps} is more than the model's "
+                         f"{cfg['num_train_timesteps']} training timesteps")
+        images, labels = sample_model(net, cfg, args.steps, args.cfg, args.per_class, args.seed)
+        try:
+            write_whole([(images_path, lambda temp: save_npy(temp, images)),
+                         (labels_path, lambda temp: save_npy(temp, labels))])
+        except OSError as error:
+            raise SystemExit(f"eval.py: {images_path}: cannot be written: {error.strerror or reason(error)}")
         print(f"wrote {images_path} and {labels_path} ({time.time() - start:.0f}s)")
     else:
         try:
@@ -316,8 +557,10 @@ def main(argv=None):
             classifier, _ = load_classifier(args.classifier)
             train_images = mnist.to_model_space(mnist.load_split(args.data, "train")[0])
             test_images = mnist.to_model_space(mnist.load_split(args.data, "t10k")[0])
+        except UsageError as error:
+            scoring.error(str(error))
         except (OSError, ValueError) as error:
-            raise SystemExit(f"eval.py: {error}")
+            raise SystemExit(f"eval.py: {file_error_text(error)}")
         print(json.dumps(score(images, labels, classifier, train_images, test_images), indent=2))
 
 

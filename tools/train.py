@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from argument_types import float_in, int_at_least  # noqa: E402
 import mnist  # noqa: E402
 import reference  # noqa: E402
 import reference_sampling  # noqa: E402
@@ -291,28 +292,6 @@ def save(ema, cfg, path, metadata):
     partial = path + ".partial"
     reference.save_model(exported, cfg, partial, dtype="f32", extra_metadata=metadata)
     os.replace(partial, path)
-
-
-def int_at_least(minimum):
-    """An argparse type: an integer, at least minimum."""
-    def parse(text):
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
-        return value
-    parse.__name__ = "int"  # argparse names the type in "invalid int value"
-    return parse
-
-
-def float_in(low, high, what, high_included=True):
-    """An argparse type: a finite float in [low, high] (or [low, high))."""
-    def parse(text):
-        value = float(text)
-        if not (math.isfinite(value) and low <= value and (value <= high if high_included else value < high)):
-            raise argparse.ArgumentTypeError(f"{text} is not {what}")
-        return value
-    parse.__name__ = "float"  # argparse names the type in "invalid float value"
-    return parse
 
 
 seconds = float_in(0.0, math.inf, "a number of seconds (0 or more)")
