@@ -321,6 +321,13 @@ def test_pos_embed_mismatch_warns(tmp):
     check(code == 0 and "pos_embed" in text and "warning" in text
           and np.array_equal(tensors.get("pos_embed"), sd["pos_embed"].numpy()),
           "changed pos_embed: warning, stored one kept")
+    # A checkpoint saved in bf16 or fp16 holds the table rounded: no warning.
+    _, sd = official_state_dict(cfg, 5)
+    for dtype in (torch.bfloat16, torch.float16):
+        rounded = {name: value.to(dtype) for name, value in sd.items()}
+        torch.save(rounded, checkpoint)
+        code, text = run_convert(checkpoint, out, "--heads", "2")
+        check(code == 0 and "pos_embed" not in text, f"{dtype} checkpoint: its rounded pos_embed passes ({text.strip()})")
 
 
 def test_refusals(tmp):
