@@ -239,7 +239,11 @@ static int parse_arguments(int argc, char **argv, options *opt)
         } else if (strcmp(flag, "--write-model") == 0) {
             opt->write_model = value;
         } else if (strcmp(flag, "--image-size") == 0) {
-            rc = cli_parse_int(flag, value, 8, 4096, &opt->image_size, err, sizeof err);
+            /* The sizes the latent configurations come in (DiT's 256 and 512 px). */
+            static const char *const image_sizes[] = {"256", "512", NULL};
+            int choice = 0;
+            rc = cli_parse_choice(flag, value, image_sizes, &choice, err, sizeof err);
+            opt->image_size = choice ? 512 : 256;
         } else if (strcmp(flag, "--mode") == 0) {
             rc = cli_parse_choice(flag, value, mode_names, &opt->mode, err, sizeof err);
         } else if (strcmp(flag, "--batch-size") == 0) {

@@ -196,7 +196,8 @@ usage() {  # usage NAME PATTERN ARGS...
     fails "$name" 2 "$@"
 }
 usage "unknown config" "unknown configuration 'DiT-Q/2' \(allowed: DiT-XL/2, .*tiny-fpdm\)" --config DiT-Q/2
-usage "bad image size" "image size 300 is not supported \(allowed: 256, 512\)" --config DiT-S/2 --image-size 300
+usage "bad image size" "--image-size: '300' is not one of 256\|512" --config DiT-S/2 --image-size 300
+usage "tiny image size" "--image-size: '7' is not one of 256\|512" --config DiT-S/2 --image-size 7
 usage "zero batch" "--batch-size: 0 is out of range" --batch-size 1,0
 usage "bad mode" "--mode: 'train' is not one of forward\|sample" --mode train
 usage "bad cfg" "--cfg: 'yes' is not one of off\|on" --cfg yes
