@@ -221,6 +221,17 @@ fpdm_status context_check_device(fpdm_context *ctx) {
 fpdm_status context_check_finite(fpdm_context *ctx, const char *what, const float *values,
                                  size_t n) {
     if (!values) return FPDM_OK;
+    /* Exponent bits all set is NaN or infinity. Tested on the bits and
+     * without an early exit, the pass vectorises: fpdm_forward's x is checked
+     * in the time fpdm-bench measures (for DiT-XL/2's 128 rows, 0.5 ms with
+     * isfinite and an early exit, 0.09 ms this way, on a 2-core VM). */
+    uint32_t any_non_finite = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, values + i, sizeof bits);
+        any_non_finite |= (bits & 0x7f800000u) == 0x7f800000u;
+    }
+    if (!any_non_finite) return FPDM_OK;
     for (size_t i = 0; i < n; i++)
         if (!isfinite(values[i]))
             return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,

@@ -69,6 +69,32 @@ static void check_intermediates(fpdm_context *ctx, const fpdm_model *model, cons
     check_buffer(case_name, "block0_out", io, st.hidden);
 }
 
+/* A NaN or infinite input is refused, naming it: its output would be NaN. */
+static void check_non_finite_inputs(fpdm_context *ctx, const fpdm_model *model, int batch,
+                                    float *x, float *t, const int *labels, int iters, float *init,
+                                    float *out, size_t solution_floats) {
+    const fpdm_model_info *info = fpdm_model_get_info(model);
+    const size_t x_floats = (size_t)batch * info->in_channels * info->input_size * info->input_size;
+    struct {
+        float *values;
+        size_t index;
+        float poison;
+        const char *needle;
+    } cases[3] = {{x, x_floats - 1, INFINITY, "x["},
+                  {t, 0, NAN, "timesteps[0] is nan"},
+                  {init, solution_floats / 2, -INFINITY, "init_solution["}};
+    for (int c = 0; c < 3; c++) {
+        if (!cases[c].values) continue;
+        const float kept = cases[c].values[cases[c].index];
+        cases[c].values[cases[c].index] = cases[c].poison;
+        fpdm_status status = fpdm_forward(ctx, model, batch, x, t, labels, iters, init, out, NULL);
+        CHECK_MSG(status == FPDM_ERR_INVALID_ARGUMENT && strstr(fpdm_last_error(ctx), cases[c].needle) &&
+                      strstr(fpdm_last_error(ctx), "allowed: finite numbers"),
+                  "%s poisoned: status %d, %s", cases[c].needle, (int)status, fpdm_last_error(ctx));
+        cases[c].values[cases[c].index] = kept;
+    }
+}
+
 static void check_case(const char *model_path, const char *io_path, const char *case_name) {
     fpdm_context *ctx;
     fpdm_context_params params = fpdm_context_default_params();
@@ -109,6 +135,7 @@ static void check_case(const char *model_path, const char *io_path, const char *
     snprintf(what, sizeof what, "%s out", case_name);
     check_close(what, out, expected, out_n, TOLERANCE);
     if (info->is_fixed_point) check_buffer(case_name, "solution", &io, solution);
+    check_non_finite_inputs(ctx, model, batch, x, t, labels, iters, init, out, sol_n);
 
     free(x), free(t), free(labels), free(init), free(expected), free(out), free(solution);
     safetensors_close(&io);
