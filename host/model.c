@@ -115,9 +115,12 @@ static const void *place_operand(weight_layout *layout, const char *name) {
     if (host) {
         safetensors_to_f32(t, layout->converted);
         const int bf16 = layout->operand_type == BACKEND_BF16;
+        /* All exponent bits set: NaN or infinity in the file, or past the
+         * type's range (rounding keeps NaN and infinity as they are). */
+        const uint16_t exponent = bf16 ? 0x7f80 : 0x7c00;
         for (size_t i = 0; i < n; i++) {
             host[i] = bf16 ? f32_to_bf16(layout->converted[i]) : f32_to_f16(layout->converted[i]);
-            if (!isfinite(bf16 ? bf16_to_f32(host[i]) : f16_to_f32(host[i])))
+            if ((host[i] & exponent) == exponent)
                 record_bad_weight(layout, name, i, layout->converted[i]);
         }
     }
