@@ -161,6 +161,20 @@ def test_fpdm_train_checkpoint(tmp, build_dir):
     check(md.get("fpdm.pre_post_timestep_conditioning") == "false" and "assuming it was off" in text,
           "unrecorded pre/post timestep conditioning: off, with a warning")
 
+    # An EMA kept by torch.optim.swa_utils.AveragedModel: "module." names and
+    # its integer count of averaged models, which is not a weight.
+    averaged = {"module." + k: v for k, v in ema_sd.items()}
+    averaged["n_averaged"] = torch.tensor(17, dtype=torch.long)
+    averaged_path = os.path.join(tmp, "fpdm-averaged.pt")
+    torch.save(averaged, averaged_path)
+    averaged_out = os.path.join(tmp, "fpdm-averaged.safetensors")
+    code, text = run_convert(averaged_path, averaged_out, "--heads", "4")
+    tensors = safetensors_io.read(averaged_out)[0] if code == 0 else {}
+    plain_tensors = safetensors_io.read(plain_out)[0] if os.path.exists(plain_out) else {}
+    check(code == 0 and tensors.keys() == plain_tensors.keys()
+          and all(np.array_equal(tensors[k], plain_tensors[k]) for k in tensors),
+          f"AveragedModel EMA: its weights, n_averaged dropped ({text.strip()})")
+
 
 def test_model_name_and_compiled_prefix(tmp, build_dir):
     # DiT-S's width (384, 6 heads): the name's hidden size must match.

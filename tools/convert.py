@@ -177,6 +177,10 @@ def load_checkpoint(path):
             raise ConversionError("the checkpoint's weights are not a state dict")
     else:
         state = checkpoint
+    # torch.optim.swa_utils.AveragedModel, a common EMA: its count of averaged
+    # models beside the "module."-prefixed weights.
+    if "n_averaged" in state and any(isinstance(key, str) and key.startswith("module.") for key in state):
+        state = {key: value for key, value in state.items() if key != "n_averaged"}
     arrays = {}
     for key, value in state.items():
         if not isinstance(key, str) or not torch.is_tensor(value):
