@@ -534,6 +534,14 @@ def parse_arguments(argv=None):
     return parser, args
 
 
+def require_build(args):
+    """Exits (1) naming the first of the build's two programs that is not there."""
+    for program in (args.sampler, args.bench):
+        if not os.access(program, os.X_OK):
+            raise SystemExit(f"experiments.py: {program}: no such program (--build names the folder "
+                             "that holds fpdm-sample and fpdm-bench)")
+
+
 def run_config(args):
     """The options that the results JSON records and its results depend on."""
     return {"num_images": args.num_images, "per_class": args.per_class, "seed": args.seed,
@@ -577,6 +585,7 @@ def main():
         config, models, timings, results = saved["config"], saved["models"], saved.get("timings"), saved["results"]
     else:
         if args.quick:
+            require_build(args)
             for key, name in (("fpdm", "tiny-fpdm"), ("dit", "tiny-dit")):
                 path = os.path.join(args.work, f"{name}.safetensors")
                 subprocess.run([args.bench, "--config", name, "--write-model", path], check=True,
@@ -588,6 +597,7 @@ def main():
                                                        for key in ("fpdm", "dit")}, args.discard_stale)
             except ValueError as error:
                 parser.error(f"{results_path}: {error}")
+        require_build(args)
         models = {"fpdm": model_info(args, args.fpdm), "dit": model_info(args, args.dit)}
         if args.estimate:
             timings = forward_timings(args, models, sorted({s["iters"] for s in settings if s["model"] == "fpdm"}))
