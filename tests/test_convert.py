@@ -433,6 +433,15 @@ def test_file_errors(tmp):
         code, text = run_convert(checkpoint, out, "--heads", "2")
         check(code == 1 and "is the checkpoint itself" in text and open(checkpoint, "rb").read() == before,
               f"output {out} over its checkpoint refused ({text.strip()})")
+    # An output that is a link replaces the file it names; the link stays.
+    linked_target = os.path.join(tmp, "linked-target.safetensors")
+    with open(linked_target, "wb") as sink:
+        sink.write(b"old")
+    link = os.path.join(tmp, "link.safetensors")
+    os.symlink("linked-target.safetensors", link)
+    code, text = run_convert(checkpoint, link, "--heads", "2")
+    check(code == 0 and os.path.islink(link) and open(linked_target, "rb").read(8) != b"old",
+          f"output through a link ({text.strip()})")
     # A file converted already is named as such.
     converted = os.path.join(tmp, "converted.safetensors")
     code, _ = run_convert(checkpoint, converted, "--heads", "2")

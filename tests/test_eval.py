@@ -141,6 +141,10 @@ def labels_come_from_lists_and_files():
         npy = os.path.join(folder, "labels.npy")
         np.save(npy, np.array([2, 7]))
         assert evaluation.parse_labels(npy, 2).tolist() == [2, 7]
+        archive = os.path.join(folder, "archive.npy")
+        with open(archive, "wb") as sink:
+            np.savez(sink, labels=np.array([2, 7]))
+        expect_error(evaluation.parse_labels, archive, 2)
     expect_error(evaluation.parse_labels, "1,2", 3)
 
 
@@ -236,6 +240,12 @@ def sample_names_the_files_it_writes():
         assert sorted(os.listdir(folder)) == ["digits-labels.npy", "digits.npy"], os.listdir(folder)
         assert np.load(out + ".npy").shape == (10, 1, 32, 32)
         assert np.load(out + "-labels.npy").tolist() == list(range(10))
+        # A folder of the --out name (fpdm-sample's, say) is no obstacle: the
+        # files are NAME.npy and NAME-labels.npy beside it.
+        os.remove(out + ".npy")
+        os.mkdir(out)
+        run = run_eval("sample", "models/dit-mnist.safetensors", "--out", out, "--steps", "1", "--per-class", "1")
+        assert run.returncode == 0 and os.path.isfile(out + ".npy"), run.stderr
 
 
 def run_main(*argv):
@@ -273,7 +283,7 @@ def sample_refuses_bad_values_before_sampling():
         cases = (
             (("--out", os.path.join(folder, "no-folder", "x"), "--steps", "1", "--per-class", "1"),
              f"folder {os.path.join(folder, 'no-folder')} does not exist"),
-            (("--out", folder, "--steps", "1", "--per-class", "1"), "is a folder"),
+            (("--out", folder + os.sep, "--steps", "1", "--per-class", "1"), "names a folder"),
             (("--out", out, "--steps", "0"), "argument --steps: 0 is less than 1"),
             (("--out", out, "--steps", "-1"), "argument --steps: -1 is less than 1"),
             (("--out", out, "--steps", "2000", "--per-class", "1"),
@@ -346,6 +356,11 @@ def outputs_are_written_whole():
         umask = os.umask(0)
         os.umask(umask)
         assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask, oct(os.stat(path).st_mode)
+        # A link is written through: it keeps naming the file, which is new.
+        link = os.path.join(folder, "link.safetensors")
+        os.symlink("c.safetensors", link)
+        evaluation.write_whole([(link, lambda temp: write(temp, b"through"))])
+        assert os.path.islink(link) and open(path, "rb").read() == b"through"
 
 
 @test

@@ -114,11 +114,15 @@ def paths_are_read_from_the_callers_folder():
             sink.write("{broken")
         run = subprocess.run([sys.executable, tools, "--plot-only", "--results", "mine.json"], cwd=folder,
                              capture_output=True, text=True)
-        assert run.returncode != 0 and "Traceback" not in run.stderr and "mine.json" in run.stderr, run.stderr
+        assert run.returncode == 1 and "mine.json: not a readable results JSON" in run.stderr, run.stderr
         assert not os.path.exists("mine.json") and not os.path.exists("tables.md")
         run = subprocess.run([sys.executable, tools, "--quick", "--build", "nosuch", "--work", folder], cwd=folder,
                              capture_output=True, text=True)
         assert run.returncode == 1 and f"{folder}/nosuch/fpdm-sample: no such program" in run.stderr, run.stderr
+        run = subprocess.run([sys.executable, tools, "--build", "build-lead", "--fpdm", "nosuch.safetensors",
+                              "--work", folder, "--results", os.path.join(folder, "r.json")], cwd=folder,
+                             capture_output=True, text=True)
+        assert run.returncode == 1 and "--fpdm" in run.stderr and "no such model file" in run.stderr, run.stderr
         for flags, message in ((["--per-class", "0"], "--per-class: 0 is less than 1"),
                                (["--only", "nosuch"], "--only: no setting named nosuch")):
             run = subprocess.run([sys.executable, tools, "--results", os.path.join(folder, "x.json"),

@@ -184,6 +184,7 @@ def bad_arguments_are_refused_before_any_work():
             (("dit", "--lr", "-1"), "--lr: -1 is not a learning rate"),
             (("dit", "--ema-decay", "1"), "--ema-decay: 1 is not an EMA decay"),
             (("dit", "--label-lr-scale", "inf"), "--label-lr-scale: inf is not a factor"),
+            (("dit", "--out", ""), "--out: empty value"),
             (("dit", "--patch-size", "0"), "--patch-size: 0 is less than 1"),
             (("dit", "--num-heads", "-4"), "--num-heads: -4 is less than 1"),
             (("dit", "--out", folder), f"--out {folder}: is a folder"),

@@ -320,15 +320,16 @@ def write_model_file(out_path, tensors, metadata):
     mode a plainly created one would (mkstemp's is 0600, which would keep a
     shared models folder's users or a service from reading it)."""
     temp_path = None
+    target = os.path.realpath(out_path)  # a link's target is what gets replaced
     try:
         handle, temp_path = tempfile.mkstemp(prefix=".convert-", suffix=".tmp",
-                                             dir=os.path.dirname(os.path.abspath(out_path)))
+                                             dir=os.path.dirname(target))
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(handle, 0o666 & ~umask)
         os.close(handle)
         safetensors_io.write(temp_path, tensors, metadata)
-        os.replace(temp_path, out_path)
+        os.replace(temp_path, target)
     except OSError as error:
         raise ConversionError(f"cannot be written: {error.strerror or error}", out_path)
     finally:

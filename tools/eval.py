@@ -27,7 +27,6 @@ nearest training image, next to the same mean for the t10k images.
 """
 import argparse
 import json
-import math
 import os
 import re
 import struct
@@ -91,9 +90,14 @@ guidance_scale = float_in(1.0, MAX_GUIDANCE, f"a guidance scale (1 to {MAX_GUIDA
 
 
 def check_output(parser, flag, path):
-    """Refuses (exit 2) an output that cannot be written, before any work."""
+    """Refuses (exit 2) an output that cannot be written, before any work: a
+    folder, a special file (a rename would replace /dev/null itself), a file
+    in a folder that is missing or not writable. A link counts as its target."""
     if os.path.isdir(path):
         parser.error(f"{flag} {path}: is a folder (give the name of the file to write)")
+    if os.path.exists(path) and not os.path.isfile(path):
+        parser.error(f"{flag} {path}: is not a regular file")
+    path = os.path.realpath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         parser.error(f"{flag} {path}: folder {folder} does not exist")
@@ -111,14 +115,15 @@ def write_whole(outputs):
     temps = []
     try:
         for path, write in outputs:
-            handle, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                            dir=os.path.dirname(os.path.abspath(path)))
+            target = os.path.realpath(path)
+            handle, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
+                                            dir=os.path.dirname(target))
             temps.append(temp)
             os.fchmod(handle, 0o666 & ~umask)
             os.close(handle)
             write(temp)
         for (path, _), temp in zip(outputs, temps):
-            os.replace(temp, path)
+            os.replace(temp, os.path.realpath(path))  # a link keeps pointing at its new target
     finally:
         for temp in temps:
             if os.path.exists(temp):
@@ -145,8 +150,6 @@ def read_safetensors(path, what):
     """safetensors_io.read; a file that is not safetensors is a ValueError naming it."""
     try:
         return safetensors_io.read(path)
-    except OSError:
-        raise
     except WRONG_FILE_ERRORS as error:
         raise not_a(path, f"safetensors {what}", error) from None
 
@@ -333,7 +336,7 @@ def parse_labels(text, count):
     """Labels from a .npy or text file (integers separated by commas or white
     space) or from a comma-separated list on the command line; each a class
     0..9, one per image. A bad file is a ValueError naming it, a bad list a
-    UsageError (a negative number is taken as an option: --labels=-1,...)."""
+    UsageError."""
     if os.path.exists(text):
         where, error_type = text, ValueError
         if text.endswith(".npy"):
@@ -341,6 +344,8 @@ def parse_labels(text, count):
                 labels = np.load(text, allow_pickle=False)
             except (ValueError, EOFError) as error:
                 raise ValueError(f"{text}: not a readable .npy ({reason(error)})") from None
+            if not isinstance(labels, np.ndarray):  # np.load gives an archive for a zip (.npz) file
+                raise ValueError(f"{text}: an .npz archive, not a .npy array")
             if np.issubdtype(labels.dtype, np.floating):
                 whole = np.isfinite(labels) & (labels == np.round(labels))
                 if not whole.all():
@@ -460,8 +465,6 @@ def load_model(path):
     import reference
     try:
         return reference.load_model(path)
-    except OSError:
-        raise
     except WRONG_FILE_ERRORS as error:
         raise not_a(path, "DiT/FPDM safetensors model", error) from None
 
@@ -519,8 +522,7 @@ def main(argv=None):
     sample.add_argument("--seed", type=int, default=0)
     scoring = commands.add_parser("score", parents=[with_data])
     scoring.add_argument("input", help="a folder of <index>-<class>.png or a .npy [N,1,32,32]")
-    scoring.add_argument("--labels", help="requested classes 0..9: .npy, text file, or a comma list "
-                         "(--labels=-1,... for a list starting with a minus sign)")
+    scoring.add_argument("--labels", help="requested classes 0..9: .npy, text file, or a comma list")
     scoring.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -534,7 +536,8 @@ def main(argv=None):
     elif args.command == "sample":
         start = time.time()
         images_path, labels_path = npy_paths(args.out)
-        check_output(sample, "--out", args.out.rstrip(os.sep) if args.out.endswith(os.sep) else args.out)
+        if args.out.endswith(os.sep):
+            sample.error(f"--out {args.out}: names a folder (give a file name; .npy is added)")
         check_output(sample, "--out", images_path)
         check_output(sample, "--out", labels_path)
         try:

@@ -515,9 +515,10 @@ def parse_arguments(argv=None):
     for flag in ("per_class", "batch_size", "threads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}: {getattr(args, flag)} is less than 1")
-    # main works from the repository; the paths given are the caller's, read
+    # main works from the repository; a path given is the caller's, read
     # from where it ran (and written relative to the repository when inside
-    # it, so the recorded commands stay the same from any checkout).
+    # it, so the recorded commands stay the same from any checkout). A value
+    # equal to the default is the default: repository-relative.
     for key in ("build", "fpdm", "dit", "data", "work", "results", "tables", "figure"):
         given = getattr(args, key)
         if given is not None and given != parser.get_default(key):
@@ -563,7 +564,7 @@ def main():
     os.makedirs(os.path.dirname(results_path) or ".", exist_ok=True)
     settings, steps, default_iters, budget = plan(args.quick, args.full or args.quick)
     order = [s["name"] for s in settings]
-    unknown = set(args.only.split(",")) - set(order) - {"fpdm", "dit"} if args.only else set()
+    unknown = {name for name in args.only.split(",") if name} - set(order) - {"fpdm", "dit"} if args.only else set()
     if unknown:
         parser.error(f"--only: no setting named {', '.join(sorted(unknown))} (allowed: fpdm, dit, "
                      f"{', '.join(order)})")
@@ -591,6 +592,9 @@ def main():
                 subprocess.run([args.bench, "--config", name, "--write-model", path], check=True,
                                capture_output=True)
                 setattr(args, key, path)
+        for key in ("fpdm", "dit"):
+            if not os.path.isfile(getattr(args, key)):
+                raise SystemExit(f"experiments.py: --{key} {getattr(args, key)}: no such model file")
         if not args.estimate:
             try:
                 results = kept_results(saved, config, {key: mnist.sha256_file(getattr(args, key))
@@ -615,7 +619,7 @@ def main():
             cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
                                  capture_output=True, text=True).stdout.strip()
             machine = {"cpu": cpu, "cores": os.cpu_count(), "load_at_start": os.getloadavg()}
-        wanted = set(args.only.split(",")) if args.only else None
+        wanted = {name for name in args.only.split(",") if name} if args.only else None
         # Saved timings stay with the results they were measured beside: a
         # rerun that samples nothing leaves the file (and the tables' times)
         # as they were, rather than mixing another moment's timings in.

@@ -21,7 +21,8 @@ fixed-point iterations without gradient, then a random number with gradient
 official ranges for 26 default iterations scaled to this model's).
 `--trial-seconds S` stops after S seconds and prints the throughput (and
 writes --out as of that step, when given). A loss that is not finite stops
-the run (exit 1) before the model is written.
+the run (exit 1) before the final model is written (a --save-every snapshot
+of an earlier step stays).
 """
 import argparse
 import copy
@@ -287,8 +288,10 @@ def update_ema(ema, net, decay, step):
 
 def save(ema, cfg, path, metadata):
     """Writes beside `path` and renames, so that a run stopped at any moment
-    (a time limit) leaves the last complete snapshot."""
+    (a time limit) leaves the last complete snapshot. A link's target is
+    what gets replaced."""
     exported = copy.deepcopy(ema).cpu()
+    path = os.path.realpath(path)
     partial = path + ".partial"
     reference.save_model(exported, cfg, partial, dtype="f32", extra_metadata=metadata)
     os.replace(partial, path)
@@ -338,7 +341,8 @@ def main(argv=None):
                         default=TRAINING_DEFAULTS["ema_decay"])
     parser.add_argument("--init-from", help="start from this model file's weights instead of the "
                         "official initialisation (a second training stage)")
-    parser.add_argument("--label-lr-scale", type=float_in(1e-6, 1e6, "a factor (1e-6..1e6)"), default=1.0,
+    parser.add_argument("--label-lr-scale", type=float_in(0.0, 1e6, "a factor (0..1e6; 0 freezes the table)"),
+                        default=1.0,
                         help="learning-rate factor of the class embedding table")
     parser.add_argument("--threads", type=int_at_least(1), default=1,
                         help="1: on a shared 2-core machine one thread per run is several times faster than 2")
@@ -380,6 +384,8 @@ def main(argv=None):
         iters = iteration_ranges(parser, args, scaled_iters)
     elif args.no_grad_iters or args.with_grad_iters:
         parser.error("--no-grad-iters and --with-grad-iters apply to fpdm only")
+    if args.out == "":
+        parser.error("--out: empty value")
     if args.out is None and not args.trial_seconds:
         parser.error("--out is required (a --trial-seconds run may leave it out)")
     out_folder = os.path.dirname(os.path.abspath(args.out)) if args.out else None
