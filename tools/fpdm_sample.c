@@ -1705,7 +1705,11 @@ static int check_outputs(run_state *rs)
     }
     if (!rs->write_pngs)
         return 0;
-    if (prepare_out_dir(opt->out_dir) != 0)
+    /* A folder that holds every image already takes no write (the settings
+     * record is then only read), so a finished run's archived, read-only
+     * folder can still be packed (--npz) or tiled (--grid). */
+    const int draws = !is_dir(opt->out_dir) || count_batches_to_run(rs) > 0;
+    if (draws && prepare_out_dir(opt->out_dir) != 0)
         return EXIT_RUNTIME;
     rc = check_settings_file(rs);
     return rc == 0 && opt->overwrite ? remove_replaced_images(rs) : rc;

@@ -421,6 +421,26 @@ assert json.loads(text[len('earlier line\n'):])['totals']['images'] == 2
 "
 check "report to /dev/null" run null-report -m "$fpdm" -n 2 --steps 2 --out "$tmp/l" --report /dev/null --latents-out /dev/null
 check "/dev/null stays a device" [ -c /dev/null ]
+# A finished run's folder, made read-only, can still be packed: nothing is
+# drawn, so nothing is written into it.
+check "a run to archive" run archived -m "$fpdm" -n 2 --steps 2 --out "$tmp/archived"
+chmod 555 "$tmp/archived"
+mkdir -m 777 "$tmp/drop"
+# Root writes anyway: as root the run is made as nobody, where it can.
+as_user=()
+if [ "$(id -u)" = 0 ]; then
+    chmod 755 "$tmp"
+    as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+    "${as_user[@]}" test -x "$sample" -a -r "$fpdm" 2>/dev/null || as_user=(none)
+fi
+if [ "${as_user[0]:-}" = none ]; then
+    echo "note a read-only finished folder: no user but root can run $sample here; not run (not counted)"
+else
+    check "a read-only finished folder packs" "${as_user[@]}" "$sample" -m "$fpdm" -n 2 --steps 2 --quiet \
+        --out "$tmp/archived" --npz "$tmp/drop/archived.npz"
+fi
+chmod 700 "$tmp"
+chmod 755 "$tmp/archived"
 check "an empty FPDM_DEVICE is unset" env FPDM_DEVICE= "$sample" -m "$fpdm" -n 1 --steps 2 --quiet --out "$tmp/empty-device"
 (umask 002 && "$sample" -m "$fpdm" -n 1 --steps 2 --quiet --out "$tmp/shared")
 check "the settings record follows the umask" [ "$(stat -c %a "$tmp/shared/.fpdm-sample-settings")" = 664 ]
