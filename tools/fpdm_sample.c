@@ -1314,6 +1314,15 @@ static int configure(run_state *rs, fpdm_sample_params *sp)
         return usage_error(err);
     }
     rs->image_floats = (size_t)rs->image_channels * rs->image_size * rs->image_size;
+    /* Before the per-image arrays: -n 1000000000 drew a billion labels
+     * (11 s) before this refused its grid. */
+    if (opt->grid_path && png_check_grid(opt->grid_path, opt->num_images, rs->image_channels,
+                                         rs->image_size, rs->image_size, grid_columns(opt),
+                                         GRID_PADDING, err, sizeof err) != 0) {
+        char message[sizeof err + 16];
+        snprintf(message, sizeof message, "--grid %s", err);
+        return usage_error(message);
+    }
 
     rs->labels = malloc((size_t)opt->num_images * sizeof(int));
     rs->steps = calloc((size_t)opt->steps, sizeof(fpdm_step_report));
@@ -1696,13 +1705,6 @@ static int check_outputs(run_state *rs)
     int rc = check_distinct_files(rs);
     if (rc != 0)
         return rc;
-    char err[512];
-    if (opt->grid_path && png_check_grid(opt->grid_path, opt->num_images, rs->image_channels,
-                                         rs->image_size, rs->image_size, grid_columns(opt),
-                                         GRID_PADDING, err, sizeof err) != 0) {
-        fprintf(stderr, PROGRAM ": --grid %s\n", err);
-        return EXIT_RUNTIME;
-    }
     if (!rs->write_pngs)
         return 0;
     /* A folder that holds every image already takes no write (the settings

@@ -88,6 +88,7 @@ expect "negative seed"       2 "--seed: '-1' is not a non-negative integer" -m "
 expect "bad sampler"         2 "--sampler: 'euler' is not one of ddpm\|ddim" -m "$fpdm" --sampler euler
 expect "bad schedule"        2 "--schedule: 'cosine' is not one of fixed\|increasing\|decreasing" -m "$fpdm" --schedule cosine
 expect "bad precision"       2 "--precision: 'fp8' is not one of fp32\|bf16\|fp16" -m "$fpdm" --precision fp8
+expect "grid too large"      2 "--grid .*g.png: a grid of 1000000000 images is .* too large" -m "$fpdm" -n 1000000000 --grid "$tmp/g.png"
 expect "grid not a png"      2 "--grid .*g.jpg: the grid is a PNG; give a name ending in .png" -m "$fpdm" --grid "$tmp/g.jpg"
 expect "bad cfg channels"    2 "--cfg-channels: '4' is not one of 3\|all" -m "$fpdm" --cfg-channels 4
 expect "iters-per-step count" 2 "--iters-per-step has 3 entries but --steps is 4" -m "$fpdm" --steps 4 --iters-per-step 1,2,3
@@ -135,8 +136,7 @@ expect "grid folder missing" 1 "--grid .*: folder .*no-dir does not exist"      
 expect "report folder missing" 1 "--report .*: folder .*no-dir does not exist"       -m "$fpdm" --steps 3 --report "$tmp/no-dir/r.json"
 expect "npz folder missing"  1 "--npz .*: folder .*no-dir does not exist"            -m "$fpdm" --steps 3 --npz "$tmp/no-dir/s.npz"
 # Checked before sampling: a folder as the file, a folder that is not writable
-# (root may write anywhere: that case is skipped). (A grid too large to write
-# is refused before sampling too; tests/test_png.c checks the size rule.)
+# (root may write anywhere: that case is skipped).
 mkdir -p "$tmp/a-folder" "$tmp/a-folder.npz" "$tmp/read-only"
 chmod 555 "$tmp/read-only"
 expect "report is a folder"  1 "--report .*a-folder: is a folder"                    -m "$fpdm" --steps 3 --report "$tmp/a-folder"
