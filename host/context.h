@@ -47,6 +47,10 @@ fpdm_status context_check_device(fpdm_context *ctx);
  * otherwise records why. */
 fpdm_status context_check_model(fpdm_context *ctx, const fpdm_model *model);
 
+/* The index of the first NaN or infinity of values[n], or n when all are
+ * finite (one vectorised pass over the exponent bits when they are). */
+size_t context_first_non_finite(const float *values, size_t n);
+
 /* FPDM_OK when values (NULL: none) holds n finite floats; otherwise records
  * FPDM_ERR_INVALID_ARGUMENT naming "what[i]". NaN or infinite inputs would
  * give NaN outputs without a word. */

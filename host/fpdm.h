@@ -58,6 +58,8 @@ typedef enum fpdm_status {
     FPDM_ERR_UNSUPPORTED = 5,      /* valid request this build or device cannot serve */
     FPDM_ERR_DEVICE = 6,           /* the accelerator reported an error */
     FPDM_ERR_CANCELLED = 7,        /* the abort callback asked to stop */
+    FPDM_ERR_NOT_FINITE = 8,       /* the result holds NaN or infinity: finite weights or
+                                      settings took the arithmetic past float32's range */
 } fpdm_status;
 
 FPDM_API const char *fpdm_status_name(fpdm_status status);
@@ -253,15 +255,15 @@ typedef struct fpdm_progress {
 typedef int (*fpdm_progress_callback)(const fpdm_progress *progress, void *user_data);
 
 /* Bounds of the arguments below (and of fpdm_forward's iters): the fixed-point
- * iterations of one solve, and cfg_scale and ddim_eta, beyond which the
- * updates overflow float32. */
+ * iterations of one solve, and cfg_scale, beyond which the updates overflow
+ * float32. */
 #define FPDM_MAX_ITERS 100000
 #define FPDM_MAX_SCALE 1e6
 
 typedef struct fpdm_sample_params {
     int num_steps;            /* respaced steps, 1..num_train_timesteps; default 250 */
     fpdm_sampler sampler;     /* default DDPM */
-    float ddim_eta;           /* 0..FPDM_MAX_SCALE; default 0 */
+    float ddim_eta;           /* 0..1 (1: DDPM's variance); default 0 */
     float cfg_scale;          /* 1..FPDM_MAX_SCALE; 1 runs without the doubled batch;
                                  default 4.0 (official),
                                  1 for an unconditional model (which refuses more) */
@@ -341,7 +343,8 @@ FPDM_API fpdm_status fpdm_plan_iterations(fpdm_context *ctx, const fpdm_model *m
  * so an image is the same whatever the batch size, thread count or sharding,
  * up to float rounding (products may sum in another order for another number
  * of rows). When the run fails or is cancelled, the images of the batches
- * that finished are in latents_out and the rest of it is as it was. */
+ * that finished are in latents_out and the rest of it is as it was, except
+ * after FPDM_ERR_NOT_FINITE, whose batch is there too, for inspection. */
 FPDM_API fpdm_status fpdm_sample(fpdm_context *ctx, const fpdm_model *model,
                                  const fpdm_sample_params *params, int num_images,
                                  const int *labels, float *latents_out,
@@ -382,7 +385,9 @@ FPDM_API const fpdm_vae_info *fpdm_vae_get_info(const fpdm_vae *vae);
  * The images go through the network together, as many at a time as fit in
  * 4 GiB of activations on a GPU (256 MiB on the CPU, where batching gains no
  * speed); the context's arena grows to that once and is reused. When a decode
- * fails partway, the images of the groups already decoded are in `images`. */
+ * fails partway, the images of the groups already decoded are in `images`.
+ * Latents must be finite; images holding NaN or infinity (weights that
+ * overflow) give FPDM_ERR_NOT_FINITE, with the images written. */
 FPDM_API fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch,
                                      int latent_size, const float *latents, float *images);
 

@@ -57,10 +57,12 @@ static fpdm_status check_params(fpdm_context *ctx, const fpdm_model *model,
     if (p->sampler != FPDM_SAMPLER_DDPM && p->sampler != FPDM_SAMPLER_DDIM)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "unknown sampler %d", (int)p->sampler);
     /* The upper bounds keep the updates finite: a scale of 1e30 (or infinity)
-     * passed ">= 1" and returned FPDM_OK with every value NaN. */
-    if (!(p->ddim_eta >= 0.0f && p->ddim_eta <= FPDM_MAX_SCALE))
-        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "ddim eta must be in 0..%g, got %g",
-                            FPDM_MAX_SCALE, p->ddim_eta);
+     * passed ">= 1" and gave NaN latents. */
+    /* Past 1, DDIM's sigma^2 exceeds 1 - alpha_cumprod_prev at some steps and
+     * the update takes the root of a negative number (as the official one). */
+    if (!(p->ddim_eta >= 0.0f && p->ddim_eta <= 1.0f))
+        return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "ddim eta must be in 0..1, got %g",
+                            p->ddim_eta);
     if (!(p->cfg_scale >= 1.0f && p->cfg_scale <= FPDM_MAX_SCALE))
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
                             "cfg scale must be in 1..%g (1 disables guidance), got %g",
@@ -240,9 +242,17 @@ static fpdm_status sample_batch(run *r, int batch_index, int num_batches, int fi
             }
         }
     }
-    if (be->download(be, latents_out + (size_t)first * r->image_floats, b->latents,
-                     (size_t)count * r->image_floats) != 0)
+    float *batch_out = latents_out + (size_t)first * r->image_floats;
+    if (be->download(be, batch_out, b->latents, (size_t)count * r->image_floats) != 0)
         return context_device_fail(r->ctx, "%s: download", r->ctx->device_name);
+    /* Finite weights and settings can still overflow (a bias of 1e38): say
+     * so rather than hand back latents that decode to black images. */
+    const size_t bad = context_first_non_finite(batch_out, (size_t)count * r->image_floats);
+    if (bad < (size_t)count * r->image_floats)
+        return context_fail(r->ctx, FPDM_ERR_NOT_FINITE,
+                            "image %zu's latents hold %g after sampling: the model's weights or "
+                            "the settings took the arithmetic past float32's range",
+                            (size_t)first + bad / r->image_floats, (double)batch_out[bad]);
     return FPDM_OK;
 }
 

@@ -395,7 +395,9 @@ static fpdm_status read_config(fpdm_context *ctx, const safetensors_file *file, 
         if (!decimal_parse(scale_text, &value) || !(value > 0.0))
             return context_fail(ctx, FPDM_ERR_BAD_FILE,
                                 "%s: metadata vae.scaling_factor = \"%s\" is not a positive "
-                                "plain decimal", file->path, scale_text);
+                                "plain decimal (digits and one '.', at most %d significant and "
+                                "%d after the point)", file->path, scale_text,
+                                DECIMAL_MAX_SIGNIFICANT_DIGITS, DECIMAL_MAX_FRACTION_DIGITS);
         vae->info.scaling_factor = (float)value;
     }
     vae->info.upscale = 1 << (vae->num_blocks - 1);
@@ -915,12 +917,26 @@ fpdm_status vae_decode_in_chunks(fpdm_context *ctx, const fpdm_vae *vae, int bat
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
                             "fpdm_vae_decode: latents and images are required");
     fpdm_status status = check_request(ctx, vae, batch, latent_size, "fpdm_vae_decode");
+    if (status == FPDM_OK)
+        status = context_check_finite(ctx, "latents", latents,
+                                      (size_t)batch * vae->info.latent_channels * latent_size *
+                                          latent_size);
     decode_setup ds;
     if (status == FPDM_OK) status = setup_decode(ctx, vae, batch, latent_size, chunk_bytes, &ds);
     if (status != FPDM_OK) return status;
     int failed = decode_chunks(ctx, vae, &ds, batch, latent_size, latents, images);
     finish_decode(&ds);
-    return failed ? context_device_fail(ctx, "%s: VAE decode", ctx->device_name) : FPDM_OK;
+    if (failed) return context_device_fail(ctx, "%s: VAE decode", ctx->device_name);
+    /* Finite weights can still overflow (a 3e38 in conv_out): black images
+     * with FPDM_OK would hide it. */
+    const size_t image_size = (size_t)latent_size * vae->info.upscale;
+    const size_t per_image = (size_t)vae->info.image_channels * image_size * image_size;
+    const size_t bad = context_first_non_finite(images, (size_t)batch * per_image);
+    if (bad < (size_t)batch * per_image)
+        return context_fail(ctx, FPDM_ERR_NOT_FINITE,
+                            "image %zu of the decode holds %g: the VAE's weights took the "
+                            "arithmetic past float32's range", bad / per_image, (double)images[bad]);
+    return FPDM_OK;
 }
 
 fpdm_status fpdm_vae_decode(fpdm_context *ctx, const fpdm_vae *vae, int batch, int latent_size,

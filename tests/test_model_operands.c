@@ -146,41 +146,6 @@ static void check_staged_load(const char *path, backend_dtype type) {
     fpdm_context_free(in_place_ctx);
 }
 
-/* A copy of path in dir with element `index` of tensor `name` set to value
- * (in the tensor's dtype); 0, or -1 after a failed check. */
-static int write_with_value(const char *path, const char *copy, const char *name, size_t index,
-                            float value) {
-    safetensors_file file;
-    char err[256];
-    CHECK_MSG(safetensors_open(path, &file, err, sizeof err) == 0, "%s", err);
-    const safetensors_tensor *t = safetensors_find(&file, name);
-    CHECK_MSG(t && (size_t)t->num_elements > index, "%s has no element %zu of %s", path, index,
-              name);
-    FILE *out = fopen(copy, "wb");
-    CHECK(out != NULL);
-    int ok = t && (size_t)t->num_elements > index && out;
-    if (ok) {
-        size_t element = t->dtype == SAFETENSORS_F32 ? 4 : 2;
-        size_t at = (size_t)(t->data - (const uint8_t *)file.mapping) + index * element;
-        uint8_t *bytes = malloc(file.file_size);
-        ok = bytes != NULL;
-        if (ok) {
-            memcpy(bytes, file.mapping, file.file_size);
-            uint16_t half = t->dtype == SAFETENSORS_BF16 ? f32_to_bf16(value) : f32_to_f16(value);
-            /* Little-endian, as the format and this machine store them. */
-            if (element == 4)
-                memcpy(bytes + at, &value, 4);
-            else
-                memcpy(bytes + at, &half, 2);
-            ok = fwrite(bytes, 1, file.file_size, out) == file.file_size;
-        }
-        free(bytes);
-    }
-    if (out) ok = fclose(out) == 0 && ok;
-    safetensors_close(&file);
-    return ok ? 0 : -1;
-}
-
 /* The load through `type` operands fails with BAD_FILE and a message holding
  * needle, or (needle NULL) succeeds. */
 static void expect_load(const char *copy, backend_dtype type, const char *needle) {
@@ -206,15 +171,15 @@ static void check_unusable_weights(const char *path) {
     if (test_make_temp_dir(dir, sizeof dir, "test_model_operands") != 0) return;
     snprintf(copy, sizeof copy, "%s/model.safetensors", dir);
     /* A linear weight (16-bit operands) and a bias (float32 everywhere). */
-    if (write_with_value(path, copy, "final_layer.linear.weight", 3, NAN) == 0) {
+    if (test_write_model_with_value(path, copy, "final_layer.linear.weight", 3, NAN) == 0) {
         expect_load(copy, BACKEND_F32, "final_layer.linear.weight[3] is nan (allowed: finite");
         expect_load(copy, BACKEND_BF16, "final_layer.linear.weight[3] is nan");
     }
-    if (write_with_value(path, copy, "final_layer.linear.bias", 1, -INFINITY) == 0)
+    if (test_write_model_with_value(path, copy, "final_layer.linear.bias", 1, -INFINITY) == 0)
         expect_load(copy, BACKEND_F16, "final_layer.linear.bias[1] is -inf");
     /* 1e5 is a number bf16 and float32 hold and fp16 does not (it ends at
      * 65504). */
-    if (write_with_value(path, copy, "final_layer.linear.weight", 2, 1e5f) == 0) {
+    if (test_write_model_with_value(path, copy, "final_layer.linear.weight", 2, 1e5f) == 0) {
         expect_load(copy, BACKEND_F32, NULL);
         expect_load(copy, BACKEND_BF16, NULL);
         expect_load(copy, BACKEND_F16, "final_layer.linear.weight[2] = 99840 is past fp16's "

@@ -1,7 +1,8 @@
 /* test_sampler.c - properties of fpdm_sample that golden runs do not cover:
  * early exit (--tol), carry-over, batch-size independence, cancellation,
- * the report, argument checks, that a warmed-up run allocates nothing, and
- * that an unconditional model is sampled without guidance. */
+ * the report, argument checks, that a warmed-up run allocates nothing, that
+ * an unconditional model is sampled without guidance, and that latents a
+ * model overflows into are refused. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -291,7 +292,14 @@ static void test_invalid_arguments(fixture *f) {
     p = base_params(f);
     p.sampler = FPDM_SAMPLER_DDIM;
     p.ddim_eta = INFINITY;
-    expect_invalid(f, &p, LABELS, "ddim eta must be in 0..1e+06");
+    expect_invalid(f, &p, LABELS, "ddim eta must be in 0..1");
+    /* Past 1 the DDIM update takes the root of a negative number. */
+    p.ddim_eta = 1.01f;
+    expect_invalid(f, &p, LABELS, "ddim eta must be in 0..1, got 1.01");
+    p.ddim_eta = 1.0f;
+    float *largest_eta = sample(f, &p, NULL);
+    for (size_t i = 0; i < f->floats; i++) CHECK(isfinite(largest_eta[i]));
+    free(largest_eta);
     p = base_params(f);
     p.tol = INFINITY;
     expect_invalid(f, &p, LABELS, "tol must be finite");
@@ -366,6 +374,30 @@ static void test_unconditional(void) {
     close_fixture(&f);
 }
 
+/* Finite weights that overflow (a bias of 3e38) give FPDM_ERR_NOT_FINITE,
+ * naming the image, rather than NaN latents with FPDM_OK. */
+static void test_overflowing_model(void) {
+    char dir[256], copy[512];
+    if (test_make_temp_dir(dir, sizeof dir, "test_sampler") != 0) return;
+    snprintf(copy, sizeof copy, "%s/overflow.safetensors", dir);
+    fixture f;
+    int written = test_write_model_with_value(DIT_MODEL, copy, "final_layer.linear.bias", 0, 3e38f) == 0;
+    CHECK(written);
+    if (written && open_fixture(&f, copy)) {
+        fpdm_sample_params p = fpdm_sample_default_params(f.model);
+        p.num_steps = 3;
+        float *out = malloc(f.floats * sizeof(float));
+        fpdm_status status = fpdm_sample(f.ctx, f.model, &p, NUM_IMAGES, LABELS, out, NULL);
+        CHECK_MSG(status == FPDM_ERR_NOT_FINITE && strstr(fpdm_last_error(f.ctx), "image 0's latents") &&
+                      strstr(fpdm_last_error(f.ctx), "past float32's range"),
+                  "status %d: %s", (int)status, fpdm_last_error(f.ctx));
+        CHECK(strcmp(fpdm_status_name(FPDM_ERR_NOT_FINITE), "not finite") == 0);
+        free(out);
+        close_fixture(&f);
+    }
+    test_remove_temp_dir(dir);
+}
+
 int main(void) {
     fixture f;
     if (open_fixture(&f, FPDM_MODEL)) {
@@ -380,5 +412,6 @@ int main(void) {
     }
     test_dit_ignores_solver();
     test_unconditional();
+    test_overflowing_model();
     return test_finish("test_sampler");
 }

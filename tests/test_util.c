@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "context.h"
@@ -171,4 +172,37 @@ int test_finish(const char *name) {
     }
     fprintf(stderr, "%s: all checks passed\n", name);
     return 0;
+}
+
+int test_write_model_with_value(const char *path, const char *copy, const char *name,
+                                size_t index, float value) {
+    safetensors_file file;
+    char err[256];
+    CHECK_MSG(safetensors_open(path, &file, err, sizeof err) == 0, "%s", err);
+    const safetensors_tensor *t = safetensors_find(&file, name);
+    CHECK_MSG(t && (size_t)t->num_elements > index, "%s has no element %zu of %s", path, index,
+              name);
+    FILE *out = fopen(copy, "wb");
+    CHECK(out != NULL);
+    int ok = t && (size_t)t->num_elements > index && out;
+    if (ok) {
+        size_t element = t->dtype == SAFETENSORS_F32 ? 4 : 2;
+        size_t at = (size_t)(t->data - (const uint8_t *)file.mapping) + index * element;
+        uint8_t *bytes = malloc(file.file_size);
+        ok = bytes != NULL;
+        if (ok) {
+            memcpy(bytes, file.mapping, file.file_size);
+            uint16_t half = t->dtype == SAFETENSORS_BF16 ? f32_to_bf16(value) : f32_to_f16(value);
+            /* Little-endian, as the format and this machine store them. */
+            if (element == 4)
+                memcpy(bytes + at, &value, 4);
+            else
+                memcpy(bytes + at, &half, 2);
+            ok = fwrite(bytes, 1, file.file_size, out) == file.file_size;
+        }
+        free(bytes);
+    }
+    if (out) ok = fclose(out) == 0 && ok;
+    safetensors_close(&file);
+    return ok ? 0 : -1;
 }

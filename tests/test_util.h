@@ -89,6 +89,11 @@ int test_make_temp_dir(char *dir, size_t size, const char *name);
 /* Removes that folder and everything in it (a note on stderr if it cannot). */
 void test_remove_temp_dir(const char *dir);
 
+/* Writes `copy`: the safetensors file `path` with element `index` of tensor
+ * `name` set to value (in the tensor's dtype). 0, or -1 after a failed check. */
+int test_write_model_with_value(const char *path, const char *copy, const char *name,
+                                size_t index, float value);
+
 /* Prints "N passed, M failed" style summary and returns the exit code. */
 int test_finish(const char *name);
 

@@ -268,6 +268,30 @@ static void test_golden(fpdm_context *ctx, const char *dir) {
     float *images = decode(ctx, GOLDEN_WEIGHTS, batch, latent_size, latents, image_floats);
     if (images) check_close("decode vs diffusers (float64)", images, expected, image_floats, 1e-5);
 
+    /* NaN latents are refused; a finite weight that overflows (3e38 in
+     * conv_out) gives FPDM_ERR_NOT_FINITE rather than black images. */
+    char overflowing[1024];
+    snprintf(overflowing, sizeof overflowing, "%s/vae-overflowing.safetensors", dir);
+    fpdm_vae *vae_overflowing = NULL;
+    float *overflow_images = malloc(image_floats * sizeof(float));
+    if (test_write_model_with_value(GOLDEN_WEIGHTS, overflowing, "decoder.conv_out.weight", 0, 3e38f) == 0)
+        CHECK_MSG(fpdm_vae_load(ctx, overflowing, &vae_overflowing) == FPDM_OK, "%s", fpdm_last_error(ctx));
+    if (vae_overflowing) {
+        fpdm_status status = fpdm_vae_decode(ctx, vae_overflowing, batch, latent_size, latents,
+                                             overflow_images);
+        CHECK_MSG(status == FPDM_ERR_NOT_FINITE && strstr(fpdm_last_error(ctx), "past float32's range"),
+                  "overflowing VAE: status %d: %s", (int)status, fpdm_last_error(ctx));
+        const float kept = latents[1];
+        latents[1] = NAN;
+        status = fpdm_vae_decode(ctx, vae_overflowing, batch, latent_size, latents, overflow_images);
+        CHECK_MSG(status == FPDM_ERR_INVALID_ARGUMENT && strstr(fpdm_last_error(ctx), "latents[1] is nan"),
+                  "NaN latents: status %d: %s", (int)status, fpdm_last_error(ctx));
+        latents[1] = kept;
+    }
+    fpdm_vae_free(vae_overflowing);
+    free(overflow_images);
+    unlink(overflowing);
+
     /* The images of a batch decode alike together and in chunks: one image
      * per chunk (a 1-byte bound) gives the very same floats as the whole
      * batch at once, the default here. */

@@ -157,7 +157,7 @@ static void print_help(FILE *out)
 "                           the parts\n"
 "      --steps N            sampling steps, 1..num_train_timesteps (default: %d)\n"
 "      --sampler S          ddpm | ddim (default: ddpm)\n"
-"      --eta X              DDIM eta >= 0 (default: 0)\n"
+"      --eta X              DDIM eta, 0..1 (default: 0; 1: DDPM's variance)\n"
 "      --cfg-scale X        classifier-free guidance scale >= 1, 1 disables it\n"
 "                           (default: 4.0; 1 for an unconditional model)\n"
 "      --cfg-channels C     3 (official: guide the first 3 channels) | all (default: 3)\n"
@@ -301,7 +301,7 @@ static int parse_arguments(int argc, char **argv, options *opt)
                                   sizeof err);
         } else if (flag_is(arg, NULL, "--eta", &inline_value)) {
             TAKE_VALUE("--eta");
-            rc = cli_parse_float("--eta", value, 0.0, FPDM_MAX_SCALE, &opt->eta, err, sizeof err);
+            rc = cli_parse_float("--eta", value, 0.0, 1.0, &opt->eta, err, sizeof err);
         } else if (flag_is(arg, NULL, "--cfg-scale", &inline_value)) {
             TAKE_VALUE("--cfg-scale");
             rc = cli_parse_float("--cfg-scale", value, 1.0, FPDM_MAX_SCALE, &opt->cfg_scale, err,

@@ -84,6 +84,7 @@ expect "negative tol"        2 "--tol: -1 is out of range \(allowed: 0\.\." -m "
 expect "negative eta"        2 "--eta: -0.5 is out of range"              -m "$fpdm" --eta -0.5
 expect "tol rounds to 0"     2 "--tol: 1e-50 is too close to 0 for a float" -m "$fpdm" --tol 1e-50
 expect "eta overflows"       2 "--eta: 1e400 is out of range"             -m "$fpdm" --sampler ddim --eta 1e400
+expect "eta above 1"         2 "--eta: 1.5 is out of range \(allowed: 0\.\.1"  -m "$fpdm" --sampler ddim --eta 1.5
 expect "negative seed"       2 "--seed: '-1' is not a non-negative integer" -m "$fpdm" --seed -1
 expect "bad sampler"         2 "--sampler: 'euler' is not one of ddpm\|ddim" -m "$fpdm" --sampler euler
 expect "bad schedule"        2 "--schedule: 'cosine' is not one of fixed\|increasing\|decreasing" -m "$fpdm" --schedule cosine
