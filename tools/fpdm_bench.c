@@ -537,10 +537,16 @@ static int load_synthetic(bench *b, const synthetic_config *config)
 static void print_table_header(const bench *b, const char *model_name)
 {
     const fpdm_model_info *info = b->info;
-    printf("%s: %s (%s, %.1fM parameters, %s %dx%dx%d), %s, mode %s, cfg %s, "
+    /* Millions for the real models; the tiny ones' tens of thousands in full. */
+    char parameters[32];
+    if (info->num_parameters >= 100000)
+        snprintf(parameters, sizeof parameters, "%.1fM", info->num_parameters / 1e6);
+    else
+        snprintf(parameters, sizeof parameters, "%zu", (size_t)info->num_parameters);
+    printf("%s: %s (%s, %s parameters, %s %dx%dx%d), %s, mode %s, cfg %s, "
            "%d warmup + %d timed\n",
            PROGRAM, model_name, info->is_fixed_point ? "FPDM" : "DiT",
-           info->num_parameters / 1e6, info->latent_space ? "latent" : "pixel",
+           parameters, info->latent_space ? "latent" : "pixel",
            info->in_channels, info->input_size, info->input_size,
            fpdm_context_device_name(b->ctx), mode_names[b->opt->mode],
            on_off_names[b->opt->cfg], b->opt->warmup, b->opt->repeat);
@@ -823,13 +829,13 @@ static int measure_vae(const options *opt, fpdm_context *ctx, const fpdm_vae *va
     return rc;
 }
 
-static void report_vae(bench *b, const char *name, const char *device, const vae_measurement *m,
-                       int first)
+static void report_vae(bench *b, const char *name, const fpdm_context *decode_ctx,
+                       const vae_measurement *m, int first)
 {
     if (b->json) {
         if (first) {
             report_set_string(b->json, "vae_settings", "vae", name);
-            report_set_string(b->json, "vae_settings", "device", device);
+            report_set_context(b->json, "vae_settings", decode_ctx);
             report_set_number(b->json, "vae_settings", "batch_size", m->batch);
             report_set_number(b->json, "vae_settings", "warmup", b->opt->warmup);
             report_set_number(b->json, "vae_settings", "repeat", b->opt->repeat);
@@ -848,8 +854,10 @@ static void report_vae(bench *b, const char *name, const char *device, const vae
         return;
     }
     if (first) {
-        printf("%s: VAE decoder %s on %s, %d warmup + %d timed\n", PROGRAM, name, device,
-               b->opt->warmup, b->opt->repeat);
+        printf("%s: VAE decoder %s on %s, %s, %d warmup + %d timed\n", PROGRAM, name,
+               fpdm_context_device_name(decode_ctx),
+               cli_precision_name(fpdm_context_precision(decode_ctx)), b->opt->warmup,
+               b->opt->repeat);
         printf("%7s %7s %6s %10s %10s %10s %9s\n", "latent", "image", "batch", "mean s", "min s",
                "images/s", "arena MB");
     }
@@ -877,7 +885,7 @@ static int run_vae(bench *b, const synthetic_vae_config *config)
         m.batch = opt->vae_batch;
         rc = measure_vae(opt, ctx, vae, &m, seconds);
         if (rc == 0)
-            report_vae(b, name, fpdm_context_device_name(ctx), &m, i == 0);
+            report_vae(b, name, ctx, &m, i == 0);
         fflush(stdout);
     }
     fpdm_vae_free(vae);

@@ -122,6 +122,7 @@ def check_vae(r, latent_sizes, batch, upscale=None):
     assert [x["latent_size"] for x in rows] == latent_sizes, rows
     assert r["vae_settings"]["device"] == "cpu" and r["vae_settings"]["batch_size"] == batch
     assert r["vae_settings"]["repeat"] >= 1 and r["vae_settings"]["warmup"] >= 0, r["vae_settings"]
+    assert r["vae_settings"]["precision"] == "fp32" and r["vae_settings"]["threads"] >= 1, r["vae_settings"]
     for x in rows:
         assert x["batch_size"] == batch, x
         if upscale:
@@ -147,6 +148,7 @@ PY
 check "table run" "$bench" --config tiny-dit --batch-size 1,2 --repeat 1 --warmup 0 >"$tmp/table.txt"
 check "table header" grep -q "batch  *iters  *rows  *mean s  *min s  *images/s  *evals/s  *fp-iters/s  *GFLOP  *GFLOP/s" "$tmp/table.txt"
 check "table rows" [ "$(grep -cE '^ +[12] +- +[12] ' "$tmp/table.txt")" = 2 ]
+check "a tiny model's parameters in full" grep -q "tiny-dit (DiT, 49992 parameters, pixel 1x8x8)" "$tmp/table.txt"
 check "table memory columns" grep -q "GFLOP/s  *%ref  *arena MB  *used MB  *min MB" "$tmp/table.txt"
 check "table reference line" grep -qE "^reference: 1024\^3 product [0-9.]+ s = [0-9.]+ TFLOP/s \(fastest of [0-9]+\); weights [0-9.]+ MB" "$tmp/table.txt"
 check "vae table run" "$bench" --mode vae --vae-config tiny --vae-latent-sizes 4 --repeat 1 --warmup 0 >"$tmp/vae.txt"
