@@ -98,8 +98,8 @@ static const float *place(weight_layout *layout, const char *name) {
     float *host = reserve(layout, &layout->floats, n, &offset);
     if (host) {
         safetensors_to_f32(t, host);
-        for (size_t i = 0; i < n; i++)
-            if (!isfinite(host[i])) record_bad_weight(layout, name, i, host[i]);
+        const size_t bad = context_first_non_finite(host, n);
+        if (bad < n) record_bad_weight(layout, name, bad, host[bad]);
     }
     return layout->floats.device + offset;
 }

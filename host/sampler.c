@@ -56,13 +56,13 @@ static fpdm_status check_params(fpdm_context *ctx, const fpdm_model *model,
                             c->num_train_timesteps, p->num_steps);
     if (p->sampler != FPDM_SAMPLER_DDPM && p->sampler != FPDM_SAMPLER_DDIM)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "unknown sampler %d", (int)p->sampler);
-    /* The upper bounds keep the updates finite: a scale of 1e30 (or infinity)
-     * passed ">= 1" and gave NaN latents. */
     /* Past 1, DDIM's sigma^2 exceeds 1 - alpha_cumprod_prev at some steps and
      * the update takes the root of a negative number (as the official one). */
     if (!(p->ddim_eta >= 0.0f && p->ddim_eta <= 1.0f))
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "ddim eta must be in 0..1, got %g",
                             p->ddim_eta);
+    /* The upper bound keeps the updates finite: a scale of 1e30 (or infinity)
+     * passed ">= 1" and gave NaN latents. */
     if (!(p->cfg_scale >= 1.0f && p->cfg_scale <= FPDM_MAX_SCALE))
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT,
                             "cfg scale must be in 1..%g (1 disables guidance), got %g",
@@ -120,7 +120,7 @@ fpdm_status fpdm_plan_iterations(fpdm_context *ctx, const fpdm_model *model,
                             "a budget of %d iterations is more than the %d a plan spreads",
                             budget, ITERATION_PLAN_MAX_BUDGET);
     char err[512];
-    if (iteration_plan(params->iteration_schedule, steps, (int)budget, iters_out, err, sizeof err) != 0)
+    if (iteration_plan(params->iteration_schedule, steps, budget, iters_out, err, sizeof err) != 0)
         return context_fail(ctx, FPDM_ERR_INVALID_ARGUMENT, "%s", err);
     return FPDM_OK;
 }

@@ -159,13 +159,12 @@ static const float *take(vae_loader *ld, const char *name, int ndim, const int64
         safetensors_to_f32(t, values);
         placed = ld->placed + ld->offset;
         /* A NaN or infinite weight would decode NaN images without a word. */
-        for (size_t i = 0; i < (size_t)t->num_elements; i++) {
-            if (!isfinite(values[i])) {
-                ld->status = context_fail(ld->ctx, FPDM_ERR_BAD_FILE,
-                                          "%s: %s[%zu] is %g (allowed: finite numbers)",
-                                          ld->file->path, name, i, (double)values[i]);
-                return NULL;
-            }
+        const size_t bad = context_first_non_finite(values, (size_t)t->num_elements);
+        if (bad < (size_t)t->num_elements) {
+            ld->status = context_fail(ld->ctx, FPDM_ERR_BAD_FILE,
+                                      "%s: %s[%zu] is %g (allowed: finite numbers)",
+                                      ld->file->path, name, bad, (double)values[bad]);
+            return NULL;
         }
     } else {
         ld->used[t - ld->file->tensors] = 1;
