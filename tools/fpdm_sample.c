@@ -532,8 +532,7 @@ static void file_identity(const char *path, char *out, size_t size)
  * (pending_dir, NULL if none); or a special file (/dev/null) it may write,
  * or one of its own descriptors open for writing (/dev/stdout), which are
  * written in place. A link counts as the file it names, which is what gets
- * written. Checked before sampling, so a typo does
- * not cost the run. */
+ * written. Checked before sampling, so a typo does not cost the run. */
 static int check_output_file(const char *flag, const char *path, const char *pending_dir)
 {
     size_t length = strlen(path);
@@ -758,6 +757,7 @@ typedef struct run_state {
     fpdm_context *vae_ctx;    /* the VAE decodes on the CPU: ctx itself, or a CPU context */
     int *labels;              /* [num_images] */
     int *plan;                /* [steps]: planned iterations, sampling order */
+    int batches_to_run;       /* batches not on disk yet, counted once (check_outputs) */
     float *init_noise;        /* [N, C, H, W] or NULL */
     float *step_noise;        /* [steps, N, C, H, W] or NULL */
     int write_pngs;
@@ -1705,12 +1705,15 @@ static int check_outputs(run_state *rs)
     int rc = check_distinct_files(rs);
     if (rc != 0)
         return rc;
+    /* --overwrite's removals below take no file of the run's names, so the
+     * count holds for the progress bar too. */
+    rs->batches_to_run = count_batches_to_run(rs);
     if (!rs->write_pngs)
         return 0;
     /* A folder that holds every image already takes no write (the settings
      * record is then only read), so a finished run's archived, read-only
      * folder can still be packed (--npz) or tiled (--grid). */
-    const int draws = !is_dir(opt->out_dir) || count_batches_to_run(rs) > 0;
+    const int draws = !is_dir(opt->out_dir) || rs->batches_to_run > 0;
     if (draws && prepare_out_dir(opt->out_dir) != 0)
         return EXIT_RUNTIME;
     rc = check_settings_file(rs);
@@ -1839,7 +1842,7 @@ int main(int argc, char **argv)
 
     run_progress rp = {0};
     progress_start(&rp.bar, stderr, opt.quiet,
-                   (long long)count_batches_to_run(&rs) * opt.steps, opt.num_images);
+                   (long long)rs.batches_to_run * opt.steps, opt.num_images);
     sp.progress_callback = on_progress;
     sp.progress_user_data = &rp;
     const double start = progress_now();

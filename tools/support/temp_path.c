@@ -53,24 +53,22 @@ static char *replaced_file(const char *path) {
 int temp_file_create(temp_file *t, const char *path, char *err, size_t err_size) {
     t->file = NULL;
     t->tmp_path = NULL;
+    t->target = NULL;
     t->write_errno = 0;
-    t->target = strdup(path);
     /* The program's own descriptors (/dev/stdout and the like) are written
      * where they stand: reopening one truncates a `>>` log, loses what a
      * shell group wrote before, and fails for a socket. */
     const int descriptor = temp_path_descriptor(path);
-    if (descriptor >= 0 && t->target) {
+    if (descriptor >= 0) {
         int copy = dup(descriptor);
         t->file = copy >= 0 ? fdopen(copy, "wb") : NULL;
         if (!t->file) {
             support_set_error(err, err_size, "%s: cannot write: %s", path, strerror(errno));
             if (copy >= 0) close(copy);
-            temp_file_discard(t);
             return -1;
         }
         return 0;
     }
-    free(t->target);
     t->target = replaced_file(path);
     struct stat st;
     const int special = t->target && stat(t->target, &st) == 0 && !S_ISREG(st.st_mode);

@@ -23,8 +23,9 @@ int temp_path_descriptor(const char *path);
 /* An output file being written under its temporary name. */
 typedef struct temp_file {
     FILE *file;
-    char *tmp_path;  /* NULL while writing a special file in place */
-    char *target;    /* what the commit replaces: the path, or the file its links name */
+    char *tmp_path;  /* NULL while writing a special file or a descriptor in place */
+    char *target;    /* what the commit replaces: the path, or the file its links name;
+                        NULL for a descriptor */
     int write_errno; /* errno of the first write that failed; 0 while none has */
 } temp_file;
 
@@ -41,8 +42,9 @@ int temp_file_write(temp_file *t, const void *bytes, size_t count);
 void temp_file_failed(temp_file *t, int error_number);
 
 /* Closes the file and renames it over its target when no write and not the
- * close failed, else removes it (a special file is only closed). Returns 0, or -1 with "PATH: write failed: ..."
- * or "PATH: cannot rename TMP: ..." in err. t is spent either way. */
+ * close failed, else removes it (a special file or a descriptor is only
+ * closed). Returns 0, or -1 with "PATH: write failed: ..." or "PATH: cannot
+ * rename TMP: ..." in err. t is spent either way. */
 int temp_file_commit(temp_file *t, const char *path, char *err, size_t err_size);
 
 /* Closes and removes the temporary file; a t never created, or spent, is
